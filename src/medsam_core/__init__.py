@@ -1,0 +1,47 @@
+"""medsam_core: MedSAM-family models, preprocessing, predictor, cache, metrics and training.
+
+Qt- and napari-free. torch is imported on first use, not at package import.
+
+    >>> import medsam_core
+    >>> model = medsam_core.load_model("lite_medsam")          # bundled weights, no download
+    >>> predictor = medsam_core.Predictor(model)
+    >>> predictor.set_image(image)                             # (H, W) or (H, W, C)
+    >>> masks, scores = predictor.predict(boxes=[[x0, y0, x1, y1]])
+"""
+
+from __future__ import annotations
+
+from .checkpoint import load_model, save_checkpoint, select_device
+from .embeddings import EmbeddingCache
+from .errors import (
+    CacheMismatchError,
+    CheckpointError,
+    ImageError,
+    MedSAMError,
+    PredictorStateError,
+    PromptError,
+    TrainingError,
+)
+from .predictor import Prediction, Predictor
+from .preprocess import CT_WINDOWS, Intensity
+from .registry import MODELS, get_spec
+
+__all__ = [
+    "CT_WINDOWS",
+    "MODELS",
+    "CacheMismatchError",
+    "CheckpointError",
+    "EmbeddingCache",
+    "ImageError",
+    "Intensity",
+    "MedSAMError",
+    "Prediction",
+    "Predictor",
+    "PredictorStateError",
+    "PromptError",
+    "TrainingError",
+    "get_spec",
+    "load_model",
+    "save_checkpoint",
+    "select_device",
+]

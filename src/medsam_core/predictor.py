@@ -1,0 +1,229 @@
+"""Predictor: encode an image once, decode many box/point/mask prompts cheaply.
+
+Lifecycle as in segment-anything: ``set_image(image)`` -> ``predict(...)`` many times ->
+``reset_image()``. Embeddings come from an EmbeddingCache, so setting an image that was seen
+before (same content, model, preprocessing) does not run the encoder again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .embeddings import EmbeddingCache, EmbeddingKey, content_hash
+from .errors import PredictorStateError, PromptError
+from .preprocess import (
+    Intensity,
+    PreparedImage,
+    boxes_to_model,
+    check_boxes,
+    check_image,
+    lowres_to_masks,
+    points_to_model,
+    prepare_image,
+)
+
+
+class Prediction(tuple):
+    """Unpacks as ``(masks, scores)``; ``low_res_logits`` rides along.
+
+    masks: (N, H, W) bool (or (N, 3, H, W) with multimask_output); scores: (N,) predicted IoU
+    (or (N, 3)); low_res_logits: (N, M, 256, 256) float32, usable as ``mask_input`` later.
+    """
+
+    def __new__(cls, masks, scores, low_res_logits):
+        obj = super().__new__(cls, (masks, scores))
+        obj.masks, obj.scores, obj.low_res_logits = masks, scores, low_res_logits
+        return obj
+
+
+class Predictor:
+    """Box/point-prompted segmentation of one image at a time.
+
+    model: from ``medsam_core.load_model``. cache: shared EmbeddingCache (one is made if None).
+    intensity / channel: defaults for ``set_image`` (see preprocess.Intensity, to_grey_or_rgb).
+    """
+
+    def __init__(self, model, cache: EmbeddingCache | None = None, intensity: Intensity | None = None,
+                 channel: int | str | None = "auto", batch_size: int = 64):
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.intensity = intensity or Intensity()
+        self.channel = channel
+        self.batch_size = batch_size
+        self.encoder_calls = 0
+        self._embedding = None  # torch (1, 256, 64, 64) on the model's device
+        self._prepared: PreparedImage | None = None
+        self.image_key: EmbeddingKey | None = None
+
+    # -- image ---------------------------------------------------------------------------------
+    @property
+    def spec(self):
+        return self.model.spec
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        self._require_image()
+        return self._prepared.original_size
+
+    def key_for(self, image, intensity: Intensity | None = None, channel=None) -> EmbeddingKey:
+        intensity = intensity or self.intensity
+        channel = self.channel if channel is None else channel
+        settings = f"{self.spec.preprocessing!r}|{intensity!r}|channel={channel!r}"
+        return EmbeddingKey(content_hash(np.asarray(image)), self.model.encoder_id, settings)
+
+    def set_image(self, image, intensity: Intensity | None = None, channel=None) -> bool:
+        """Make ``image`` ((H, W) grey or (H, W, C) channels-last) the current image.
+
+        Runs the encoder unless the cache holds this image's embedding. Returns True when the
+        embedding came from the cache. On error the previous image stays set.
+        """
+        intensity = intensity or self.intensity
+        channel = self.channel if channel is None else channel
+        image = check_image(image)
+        key = self.key_for(image, intensity, channel)
+        entry = self.cache.get(key)
+        cached = entry is not None
+        if cached:
+            prepared = _geometry_from_meta(entry.meta)
+            embedding = entry.embedding
+        else:
+            prepared = prepare_image(image, self.spec.preprocessing, intensity, channel)
+            embedding = self.encode(prepared.tensor[None])[0]
+            entry = self.cache.put(key, embedding, _geometry_meta(prepared))
+            embedding = entry.embedding
+        import torch
+
+        self._embedding = torch.from_numpy(np.asarray(embedding, np.float32))[None].to(self.device)
+        self._prepared = replace(prepared, tensor=np.empty(0, np.float32))
+        self.image_key = key
+        return cached
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float32 model input -> (B, 256, 64, 64) float32 embeddings (no cache)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        self.encoder_calls += len(batch)
+        return out.float().cpu().numpy()
+
+    def reset_image(self) -> None:
+        self._embedding = None
+        self._prepared = None
+        self.image_key = None
+
+    def _require_image(self):
+        if self._embedding is None:
+            raise PredictorStateError("no image is set: call set_image(image) before predict(...)")
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def predict(self, boxes=None, points=None, point_labels=None, mask_input=None,
+                multimask_output: bool = False) -> Prediction:
+        """Segment N objects on the current image.
+
+        boxes: (N, 4) XYXY pixel coordinates (x_min, y_min, x_max, y_max), or None.
+        points: (N, P, 2) XY pixel coordinates with point_labels (N, P): 1 foreground, 0 background.
+        mask_input: (N, 1, 256, 256) low-res logits from an earlier Prediction, to refine.
+        Returns Prediction(masks (N, H, W) bool, scores (N,)) with ``low_res_logits``; with
+        ``multimask_output`` masks are (N, 3, H, W) and scores (N, 3).
+        """
+        self._require_image()
+        import torch
+
+        prep = self._prepared
+        n, boxes_m, pts_m, labels = self._check_prompts(boxes, points, point_labels)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, np.float32)
+            if mask_input.shape != (n, 1, 256, 256):
+                raise PromptError(f"mask_input must have shape ({n}, 1, 256, 256), got {mask_input.shape}")
+        m = 3 if multimask_output else 1
+        h, w = prep.original_size
+        if n == 0:
+            shape = (0, m, h, w) if multimask_output else (0, h, w)
+            return Prediction(np.zeros(shape, bool), np.zeros((0, m) if multimask_output else (0,), np.float32),
+                              np.zeros((0, m, 256, 256), np.float32))
+        logits_all, iou_all = [], []
+        dev = self.device
+        with torch.inference_mode():
+            for s in range(0, n, self.batch_size):
+                e = min(n, s + self.batch_size)
+                b = torch.as_tensor(boxes_m[s:e], dtype=torch.float32, device=dev) if boxes_m is not None else None
+                p = None
+                if pts_m is not None:
+                    p = (torch.as_tensor(pts_m[s:e], dtype=torch.float32, device=dev),
+                         torch.as_tensor(labels[s:e], dtype=torch.int64, device=dev))
+                mi = torch.as_tensor(mask_input[s:e], device=dev) if mask_input is not None else None
+                logits, iou = self.model.decode(self._embedding, boxes=b, points=p, mask_input=mi,
+                                                multimask_output=multimask_output)
+                logits_all.append(logits.float().cpu().numpy())
+                iou_all.append(iou.float().cpu().numpy())
+        low_res = np.concatenate(logits_all)
+        scores = np.concatenate(iou_all)
+        masks = lowres_to_masks(low_res, prep, self.spec.preprocessing)
+        if not multimask_output:
+            masks, scores = masks[:, 0], scores[:, 0]
+        return Prediction(masks, scores, low_res)
+
+    def _check_prompts(self, boxes, points, point_labels):
+        prep = self._prepared
+        if boxes is None and points is None:
+            raise PromptError("give at least one prompt: boxes=(N, 4) and/or points=(N, P, 2)")
+        n = None
+        boxes_m = None
+        if boxes is not None:
+            arr = np.asarray(boxes, dtype=np.float64)
+            if arr.size == 0:
+                n = 0
+            else:
+                arr = check_boxes(arr, prep.original_size)
+                boxes_m = boxes_to_model(arr, prep)
+                n = len(arr)
+        pts_m = labels = None
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float64)
+            if pts.ndim == 2 and pts.shape[-1] == 2:
+                pts = pts[None]
+            if point_labels is None:
+                raise PromptError("points need point_labels: 1 for foreground, 0 for background")
+            labels = np.asarray(point_labels)
+            labels = labels[None] if labels.ndim == 1 else labels
+            if pts.ndim != 3 or pts.shape[-1] != 2 or labels.shape != pts.shape[:2]:
+                raise PromptError(
+                    f"points must be (N, P, 2) XY with point_labels (N, P); got {pts.shape} and {labels.shape}"
+                )
+            if not np.isin(labels, (0, 1)).all():
+                raise PromptError("point_labels must be 1 (foreground) or 0 (background)")
+            h, w = prep.original_size
+            if not np.isfinite(pts).all() or (pts < 0).any() or (pts[..., 0] >= w).any() or (pts[..., 1] >= h).any():
+                raise PromptError(f"points must lie inside the {w}x{h} image")
+            if n is not None and n != len(pts):
+                raise PromptError(f"{n} boxes but {len(pts)} point sets: give one point set per box")
+            n = len(pts)
+            pts_m = points_to_model(pts, prep)
+        return n, boxes_m, pts_m, labels
+
+
+def _geometry_meta(prep: PreparedImage) -> dict:
+    return {
+        "original_size": list(prep.original_size),
+        "resized_size": list(prep.resized_size),
+        "scale_xy": list(prep.scale_xy),
+        "input_size": prep.input_size,
+    }
+
+
+def _geometry_from_meta(meta: dict) -> PreparedImage:
+    return PreparedImage(
+        np.empty(0, np.float32), tuple(meta["original_size"]), tuple(meta["resized_size"]),
+        tuple(meta["scale_xy"]), int(meta["input_size"]),
+    )
