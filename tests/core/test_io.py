@@ -1,0 +1,198 @@
+"""read_image / write_labels: round trips keep spacing and affine; bad files raise ImageError."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from medsam_core.errors import ImageError
+from medsam_core.io import ImageMeta, check_labels, label_dtype, read_image, write_labels
+
+
+def volume(shape=(5, 12, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 4000, size=shape).astype(np.uint16)
+
+
+def labels_like(shape):
+    lab = np.zeros(shape, np.int64)
+    lab[..., 2:6, 3:9] = 1
+    lab[..., 7:10, 10:14] = 2
+    return lab
+
+
+# -- TIFF ----------------------------------------------------------------------------------------
+def test_imagej_tiff_spacing_round_trip(tmp_path):
+    img = volume()
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, img, imagej=True, resolution=(1 / 0.25, 1 / 0.5),
+                     metadata={"spacing": 2.0, "unit": "micron", "axes": "ZYX"})
+    data, meta = read_image(src)
+    np.testing.assert_array_equal(data, img)
+    assert meta.axes == "ZYX"
+    assert meta.spacing == pytest.approx((2.0, 0.5, 0.25))
+    assert meta.unit == "um"
+    assert meta.shape == img.shape
+
+    out = write_labels(tmp_path / "lab.tif", labels_like(img.shape), meta)
+    lab, lmeta = read_image(out)
+    assert lab.dtype == np.uint8
+    np.testing.assert_array_equal(lab, labels_like(img.shape))
+    assert lmeta.spacing == pytest.approx(meta.spacing)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej
+        assert tif.pages[0].compression == 8  # zlib / deflate
+
+
+def test_ome_tiff_physical_size(tmp_path):
+    img = volume((3, 8, 10))
+    src = tmp_path / "img.ome.tif"
+    tifffile.imwrite(src, img, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4,
+                                                    "PhysicalSizeZ": 1.5})
+    _, meta = read_image(src)
+    assert meta.spacing == pytest.approx((1.5, 0.4, 0.3))
+
+
+def test_plain_tiff_without_spacing_is_unit_spacing_and_rgb_channels_last(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 255, (10, 12, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    data, meta = read_image(tmp_path / "rgb.tif")
+    assert data.shape == (10, 12, 3) and meta.axes == "YXC"
+    assert meta.spacing == (1.0, 1.0) and meta.shape == (10, 12)
+
+
+def test_uint32_labels_keep_spacing(tmp_path):
+    lab = np.zeros((2, 6, 7), np.int64)
+    lab[0, 1, 1] = 70_000
+    meta = ImageMeta(spacing=(3.0, 0.5, 0.5), axes="ZYX", unit="um")
+    out = write_labels(tmp_path / "big.tif", lab, meta)
+    back, bmeta = read_image(out)
+    assert back.dtype == np.uint32 and back[0, 1, 1] == 70_000
+    assert bmeta.spacing == pytest.approx((3.0, 0.5, 0.5))
+
+
+def test_label_dtype_is_smallest_unsigned():
+    assert label_dtype(np.array([0, 255])) == np.uint8
+    assert label_dtype(np.array([0, 256])) == np.uint16
+    assert label_dtype(np.array([0, 65536])) == np.uint32
+    assert check_labels(np.ones((3, 3), bool)).dtype == np.uint8
+    with pytest.raises(ImageError, match=">= 0"):
+        check_labels(-np.ones((3, 3), int))
+    with pytest.raises(ImageError, match="whole numbers"):
+        check_labels(np.full((3, 3), 0.5))
+
+
+# -- NIfTI ---------------------------------------------------------------------------------------
+def oblique_affine():
+    zooms = np.array([0.8, 0.8, 3.0])  # x, y, z in mm
+    theta = np.deg2rad(20)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(zooms) @ np.diag([-1, 1, 1])  # a flip too
+    aff[:3, 3] = [10.0, -20.0, 35.5]
+    return aff
+
+
+@pytest.mark.parametrize("name", ["img.nii", "img.nii.gz"])
+def test_nifti_round_trip_keeps_affine_and_orientation(tmp_path, name):
+    xyz = volume((16, 12, 5))  # nibabel order (x, y, z)
+    aff = oblique_affine()
+    nib.save(nib.Nifti1Image(xyz, aff), tmp_path / name)
+    data, meta = read_image(tmp_path / name)
+    assert data.shape == (5, 12, 16) and meta.axes == "ZYX"
+    np.testing.assert_array_equal(data, xyz.T)
+    assert meta.spacing == pytest.approx((3.0, 0.8, 0.8))
+    np.testing.assert_allclose(meta.affine, aff)
+
+    lab = labels_like(data.shape)
+    out = write_labels(tmp_path / ("lab" + name[3:]), lab, meta)
+    back = nib.load(out)
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    assert back.get_data_dtype() == np.uint8
+    # In the file's own (x, y, z) order the labels sit on the same voxels as the image.
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), lab.T)
+    assert back.header.get_intent()[0] == "label"
+
+
+def test_nifti_labels_via_meta_dict_and_without_meta(tmp_path):
+    nib.save(nib.Nifti1Image(volume((8, 6, 4)), oblique_affine()), tmp_path / "a.nii.gz")
+    data, meta = read_image(tmp_path / "a.nii.gz")
+    out = write_labels(tmp_path / "l.nii.gz", labels_like(data.shape), meta.to_dict())
+    np.testing.assert_allclose(nib.load(out).affine, oblique_affine(), atol=1e-5)
+    plain = write_labels(tmp_path / "p.nii.gz", labels_like((3, 10, 12)),
+                         ImageMeta(spacing=(2.0, 0.5, 0.25), axes="ZYX"))
+    np.testing.assert_allclose(np.diag(nib.load(plain).affine), [0.25, 0.5, 2.0, 1.0])
+
+
+def test_labels_must_match_image_shape(tmp_path):
+    meta = ImageMeta(spacing=(1.0, 1.0), axes="YX", shape=(10, 10))
+    with pytest.raises(ImageError, match="do not match"):
+        write_labels(tmp_path / "x.tif", np.zeros((9, 10), np.uint8), meta)
+    assert not list(tmp_path.iterdir())
+
+
+# -- other formats, errors, atomicity -----------------------------------------------------------
+def test_npz_and_png(tmp_path):
+    np.savez(tmp_path / "a.npz", image=volume((3, 8, 8)), spacing=np.array([2.0, 0.5, 0.5]))
+    data, meta = read_image(tmp_path / "a.npz")
+    assert data.shape == (3, 8, 8) and meta.spacing == (2.0, 0.5, 0.5)
+    from skimage import io as skio
+
+    img = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 3)
+    skio.imsave(tmp_path / "a.png", img, check_contrast=False)
+    data, meta = read_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(data, img)
+    assert meta.axes == "YX"
+
+
+@pytest.mark.parametrize("name", ["bad.tif", "bad.nii.gz", "bad.png", "bad.npz"])
+def test_corrupt_file_raises_image_error(tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(b"this is not an image file at all" * 4)
+    with pytest.raises(ImageError, match="cannot read"):
+        read_image(p)
+
+
+def test_truncated_tiff_raises_image_error(tmp_path):
+    p = tmp_path / "t.tif"
+    tifffile.imwrite(p, volume((4, 32, 32)), photometric="minisblack", compression="zlib")
+    p.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ImageError):
+        read_image(p)
+
+
+def test_missing_and_unsupported(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        read_image(tmp_path / "nope.tif")
+    (tmp_path / "a.xyz").write_text("x")
+    with pytest.raises(ImageError, match="unsupported"):
+        read_image(tmp_path / "a.xyz")
+    with pytest.raises(ImageError, match=".tif"):
+        write_labels(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
+
+
+def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
+    target = tmp_path / "lab.tif"
+    target.write_bytes(b"previous content")
+
+    def broken(*args, **kwargs):
+        with open(args[0], "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(target, np.ones((4, 4), np.uint8))
+    assert target.read_bytes() == b"previous content"
+    assert sorted(os.listdir(tmp_path)) == ["lab.tif"]  # no temp file left behind
+
+
+def test_bad_labels_write_nothing(tmp_path):
+    target = tmp_path / "lab.nii.gz"
+    with pytest.raises(ImageError):
+        write_labels(target, np.full((4, 4), -1))
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -1,0 +1,226 @@
+"""3D propagation: synthetic ellipsoids through a fake predictor (exact), the real model on cells3d."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from medsam_core import Intensity, propagate, segment_volume
+from medsam_core.errors import CancelledError, ImageError, PromptError
+
+from .volume_fakes import FakePredictor, bbox, ellipsoid, render
+
+
+def _start(truth, z, pad=3.0):
+    return bbox(truth[z], pad)
+
+
+def test_ellipsoid_exact_extent_both_directions():
+    truth = ellipsoid()
+    vol = render(truth)
+    pred = FakePredictor()
+    gen = propagate(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0)
+    order = []
+    while True:
+        try:
+            res = next(gen)
+        except StopIteration as stop:
+            why = stop.value
+            break
+        order.append(res.z)
+        np.testing.assert_array_equal(res.mask, truth[res.z])
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    assert order == list(range(20, zs[-1] + 1)) + list(range(19, zs[0] - 1, -1))  # start, up, then down
+    assert "vanished" in why["up"] and "vanished" in why["down"]
+    out = segment_volume(FakePredictor(), vol, _start(truth, 20), 20, min_area_ratio=0.0)
+    assert out.dtype == bool and out.shape == vol.shape
+    np.testing.assert_array_equal(out, truth)
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_any_axis_is_the_slicing_axis(axis):
+    truth = ellipsoid()
+    vol = render(truth)
+    mid = truth.shape[axis] // 2
+    plane = np.take(truth, mid, axis=axis)  # (Z, X) or (Z, Y): x is the later axis
+    out = segment_volume(FakePredictor(), vol, bbox(plane, 2), mid, axis=axis, min_area_ratio=0.0)
+    np.testing.assert_array_equal(out, truth)
+
+
+def test_stops_when_predicted_iou_drops():
+    truth = ellipsoid()
+    vol = render(truth)
+    vol[24:][truth[24:]] = 150  # the model is "unsure" from slice 24 up
+    pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.5)
+    zs = np.flatnonzero(out.any(axis=(1, 2)))
+    assert zs[-1] == 23 and zs[0] == np.flatnonzero(truth.any(axis=(1, 2)))[0]
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2)
+    np.testing.assert_array_equal(out, truth)
+
+
+def test_stops_when_area_collapses():
+    truth = np.zeros((30, 48, 48), bool)
+    yy, xx = np.mgrid[:48, :48]
+    disk = (yy - 24) ** 2 + (xx - 24) ** 2 <= 10**2
+    truth[5:20] = disk
+    truth[20:26, 23:25, 23:25] = True  # a thin stalk: 4 px after ~300 px
+    vol = render(truth)
+    out = segment_volume(FakePredictor(), vol, bbox(disk, 2), 12, min_area_ratio=0.2)
+    assert np.flatnonzero(out.any(axis=(1, 2))).tolist() == list(range(5, 20))
+    out = segment_volume(FakePredictor(), vol, bbox(disk, 2), 12, min_area_ratio=0.0)
+    np.testing.assert_array_equal(out, truth)
+
+
+def _cylinder(n=40):
+    truth = np.zeros((n, 64, 64), bool)
+    truth[:, 20:40, 16:44] = True
+    return truth
+
+
+def test_key_boxes_interpolate_bound_and_override_stop_rules():
+    truth = _cylinder()
+    truth[15] = False  # a gap the user says is still the object: stop rules are off between keys
+    vol = render(truth)
+    b0, b10, b30 = np.array([14, 18, 46, 42.0]), np.array([10, 10, 50, 50.0]), np.array([16, 19, 44, 41.0])
+    pred = FakePredictor()
+    results = list(propagate(pred, vol, b0, 20, key_boxes={10: b10, 30: b30}))
+    assert sorted(r.z for r in results) == list(range(10, 31))  # bounded by the outermost keys
+    boxes = {r.z: r.box for r in results}
+    np.testing.assert_allclose(boxes[25], (b0 + b30) / 2)
+    np.testing.assert_allclose(boxes[12], 0.2 * b0 + 0.8 * b10)
+    np.testing.assert_array_equal(boxes[10], b10)
+    assert not next(r for r in results if r.z == 15).mask.any()
+    out = segment_volume(FakePredictor(), vol, b0, 20, key_boxes={10: b10, 30: b30}, bound_by_keys=False)
+    np.testing.assert_array_equal(out, truth)  # past the keys the neighbour-mask rule takes over
+
+
+def test_key_on_one_side_leaves_the_other_side_free():
+    truth = _cylinder()
+    box = bbox(truth[20], 2)
+    out = segment_volume(FakePredictor(), render(truth), box, 20, key_boxes={30: box})
+    assert np.flatnonzero(out.any(axis=(1, 2))).tolist() == list(range(0, 31))
+
+
+@pytest.mark.parametrize(("spacing", "grow_xy"), [(None, (1, 1)), ((4.0, 1.0, 1.0), (4, 4)),
+                                                 ((1.0, 1.0, 0.5), (2, 1)), ((3.0, 0.5, 1.0), (3, 6))])
+def test_margin_is_physical(spacing, grow_xy):
+    truth = _cylinder()
+    pred = FakePredictor()
+    results = list(propagate(pred, render(truth), bbox(truth[20], 0), 20, spacing=spacing, margin=2.0))
+    gx, gy = (2 + g for g in grow_xy)
+    tight = bbox(truth[20])
+    expect = np.clip(tight + [-gx, -gy, gx, gy], 0, 63)
+    np.testing.assert_allclose(next(r for r in results if r.z == 21).box, expect)
+
+
+def test_volume_wide_intensity_window():
+    truth = ellipsoid()
+    vol = render(truth).astype(np.float32)
+    vol *= np.linspace(0.5, 2.0, len(vol))[:, None, None]  # brightness drifts along z
+    pred = FakePredictor(score_fn=lambda im: 0.9)
+    list(propagate(pred, vol + 300, _start(truth, 20), 20))
+    windows = set(pred.intensities)
+    assert len(windows) == 1
+    (window,) = windows
+    lo, hi = np.percentile(vol + 300, [0.5, 99.5])
+    assert window.mode == "range" and np.allclose(window.value_range, (lo, hi))
+    fixed = Intensity.ct("soft_tissue")
+    pred = FakePredictor()
+    list(propagate(pred, vol, _start(truth, 20), 20, intensity=fixed))
+    assert set(pred.intensities) == {fixed}
+
+
+def test_progress_and_cancel_leave_labels_untouched():
+    truth = ellipsoid()
+    vol = render(truth)
+    calls = []
+    out = segment_volume(FakePredictor(), vol, _start(truth, 20), 20, min_area_ratio=0.0,
+                         on_progress=lambda d, t: calls.append((d, t)))
+    n = int(truth.any(axis=(1, 2)).sum())
+    assert [d for d, _ in calls] == list(range(1, n + 1)) + [n] and calls[-1] == (n, n)
+    totals = [t for _, t in calls]
+    assert totals[0] == len(vol) and all(np.diff(totals) <= 0)  # honest, shrinking
+    labels = np.zeros(vol.shape, np.int32)
+    labels[0, 0, 0] = 7
+    before = labels.copy()
+    event = threading.Event()
+
+    def progress(done, total):
+        if done == 3:
+            event.set()
+
+    with pytest.raises(CancelledError):
+        segment_volume(FakePredictor(), vol, _start(truth, 20), 20, labels=labels, label_id=2,
+                       on_progress=progress, cancel=event)
+    np.testing.assert_array_equal(labels, before)
+    pred = FakePredictor()
+    with pytest.raises(CancelledError):
+        list(propagate(pred, vol, _start(truth, 20), 20, cancel=lambda: pred.images >= 5))
+    assert pred.images == 5  # checked before every slice
+    out2 = segment_volume(FakePredictor(), vol, _start(truth, 20), 20, min_area_ratio=0.0, labels=labels,
+                          label_id=2)
+    np.testing.assert_array_equal(out2, out)
+    assert (labels == 2).sum() == truth.sum() and labels[0, 0, 0] == 7
+
+
+def test_bad_input_is_refused_and_changes_nothing():
+    truth = ellipsoid()
+    vol = render(truth)
+    box = _start(truth, 20)
+    labels = np.zeros(vol.shape, np.int32)
+    cases = [
+        (PromptError, dict(box=[500, 500, 600, 600])),
+        (PromptError, dict(box=[30, 20, 10, 40])),
+        (PromptError, dict(z=40)),
+        (PromptError, dict(z=2.5)),
+        (PromptError, dict(key_boxes={-1: box})),
+        (PromptError, dict(spacing=(1.0, 0.0, 1.0))),
+        (PromptError, dict(min_iou=1.5)),
+        (PromptError, dict(labels=np.zeros((3, 3, 3), np.int32))),
+        (ImageError, dict(volume=vol[0])),
+        (ImageError, dict(axis=3)),
+    ]
+    for exc, kw in cases:
+        args = {"predictor": FakePredictor(), "volume": vol, "box": box, "z": 20, "labels": labels} | kw
+        with pytest.raises(exc):
+            segment_volume(**args)
+        assert not labels.any()
+
+
+@pytest.mark.slow
+def test_real_model_on_a_cells3d_nucleus(lite_model, cells3d):
+    """Two nuclei in a crop of the real stack: 3D Dice, and the second object reuses the slices
+    the first one encoded (encoder calls grow only by the slices it alone visits)."""
+    from medsam_core import Predictor
+    from medsam_core.embeddings import content_hash
+    from medsam_core.metrics import dice
+
+    image, labels, spacing = cells3d
+    vol, ref = image[10:60, 40:170, 0:96], labels[10:60, 40:170, 0:96]
+    pred = Predictor(lite_model)
+    seen, visited = set(), {}
+    set_image = pred.set_image
+
+    def spy(image, **kw):
+        seen.add(content_hash(image))
+        return set_image(image, **kw)
+
+    pred.set_image = spy
+    for lab in (4, 2):
+        obj = ref == lab
+        zs = np.flatnonzero(obj.any(axis=(1, 2)))
+        zmid = int(zs[len(zs) // 2])
+        before = pred.encoder_calls
+        res = list(propagate(pred, vol, bbox(obj[zmid], 3), zmid, spacing=spacing))
+        visited[lab] = {r.z for r in res}
+        out = np.zeros(vol.shape, bool)
+        for r in res:
+            out[r.z] = r.mask
+        d = dice(out, obj)
+        print(f"nucleus {lab}: 3D Dice {d:.3f}, slices {len(res)}, encoder calls {pred.encoder_calls - before}")
+        assert d >= 0.80
+    assert pred.encoder_calls == len(seen)  # every slice encoded once, for both objects
+    assert visited[4] & visited[2]  # the objects share slices (so the check above means something)
