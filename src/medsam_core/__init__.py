@@ -24,7 +24,10 @@ from .errors import (
 )
 from .predictor import Prediction, Predictor
 from .preprocess import CT_WINDOWS, Intensity
+from .prompts import box_from_mask, box_from_recist
+from .propagate import SliceResult, propagate, segment_volume
 from .registry import MODELS, get_spec
+from .volume import embed_volume, volume_intensity
 
 __all__ = [
     "CT_WINDOWS",
@@ -44,4 +47,11 @@ __all__ = [
     "load_model",
     "save_checkpoint",
     "select_device",
+    "SliceResult",
+    "box_from_mask",
+    "box_from_recist",
+    "embed_volume",
+    "propagate",
+    "segment_volume",
+    "volume_intensity",
 ]

@@ -140,6 +140,15 @@ class EmbeddingCache:
         return len(self._mem)
 
     # -- disk tier ---------------------------------------------------------------------------
+    def check_store(self, key: EmbeddingKey) -> None:
+        """Raise CacheMismatchError now if the disk store was made for another model/preprocessing.
+
+        Long jobs (``embed_volume``) call this before any encoder work, so a mismatch is refused
+        at once rather than after the first batch.
+        """
+        if self.disk_dir is not None:
+            self._check_store_signature(key)
+
     def _disk_path(self, key: EmbeddingKey) -> Path | None:
         if self.disk_dir is None:
             return None

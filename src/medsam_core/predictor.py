@@ -7,10 +7,12 @@ before (same content, model, preprocessing) does not run the encoder again.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
 
+from .backends import EncoderBackend, make_encoder_backend
 from .embeddings import EmbeddingCache, EmbeddingKey, content_hash
 from .errors import PredictorStateError, PromptError
 from .preprocess import (
@@ -43,11 +45,20 @@ class Predictor:
 
     model: from ``medsam_core.load_model``. cache: shared EmbeddingCache (one is made if None).
     intensity / channel: defaults for ``set_image`` (see preprocess.Intensity, to_grey_or_rgb).
+    encoder_backend: "auto" (exported OpenVINO engine on the CPU when installed and verified,
+    else PyTorch eager), "openvino", "torch" or an ``backends.EncoderBackend``; None reads
+    $MEDSAM_ENCODER_BACKEND (default "auto").
     """
 
     def __init__(self, model, cache: EmbeddingCache | None = None, intensity: Intensity | None = None,
-                 channel: int | str | None = "auto", batch_size: int = 64):
+                 channel: int | str | None = "auto", batch_size: int = 64,
+                 encoder_backend: str | EncoderBackend | None = None):
         self.model = model
+        # "auto" / "openvino" / "torch" / an EncoderBackend; None reads $MEDSAM_ENCODER_BACKEND.
+        # Built at the first encode (an engine export can take a while), see backends.py.
+        self._backend_choice = encoder_backend
+        self._backend: EncoderBackend | None = None
+        self._backend_lock = threading.Lock()
         self.cache = cache if cache is not None else EmbeddingCache()
         self.intensity = intensity or Intensity()
         self.channel = channel
@@ -110,12 +121,17 @@ class Predictor:
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) float32 model input -> (B, 256, 64, 64) float32 embeddings (no cache)."""
-        import torch
-
-        with torch.inference_mode():
-            out = self.model.encode(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        out = self.encoder_backend.encode(batch)
         self.encoder_calls += len(batch)
-        return out.float().cpu().numpy()
+        return out
+
+    @property
+    def encoder_backend(self) -> EncoderBackend:
+        """The backend that runs the image encoder (made on first use; ``.name`` says which)."""
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = make_encoder_backend(self.model, self._backend_choice)
+            return self._backend
 
     def reset_image(self) -> None:
         self._embedding = None

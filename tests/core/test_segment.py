@@ -11,9 +11,9 @@ from medsam_core.preprocess import Intensity
 from medsam_core.samples import nuclei, nuclei_paths
 from medsam_core.segment import (
     check_boxes_for_image,
-    paste_masks,
     parse_channel,
     parse_intensity,
+    paste_masks,
     read_boxes_csv,
     segment_boxes,
 )
@@ -157,7 +157,7 @@ def test_overlay_draws_outlines_in_label_colours_and_boxes(tmp_path):
 def test_draw_box_clips_to_the_picture():
     rgb = np.zeros((5, 5, 3), np.uint8)
     draw_box(rgb, (-3, 1, 10, 3))
-    assert rgb[1].all() and rgb[3].all() and not rgb[0].any()
+    assert rgb[1, :, 0].all() and rgb[3, :, 0].all() and not rgb[0].any() and not rgb[2, 1:4].any()
 
 
 def test_shipped_sample_is_consistent():

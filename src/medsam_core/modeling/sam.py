@@ -37,6 +37,7 @@ class SamModel(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = False,
+        fast: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode N prompts against one image embedding.
 
@@ -44,7 +45,21 @@ class SamModel(nn.Module):
         1 foreground / 0 background); mask_input: (N, 1, 256, 256) logits of an earlier mask.
         Returns low-res logits (N, M, 256, 256) and predicted IoU (N, M), M = 3 if
         ``multimask_output`` else 1.
+
+        fast: use ``fast_decoder.FastDecoder`` (same function, shared image-side work, logits only
+        in a window around each prompt, ``OUTSIDE_LOGIT`` elsewhere) when it covers the call:
+        box/point prompts without ``mask_input``, gradients off, the standard decoder layout.
+        Otherwise, and with ``fast=False``, the reference segment-anything forward pass runs.
         """
+        if fast and (boxes is not None or points is not None) and not torch.is_grad_enabled():
+            from .fast_decoder import FastDecoder
+
+            if FastDecoder.supports(self.prompt_encoder, self.mask_decoder, embedding, mask_input):
+                fd = self.__dict__.get("_fast_decoder")
+                if fd is None:
+                    fd = self.__dict__["_fast_decoder"] = FastDecoder()
+                return fd.decode(self.prompt_encoder, self.mask_decoder, embedding, boxes, points,
+                                 multimask_output, self.input_size)
         sparse, dense = self.prompt_encoder(
             points=points, boxes=boxes[:, None, :] if boxes is not None else None, masks=mask_input
         )

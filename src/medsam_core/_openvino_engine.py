@@ -1,0 +1,224 @@
+"""OpenVINO export of a model's image encoder: convert, verify, cache on disk, compile.
+
+The export is made from the loaded PyTorch model (never a downloaded IR), so a fine-tuned
+encoder gets its own engine. Cache layout::
+
+    <cache_root>/engines/<encoder_id[:32]>/openvino-<version>-<precision>-<S>x<S>-v<FORMAT>/
+        encoder.xml, encoder.bin   (weights kept float32: compress_to_fp16=False)
+        meta.json                  (encoder_id, versions, verification report, accepted)
+        blob/                      (OpenVINO's compiled-model cache: faster second compile)
+
+The folder is written under a temporary name and renamed into place, so a half-written export
+is never read. The key holds the full encoder weight hash, the OpenVINO version, the inference
+precision and the input shape: a stale export cannot be served. An export that fails the
+verification is remembered (``accepted: false``) so it is not redone at every start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .backends import EngineError
+
+ENGINE_FORMAT = 1
+# Refuse an engine whose embedding differs from PyTorch by more than this (float32 export:
+# ~4e-6 measured; bfloat16 inference: ~3e-2) or whose masks differ (IoU per box).
+MAX_ABS_DIFF = 1e-3
+MIN_MASK_IOU = 0.99
+
+
+def engine_dir(cache_root: Path, encoder_id: str, input_size: int, precision: str) -> Path:
+    """Folder of one export: keyed on weights, engine version, precision and input shape."""
+    import openvino as ov
+
+    full = ov.get_version()
+    short = full.split("-")[0]
+    tag = hashlib.sha256(full.encode()).hexdigest()[:8]
+    name = f"openvino-{short}-{tag}-{precision}-{input_size}x{input_size}-v{ENGINE_FORMAT}"
+    return Path(cache_root) / "engines" / encoder_id[:32] / name
+
+
+def probe_input(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic test image (1, 3, S, S) in [0, 1] with bright blobs, and (N, 4) XYXY
+    boxes around three of them in model pixels: what verification runs through both engines."""
+    rng = np.random.default_rng(20240521)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+    img = 0.15 + 0.04 * rng.standard_normal((size, size)).astype(np.float32)
+    blobs = [(0.3, 0.3, 0.12, 0.9), (0.7, 0.35, 0.08, 0.7), (0.45, 0.72, 0.15, 0.8), (0.8, 0.8, 0.05, 0.6)]
+    boxes = []
+    for cx, cy, r, value in blobs:
+        inside = ((xx - cx) / r) ** 2 + ((yy - cy) / (0.8 * r)) ** 2 <= 1
+        img[inside] = value + 0.05 * rng.standard_normal(int(inside.sum())).astype(np.float32)
+        boxes.append([(cx - r * 1.15) * size, (cy - 0.8 * r * 1.15) * size,
+                      (cx + r * 1.15) * size, (cy + 0.8 * r * 1.15) * size])
+    img = (img - img.min()) / (img.max() - img.min())
+    x = np.repeat(img[None, None], 3, axis=1).astype(np.float32)
+    return x, np.asarray(boxes[:3], np.float32)
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def verify(model, engine, probe: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Compare the engine with PyTorch eager on the probe image.
+
+    Returns max_abs_diff of the (1, 256, 64, 64) embedding, the mask IoU per box (decoder run
+    on both embeddings, masks = low-res logits > 0) and ``accepted``.
+    """
+    import torch
+
+    x, boxes = probe if probe is not None else probe_input(model.input_size)
+    with torch.inference_mode():
+        ref = model.encode(torch.from_numpy(x)).float()
+    out = torch.from_numpy(engine(x))
+    diff = float((out - ref).abs().max())
+    ious = []
+    with torch.inference_mode():
+        b = torch.from_numpy(boxes)
+        ref_logits, _ = model.decode(ref, boxes=b)
+        out_logits, _ = model.decode(out, boxes=b)
+    for r, o in zip(ref_logits.numpy() > 0, out_logits.numpy() > 0, strict=True):
+        ious.append(_mask_iou(r, o))
+    accepted = bool(np.isfinite(diff) and diff <= MAX_ABS_DIFF and min(ious) >= MIN_MASK_IOU)
+    return {"max_abs_diff": diff, "mask_iou": ious, "accepted": accepted,
+            "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_mask_iou": MIN_MASK_IOU}}
+
+
+def export_ir(encoder, input_size: int, xml_path: Path) -> None:
+    """Convert ``encoder`` (a CPU nn.Module) to OpenVINO IR at ``xml_path`` with float32 weights."""
+    import openvino as ov
+    import torch
+
+    # A copy in eval mode: a model left in training mode after fine-tuning would trace
+    # batch-norm in batch statistics, and the caller's module must not change mode.
+    enc = copy.deepcopy(encoder).float().eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ifs on static shapes
+        ov_model = ov.convert_model(enc, example_input=example, input=[(1, 3, input_size, input_size)])
+    ov.save_model(ov_model, str(xml_path), compress_to_fp16=False)
+
+
+def compile_engine(folder: Path, num_threads: int | None, precision: str):
+    """Compile ``folder/encoder.xml`` for the CPU -> callable (B, 3, S, S) -> (B, 256, 64, 64)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": int(num_threads or 0),  # 0: OpenVINO's default (physical cores)
+        "CACHE_DIR": str(folder / "blob"),
+    }
+    compiled = core.compile_model(str(folder / "encoder.xml"), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        outs = [np.array(request.infer({0: batch[i:i + 1]})[0], np.float32, copy=True)
+                for i in range(len(batch))]
+        return np.concatenate(outs) if outs else np.zeros((0, 256, 64, 64), np.float32)
+
+    return run
+
+
+@contextlib.contextmanager
+def _export_lock(parent: Path):
+    """An exclusive lock file beside the exports (POSIX); without fcntl, no lock (the rename
+    into place still keeps a concurrent export from being read half-written)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(parent / ".export.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_or_export(model, cache_root: Path, num_threads: int | None, precision: str = "f32"):
+    """The verified engine for ``model``'s encoder -> (callable, info).
+
+    Loads the cached export when its meta matches this encoder; otherwise exports, verifies and
+    stores it. Raises EngineError when the export is refused by the verification.
+    """
+    import openvino as ov
+
+    if precision not in ("f32", "bf16", "f16"):
+        raise ValueError("precision must be 'f32', 'bf16' or 'f16'")
+    size = int(model.input_size)
+    folder = engine_dir(cache_root, model.encoder_id, size, precision)
+    meta = _read_meta(folder)
+    exported = False
+    if meta is None or meta.get("encoder_id") != model.encoder_id:
+        with _export_lock(folder.parent):  # several processes starting at once export once
+            meta = _read_meta(folder)
+            if meta is None or meta.get("encoder_id") != model.encoder_id:
+                meta = _export(model, folder, size, precision, num_threads)
+                exported = True
+    if not meta.get("accepted"):
+        v = meta.get("verification", {})
+        raise EngineError(
+            f"the OpenVINO export of this encoder differs from PyTorch (max abs diff "
+            f"{v.get('max_abs_diff')}, mask IoU {v.get('mask_iou')}; thresholds {v.get('thresholds')}); "
+            f"delete {folder} to try again"
+        )
+    t0 = time.perf_counter()
+    engine = compile_engine(folder, num_threads, precision)
+    info = dict(meta, exported=exported, compile_s=time.perf_counter() - t0, path=str(folder),
+                num_threads=num_threads, openvino=ov.get_version())
+    return engine, info
+
+
+def _export(model, folder: Path, size: int, precision: str, num_threads: int | None) -> dict:
+    """Export + verify into a temporary folder, then rename it into place."""
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        t0 = time.perf_counter()
+        export_ir(model.image_encoder, size, tmp / "encoder.xml")
+        export_s = time.perf_counter() - t0
+        report = verify(model, compile_engine(tmp, num_threads, precision))
+        shutil.rmtree(tmp / "blob", ignore_errors=True)  # compiled for the temp path; remade later
+        meta = {
+            "format": ENGINE_FORMAT, "engine": "openvino", "engine_version": ov.get_version(),
+            "encoder_id": model.encoder_id, "input_shape": [1, 3, size, size], "precision": precision,
+            "export_s": export_s, "verification": report, "accepted": report["accepted"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():  # a stale or concurrent export: replace only if it is not usable
+            old = _read_meta(folder)
+            if old is not None and old.get("encoder_id") == model.encoder_id:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return old
+            shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

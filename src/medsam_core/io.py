@@ -1,0 +1,352 @@
+"""Read images and volumes with their spacing; write instance labels that overlay them exactly.
+
+Axis conventions: arrays come back spatial axes first in (Z, Y, X) / (Y, X) order, channels (if
+any) last, other axes (e.g. T) in front; ``ImageMeta.axes`` names them, e.g. "YX", "ZYX", "YXC".
+``ImageMeta.spacing`` has one value per spatial axis in the same order ((z, y, x) or (y, x)).
+
+NIfTI: nibabel arrays are (x, y, z); ``read_image`` returns their transpose (z, y, x) and keeps
+the original 4x4 affine and header, and ``write_labels`` transposes back before writing with
+that affine, so the labels overlay the image voxel for voxel in ITK-SNAP, 3D Slicer or nibabel.
+
+tifffile, nibabel and scikit-image are imported inside functions (cheap package import).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+READ_SUFFIXES = TIFF_SUFFIXES + NIFTI_SUFFIXES + (".npz",) + RASTER_SUFFIXES
+# ImageJ writes micrometres as "micron" or an escaped "\u00B5m"; OME as the micro sign or Greek mu.
+_UNIT_ALIASES = {"micron": "um", "microns": "um", "\u00b5m": "um", "\u03bcm": "um", "\\u00b5m": "um",
+                 "pixel": "", "pixels": ""}
+
+
+@dataclass
+class ImageMeta:
+    """What a reader learned about an image, and what a writer needs to write labels back.
+
+    spacing: size of a pixel per spatial axis, (z, y, x) or (y, x); 1.0 where unknown.
+    unit: spacing unit ("um", "mm", ...) or "" when unknown.
+    axes: one letter per array axis, spatial axes in Z, Y, X order, "C" for channels (last).
+    affine: NIfTI voxel (i, j, k) -> world 4x4 matrix, where i/j/k are the file's x/y/z axes;
+        None for other formats.
+    nifti_header: the raw NIfTI header bytes (348 for NIfTI-1, 540 for NIfTI-2), to write back.
+    source: the path read. shape: the spatial shape of the array returned.
+    """
+
+    spacing: tuple[float, ...]
+    axes: str
+    unit: str = ""
+    affine: np.ndarray | None = None
+    nifti_header: bytes | None = None
+    source: str | None = None
+    shape: tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (lists, bytes), e.g. for a napari layer's metadata."""
+        return {
+            "spacing": list(self.spacing), "axes": self.axes, "unit": self.unit,
+            "affine": None if self.affine is None else np.asarray(self.affine, float).tolist(),
+            "nifti_header": self.nifti_header, "source": self.source,
+            "shape": None if self.shape is None else list(self.shape), "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | ImageMeta) -> ImageMeta:
+        if isinstance(d, ImageMeta):
+            return d
+        aff = d.get("affine")
+        shape = d.get("shape")
+        return cls(
+            spacing=tuple(float(s) for s in d.get("spacing") or ()), axes=str(d.get("axes", "")),
+            unit=str(d.get("unit") or ""), affine=None if aff is None else np.asarray(aff, float),
+            nifti_header=d.get("nifti_header"), source=d.get("source"),
+            shape=None if shape is None else tuple(int(s) for s in shape), extra=dict(d.get("extra") or {}),
+        )
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+    """Read a TIFF, NIfTI (.nii/.nii.gz), .npz (key 'image') or PNG/JPEG file -> (array, ImageMeta).
+
+    Raises ImageError for a missing, unreadable, corrupt or unsupported file.
+    """
+    path = Path(path).expanduser()
+    suffix = _suffix(path)
+    if suffix not in READ_SUFFIXES:
+        raise ImageError(f"cannot read {path.name}: unsupported file type; use one of {', '.join(READ_SUFFIXES)}")
+    if not path.is_file():
+        raise ImageError(f"image file {path} does not exist (check the path)")
+    readers = {".npz": _read_npz, ".nii": _read_nifti, ".nii.gz": _read_nifti}
+    reader = readers.get(suffix, _read_tiff if suffix in TIFF_SUFFIXES else _read_raster)
+    try:
+        data, meta = reader(path)
+    except ImageError:
+        raise
+    except Exception as exc:  # the libraries raise many types for corrupt files
+        raise ImageError(
+            f"cannot read {path}: {type(exc).__name__}: {exc}. Is the file complete and really a {suffix} file?"
+        ) from exc
+    if data.size == 0:
+        raise ImageError(f"{path} holds an empty image (shape {data.shape})")
+    meta.source = str(path)
+    meta.shape = tuple(int(data.shape[i]) for i, a in enumerate(meta.axes) if a in "ZYX")
+    return data, meta
+
+
+# -- TIFF --------------------------------------------------------------------------------------
+def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes.upper()
+        spacing, unit = _tiff_spacing(tif)
+    data, axes = _normalise_axes(data, axes)
+    n_spatial = sum(a in "ZYX" for a in axes)
+    # spacing is read as (z, y, x); keep the trailing values for the spatial axes present.
+    spacing = tuple(spacing[3 - n_spatial:])
+    return data, ImageMeta(spacing=spacing, axes=axes, unit=unit)
+
+
+def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Squeeze singleton non-spatial axes, call a lone unnamed stack axis Z, move channels last."""
+    keep = [i for i, a in enumerate(axes) if a in "YX" or data.shape[i] > 1]
+    data = data.reshape([data.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    axes = axes.replace("S", "C")
+    if "Z" not in axes:
+        for stack in "IQ":
+            if axes.count(stack) == 1:
+                axes = axes.replace(stack, "Z")
+                break
+    if "C" in axes and axes.count("C") == 1 and not axes.endswith("C"):
+        data = np.moveaxis(data, axes.index("C"), -1)
+        axes = axes.replace("C", "") + "C"
+    return data, axes
+
+
+def _tiff_spacing(tif) -> tuple[tuple[float, float, float], str]:
+    """(z, y, x) spacing and unit from OME, ImageJ, tifffile-shaped metadata or resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        found = _ome_spacing(tif.ome_metadata)
+        if found is not None:
+            return found
+    page = tif.pages[0]
+    sz = 1.0
+    unit = ""
+    ij = tif.imagej_metadata or {}
+    shaped = (tif.shaped_metadata or [{}])[0] if tif.is_shaped else {}
+    if "spacing" in shaped and len(np.atleast_1d(shaped["spacing"])) >= 2:
+        sp = [float(s) for s in np.atleast_1d(shaped["spacing"])]
+        return (tuple([1.0] * (3 - len(sp)) + sp)[-3:]), _unit(shaped.get("unit", ""))
+    if ij:
+        sz = float(ij.get("spacing", 1.0) or 1.0)
+        unit = _unit(ij.get("unit", ""))
+    sy, sx = _tag_spacing(page, "YResolution"), _tag_spacing(page, "XResolution")
+    res_unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
+    if not ij:
+        # Only physical units are trusted; the common 72 dpi default says nothing about pixel size.
+        factor = {3: 1e4, 4: 1e3, 5: 1.0}.get(res_unit)  # centimetre, millimetre, micrometre -> um
+        if factor is None:
+            return (1.0, 1.0, 1.0), ""
+        sy, sx, unit = sy * factor, sx * factor, "um"
+    return (sz, sy, sx), unit
+
+
+def _tag_spacing(page, name: str) -> float:
+    if name not in page.tags:
+        return 1.0
+    value = page.tags[name].value
+    num, den = value if isinstance(value, tuple) else (value, 1)
+    return float(den) / float(num) if num else 1.0
+
+
+def _ome_spacing(xml: str) -> tuple[tuple[float, float, float], str] | None:
+    root = ET.fromstring(xml)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None
+    get = pixels.attrib.get
+    spacing = tuple(float(get(f"PhysicalSize{a}", 1.0)) for a in "ZYX")
+    return spacing, _unit(get("PhysicalSizeXUnit", "um"))
+
+
+def _unit(unit: Any) -> str:
+    text = str(unit or "").strip()
+    return _UNIT_ALIASES.get(text.lower(), _UNIT_ALIASES.get(text, text))
+
+
+# -- NIfTI, npz, PNG/JPEG ------------------------------------------------------------------------
+def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageError(f"{path} is not a NIfTI-1/2 image")
+    data = np.asanyarray(img.dataobj)
+    zooms = [float(z) for z in img.header.get_zooms()]
+    if data.ndim == 3 and data.shape[2] == 1:  # a 2D image stored as (x, y, 1)
+        data = data[..., 0]
+    n_spatial = min(data.ndim, 3)
+    # (x, y, z[, t, ...]) -> ([..., t,] z, y, x): the full transpose reverses every axis.
+    data = np.ascontiguousarray(data.T)
+    axes = "TUVW"[: data.ndim - n_spatial][::-1] + "ZYX"[3 - n_spatial:]
+    spacing = tuple(reversed(zooms[:n_spatial]))
+    xyz_unit, _ = img.header.get_xyzt_units()
+    unit = {"mm": "mm", "micron": "um", "meter": "m"}.get(xyz_unit or "", "")
+    meta = ImageMeta(spacing=spacing, axes=axes, unit=unit, affine=np.asarray(img.affine, float),
+                     nifti_header=bytes(img.header.binaryblock))
+    return data, meta
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    with np.load(path, allow_pickle=False) as d:
+        if "image" not in d.files:
+            raise ImageError(f"{path} has no array named 'image' (found: {', '.join(d.files) or 'none'})")
+        data = np.asarray(d["image"])
+        spacing = tuple(float(s) for s in d["spacing"]) if "spacing" in d.files else None
+    axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim)
+    if axes is None:
+        raise ImageError(f"{path}: 'image' has shape {data.shape}; expected 2D (Y, X) or 3D (Z, Y, X)")
+    n_spatial = min(data.ndim, 3)
+    if spacing is None or len(spacing) != n_spatial:
+        spacing = (1.0,) * n_spatial
+    return data, ImageMeta(spacing=spacing, axes=axes)
+
+
+def _read_raster(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    from skimage import io as skio
+
+    data = np.asarray(skio.imread(str(path)))
+    if data.ndim == 3 and data.shape[-1] == 4 and data.dtype == np.uint8 and (data[..., 3] == 255).all():
+        data = data[..., :3]  # an opaque alpha channel carries nothing
+    if data.ndim not in (2, 3):
+        raise ImageError(f"{path}: unexpected image shape {data.shape}")
+    return data, ImageMeta(spacing=(1.0, 1.0), axes="YX" if data.ndim == 2 else "YXC")
+
+
+# -- writing labels ------------------------------------------------------------------------------
+def label_dtype(labels: np.ndarray) -> np.dtype:
+    """The smallest unsigned integer type (uint8/16/32) that holds every label value."""
+    top = int(labels.max()) if labels.size else 0
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ImageError(f"label value {top} does not fit in uint32; renumber the labels (skimage relabel_sequential)")
+
+
+def check_labels(labels) -> np.ndarray:
+    """Validate an integer/bool label image (2D or 3D, values >= 0) -> the smallest unsigned copy."""
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise ImageError("labels must hold whole numbers; got non-integer floats")
+    elif arr.dtype.kind not in "ui":
+        raise ImageError(f"labels of dtype {arr.dtype} cannot be written; pass an integer array")
+    if arr.ndim not in (2, 3):
+        raise ImageError(f"labels must be 2D (Y, X) or 3D (Z, Y, X); got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise ImageError("labels must be >= 0 (0 = background); got negative values")
+    return arr.astype(label_dtype(arr), copy=False)
+
+
+def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None = None) -> Path:
+    """Write (Y, X) or (Z, Y, X) instance labels to .tif/.tiff or .nii/.nii.gz, atomically.
+
+    meta: from ``read_image`` (or its ``to_dict()``): spacing is kept; for NIfTI the affine and
+    header are reused so the labels overlay the image. Labels are stored as uint8/16/32, the
+    smallest type that fits. Bad input raises ImageError before anything is written; a failed
+    write leaves an existing file at ``path`` untouched.
+    """
+    path = Path(path).expanduser()
+    suffix = _suffix(path)
+    if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
+        raise ImageError(f"cannot write labels to {path.name}: use a .tif, .tiff, .nii or .nii.gz file name")
+    arr = check_labels(labels)
+    meta = ImageMeta.from_dict(meta) if meta is not None else None
+    spacing = _labels_spacing(arr, meta)
+    if not path.parent.is_dir():
+        raise ImageError(f"folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            _write_tiff(tmp, arr, spacing, meta.unit if meta else "")
+        else:
+            _write_nifti(tmp, arr, spacing, meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _labels_spacing(arr: np.ndarray, meta: ImageMeta | None) -> tuple[float, ...]:
+    if meta is None or not meta.spacing:
+        return (1.0,) * arr.ndim
+    if meta.shape is not None and tuple(meta.shape) != arr.shape:
+        raise ImageError(
+            f"labels of shape {arr.shape} do not match the image they belong to ({tuple(meta.shape)}); "
+            "write labels with the image's spatial shape"
+        )
+    sp = tuple(meta.spacing)
+    return sp[-arr.ndim:] if len(sp) >= arr.ndim else (1.0,) * (arr.ndim - len(sp)) + sp
+
+
+def _write_tiff(tmp: str, arr: np.ndarray, spacing: tuple[float, ...], unit: str) -> None:
+    import tifffile
+
+    sy, sx = spacing[-2:]
+    axes = "ZYX" if arr.ndim == 3 else "YX"
+    if arr.dtype != np.uint32:  # ImageJ hyperstacks hold 8/16-bit (and float) only
+        md = {"axes": axes, "unit": unit or "pixel"}
+        if arr.ndim == 3:
+            md["spacing"] = float(spacing[0])
+        tifffile.imwrite(tmp, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata=md,
+                         compression="zlib")
+    else:
+        md = {"axes": axes, "spacing": [float(s) for s in spacing], "unit": unit}
+        tifffile.imwrite(tmp, arr, resolution=(1.0 / sx, 1.0 / sy), metadata=md, compression="zlib")
+
+
+def _write_nifti(tmp: str, arr: np.ndarray, spacing: tuple[float, ...], meta: ImageMeta | None) -> None:
+    import nibabel as nib
+
+    header = None
+    if meta is not None and meta.nifti_header:
+        cls = nib.Nifti2Header if len(meta.nifti_header) == 540 else nib.Nifti1Header
+        header = cls(binaryblock=meta.nifti_header)
+    if meta is not None and meta.affine is not None:
+        affine = np.asarray(meta.affine, float)
+    else:  # no orientation known: axis-aligned voxels of the given spacing
+        affine = np.diag([*reversed(tuple(spacing) + (1.0,) * (3 - len(spacing))), 1.0])
+    data = arr.T if arr.ndim == 3 else arr.T[..., None]  # (z, y, x) -> (x, y, z)
+    image_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_cls(np.asarray(data), affine, header=header)
+    img.set_data_dtype(arr.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_intent("label")
+    if header is None:
+        img.header.set_xyzt_units("mm" if (meta and meta.unit == "mm") else "unknown")
+    nib.save(img, tmp)

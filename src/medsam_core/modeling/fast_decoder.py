@@ -1,0 +1,382 @@
+"""A fast, exact re-arrangement of segment-anything's PromptEncoder + MaskDecoder forward pass.
+
+Same function, same weights (read from the modules at every call; no parameters of its own).
+Where the reference spends its time, and what this does instead:
+
+* The reference copies the (256, 64, 64) image embedding and positional encoding once per
+  prompt and projects all 4096 image tokens per prompt in every attention layer. Here the
+  image-side work that does not depend on the prompt is done once per image and cached.
+* Image tokens never attend to each other: after layer 0 each image token is the shared token
+  plus an attention-weighted mix of the prompt tokens' values, then a LayerNorm. So every image
+  token stays "shared row, rescaled, plus a low-rank term": ``r * (X + Z W)`` with Z the
+  (4096, 128) pre-``out_proj`` attention output, itself ``A @ V`` with A the (4096, H x T)
+  attention over T prompt tokens. LayerNorm statistics, projections and attention scores are
+  then computed from A, V and shared projections of X (quadratic forms in A), never
+  materialising a per-prompt (4096, 256) tensor.
+* The output upscaling (ConvTranspose2d k2 s2 -> LayerNorm2d -> GELU -> ConvTranspose2d k2 s2 ->
+  GELU) and the hypernetwork product are local per image token, so they are evaluated only in a
+  window of tokens around each prompt. If a mask is positive on the window's edge the window is
+  enlarged and recomputed (up to the whole grid). Outside the window the low-res logits are set
+  to ``OUTSIDE_LOGIT``; a far-away positive blob not connected to the window is the only thing
+  that can be lost. Only the mask tokens that are returned go through the final attention.
+
+Shapes: N prompts, T prompt tokens (iou + 4 mask tokens + points + box corners), H heads of
+size d, L = 64 x 64 image tokens, C = 256 channels. Tensors laid out as (N, H, T, L) keep the
+image-token axis last.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._fast_terms import (
+    ImageTerms,
+    WeightTerms,
+    block_diag_heads,
+    image_terms,
+    weight_terms,
+)
+
+OUTSIDE_LOGIT = -40.0  # low-res logit given to pixels outside the evaluated window
+_MARGIN_TOKENS = 3  # window margin around a box, in image tokens (4 input pixels at 256)
+_PER_PIXEL = {"LayerNorm2d", "GELU", "ReLU", "Identity", "SiLU"}  # layers that mix no pixels
+
+
+class FastDecoder:
+    """Caches the per-weights and per-image terms; ``decode`` mirrors ``SamModel.decode``.
+
+    Holds no parameters: the weights are read from ``prompt_encoder`` and ``mask_decoder`` at
+    every call, and the caches are keyed on the parameters' identity and version counters, so
+    fine-tuned (in-place updated) weights are always used.
+    """
+
+    def __init__(self, margin: int = _MARGIN_TOKENS) -> None:
+        self.margin = margin  # window margin around the prompts, in image tokens
+        self._params: list[Tensor] = []  # strong references: their identity + version is the key
+        self._versions: list[int] = []
+        self._weights: WeightTerms | None = None
+        self._image: tuple[Tensor, ImageTerms] | None = None
+        self.windows_enlarged = 0  # how often the exact fallback enlarged a window (for tests)
+
+    @staticmethod
+    def supports(prompt_encoder: nn.Module, mask_decoder: nn.Module, embedding: Tensor,
+                 mask_input: Tensor | None) -> bool:
+        """True when the fast path computes this call exactly as the reference would.
+
+        Box and/or point prompts on one embedding, no mask_input, and the decoder layout the
+        derivation assumes (two-layer TwoWayTransformer with plain nn.Linear projections, output
+        upscaling by non-overlapping transposed convolutions and per-pixel layers).
+        """
+        if mask_input is not None or embedding.dim() != 4 or embedding.shape[0] != 1:
+            return False
+        tf = getattr(mask_decoder, "transformer", None)
+        layers = getattr(tf, "layers", ())
+        if len(layers) != 2 or not hasattr(prompt_encoder, "no_mask_embed"):
+            return False
+        atts = [tf.final_attn_token_to_image]
+        for blk in layers:
+            atts += [blk.self_attn, blk.cross_attn_token_to_image, blk.cross_attn_image_to_token]
+            if type(blk.norm4) is not nn.LayerNorm:
+                return False
+        for att in atts:
+            for proj in (att.q_proj, att.k_proj, att.v_proj, att.out_proj):
+                if type(proj) is not nn.Linear or proj.bias is None:
+                    return False
+        for layer in mask_decoder.output_upscaling:
+            if isinstance(layer, nn.ConvTranspose2d):
+                if layer.kernel_size != layer.stride or layer.padding != (0, 0) or layer.groups != 1:
+                    return False
+            elif type(layer).__name__ not in _PER_PIXEL:
+                return False
+        return True
+
+    def _terms(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, embedding: Tensor):
+        params = [*prompt_encoder.parameters(), *prompt_encoder.buffers(), *mask_decoder.parameters()]
+        versions = [p._version for p in params]
+        same = len(params) == len(self._params) and all(a is b for a, b in zip(params, self._params))
+        if self._weights is None or not same or versions != self._versions:
+            self._weights = weight_terms(prompt_encoder, mask_decoder)
+            self._params, self._versions = params, versions
+            self._image = None
+        wt = self._weights
+        emb = embedding.detach().float()
+        cached = self._image
+        if (
+            cached is None
+            or cached[0].shape != emb.shape
+            or cached[0].device != emb.device
+            or not torch.equal(cached[0], emb)
+        ):
+            self._image = (emb.clone(), image_terms(wt, mask_decoder, emb))
+        return wt, self._image[1]
+
+    @torch.no_grad()
+    def decode(
+        self,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        embedding: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+        multimask_output: bool,
+        input_size: int,
+        windowed: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Low-res logits (N, M, 256, 256) and IoU (N, M) like the reference decoder.
+
+        embedding: (1, C, 64, 64); boxes (N, 4) XYXY in model-input pixels; points ((N, P, 2) XY,
+        (N, P) labels). With ``windowed`` and a box, logits outside the window around the box and
+        points are ``OUTSIDE_LOGIT``; prompts without a box, or ``windowed=False``, get the whole
+        low-res grid computed.
+        """
+        wt, it = self._terms(prompt_encoder, mask_decoder, embedding)
+        sparse, _ = prompt_encoder(points=points, boxes=boxes[:, None, :] if boxes is not None else None,
+                                   masks=None)
+        n = sparse.shape[0]
+        out_idx = [2, 3, 4] if multimask_output else [1]  # token indices; token 0 is the IoU token
+        m = len(out_idx)
+        gh, gw = it.grid
+        low = (4 * gh, 4 * gw)
+        if n == 0:
+            return embedding.new_zeros((0, m) + low), embedding.new_zeros((0, m))
+        q_final, keys = _transformer(wt, it, sparse.float(), mask_decoder, out_idx)
+        iou = mask_decoder.iou_prediction_head(q_final[:, 0])
+        iou = iou[:, 1:] if multimask_output else iou[:, :1]
+        hyper = torch.stack(
+            [mask_decoder.output_hypernetworks_mlps[i - 1](q_final[:, 1 + j]) for j, i in enumerate(out_idx)], 1
+        )  # (N, M, C/8)
+        if windowed and boxes is not None:
+            windows = _initial_windows(boxes, points, input_size, it.grid, self.margin)
+        else:  # points alone often give far-apart pieces: evaluate the whole grid
+            windows = torch.tensor([[0, 0, gh, gw]]).expand(n, -1)
+        logits = _windowed_masks(wt, it, keys, hyper, mask_decoder, windows, self)
+        return logits, iou
+
+
+# -- transformer -------------------------------------------------------------------------------
+
+
+def _split(x: Tensor, heads: int) -> Tensor:
+    """(N, T, H*d) -> (N, H, T, d)."""
+    n, t, c = x.shape
+    return x.reshape(n, t, heads, c // heads).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """(N, H, T, d) -> (N, T, H*d)."""
+    n, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(n, t, h * d)
+
+
+def _dot(shared: Tensor, vecs: Tensor) -> Tensor:
+    """shared (H, d, L) . vecs (N, H, T, d) -> (N, H, T, L): per-head dot of every image token."""
+    n, h, t, d = vecs.shape
+    out = torch.bmm(vecs.transpose(0, 1).reshape(h, n * t, d), shared)  # (H, N*T, L)
+    return out.reshape(h, n, t, -1).transpose(0, 1)
+
+
+def _lowrank_dot(a_t: Tensor, vblk: Tensor, mat: Tensor, qblk: Tensor) -> Tensor:
+    """(Z M) . q for all tokens: Z = A V (block-diag heads), -> (N, H*T', L).
+
+    a_t: (N, J, L) attention weights of J = H*T image->token pairs; vblk: (N, J, H*d);
+    mat: (H*d, H*d); qblk: (N, K, H*d) block-diag queries. Returns (N, K, L).
+    """
+    w = vblk @ mat @ qblk.transpose(1, 2)  # (N, J, K)
+    return w.transpose(1, 2) @ a_t
+
+
+def _quad(a_t: Tensor, k: Tensor, b_t: Tensor) -> Tensor:
+    """sum_jk a[j, l] K[j, k] b[k, l] per image token: (N, J, L), (N, J, K), (N, K, L) -> (N, L)."""
+    return ((k.transpose(1, 2) @ a_t) * b_t).sum(1)
+
+
+def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module, out_idx: list[int]):
+    """TwoWayTransformer + final attention -> (final queries of [iou, out masks], image-token state)."""
+    tf = md.transformer
+    blk0, blk1 = tf.layers
+    n = sparse.shape[0]
+    out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0).float()
+    tokens = torch.cat([out_tokens[None].expand(n, -1, -1), sparse], 1)  # (N, T, C)
+    qpe = tokens
+    heads = wt.heads
+    scale = wt.scale
+
+    # Layer 0: image side is the shared X (+ PE) for every prompt.
+    q = blk0.norm1(blk0.self_attn(q=tokens, k=tokens, v=tokens))
+    att = blk0.cross_attn_token_to_image
+    qh = _split(att.q_proj(q + qpe), heads)
+    a = torch.softmax(_dot(it.k0, qh) * scale, -1)  # (N, H, T, L)
+    o = torch.einsum("nhtl,hdl->nhtd", a, it.v0)
+    q = blk0.norm2(q + att.out_proj(_merge(o)))
+    q = blk0.norm3(q + blk0.mlp(q))
+    att = blk0.cross_attn_image_to_token
+    kt = _split(att.k_proj(q + qpe), heads)
+    vt0 = _split(att.v_proj(q), heads)
+    a0 = torch.softmax(_dot(it.q0, kt) * scale, 2)  # image -> token, softmax over T
+    t = a0.shape[2]
+    a0t = a0.reshape(n, heads * t, -1)  # (N, J, L)
+    v0 = block_diag_heads(vt0)  # (N, J, H*d)
+    # keys1 = r1 * (Xc + Z0 Woc^T) * g1 + b1, with Z0 = A0 V0.
+    cross = (a0 * _dot(it.e1, vt0)).sum((1, 2))
+    quad = _quad(a0t, v0 @ wt.gw @ v0.transpose(1, 2), a0t)
+    r1 = torch.rsqrt((it.n1 + 2 * cross + quad) / wt.channels + wt.eps1)  # (N, L)
+
+    # Layer 1: image tokens are r1 * (shared + low-rank) + constant.
+    q = blk1.norm1(q + blk1.self_attn(q=q + qpe, k=q + qpe, v=q))
+    att = blk1.cross_attn_token_to_image
+    qh = _split(att.q_proj(q + qpe), heads)
+    qb = block_diag_heads(qh)
+    s = r1[:, None] * (_dot(it.e2, qh).reshape(n, heads * t, -1) + _lowrank_dot(a0t, v0, wt.m2, qb))
+    s = s + _dot(wt.f2, qh).reshape(n, heads * t, -1)
+    a = torch.softmax(s * scale, -1)  # (N, J, L)
+    ar = a * r1[:, None]
+    o = torch.einsum("nhtl,hdl->nhtd", ar.reshape(n, heads, t, -1), it.e3)
+    o = o + _heads_diag(((ar @ a0t.transpose(1, 2)) @ v0) @ wt.m3, heads, t)
+    o = o + wt.c3.reshape(heads, 1, -1)
+    q = blk1.norm2(q + att.out_proj(_merge(o)))
+    q = blk1.norm3(q + blk1.mlp(q))
+    att = blk1.cross_attn_image_to_token
+    kt = _split(att.k_proj(q + qpe), heads)
+    vt1 = _split(att.v_proj(q), heads)
+    kb = block_diag_heads(kt)
+    s = r1[:, None] * (_dot(it.e4, kt).reshape(n, heads * t, -1) + _lowrank_dot(a0t, v0, wt.m4, kb))
+    s = s + _dot(wt.f4, kt).reshape(n, heads * t, -1)
+    a1 = torch.softmax(s.reshape(n, heads, t, -1) * scale, 2)
+    a1t = a1.reshape(n, heads * t, -1)
+    v1 = block_diag_heads(vt1)
+    # Y2c = r1 * (X2 + Z0 N0) + b2 + Z1 N1 (channel-centred); keys2 = r2 * Y2c * g2 + b2'.
+    sq = r1 * r1 * (it.x2sq + 2 * (a0 * _dot(it.e5, vt0)).sum((1, 2)) + _quad(a0t, v0 @ wt.k00 @ v0.transpose(1, 2), a0t))
+    sq = sq + wt.b2sq + _quad(a1t, v1 @ wt.k11 @ v1.transpose(1, 2), a1t)
+    sq = sq + 2 * r1 * (it.x2b2 + (a0t * (v0 @ wt.u0)[..., None]).sum(1) + (a1 * _dot(it.e6, vt1)).sum((1, 2))
+                        + _quad(a0t, v0 @ wt.k01 @ v1.transpose(1, 2), a1t))
+    sq = sq + 2 * (a1t * (v1 @ wt.u1)[..., None]).sum(1)
+    r2 = torch.rsqrt(sq / wt.channels + wt.eps2)
+    keys = _Keys(r1, r2, a0t, v0, a1t, v1)
+
+    # Final token -> image attention, only for the iou token and the returned mask tokens.
+    sel = [0] + out_idx
+    qf = q[:, sel]
+    att = tf.final_attn_token_to_image
+    qh = _split(att.q_proj(qf + qpe[:, sel]), heads)
+    tf_ = len(sel)
+    qb = block_diag_heads(qh)
+    inner = r1[:, None] * (_dot(it.e7, qh).reshape(n, heads * tf_, -1) + _lowrank_dot(a0t, v0, wt.m7a, qb))
+    inner = inner + (qb @ wt.c7)[..., None] + _lowrank_dot(a1t, v1, wt.m7b, qb)
+    s = r2[:, None] * inner + _dot(wt.f7, qh).reshape(n, heads * tf_, -1)
+    a = torch.softmax(s * scale, -1)  # (N, K, L)
+    ar2 = a * r2[:, None]
+    ar12 = ar2 * r1[:, None]
+    o = torch.einsum("nhtl,hdl->nhtd", ar12.reshape(n, heads, tf_, -1), it.e8)
+    o = o + _heads_diag(((ar12 @ a0t.transpose(1, 2)) @ v0) @ wt.m8a, heads, tf_)
+    o = o + _heads_diag(((ar2 @ a1t.transpose(1, 2)) @ v1) @ wt.m8b, heads, tf_)
+    o = o + ar2.sum(-1).reshape(n, heads, tf_, 1) * wt.c8.reshape(heads, 1, -1) + wt.f8.reshape(heads, 1, -1)
+    qf = tf.norm_final_attn(qf + att.out_proj(_merge(o)))
+    return qf, keys
+
+
+def _heads_diag(x: Tensor, heads: int, t: int) -> Tensor:
+    """(N, H*T, H*d) with row (h, t) -> keep its own head's d columns: (N, H, T, d)."""
+    n = x.shape[0]
+    x = x.reshape(n, heads, t, heads, -1)
+    idx = torch.arange(heads, device=x.device)
+    return x[:, idx, :, idx].transpose(0, 1)
+
+
+class _Keys:
+    """Per-prompt state of the final image tokens, materialised only inside windows."""
+
+    def __init__(self, r1, r2, a0t, v0, a1t, v1):
+        self.r1, self.r2, self.a0t, self.v0, self.a1t, self.v1 = r1, r2, a0t, v0, a1t, v1
+
+    def sub(self, rows: Tensor) -> _Keys:
+        rows = rows.to(self.r1.device)
+        return _Keys(*(x[rows] for x in (self.r1, self.r2, self.a0t, self.v0, self.a1t, self.v1)))
+
+    def gather(self, wt: WeightTerms, it: ImageTerms, idx: Tensor) -> Tensor:
+        """keys2 at image tokens idx (N, Lw) -> (N, Lw, C)."""
+        r1 = torch.gather(self.r1, 1, idx)[..., None]
+        r2 = torch.gather(self.r2, 1, idx)[..., None]
+        a0 = torch.gather(self.a0t, 2, idx[:, None].expand(-1, self.a0t.shape[1], -1))
+        a1 = torch.gather(self.a1t, 2, idx[:, None].expand(-1, self.a1t.shape[1], -1))
+        z0 = a0.transpose(1, 2) @ self.v0  # (N, Lw, H*d)
+        z1 = a1.transpose(1, 2) @ self.v1
+        y = r1 * (it.x2[idx] + z0 @ wt.n0) + wt.b2 + z1 @ wt.n1
+        return r2 * y * wt.g2 + wt.beta2
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+
+def _initial_windows(boxes, points, input_size: int, grid: tuple[int, int], margin: int) -> Tensor:
+    """(N, 4) token windows [y0, x0, y1, x1) around each prompt's box and points, with a margin."""
+    gh, gw = grid
+    per = input_size / gw
+    coords = []
+    if boxes is not None:
+        coords.append(boxes.reshape(-1, 2, 2).float())
+    if points is not None:
+        coords.append(points[0].float())
+    pts = torch.cat(coords, 1) / per  # (N, K, 2) XY in tokens
+    lo = pts.amin(1).floor() - margin
+    hi = pts.amax(1).floor() + 1 + margin
+    x0, y0 = lo[:, 0].clamp(0, gw), lo[:, 1].clamp(0, gh)
+    x1, y1 = hi[:, 0].clamp(0, gw), hi[:, 1].clamp(0, gh)
+    return torch.stack([y0, x0, y1, x1], 1).long().cpu()
+
+
+def _windowed_masks(wt, it, keys: _Keys, hyper: Tensor, md: nn.Module, windows: Tensor, owner) -> Tensor:
+    """Upscale + hypernetwork product inside each window; enlarge windows whose mask touches an edge."""
+    n, m = hyper.shape[:2]
+    gh, gw = it.grid
+    out = hyper.new_full((n, m, 4 * gh, 4 * gw), OUTSIDE_LOGIT)
+    todo = torch.arange(n)
+    while len(todo):
+        win = windows[todo]
+        hh = int((win[:, 2] - win[:, 0]).max())
+        ww = int((win[:, 3] - win[:, 1]).max())
+        # One common window size per batch: keep each window's centre, shift inside the grid.
+        cy = (win[:, 0] + win[:, 2]) // 2
+        cx = (win[:, 1] + win[:, 3]) // 2
+        y0 = (cy - hh // 2).clamp(0, gh - hh)
+        x0 = (cx - ww // 2).clamp(0, gw - ww)
+        ys = y0[:, None] + torch.arange(hh)
+        xs = x0[:, None] + torch.arange(ww)
+        idx = (ys[:, :, None] * gw + xs[:, None, :]).reshape(len(todo), -1).to(hyper.device)
+        k = keys.sub(todo).gather(wt, it, idx)  # (n', hh*ww, C)
+        k = k.transpose(1, 2).reshape(len(todo), -1, hh, ww)
+        up = md.output_upscaling(k)  # (n', C/8, 4hh, 4ww)
+        lg = (hyper[todo.to(hyper.device)] @ up.flatten(2)).reshape(len(todo), m, 4 * hh, 4 * ww)
+        again = []
+        for j, i in enumerate(todo.tolist()):
+            ya, xa = int(y0[j]) * 4, int(x0[j]) * 4
+            out[i, :, ya : ya + 4 * hh, xa : xa + 4 * ww] = lg[j]
+            if _touches_edge(lg[j] > 0, int(y0[j]), int(x0[j]), hh, ww, gh, gw):
+                again.append(i)
+        if not again:
+            break
+        owner.windows_enlarged += len(again)
+        todo = torch.tensor(again)
+        w = windows[todo]
+        grow_y = (w[:, 2] - w[:, 0] + 1) // 2 + 1
+        grow_x = (w[:, 3] - w[:, 1] + 1) // 2 + 1
+        windows = windows.clone()
+        windows[todo] = torch.stack([
+            (w[:, 0] - grow_y).clamp(0, gh), (w[:, 1] - grow_x).clamp(0, gw),
+            (w[:, 2] + grow_y).clamp(0, gh), (w[:, 3] + grow_x).clamp(0, gw)], 1)
+    return out
+
+
+def _touches_edge(pos: Tensor, y0: int, x0: int, hh: int, ww: int, gh: int, gw: int) -> bool:
+    """pos (M, 4hh, 4ww): positive on a window edge that is not the grid border?"""
+    edges = []
+    if y0 > 0:
+        edges.append(pos[:, 0, :])
+    if y0 + hh < gh:
+        edges.append(pos[:, -1, :])
+    if x0 > 0:
+        edges.append(pos[:, :, 0])
+    if x0 + ww < gw:
+        edges.append(pos[:, :, -1])
+    return any(bool(e.any()) for e in edges)
+

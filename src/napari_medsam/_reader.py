@@ -1,0 +1,89 @@
+"""npe2 reader: TIFF (ImageJ/OME pixel size) and NIfTI (spacing, affine kept) to napari layers.
+
+``napari_get_reader(path)`` returns a reader function for a file it can open, else None; it
+never raises. Arrays come from ``medsam_core.io.read_image``: spatial axes (Z, Y, X) / (Y, X),
+channels last; NIfTI volumes are transposed from nibabel's (x, y, z) to (z, y, x). The layer's
+``scale`` is the spacing, and ``metadata["medsam_io_meta"]`` holds ``ImageMeta.to_dict()`` (the
+NIfTI affine and header included) so the labels writer can write labels that overlay the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medsam_core.errors import MedSAMError
+from medsam_core.io import NIFTI_SUFFIXES, TIFF_SUFFIXES, ImageMeta, read_image
+
+log = logging.getLogger(__name__)
+
+META_KEY = "medsam_io_meta"
+SUFFIXES = TIFF_SUFFIXES + NIFTI_SUFFIXES
+
+
+def _suffix(path: str) -> str:
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    return name[: -len(_suffix(path))] if _suffix(path) else name
+
+
+def _openable(path: str) -> bool:
+    """Cheap check (headers only) that ``path`` is a TIFF or NIfTI file we can open."""
+    try:
+        if _suffix(path) in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return len(tif.series) > 0
+        import nibabel as nib
+
+        img = nib.load(path)
+        return isinstance(img, nib.Nifti1Image | nib.Nifti2Image)
+    except Exception:  # noqa: BLE001 - a reader must not raise for what it cannot read
+        return False
+
+
+def napari_get_reader(path):
+    """A reader function for one .tif/.tiff/.nii/.nii.gz path (or a list of them), else None."""
+    paths = [path] if isinstance(path, str | Path) else list(path or [])
+    if not paths:
+        return None
+    paths = [str(p) for p in paths]
+    if not all(_suffix(p) in SUFFIXES and Path(p).is_file() and _openable(p) for p in paths):
+        return None
+    return _make_reader(paths)
+
+
+def _make_reader(paths: list[str]):
+    def reader(_path=None):
+        layers = []
+        for p in paths:
+            try:
+                data, meta = read_image(p)
+            except MedSAMError as exc:  # e.g. corrupt pixel data behind a valid header
+                log.warning("napari-medsam could not read %s: %s", p, exc)
+                return None
+            layers.append(layer_data(data, meta, _stem(p)))
+        return layers
+
+    return reader
+
+
+def layer_data(data, meta: ImageMeta, name: str) -> tuple:
+    """(data, kwargs, "image") for napari: scale from spacing, channels split if not RGB."""
+    kwargs: dict = {"name": name, "metadata": {META_KEY: meta.to_dict()}}
+    spatial = [a for a in meta.axes if a != "C"]
+    scale = [1.0] * (len(spatial) - len(meta.spacing)) + [float(s) for s in meta.spacing]
+    if meta.axes.endswith("C"):
+        rgb = data.shape[-1] in (3, 4) and data.dtype.kind == "u" and data.dtype.itemsize == 1
+        if rgb:
+            kwargs["rgb"] = True
+        else:
+            kwargs["channel_axis"] = data.ndim - 1
+            kwargs["name"] = [f"{name} [{c}]" for c in range(data.shape[-1])]
+    kwargs["scale"] = scale
+    return (data, kwargs, "image")

@@ -1,0 +1,407 @@
+"""Qt-free per-viewer state: model, predictors, cache, prompt/target layers, objects, history.
+
+The session owns what the widget shows: one image layer, a prompt Shapes layer ("MedSAM
+boxes", rectangles whose ``label_id`` feature names their object), a Points layer ("MedSAM
+points", features ``positive`` and ``label_id``) and a target Labels layer. ``sync_shapes``
+brings the labels in line with the rectangles (new ones segmented, moved ones followed, deleted
+ones removed); every change is one ``Commit`` that ``undo`` reverts exactly.
+
+Threading: encoding a slice goes through ``runner`` (see _workers.Runner); decoding a box on
+a cached embedding is a few tens of ms and runs where it is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, PromptError
+from medsam_core.preprocess import check_boxes
+
+from . import _layers as L
+from ._objects import Commit, ObjectRecord, PlaneEditor
+
+BOXES, POINTS, LABELS = "MedSAM boxes", "MedSAM points", "MedSAM labels"
+POSITIVE_COLOR, NEGATIVE_COLOR = "#33ff33", "#ff3333"
+
+
+@dataclass
+class Settings:
+    """User choices that change what the model sees or how masks are written."""
+
+    intensity_mode: str = "auto"  # auto | percentile | ct | contrast | minmax
+    ct_window: str = "soft_tissue"
+    low: float = 0.5
+    high: float = 99.5
+    channel: int | str = "auto"  # how (H, W, C) becomes grey/RGB: auto, mean, max or an index
+    channel_axis: int | None = None  # data axis holding channels for non-RGB nD layers
+    overwrite: bool = False
+    delete_removes: bool = True
+    auto_segment: bool = True
+    prefetch: bool = True
+    negative: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Session:
+    """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``)."""
+
+    def __init__(self, viewer, runner, on_status: Callable[[str], None] | None = None,
+                 on_error: Callable[[Exception], None] | None = None):
+        self.viewer = viewer
+        self.runner = runner
+        self.settings = Settings()
+        self.cache = EmbeddingCache()
+        self.model = None
+        self.predictor: Predictor | None = None  # decodes, on the calling (GUI) thread
+        self._encoder: Predictor | None = None  # encodes, in a worker; shares the cache
+        self.image_layer = self.labels_layer = self.shapes_layer = self.points_layer = None
+        self.objects: dict[int, ObjectRecord] = {}
+        self.history: list[Commit] = []
+        self.on_status = on_status or (lambda text: None)
+        self.on_error = on_error or (lambda exc: None)
+        self._encoding = None  # EmbeddingKey being computed in a worker
+        self._loading = False
+        self._quiet = 0  # > 0 while the session edits its own prompt layers
+        self._syncing = self._resync = False
+
+    # -- model --------------------------------------------------------------------------------
+    def set_model(self, model) -> None:
+        self.model = model
+        self.predictor = Predictor(model, cache=self.cache)
+        self._encoder = Predictor(model, cache=self.cache)
+        self._loading = False
+        self.on_status(f"MedSAM: {model.spec.name} on {self.device}")
+
+    @property
+    def device(self) -> str:
+        return str(self.predictor.device) if self.predictor else "-"
+
+    @property
+    def encoder_calls(self) -> int:
+        return (self.predictor.encoder_calls + self._encoder.encoder_calls) if self.predictor else 0
+
+    def load_model_async(self, name="lite_medsam", checkpoint=None, device=None) -> None:
+        from medsam_core import load_model
+
+        self._loading = True
+        self.on_status(f"MedSAM: loading {name}...")
+        self.runner.run(load_model, name, checkpoint, device, on_done=self._on_load_done,
+                        on_error=self._on_task_error, desc=f"MedSAM: loading {name}")
+
+    def _on_load_done(self, model) -> None:
+        self.set_model(model)
+        self._safe(self.sync_shapes)
+
+    def _on_task_error(self, exc: Exception) -> None:
+        self._loading = False
+        self._encoding = None
+        self.on_status(f"MedSAM: {exc}")
+        self.on_error(exc)
+
+    def _safe(self, func, *args):
+        try:
+            return func(*args)
+        except MedSAMError as exc:
+            self.on_error(exc)
+
+    # -- layers -------------------------------------------------------------------------------
+    def set_image_layer(self, layer, labels_layer=None) -> None:
+        """Segment ``layer``: create its prompt layers and a matching Labels layer (or use ``labels_layer``)."""
+        from napari.layers import Image
+
+        if not isinstance(layer, Image):
+            raise MedSAMError(f"{getattr(layer, 'name', layer)!r} is not an image layer: pick an Image layer")
+        L.check_channel_axis(layer, self.settings.channel_axis)
+        if labels_layer is not None:
+            L.check_labels_fit(labels_layer, layer, self.settings.channel_axis)
+        self._disconnect()
+        self.image_layer, self.objects, self.history = layer, {}, []
+        self.shapes_layer = self._prompt_layer(BOXES, self._new_shapes)
+        self.points_layer = self._prompt_layer(POINTS, self._new_points)
+        self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
+        self.shapes_layer.events.data.connect(self._on_shapes_data)
+        self.points_layer.events.data.connect(self._on_points_data)
+        self.viewer.layers.selection.active = self.shapes_layer
+        self.shapes_layer.mode = "add_rectangle"
+
+    def set_labels_layer(self, labels_layer) -> None:
+        L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
+        self.labels_layer, self.objects, self.history = labels_layer, {}, []
+
+    def _prompt_layer(self, name, make):
+        for layer in list(self.viewer.layers):
+            if layer.name == name:
+                self.viewer.layers.remove(layer)
+        return self.viewer.add_layer(make(name))
+
+    def _geometry(self):
+        img = self.image_layer
+        return {"ndim": img.ndim, "scale": img.scale, "translate": img.translate}
+
+    def _new_shapes(self, name):
+        from napari.layers import Shapes
+
+        return Shapes(name=name, edge_color="yellow", face_color="transparent", edge_width=2,
+                      features={"label_id": np.zeros(0, int)}, feature_defaults={"label_id": 0},
+                      **self._geometry())
+
+    def _new_points(self, name):
+        from napari.layers import Points
+
+        pts = Points(name=name, features={"positive": np.zeros(0, bool), "label_id": np.zeros(0, int)},
+                     feature_defaults={"positive": True, "label_id": 0}, face_color=POSITIVE_COLOR,
+                     size=6, **self._geometry())
+        return pts
+
+    def _fitting_labels(self):
+        lab = self.labels_layer
+        if lab is not None and lab in self.viewer.layers:
+            try:
+                L.check_labels_fit(lab, self.image_layer, self.settings.channel_axis)
+                return lab
+            except MedSAMError:
+                return None
+        return None
+
+    def _new_labels(self):
+        shape, scale, translate = L.labels_geometry(self.image_layer, self.settings.channel_axis)
+        return self.viewer.add_labels(np.zeros(shape, np.int32), name=LABELS, scale=scale, translate=translate)
+
+    def _disconnect(self) -> None:
+        if self.shapes_layer is not None:
+            self.shapes_layer.events.data.disconnect(self._on_shapes_data)
+        if self.points_layer is not None:
+            self.points_layer.events.data.disconnect(self._on_points_data)
+
+    def _require_layers(self) -> None:
+        if self.image_layer is None or self.image_layer not in self.viewer.layers:
+            raise MedSAMError("no image layer chosen: pick the image to segment in the MedSAM widget")
+        if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+            self.labels_layer = self._new_labels()
+
+    # -- settings -------------------------------------------------------------------------------
+    def intensity(self) -> Intensity:
+        s = self.settings
+        if s.intensity_mode == "contrast":
+            lo, hi = (float(v) for v in self.image_layer.contrast_limits)
+            return Intensity(mode="range", value_range=(lo, hi))
+        if s.intensity_mode == "ct":
+            return Intensity(mode="ct", window=s.ct_window)
+        return Intensity(mode=s.intensity_mode, low=s.low, high=s.high)
+
+    # -- images and embeddings ----------------------------------------------------------------
+    def plane_image(self, plane) -> np.ndarray:
+        return L.extract_plane(self.image_layer, plane, self.settings.channel_axis)
+
+    def current_plane(self):
+        return L.current_plane(self.image_layer, self.viewer.dims, self.settings.channel_axis)
+
+    def is_encoded(self, image2d) -> bool:
+        key = self.predictor.key_for(image2d, self.intensity(), self.settings.channel)
+        return key in self.cache
+
+    def _model_ready(self, blocking: bool) -> bool:
+        if self.predictor is not None:
+            return True
+        if blocking:
+            from medsam_core import load_model
+
+            self.set_model(load_model("lite_medsam"))
+            return True
+        if not self._loading:
+            self.load_model_async()
+        return False
+
+    def ensure_embedding(self, image2d, blocking: bool) -> bool:
+        """True when ``image2d``'s embedding is cached; otherwise encode it (inline, or in a worker)."""
+        if not self._model_ready(blocking):
+            return False
+        intensity, channel = self.intensity(), self.settings.channel
+        key = self._encoder.key_for(image2d, intensity, channel)
+        if key in self.cache:
+            return True
+        if blocking:
+            self._encoder.set_image(image2d, intensity, channel)
+            return True
+        if self._encoding is None:
+            self._encoding = key
+            self.on_status("MedSAM: computing the image embedding...")
+            self.runner.run(self._encoder.set_image, image2d, intensity, channel, on_done=self._on_encode_done,
+                            on_error=self._on_task_error, desc="MedSAM: encoding image")
+        return key in self.cache  # True already when the runner is synchronous
+
+    def _on_encode_done(self, _from_cache) -> None:
+        self._encoding = None
+        self.on_status("MedSAM: embedding ready")
+        self._safe(self.sync_shapes)
+        self._safe(self.prefetch)
+
+    def prefetch(self) -> None:
+        """Start encoding the slice on screen in the background, if it is not cached yet."""
+        if not self.settings.prefetch or self.image_layer is None or self._encoding is not None:
+            return
+        if self.image_layer not in self.viewer.layers or self.viewer.dims.ndisplay != 2:
+            return
+        self.ensure_embedding(self.plane_image(self.current_plane()), blocking=False)
+
+    def predict(self, image2d, boxes, points=None, labels=None, mask_input=None):
+        """Decode prompts on an image whose embedding is cached (never runs the encoder)."""
+        intensity, channel = self.intensity(), self.settings.channel
+        key = self.predictor.key_for(image2d, intensity, channel)
+        if self.predictor.image_key != key:
+            if key not in self.cache:
+                raise MedSAMError("internal: decoding before the embedding is ready")
+            self.predictor.set_image(image2d, intensity, channel)
+        return self.predictor.predict(boxes=boxes, points=points, point_labels=labels, mask_input=mask_input)
+
+    # -- boxes ----------------------------------------------------------------------------------
+    def _on_shapes_data(self, event) -> None:
+        if self._quiet or str(getattr(event, "action", "")) not in ("added", "changed", "removed"):
+            return
+        if self.settings.auto_segment or str(event.action) == "removed":
+            self._safe(self.sync_shapes)
+
+    def sync_shapes(self, blocking: bool = False) -> list[int]:
+        """Segment new rectangles, follow moved ones, remove deleted ones. Returns the ids written.
+
+        Invalid rectangles are taken back (new ones removed, moved ones put back) and reported
+        in one MedSAMError after the valid ones are committed.
+        """
+        if self.image_layer is None or self.shapes_layer is None:
+            return []
+        if self._syncing:  # re-entered from a synchronous worker callback: the outer call loops again
+            self._resync = True
+            return []
+        self._require_layers()
+        from ._sync import plan_sync, run_sync
+
+        written, errors = [], []
+        self._syncing = True
+        try:
+            while True:
+                self._resync = False
+                plan = plan_sync(self)
+                written += run_sync(self, plan, blocking)
+                errors += plan.errors
+                if not self._resync:
+                    break
+        finally:
+            self._syncing = False
+        if errors:
+            raise errors[0][2]
+        return written
+
+    def segment_boxes(self, boxes=None, z=None) -> list[int]:
+        """Segment ``boxes`` ((N, 4) XYXY image pixels) on the current slice, or slice ``z``.
+
+        z: position along the one non-displayed axis of a 3D image, or a tuple (one per
+        non-displayed spatial axis) for 4D. ``boxes=None`` segments every pending rectangle.
+        Blocks until done (encodes inline when needed). Returns the new label ids, in order.
+        """
+        self._require_layers()
+        if boxes is None:
+            return self.sync_shapes(blocking=True)
+        from ._sync import add_boxes
+
+        return add_boxes(self, boxes, z)
+
+    # -- points ---------------------------------------------------------------------------------
+    def _on_points_data(self, event) -> None:
+        if self._quiet or str(getattr(event, "action", "")) != "added":
+            return
+        from ._sync import refine_from_new_point
+
+        self._safe(refine_from_new_point, self)
+
+    def set_negative(self, negative: bool) -> None:
+        self.settings.negative = bool(negative)
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults = {"positive": not negative, "label_id": 0}
+            self.points_layer.current_face_color = NEGATIVE_COLOR if negative else POSITIVE_COLOR
+
+    def refine(self, label_id: int, points=None, labels=None) -> int:
+        """Refine object ``label_id`` with its box, its points (plus ``points`` (P, 2) XY pixels with
+        ``labels`` (P,) 1/0 given here) and its last low-res logits. Returns ``label_id``."""
+        from ._sync import refine
+
+        return refine(self, int(label_id), points, labels)
+
+    # -- commits --------------------------------------------------------------------------------
+    def editor(self) -> PlaneEditor:
+        return PlaneEditor(self.labels_layer, self.settings.channel_axis, self.settings.overwrite)
+
+    def next_id(self) -> int:
+        top = int(np.max(self.labels_layer.data)) if self.labels_layer.data.size else 0
+        return max([top, *self.objects]) + 1
+
+    def commit(self, editor: PlaneEditor, objects: dict[int, ObjectRecord], description: str,
+               points_before=None) -> Commit | None:
+        """Write the editor's changes into the Labels layer as one undoable step."""
+        edits = editor.edits()
+        if not edits and objects == self.objects and points_before is None:
+            return None
+        commit = Commit(edits, dict(self.objects), description, points_before)
+        for edit in edits:
+            L.apply_edit(self.labels_layer, edit)
+        self.objects = objects
+        self.history.append(commit)
+        return commit
+
+    def undo(self) -> str:
+        """Revert the last commit exactly: pixels, objects and prompt rectangles."""
+        if not self.history:
+            raise MedSAMError("nothing to undo: no MedSAM change has been made yet")
+        commit = self.history.pop()
+        for edit in reversed(commit.edits):
+            L.apply_edit(self.labels_layer, edit.inverse())
+        self.objects = commit.objects_before
+        self.rebuild_shapes()
+        if commit.points_before is not None:
+            from ._sync import restore_points
+
+            restore_points(self, commit.points_before)
+        self.on_status(f"MedSAM: undid {commit.description}")
+        return commit.description
+
+    def rebuild_shapes(self) -> None:
+        """Make the prompt rectangles exactly the objects' boxes (after undo)."""
+        with self.quiet():
+            recs = list(self.objects.values())
+            self.shapes_layer.selected_data = set()
+            self.shapes_layer.data = []
+            if recs:
+                self.shapes_layer.add([r.vertices for r in recs], shape_type="rectangle")
+            self.set_shape_ids(np.array([r.label_id for r in recs], int))
+
+    def set_shape_ids(self, ids: np.ndarray) -> None:
+        feats = self.shapes_layer.features.copy()
+        feats["label_id"] = np.asarray(ids, int)
+        self.shapes_layer.features = feats
+        self.shapes_layer.feature_defaults = {"label_id": 0}
+
+    def quiet(self):
+        return _Quiet(self)
+
+    def object(self, label_id: int) -> ObjectRecord:
+        if label_id not in self.objects:
+            known = ", ".join(map(str, sorted(self.objects))) or "none yet"
+            raise PromptError(f"no MedSAM object with label {label_id} (objects: {known})")
+        return self.objects[label_id]
+
+    def update_record(self, rec: ObjectRecord, **changes) -> ObjectRecord:
+        return replace(rec, **changes)
+
+
+class _Quiet:
+    """Context manager: the session's own prompt-layer edits do not trigger syncing."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __enter__(self):
+        self.session._quiet += 1
+
+    def __exit__(self, *exc):
+        self.session._quiet -= 1

@@ -1,0 +1,254 @@
+"""Session actions that turn prompts into committed labels: box sync, scripted boxes, point refinement.
+
+Every action computes its result on copies (PlaneEditor), validates first, and commits once;
+on any MedSAMError the layers stay as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from medsam_core import MedSAMError, PromptError
+from medsam_core.preprocess import check_boxes
+
+from . import _layers as L
+from ._objects import ObjectRecord
+
+
+@dataclass
+class Job:
+    index: int  # shape index in the prompt layer
+    label_id: int  # 0: a new object
+    plane: L.Plane
+    box: np.ndarray  # (4,) XYXY, clipped to the plane
+
+
+@dataclass
+class SyncPlan:
+    jobs: list[Job]
+    removed: list[int]
+    errors: list[tuple[int, int, MedSAMError]]
+    ids: np.ndarray  # label_id per shape after de-duplication
+
+
+def _shape_ids(shapes) -> np.ndarray:
+    feats = shapes.features
+    if "label_id" in feats and len(feats) == shapes.nshapes:
+        return feats["label_id"].to_numpy().astype(int)
+    return np.zeros(shapes.nshapes, int)
+
+
+def plan_sync(s) -> SyncPlan:
+    """Compare the prompt rectangles with the session's objects."""
+    shapes, ca = s.shapes_layer, s.settings.channel_axis
+    ids = _shape_ids(shapes)
+    jobs, errors, seen = [], [], set()
+    for i in range(shapes.nshapes):
+        if shapes.shape_type[i] != "rectangle":
+            continue
+        lid = int(ids[i])
+        if lid in seen or lid not in s.objects:  # copies of a box and stale ids become new objects
+            lid = ids[i] = 0
+        seen.add(lid)
+        try:
+            plane, box = L.shape_to_box(shapes, i, s.image_layer, s.viewer.dims, ca)
+            box = check_boxes(box, L.plane_size(s.image_layer, plane))[0]
+        except MedSAMError as exc:
+            errors.append((i, lid, exc))
+            continue
+        rec = s.objects.get(lid)
+        if rec is not None and rec.plane == plane and np.allclose(rec.box, box):
+            continue
+        jobs.append(Job(i, lid, plane, box))
+    removed = [lid for lid in s.objects if lid not in seen]
+    return SyncPlan(jobs, removed, errors, ids)
+
+
+def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
+    """Decode the planned jobs whose slice is encoded (starting encoders for the others), commit once."""
+    editor, objects = s.editor(), dict(s.objects)
+    next_id = s.next_id()
+    written = []
+    for plane in dict.fromkeys(j.plane for j in plan.jobs):
+        jobs = [j for j in plan.jobs if j.plane == plane]
+        image2d = s.plane_image(plane)
+        if not s.ensure_embedding(image2d, blocking):
+            continue  # pending: sync_shapes runs again when the embedding is ready
+        pred = s.predict(image2d, np.array([j.box for j in jobs]))
+        for job, mask, logits in zip(jobs, pred.masks, pred.low_res_logits, strict=True):
+            lid = job.label_id
+            if lid:
+                editor.clear(objects[lid].plane, lid)
+            else:
+                lid = max([next_id, *(k + 1 for k in objects)])
+                plan.ids[job.index] = lid
+            editor.write(plane, mask, lid)
+            verts = np.array(s.shapes_layer.data[job.index], copy=True)
+            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, logits[None].copy())
+            written.append(lid)
+    for lid in plan.removed:
+        if s.settings.delete_removes:
+            editor.clear(objects[lid].plane, lid)
+        del objects[lid]
+    what = f"{len(written)} box(es)" + (f", {len(plan.removed)} removed" if plan.removed else "")
+    s.commit(editor, objects, what)
+    with s.quiet():
+        s.set_shape_ids(plan.ids)
+        _take_back(s, plan.errors)
+    if written:
+        s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))})")
+    return written
+
+
+def _take_back(s, errors) -> None:
+    """Undo the user's invalid rectangle edits: new ones removed, moved ones put back."""
+    shapes = s.shapes_layer
+    moved = [(i, lid) for i, lid, _ in errors if lid]
+    if moved:
+        data = list(shapes.data)
+        for i, lid in moved:
+            data[i] = s.objects[lid].vertices
+        shapes.data = data
+    new = sorted((i for i, lid, _ in errors if not lid), reverse=True)
+    if new:
+        keep = set(shapes.selected_data) - set(new)
+        shapes.selected_data = set(new)
+        shapes.remove_selected()
+        shapes.selected_data = {k - sum(n < k for n in new) for k in keep}
+
+
+def add_boxes(s, boxes, z=None) -> list[int]:
+    """Add (N, 4) XYXY boxes (image pixels) as prompt rectangles on the current slice or slice z; segment them."""
+    arr = np.asarray(boxes, dtype=float)
+    arr = arr[None] if arr.ndim == 1 else arr
+    plane = s.current_plane()
+    if z is not None:
+        pos = (z,) if np.isscalar(z) else tuple(z)
+        if len(pos) != len(plane.index):
+            raise PromptError(f"z={z!r} gives {len(pos)} position(s) but the image has {len(plane.index)} slice axes")
+        plane = L.Plane(plane.rows, plane.cols, tuple((a, int(p)) for (a, _), p in zip(plane.index, pos, strict=True)))
+        for a, p in plane.index:
+            if not 0 <= p < s.image_layer.data.shape[a]:
+                raise PromptError(f"slice {p} on axis {a} is outside the image (0..{s.image_layer.data.shape[a] - 1})")
+    check_boxes(arr, L.plane_size(s.image_layer, plane))
+    verts = [L.box_to_vertices(b, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point) for b in arr]
+    n0 = s.shapes_layer.nshapes
+    with s.quiet():
+        s.shapes_layer.add(verts, shape_type="rectangle")
+    try:
+        s.sync_shapes(blocking=True)
+    except MedSAMError:
+        with s.quiet():
+            s.shapes_layer.selected_data = set(range(n0, s.shapes_layer.nshapes))
+            s.shapes_layer.remove_selected()
+        raise
+    return [int(v) for v in _shape_ids(s.shapes_layer)[n0:]]
+
+
+def _object_points(s, lid: int, plane: L.Plane):
+    pts = s.points_layer
+    feats = pts.features
+    xy, lab = [], []
+    for k in np.flatnonzero(feats["label_id"].to_numpy() == lid):
+        p_plane, p_xy = L.point_to_xy(pts, int(k), s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        if p_plane == plane:
+            xy.append(p_xy)
+            lab.append(int(bool(feats["positive"].iloc[k])))
+    return np.array(xy, float).reshape(-1, 2), np.array(lab, int)
+
+
+def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
+    """Re-segment object ``lid`` from its box, its points (+ new ``points``/``labels``) and last logits."""
+    rec = s.object(lid)
+    xy, lab = _object_points(s, lid, rec.plane)
+    new_xy = np.zeros((0, 2))
+    if points is not None:
+        new_xy = np.asarray(points, float).reshape(-1, 2)
+        new_lab = np.asarray(labels if labels is not None else np.ones(len(new_xy)), int).reshape(-1)
+        if len(new_lab) != len(new_xy):
+            raise PromptError(f"{len(new_xy)} points but {len(new_lab)} labels: give one 1/0 label per point")
+        xy, lab = np.concatenate([xy, new_xy]), np.concatenate([lab, new_lab])
+    if not len(xy):
+        raise PromptError(f"object {lid} has no points on its slice: add positive/negative points first")
+    image2d = s.plane_image(rec.plane)
+    s.ensure_embedding(image2d, blocking=True)
+    pred = s.predict(image2d, np.array([rec.box]), xy[None], lab[None], rec.logits[None])
+    editor = s.editor()
+    editor.clear(rec.plane, lid)
+    editor.write(rec.plane, pred.masks[0], lid)
+    objects = dict(s.objects)
+    objects[lid] = replace(rec, logits=pred.low_res_logits[0:1].copy())
+    if points_before is None:
+        points_before = (np.array(s.points_layer.data, copy=True), s.points_layer.features.copy())
+    if len(new_xy):
+        coords = L.plane_to_layer(new_xy[:, ::-1], rec.plane, s.image_layer, s.points_layer, s.viewer.dims.point)
+        _add_points(s, coords, lid, new_lab)
+    s.commit(editor, objects, f"refine label {lid}", points_before=points_before)
+    s.on_status(f"MedSAM: refined label {lid} with {len(xy)} point(s)")
+    return lid
+
+
+def _add_points(s, coords, lid, labels) -> None:
+    pts = s.points_layer
+    n0 = len(pts.data)
+    with s.quiet():
+        pts.add(coords)
+        feats = pts.features.copy()
+        feats.loc[n0:, "label_id"] = lid
+        feats.loc[n0:, "positive"] = np.asarray(labels, bool)
+        set_point_features(s, feats)
+
+
+def set_point_features(s, feats) -> None:
+    from ._session import NEGATIVE_COLOR, POSITIVE_COLOR
+
+    pts = s.points_layer
+    defaults = dict(pts.feature_defaults.iloc[0]) if hasattr(pts.feature_defaults, "iloc") else None
+    pts.features = feats
+    if len(feats):
+        pts.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in feats["positive"]]
+    pts.feature_defaults = defaults or {"positive": not s.settings.negative, "label_id": 0}
+
+
+def _target_of_point(s, plane: L.Plane, xy) -> int:
+    for i in s.shapes_layer.selected_data:
+        lid = int(_shape_ids(s.shapes_layer)[i])
+        if lid in s.objects:
+            return lid
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    lid = int(L.read_labels_plane(s.labels_layer, plane, s.settings.channel_axis)[y, x])
+    if lid in s.objects:
+        return lid
+    for lid, rec in reversed(s.objects.items()):
+        x0, y0, x1, y1 = rec.box
+        if rec.plane == plane and x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
+            return lid
+    raise PromptError("this point belongs to no MedSAM object: click inside an object (or select its box) first")
+
+
+def refine_from_new_point(s) -> None:
+    """A point was clicked: attach it to its object and refine that object; on failure remove it."""
+    pts = s.points_layer
+    k = len(pts.data) - 1
+    before = (np.array(pts.data[:-1], copy=True), pts.features.iloc[:-1].copy())
+    try:
+        plane, xy = L.point_to_xy(pts, k, s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        lid = _target_of_point(s, plane, xy)
+        positive = bool(pts.features["positive"].iloc[k])
+        with s.quiet():
+            feats = pts.features.copy()
+            feats.loc[k, "label_id"] = lid
+            set_point_features(s, feats)
+        refine(s, lid, points_before=before)
+    except MedSAMError:
+        restore_points(s, before)
+        raise
+    s.on_status(f"MedSAM: {'positive' if positive else 'negative'} point refined label {lid}")
+
+
+def restore_points(s, before) -> None:
+    data, feats = before
+    with s.quiet():
+        s.points_layer.data = data
+        set_point_features(s, feats.reset_index(drop=True))

@@ -1,0 +1,320 @@
+"""MedSAM dock widget: layout and signal wiring; state and actions live in _session.Session.
+
+Every button has a public method (``set_image_layer``, ``segment_boxes``, ``segment_all``,
+``undo``, ``refine``, ``load_model``, ``set_intensity``, ``set_channel``, ``preview``, ...) that
+scripts call directly; those raise ``MedSAMError`` on bad input, while the buttons and keys
+show the same message as a napari notification.
+"""
+
+from __future__ import annotations
+
+from medsam_core import CT_WINDOWS, MODELS, MedSAMError
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error
+from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._session import Session
+from ._workers import Runner
+
+SHORTCUTS = (  # (napari key, Qt key, action, method name)
+    ("Control-Z", "Ctrl+Z", "undo the last MedSAM change", "undo"),
+    ("G", "G", "segment all pending boxes", "segment_all"),
+    ("O", "O", "toggle overwrite", "toggle_overwrite"),
+    ("N", "N", "toggle negative points", "toggle_negative"),
+    ("M", "M", "preview what the model sees", "preview"),
+)
+INTENSITY_MODES = ("auto", "percentile", "ct", "contrast", "minmax")
+NEW_LABELS = "(new labels layer)"
+
+
+class MedSAMWidget(QWidget):
+    """Box-prompt segmentation of the chosen image layer into a Labels layer."""
+
+    def __init__(self, napari_viewer, runner: Runner | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.runner = runner or Runner()
+        self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
+        self.last_error: str | None = None
+        self._build_ui()
+        self._wire()
+        self._refresh_layer_choices()
+
+    # -- layout -------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        self.channel_axis_combo, self.channel_combo = QComboBox(), QComboBox()
+        self.channel_combo.addItems(["auto", "mean", "max", *map(str, range(8))])
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Channel axis", self.channel_axis_combo)
+        form.addRow("Channels", self.channel_combo)
+        lay.addLayout(form)
+        lay.addWidget(self._model_box())
+        lay.addWidget(self._intensity_box())
+        self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
+        self.delete_check = QCheckBox("Deleting a box removes its object")
+        self.delete_check.setChecked(True)
+        self.auto_check = QCheckBox("Segment each box as it is drawn")
+        self.auto_check.setChecked(True)
+        self.negative_check = QCheckBox("Negative points (N)")
+        for w in (self.overwrite_check, self.delete_check, self.auto_check, self.negative_check):
+            lay.addWidget(w)
+        row = QHBoxLayout()
+        self.segment_btn, self.undo_btn = QPushButton("Segment all boxes (G)"), QPushButton("Undo (Ctrl+Z)")
+        row.addWidget(self.segment_btn)
+        row.addWidget(self.undo_btn)
+        lay.addLayout(row)
+        keys = "<br>".join(f"<b>{qt}</b>: {what}" for _, qt, what, _ in SHORTCUTS)
+        self.help_label = QLabel(
+            "Draw rectangles on <i>MedSAM boxes</i>; move or resize one to redo its object. "
+            f"Click points on <i>MedSAM points</i> to refine.<br>{keys}"
+        )
+        self.help_label.setWordWrap(True)
+        self.status_label = QLabel("MedSAM: ready")
+        self.status_label.setWordWrap(True)
+        lay.addWidget(self.help_label)
+        lay.addWidget(self.status_label)
+        lay.addStretch(1)
+
+    def _model_box(self) -> QGroupBox:
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(MODELS))
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("bundled weights (LiteMedSAM) or a checkpoint file")
+        self.browse_btn, self.load_btn = QPushButton("..."), QPushButton("Load")
+        row = QHBoxLayout()
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(self.browse_btn)
+        self.device_label = QLabel("not loaded (loads on first use)")
+        form.addRow("Model", self.model_combo)
+        form.addRow("Checkpoint", row)
+        form.addRow(self.load_btn, self.device_label)
+        return box
+
+    def _intensity_box(self) -> QGroupBox:
+        box = QGroupBox("What the model sees")
+        form = QFormLayout(box)
+        self.intensity_combo, self.window_combo = QComboBox(), QComboBox()
+        self.intensity_combo.addItems(INTENSITY_MODES)
+        self.window_combo.addItems(list(CT_WINDOWS))
+        self.preview_btn = QPushButton("Preview model input (M)")
+        form.addRow("Intensity", self.intensity_combo)
+        form.addRow("CT window", self.window_combo)
+        form.addRow(self.preview_btn)
+        return box
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def _wire(self) -> None:
+        self.image_combo.activated.connect(lambda _: self._try(self._on_image_chosen))
+        self.labels_combo.activated.connect(lambda _: self._try(self._on_labels_chosen))
+        self.channel_axis_combo.activated.connect(lambda _: self._try(self._on_channel_changed))
+        self.channel_combo.activated.connect(lambda _: self._try(self._on_channel_changed))
+        self.load_btn.clicked.connect(lambda: self._try(self._on_load_clicked))
+        self.browse_btn.clicked.connect(self._browse_checkpoint)
+        self.intensity_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
+        self.window_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
+        self.preview_btn.clicked.connect(lambda: self._try(self.preview))
+        self.overwrite_check.toggled.connect(self.set_overwrite)
+        self.delete_check.toggled.connect(lambda v: setattr(self.session.settings, "delete_removes", v))
+        self.auto_check.toggled.connect(lambda v: setattr(self.session.settings, "auto_segment", v))
+        self.negative_check.toggled.connect(self.session.set_negative)
+        self.segment_btn.clicked.connect(lambda: self._try(self.segment_all))
+        self.undo_btn.clicked.connect(lambda: self._try(self.undo))
+        for _, qt_key, _, method in SHORTCUTS:
+            sc = QShortcut(QKeySequence(qt_key), self)
+            sc.activated.connect(lambda m=method: self._try(getattr(self, m)))
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+
+    def _try(self, func, *args):
+        try:
+            return func(*args)
+        except MedSAMError as exc:
+            self._notify(exc)
+
+    def _notify(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+        show_error(f"MedSAM: {exc}")
+        self._show_status(f"MedSAM: {exc}")
+
+    def _show_status(self, text: str) -> None:
+        self.status_label.setText(text)
+        self.viewer.status = text
+        if self.session.predictor is not None:
+            self.device_label.setText(f"{self.session.model.spec.name} on {self.session.device}")
+
+    def _on_layers_changed(self, event=None) -> None:
+        self._refresh_layer_choices()
+        if self.session.image_layer is None or self.session.image_layer not in self.viewer.layers:
+            images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.name.startswith("MedSAM")]
+            if images:
+                self._try(self.set_image_layer, images[-1])
+
+    def _refresh_layer_choices(self) -> None:
+        self.image_combo.clear()
+        self.image_combo.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, Image)])
+        self.labels_combo.clear()
+        self.labels_combo.addItems([NEW_LABELS, *(ly.name for ly in self.viewer.layers if isinstance(ly, Labels))])
+        s = self.session
+        if s.image_layer is not None:
+            self.image_combo.setCurrentText(s.image_layer.name)
+            self.channel_axis_combo.clear()
+            self.channel_axis_combo.addItems(["none", *map(str, range(s.image_layer.ndim))])
+            ca = s.settings.channel_axis
+            self.channel_axis_combo.setCurrentText("none" if ca is None else str(ca))
+        if s.labels_layer is not None:
+            self.labels_combo.setCurrentText(s.labels_layer.name)
+
+    def _on_image_chosen(self) -> None:
+        self.set_image_layer(self.viewer.layers[self.image_combo.currentText()])
+
+    def _on_labels_chosen(self) -> None:
+        name = self.labels_combo.currentText()
+        if name != NEW_LABELS:
+            self.set_labels_layer(self.viewer.layers[name])
+
+    def _on_channel_changed(self) -> None:
+        axis = self.channel_axis_combo.currentText()
+        self.set_channel(None if axis in ("", "none") else int(axis), self.channel_combo.currentText())
+
+    def _on_load_clicked(self) -> None:
+        path = self.checkpoint_edit.text().strip() or None
+        self.session.load_model_async(self.model_combo.currentText(), path)
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "MedSAM checkpoint", "", "Checkpoints (*.pth *.pt *.ckpt)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _on_intensity_changed(self) -> None:
+        self.set_intensity(self.intensity_combo.currentText(), self.window_combo.currentText())
+
+    def _on_step(self, event=None) -> None:
+        self._try(self.session.prefetch)
+
+    def _bind_layer_keys(self) -> None:
+        for layer in (self.session.shapes_layer, self.session.points_layer):
+            for napari_key, _, _, method in SHORTCUTS:
+                layer.bind_key(napari_key, lambda _layer, m=method: self._try(getattr(self, m)), overwrite=True)
+
+    # -- public API (scripts call these; they raise MedSAMError on bad input) ------------------
+    def set_image_layer(self, layer, labels_layer=None) -> None:
+        """Segment image ``layer``; prompt layers are (re)created, labels go to ``labels_layer`` or a new one."""
+        self.session.set_image_layer(layer, labels_layer)
+        self._bind_layer_keys()
+        self._refresh_layer_choices()
+        self._try(self.session.prefetch)
+
+    def set_labels_layer(self, labels_layer) -> None:
+        self.session.set_labels_layer(labels_layer)
+        self._refresh_layer_choices()
+
+    def set_model(self, model) -> None:
+        """Use an already loaded ``medsam_core`` model (e.g. shared between widgets or tests)."""
+        self.session.set_model(model)
+        self.device_label.setText(f"{model.spec.name} on {self.session.device}")
+
+    def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None) -> None:
+        """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread."""
+        from medsam_core import load_model
+
+        self.set_model(load_model(name, checkpoint=checkpoint, device=device))
+
+    def set_intensity(self, mode: str = "auto", window: str | None = None, low: float = 0.5,
+                      high: float = 99.5) -> None:
+        """mode: auto | percentile | ct (with a CT_WINDOWS ``window``) | contrast (the layer's
+        contrast limits) | minmax. Changes the embedding key: slices are re-encoded on next use."""
+        if mode not in INTENSITY_MODES:
+            raise MedSAMError(f"unknown intensity mode {mode!r}: use one of {', '.join(INTENSITY_MODES)}")
+        if window is not None and window not in CT_WINDOWS:
+            raise MedSAMError(f"unknown CT window {window!r}: use one of {', '.join(CT_WINDOWS)}")
+        s = self.session.settings
+        s.intensity_mode, s.low, s.high = mode, float(low), float(high)
+        s.ct_window = window or s.ct_window
+        self.session.intensity()  # validates (e.g. contrast limits) before anything else happens
+        self.intensity_combo.setCurrentText(mode)
+        self.window_combo.setCurrentText(s.ct_window)
+        self._try(self.session.prefetch)
+
+    def set_channel(self, channel_axis: int | None = None, channel: int | str = "auto") -> None:
+        """Channel axis of a non-RGB nD image layer (None: no channel axis), and how channels
+        become the model's grey/RGB input: "auto", "mean", "max" or a channel index."""
+        from . import _layers as L
+
+        if isinstance(channel, str) and channel.lstrip("-").isdigit():
+            channel = int(channel)
+        image = self.session.image_layer
+        if image is not None:
+            L.check_channel_axis(image, channel_axis)
+        s = self.session.settings
+        s.channel_axis, s.channel = channel_axis, channel
+        if image is not None:
+            self.set_image_layer(image)
+
+    def set_overwrite(self, overwrite: bool) -> None:
+        self.session.settings.overwrite = bool(overwrite)
+        self.overwrite_check.setChecked(bool(overwrite))
+
+    def toggle_overwrite(self) -> None:
+        self.set_overwrite(not self.session.settings.overwrite)
+
+    def toggle_negative(self) -> None:
+        self.negative_check.setChecked(not self.session.settings.negative)
+
+    def segment_boxes(self, boxes=None, z=None) -> list[int]:
+        """Segment (N, 4) XYXY boxes in image pixels on the current slice (or slice ``z``); they are
+        added to the prompt layer. ``boxes=None``: every pending rectangle. Returns the label ids."""
+        return self.session.segment_boxes(boxes, z)
+
+    def segment_all(self) -> list[int]:
+        """Segment every rectangle not segmented yet (in the background where a slice needs encoding)."""
+        return self.session.sync_shapes(blocking=False)
+
+    def undo(self) -> str:
+        """Revert the last MedSAM change exactly (labels, boxes, points)."""
+        return self.session.undo()
+
+    def refine(self, label_id: int, points=None, labels=None) -> int:
+        """Refine object ``label_id`` with (P, 2) XY pixel ``points`` and (P,) 1/0 ``labels``."""
+        return self.session.refine(label_id, points, labels)
+
+    def preview(self):
+        """Add or update the image layer "MedSAM model input": what the model sees for the current slice."""
+        from ._preview import show_model_input
+
+        return show_model_input(self.session)
+
+    def wait(self, timeout_ms: int = 60_000) -> None:
+        """Block until background work (model loading, encoding) is done: for scripts."""
+        self.runner.wait(timeout_ms)
+
+    @property
+    def labels_layer(self):
+        return self.session.labels_layer
+
+    @property
+    def shapes_layer(self):
+        return self.session.shapes_layer
+
+    @property
+    def points_layer(self):
+        return self.session.points_layer

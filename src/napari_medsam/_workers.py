@@ -1,0 +1,57 @@
+"""The only place work leaves the GUI thread: napari workers, with progress and a sync switch.
+
+``Runner.run(func, *args, on_done=..., on_error=..., desc=...)`` runs ``func(*args)`` in a napari
+``create_worker`` thread with an indeterminate napari progress bar labelled ``desc``; the
+callbacks run back on the GUI thread. With ``Runner(synchronous=True)`` (or the environment
+variable MEDSAM_SYNC_WORKERS=1) the same call runs inline, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+
+class Runner:
+    """Start background tasks; remembers which are running (``busy``)."""
+
+    def __init__(self, synchronous: bool | None = None):
+        if synchronous is None:
+            synchronous = os.environ.get("MEDSAM_SYNC_WORKERS", "") == "1"
+        self.synchronous = synchronous
+        self._running: set = set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def run(self, func: Callable, *args, on_done: Callable, on_error: Callable, desc: str = "MedSAM"):
+        """Run ``func(*args)``; then ``on_done(result)`` or ``on_error(exception)`` on the GUI thread."""
+        if self.synchronous:
+            try:
+                result = func(*args)
+            except Exception as exc:  # handed to on_error, as a worker's errored signal would
+                on_error(exc)
+                return None
+            on_done(result)
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(func, *args, _progress={"desc": desc})
+        self._running.add(worker)
+        worker.returned.connect(on_done)
+        worker.errored.connect(on_error)
+        worker.finished.connect(lambda: self._running.discard(worker))
+        worker.start()
+        return worker
+
+    def wait(self, timeout_ms: int = 60_000) -> None:
+        """Block (processing Qt events) until no task runs: for scripts that need a result now."""
+        if not self._running:
+            return
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self._running and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()

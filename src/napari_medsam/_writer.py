@@ -1,0 +1,68 @@
+"""npe2 writers: a Labels layer to TIFF (ImageJ, spacing kept) or NIfTI (spacing and affine kept).
+
+Signature of npe2 single-layer writers: ``writer(path, data, meta) -> [paths written]`` where
+``meta`` is the layer's attributes (``scale``, ``metadata``, ...). Where the labels came from an
+image opened by this plugin, ``meta["metadata"]["medsam_io_meta"]`` carries that image's
+ImageMeta (NIfTI affine and header), reused when the labels have the image's shape. Spacing is
+the layer's ``scale`` when it is not all ones, else the stored image spacing. Writes are atomic
+(``medsam_core.io.write_labels``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from medsam_core.errors import ImageError
+from medsam_core.io import ImageMeta, write_labels
+
+from ._reader import META_KEY
+
+log = logging.getLogger(__name__)
+
+
+def labels_meta(data, meta: dict | None) -> ImageMeta:
+    """ImageMeta for writing ``data`` ((Y, X) or (Z, Y, X) labels) from a layer's attributes."""
+    meta = meta or {}
+    arr = np.asarray(data)
+    stored = (meta.get("metadata") or {}).get(META_KEY)
+    image_meta = ImageMeta.from_dict(stored) if stored else None
+    if image_meta is not None and image_meta.shape is not None and tuple(image_meta.shape) != arr.shape:
+        log.warning("labels %s do not have the shape of the image %s they were drawn on; writing "
+                    "them without its affine", arr.shape, tuple(image_meta.shape))
+        image_meta = None
+    scale = meta.get("scale")
+    spacing = None
+    if scale is not None and len(scale) >= arr.ndim:
+        sc = tuple(float(s) for s in list(scale)[-arr.ndim:])
+        if any(s != 1.0 for s in sc):
+            spacing = sc
+    if image_meta is None:
+        return ImageMeta(spacing=spacing or (1.0,) * arr.ndim, axes="ZYX"[3 - arr.ndim:], shape=arr.shape)
+    if spacing is not None and image_meta.affine is None:
+        image_meta = replace(image_meta, spacing=spacing)
+    return image_meta
+
+
+def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> list[str]:
+    name = Path(path).name.lower()
+    if not any(name.endswith(s) for s in suffixes):
+        raise ImageError(f"cannot save labels as {Path(path).name}: use a {' or '.join(suffixes)} file name")
+    arr = np.asarray(data)
+    if arr.ndim not in (2, 3):
+        raise ImageError(f"only 2D (Y, X) or 3D (Z, Y, X) labels can be saved, got shape {arr.shape}")
+    out = write_labels(path, arr, labels_meta(arr, meta))
+    return [str(out)]
+
+
+def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer to an ImageJ TIFF (zlib, spacing kept). Returns the paths written."""
+    return _write(path, data, meta, (".tif", ".tiff"))
+
+
+def write_labels_nifti(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer to NIfTI (affine/header of the source image if known). Returns the paths."""
+    return _write(path, data, meta, (".nii", ".nii.gz"))

@@ -1,0 +1,282 @@
+"""Encoder backends: the exported OpenVINO engine against PyTorch eager, its disk cache, its
+re-export after the weights change, and every fallback to eager (missing, failing, refused)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from medsam_core import Predictor, backends
+from medsam_core import _openvino_engine as ove
+from medsam_core.backends import EncoderBackend, EngineEncoder, TorchEncoder, make_encoder_backend
+from medsam_core.checkpoint import state_dict_sha256
+from medsam_core.preprocess import prepare_image
+
+needs_openvino = pytest.mark.skipif(not backends.openvino_available(), reason="openvino is not installed")
+
+
+def _boxes_from_labels(labels: np.ndarray, n: int = 4) -> np.ndarray:
+    """XYXY boxes of the n largest labelled objects."""
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    boxes = []
+    for i in ids[np.argsort(counts)[::-1][:n]]:
+        ys, xs = np.nonzero(labels == i)
+        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+    return np.asarray(boxes, np.float64)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+class _CountExports:
+    """Wraps ``_openvino_engine._export`` to count real exports."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = ove._export
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ove, "_export", counting)
+
+
+@pytest.fixture(scope="session")
+def ov_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine-cache")
+
+
+@pytest.fixture(scope="session")
+def ov_backend(lite_model, ov_cache):
+    """The OpenVINO engine of the real LiteMedSAM, exported once into a fresh cache."""
+    if not backends.openvino_available():
+        pytest.skip("openvino is not installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback would fail here
+        backend = make_encoder_backend(lite_model, "openvino", cache_dir=ov_cache)
+    return backend
+
+
+# -- fast: settings and choice --------------------------------------------------------------------
+def test_num_threads_setting_reads_env_and_rejects_bad_values(monkeypatch):
+    monkeypatch.delenv("MEDSAM_NUM_THREADS", raising=False)
+    assert backends.num_threads_setting() is None
+    assert backends.num_threads_setting(3) == 3
+    monkeypatch.setenv("MEDSAM_NUM_THREADS", "1")
+    assert backends.num_threads_setting() == 1
+    for bad in ("two", "0"):
+        monkeypatch.setenv("MEDSAM_NUM_THREADS", bad)
+        with pytest.raises(backends.EngineError, match="MEDSAM_NUM_THREADS"):
+            backends.num_threads_setting()
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path))
+    assert backends.default_cache_dir() == tmp_path
+
+
+def test_choice_torch_instance_and_unknown(lite_model, monkeypatch):
+    monkeypatch.delenv("MEDSAM_ENCODER_BACKEND", raising=False)
+    assert make_encoder_backend(lite_model, "torch").name == "torch"
+    custom = TorchEncoder(lite_model)
+    assert make_encoder_backend(lite_model, custom) is custom
+    with pytest.raises(ValueError, match="unknown encoder backend"):
+        make_encoder_backend(lite_model, "tensorrt")
+    monkeypatch.setenv("MEDSAM_ENCODER_BACKEND", "torch")
+    assert make_encoder_backend(lite_model, None).name == "torch"
+    assert Predictor(lite_model).encoder_backend.name == "torch"
+
+
+def test_missing_openvino_falls_back_to_eager_with_warning(lite_model, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # "import openvino" now fails
+    monkeypatch.setattr(backends, "_warned_missing", False)
+    assert not backends.openvino_available()
+    for choice in ("auto", "openvino"):
+        with pytest.warns(RuntimeWarning, match="OpenVINO is not installed"):
+            backend = make_encoder_backend(lite_model, choice, cache_dir=tmp_path)
+        assert isinstance(backend, TorchEncoder)
+    assert not any(tmp_path.iterdir())
+
+
+@needs_openvino
+def test_export_failure_falls_back_to_eager(lite_model, monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(ove, "export_ir", broken)
+    with pytest.warns(RuntimeWarning, match="converter crashed"):
+        backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path)
+    assert backend.name == "torch"
+    # Nothing half-written is left where a later start would read it.
+    assert not list(tmp_path.rglob("meta.json"))
+
+
+@pytest.mark.slow
+def test_inference_failure_switches_to_eager(lite_model):
+    calls = []
+
+    def failing(batch):
+        calls.append(len(batch))
+        raise RuntimeError("device lost")
+
+    info = {"engine": "openvino", "encoder_id": lite_model.encoder_id}
+    backend = EngineEncoder(failing, TorchEncoder(lite_model), info)
+    x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="device lost"):
+        out = backend.encode(x)
+    np.testing.assert_allclose(out, TorchEncoder(lite_model).encode(x), atol=1e-6)
+    assert backend.name == "torch"
+    backend.encode(x)  # no second attempt at the broken engine
+    assert calls == [1]
+
+
+@pytest.mark.slow
+def test_refused_export_is_remembered_and_eager_used(lite_model, monkeypatch, tmp_path):
+    """An engine whose output drifts is refused at export, and the refusal is cached."""
+    eager = TorchEncoder(lite_model)
+    exports = _CountExports(monkeypatch)
+    monkeypatch.setattr(ove, "export_ir", lambda enc, size, xml: xml.write_text("<fake/>"))
+    monkeypatch.setattr(ove, "compile_engine", lambda folder, n, p: (lambda b: eager.encode(b) + 0.05))
+    for _ in range(2):
+        with pytest.warns(RuntimeWarning, match="differs from PyTorch"):
+            backend = make_encoder_backend(lite_model, "openvino", cache_dir=tmp_path)
+        assert backend.name == "torch"
+    assert exports.calls == 1
+    (meta,) = tmp_path.rglob("meta.json")
+    assert '"accepted": false' in meta.read_text()
+
+
+def test_encode_many_yields_each_batch(lite_model):
+    class Doubler(EncoderBackend):
+        name = "double"
+
+        def encode(self, batch):
+            return batch * 2
+
+    batches = [np.ones((1, 3, 4, 4), np.float32), np.full((2, 3, 4, 4), 3, np.float32)]
+    outs = list(Doubler().encode_many(iter(batches)))
+    assert [o.shape[0] for o in outs] == [1, 2]
+    assert outs[1][0, 0, 0, 0] == 6
+
+
+def test_torch_encoder_uses_thread_setting_and_restores_it(lite_model, monkeypatch):
+    import torch
+
+    seen = []
+    model = copy.copy(lite_model)  # shallow: shares weights, own encode
+    model.encode = lambda x: (seen.append(torch.get_num_threads()), torch.zeros(len(x), 256, 64, 64))[1]
+    monkeypatch.setattr(TorchEncoder, "autocast_dtype", lambda self: None)
+    before = torch.get_num_threads()
+    monkeypatch.setenv("MEDSAM_NUM_THREADS", "1")
+    TorchEncoder(model).encode(np.zeros((1, 3, 256, 256), np.float32))
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+
+
+# -- slow: the real engine -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_engine_matches_pytorch_on_real_image(ov_backend, lite_model, dsb2018):
+    assert ov_backend.name == "openvino"
+    report = ov_backend.info["verification"]
+    assert report["accepted"] and report["max_abs_diff"] < 1e-4 and min(report["mask_iou"]) >= 0.99
+    image, _ = dsb2018
+    x = prepare_image(image, lite_model.spec.preprocessing).tensor[None]
+    ref = TorchEncoder(lite_model).encode(x)
+    out = ov_backend.encode(x)
+    assert out.shape == (1, 256, 64, 64) and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-4, np.abs(out - ref).max()
+
+
+@pytest.mark.slow
+def test_engine_masks_equal_pytorch_masks_on_real_boxes(ov_backend, lite_model, dsb2018):
+    image, labels = dsb2018
+    boxes = _boxes_from_labels(labels)
+    masks = {}
+    for name, backend in (("torch", "torch"), ("openvino", ov_backend)):
+        p = Predictor(lite_model, encoder_backend=backend)
+        p.set_image(image)
+        assert p.encoder_backend.name == name
+        masks[name], _ = p.predict(boxes=boxes)
+    assert masks["torch"].any(axis=(1, 2)).all()
+    for a, b in zip(masks["torch"], masks["openvino"], strict=True):
+        assert _iou(a, b) >= 0.99
+
+
+@pytest.mark.slow
+def test_disk_cache_reused_across_predictors(ov_backend, lite_model, ov_cache, monkeypatch):
+    exports = _CountExports(monkeypatch)
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(ov_cache))
+    monkeypatch.delenv("MEDSAM_ENCODER_BACKEND", raising=False)
+    x = ove.probe_input()[0]
+    for _ in range(2):
+        backend = Predictor(lite_model).encoder_backend  # "auto"
+        assert backend.name == "openvino" and backend.info["exported"] is False
+        np.testing.assert_allclose(backend.encode(x), ov_backend.encode(x), atol=1e-6)
+    assert exports.calls == 0
+
+
+@pytest.mark.slow
+def test_new_encoder_weights_are_reexported_not_served_stale(ov_backend, lite_model, ov_cache, monkeypatch):
+    import torch
+
+    tuned = copy.deepcopy(lite_model)
+    with torch.no_grad():
+        tuned.image_encoder.neck[3].bias.add_(0.25)  # what a fine-tune does, in miniature
+    # The in-place change leaves encoder_id stale: the engine is not used for such a model...
+    with pytest.warns(RuntimeWarning, match="encoder_id does not match"):
+        assert make_encoder_backend(tuned, "openvino", cache_dir=ov_cache).name == "torch"
+    # ...and once the id is recomputed (as finish_model does after training), it is re-exported.
+    tuned.encoder_id = state_dict_sha256(tuned.state_dict(), prefix="image_encoder.")
+    exports = _CountExports(monkeypatch)
+    backend = make_encoder_backend(tuned, "openvino", cache_dir=ov_cache)
+    assert backend.name == "openvino" and backend.info["exported"] is True and exports.calls == 1
+    x = ove.probe_input()[0]
+    out = backend.encode(x)
+    np.testing.assert_allclose(out, TorchEncoder(tuned).encode(x), atol=1e-4)
+    assert np.abs(out - ov_backend.encode(x)).max() > 0.1  # not the old engine's output
+    assert len(list(ov_cache.rglob("meta.json"))) == 2
+
+
+@pytest.mark.slow
+def test_weights_changed_after_export_switch_to_eager(ov_backend, lite_model, ov_cache):
+    import torch
+
+    model = copy.deepcopy(lite_model)
+    backend = make_encoder_backend(model, "openvino", cache_dir=ov_cache)
+    assert backend.name == "openvino"
+    with torch.no_grad():
+        model.image_encoder.neck[3].bias.add_(0.25)
+    x = ove.probe_input()[0]
+    with pytest.warns(RuntimeWarning, match="stale"):
+        out = backend.encode(x)
+    assert backend.name == "torch"
+    np.testing.assert_allclose(out, TorchEncoder(model).encode(x), atol=1e-5)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_autocast_masks_match_fp32(dsb2018):
+    import medsam_core
+
+    model = medsam_core.load_model("lite_medsam", device="cuda")
+    image, labels = dsb2018
+    boxes = _boxes_from_labels(labels)
+    x = prepare_image(image, model.spec.preprocessing).tensor[None]
+    half = TorchEncoder(model)
+    assert half.autocast_dtype() is not None
+    emb_half = half.encode(np.repeat(x, 4, axis=0))  # batched slices
+    emb_full = TorchEncoder(model, autocast="off").encode(x)
+    assert emb_half.dtype == np.float32 and np.abs(emb_half[0] - emb_full[0]).max() < 0.1
+    masks = {}
+    for name, backend in (("half", half), ("full", TorchEncoder(model, autocast="off"))):
+        p = Predictor(model, encoder_backend=backend)
+        p.set_image(image)
+        masks[name], _ = p.predict(boxes=boxes)
+    for a, b in zip(masks["half"], masks["full"], strict=True):
+        assert _iou(a, b) >= 0.95

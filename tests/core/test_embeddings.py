@@ -1,0 +1,140 @@
+"""Embedding cache for volumes: one encoder run per slice for all objects, batched precompute,
+disk store reuse across cache instances, signature mismatch refused, memory bound, float16.
+
+The real Predictor and EmbeddingCache run with a fake model whose "embedding" is the packed
+input image (see volume_fakes.fake_model), so encoder calls are counted exactly and cheaply."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from medsam_core import EmbeddingCache, Intensity, Predictor, embed_volume, propagate, segment_volume
+from medsam_core.errors import CacheMismatchError, CancelledError, MedSAMError
+
+from .volume_fakes import bbox, ellipsoid, fake_model, render
+
+
+@pytest.fixture(scope="module")
+def volume():
+    truth = ellipsoid(shape=(16, 256, 256), center=(8, 100, 128), radii=(5.5, 30, 40))
+    truth |= ellipsoid(shape=(16, 256, 256), center=(9, 190, 128), radii=(4.5, 25, 25))
+    return render(truth), truth
+
+
+def _objects(truth):
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(truth)
+    return [lab == i for i in range(1, n + 1)]
+
+
+def test_segment_volume_through_real_predictor_is_exact(volume):
+    vol, truth = volume
+    pred = Predictor(fake_model())
+    for obj in _objects(truth):
+        out = segment_volume(pred, vol, bbox(obj[8], 3), 8, min_area_ratio=0.0)
+        np.testing.assert_array_equal(out, obj)
+
+
+def test_second_object_reuses_every_slice(volume):
+    vol, truth = volume
+    pred = Predictor(fake_model())
+    a, b = _objects(truth)
+    first = [r.z for r in propagate(pred, vol, bbox(a[8], 3), 8, min_area_ratio=0.0)]
+    calls = pred.encoder_calls
+    assert calls == len(first)  # the blank slices past the ends cost nothing
+    second = [r.z for r in propagate(pred, vol, bbox(b[9], 3), 9, min_area_ratio=0.0)]
+    assert set(second) <= set(first)
+    assert pred.encoder_calls == calls  # the second object costs no encoder run
+
+
+def test_embed_volume_batches_then_nothing_to_encode(volume):
+    vol, truth = volume
+    pred = Predictor(fake_model())
+    steps = list(embed_volume(pred, vol, batch_size=4))
+    n_objects_slices = int(truth.any(axis=(1, 2)).sum())  # other slices are blank: nothing to encode
+    assert pred.encoder_calls == n_objects_slices
+    assert steps[0] == (16 - n_objects_slices, 16) and steps[-1] == (16, 16)
+    assert len(steps) == 1 + -(-n_objects_slices // 4)
+    assert list(embed_volume(pred, vol)) == [(16, 16)]
+    hits = pred.cache.hits
+    for obj in _objects(truth):
+        segment_volume(pred, vol, bbox(obj[8], 3), 8)
+    assert pred.encoder_calls == n_objects_slices and pred.cache.hits > hits
+    assert pred.set_image(vol[8], intensity=Intensity(mode="range", value_range=(20.0, 200.0))) is True
+
+
+def test_embed_volume_along_another_axis_shares_nothing_but_works(volume):
+    vol, _ = volume
+    pred = Predictor(fake_model())
+    steps = list(embed_volume(pred, vol[:, :, 100:132], axis=2, batch_size=16))
+    assert steps[-1] == (32, 32) and pred.encoder_calls <= 32
+
+
+def test_disk_store_reopened_by_a_new_cache_costs_no_encoder_run(volume, tmp_path):
+    vol, truth = volume
+    obj = _objects(truth)[0]
+    first = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=tmp_path / "store"))
+    list(embed_volume(first, vol))
+    want = segment_volume(first, vol, bbox(obj[8], 3), 8)
+    again = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=tmp_path / "store"))  # "another process"
+    assert list(embed_volume(again, vol)) == [(16, 16)]
+    got = segment_volume(again, vol, bbox(obj[8], 3), 8)
+    assert again.encoder_calls == 0 and again.cache.disk_hits > 0
+    np.testing.assert_array_equal(got, want)
+
+
+def test_store_of_another_model_or_preprocessing_is_refused(volume, tmp_path):
+    vol, truth = volume
+    store = tmp_path / "store"
+    list(embed_volume(Predictor(fake_model("model-a"), cache=EmbeddingCache(disk_dir=store)), vol))
+    files = sorted(p.name for p in store.iterdir())
+    other = Predictor(fake_model("model-b"), cache=EmbeddingCache(disk_dir=store))
+    with pytest.raises(CacheMismatchError, match="encoder_id"):
+        list(embed_volume(other, vol))
+    with pytest.raises(CacheMismatchError):
+        segment_volume(other, vol, bbox(truth[8], 3), 8)
+    same_model = Predictor(fake_model("model-a"), cache=EmbeddingCache(disk_dir=store))
+    with pytest.raises(CacheMismatchError, match="preprocessing"):
+        list(embed_volume(same_model, vol, intensity=Intensity(mode="range", value_range=(0.0, 500.0))))
+    assert other.encoder_calls == 0 and same_model.encoder_calls == 0
+    assert sorted(p.name for p in store.iterdir()) == files  # the store was not touched
+
+
+def test_memory_bound_is_checked_before_work(volume):
+    vol, _ = volume
+    small = Predictor(fake_model(), cache=EmbeddingCache(max_bytes=3 * 256 * 64 * 64 * 4))
+    with pytest.raises(MedSAMError, match="max_bytes"):
+        list(embed_volume(small, vol))
+    assert small.encoder_calls == 0
+    half = Predictor(fake_model(), cache=EmbeddingCache(max_bytes=12 * 256 * 64 * 64 * 2, dtype="float16"))
+    list(embed_volume(half, vol))
+    assert half.cache.nbytes <= half.cache.max_bytes and len(half.cache) == half.encoder_calls
+
+
+def test_float16_store_gives_the_same_masks(volume):
+    vol, truth = volume
+    obj = _objects(truth)[0]
+    f32 = segment_volume(Predictor(fake_model()), vol, bbox(obj[8], 3), 8)
+    pred16 = Predictor(fake_model(), cache=EmbeddingCache(dtype="float16"))
+    np.testing.assert_array_equal(segment_volume(pred16, vol, bbox(obj[8], 3), 8), f32)
+    entry = next(iter(pred16.cache._mem.values()))
+    assert entry.embedding.dtype == np.float16
+
+
+def test_embed_volume_cancel(volume):
+    vol, _ = volume
+    pred = Predictor(fake_model())
+    event = threading.Event()
+    gen = embed_volume(pred, vol, batch_size=2, cancel=event)
+    next(gen)
+    next(gen)
+    event.set()
+    with pytest.raises(CancelledError):
+        next(gen)
+    assert pred.encoder_calls == 2
+    with pytest.raises(MedSAMError):
+        list(embed_volume(pred, vol, batch_size=0))

@@ -1,0 +1,194 @@
+"""The MedSAM dock widget on a real napari viewer with the real bundled LiteMedSAM weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from medsam_core import MedSAMError
+
+from .conftest import big_objects, dice, rect, ref_box
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+WAIT = 120_000  # ms; a loaded 2-core CPU can take long to encode: correctness, not speed, is tested
+
+
+def nuclei(ref, n):
+    """n DSB nuclei that the bundled LiteMedSAM segments well from a 2-px-padded box (core Dice >= 0.9)."""
+    objs = big_objects(ref, 100)
+    return [objs[i] for i in (2, 3, 8, 10, 12)[:n]]
+
+
+def test_draw_move_undo_threaded(open_widget, qtbot, dsb2018):
+    """Draw a box (encoded in a worker thread), move it onto another nucleus, undo."""
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    assert not widget.runner.synchronous
+    layer = viewer.add_image(image, name="nuclei")
+    assert widget.session.image_layer is layer  # picked up automatically
+    shapes, labels = widget.shapes_layer, widget.labels_layer
+    assert shapes.mode == "add_rectangle" and labels.data.shape == image.shape
+    a, b = nuclei(ref, 2)
+
+    shapes.add([rect(ref_box(ref, a))], shape_type="rectangle")
+    qtbot.waitUntil(lambda: (labels.data > 0).any(), timeout=WAIT)
+    assert set(np.unique(labels.data)) == {0, 1}
+    assert dice(labels.data == 1, ref == a) >= 0.8
+    assert int(shapes.features["label_id"][0]) == 1
+    before_move = labels.data.copy()
+
+    shapes.data = [rect(ref_box(ref, b))]  # the user drags the box onto another nucleus
+    qtbot.waitUntil(lambda: not np.array_equal(labels.data, before_move), timeout=WAIT)
+    assert set(np.unique(labels.data)) == {0, 1}  # same id, old pixels gone
+    assert dice(labels.data == 1, ref == b) >= 0.8
+    assert dice(labels.data == 1, ref == a) == 0
+    assert widget.session.encoder_calls == 1  # decoding never re-encodes
+
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, before_move)
+    np.testing.assert_allclose(shapes.data[0], rect(ref_box(ref, a)))
+    assert int(shapes.features["label_id"][0]) == 1
+
+
+def test_boxes_become_new_ids_background_only_and_delete(open_widget, qtbot, dsb2018, monkeypatch):
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(image)
+    ids = nuclei(ref, 3)
+    out = widget.segment_boxes([ref_box(ref, i) for i in ids])
+    labels = widget.labels_layer.data
+    assert out == [1, 2, 3]
+    for new, old in zip(out, ids, strict=True):
+        assert dice(labels == new, ref == old) >= 0.8
+    # a box over object 1 writes only into background pixels (no overwrite)
+    before = labels.copy()
+    (new_id,) = widget.segment_boxes([ref_box(ref, ids[0], pad=6)])
+    assert new_id == 4
+    np.testing.assert_array_equal(labels[before > 0], before[before > 0])
+    widget.set_overwrite(True)
+    (over_id,) = widget.segment_boxes([ref_box(ref, ids[0], pad=2)])
+    assert (labels[ref == ids[0]] == over_id).mean() > 0.8
+    # deleting a box removes its object
+    widget.shapes_layer.selected_data = {1}
+    widget.shapes_layer.remove_selected()
+    assert not (labels == 2).any()
+    assert 2 not in widget.session.objects
+
+
+def test_bad_box_changes_nothing_and_notifies(open_widget, qtbot, dsb2018, monkeypatch):
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    shown = []
+    monkeypatch.setattr("napari_medsam._widget.show_error", shown.append)
+    viewer.add_image(image)
+    widget.segment_boxes([ref_box(ref, nuclei(ref, 1)[0])])
+    snapshot = {ly.name: np.array(ly.data, copy=True) if not isinstance(ly.data, list) else
+                [np.array(d) for d in ly.data] for ly in viewer.layers}
+
+    def unchanged():
+        for ly in viewer.layers:
+            want = snapshot[ly.name]
+            if isinstance(want, list):
+                assert len(ly.data) == len(want) and all(np.array_equal(a, b) for a, b in zip(ly.data, want, strict=True))
+            else:
+                np.testing.assert_array_equal(ly.data, want)
+
+    # drawn outside the image: reported, rectangle taken back, labels untouched
+    widget.shapes_layer.add([rect((600, 600, 700, 650))], shape_type="rectangle")
+    assert shown and "outside" in str(shown[-1])
+    unchanged()
+    # a zero-size box from a script raises and changes nothing
+    with pytest.raises(MedSAMError, match="empty|thinner"):
+        widget.segment_boxes([[100, 100, 100, 140]])
+    unchanged()
+    # moving a box out of the image puts it back
+    widget.shapes_layer.data = [rect((-300, -300, -200, -200))]
+    assert "outside" in str(shown[-1])
+    unchanged()
+    assert len(viewer.layers) == len(snapshot)
+
+
+def test_refine_with_points_and_undo(open_widget, qtbot, dsb2018):
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(image)
+    a = nuclei(ref, 1)[0]
+    (lid,) = widget.segment_boxes([ref_box(ref, a, pad=8)])
+    before = widget.labels_layer.data.copy()
+    yy, xx = np.nonzero(ref == a)
+    centre = [float(xx.mean()), float(yy.mean())]
+    widget.refine(lid, [centre], [0])  # a negative point in the middle must change the object
+    after = widget.labels_layer.data
+    assert not np.array_equal(after, before)
+    assert len(widget.points_layer.data) == 1 and not widget.points_layer.features["positive"][0]
+    widget.undo()
+    np.testing.assert_array_equal(widget.labels_layer.data, before)
+    assert len(widget.points_layer.data) == 0
+    # a clicked point (napari order y, x) refines the object under it
+    widget.points_layer.add(np.array([[centre[1], centre[0]]]))
+    assert int(widget.points_layer.features["label_id"][0]) == lid
+    assert len(widget.session.history) == 2
+
+
+def test_stack_box_segments_only_its_slice(open_widget, qtbot, cells3d):
+    image, ref, spacing = cells3d
+    viewer, widget = open_widget()
+    layer = viewer.add_image(image, scale=spacing)
+    z = 30
+    viewer.dims.set_current_step(0, z)
+    obj = big_objects(ref[z], 1, min_area=200)[0]
+    widget.shapes_layer.add([rect(ref_box(ref[z], obj), lead=(z,))], shape_type="rectangle")
+    labels = widget.labels_layer
+    qtbot.waitUntil(lambda: (labels.data > 0).any(), timeout=WAIT)
+    assert labels.data.shape == image.shape and tuple(labels.scale) == tuple(layer.scale)
+    assert np.flatnonzero((labels.data > 0).any(axis=(1, 2))).tolist() == [z]
+    assert dice(labels.data[z] == 1, ref[z] == obj) >= 0.8
+    # a scripted box on another slice
+    (lid,) = widget.segment_boxes([ref_box(ref[z + 5], big_objects(ref[z + 5], 1, 200)[0])], z=z + 5)
+    assert np.flatnonzero((labels.data == lid).any(axis=(1, 2))).tolist() == [z + 5]
+
+
+def test_scale_translate_rgb_and_channels(open_widget, qtbot, dsb2018):
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    a = nuclei(ref, 1)[0]
+    box = ref_box(ref, a)
+    # non-unit scale and translate: draw the box in world coordinates on a unit-scale 2D layer
+    layer = viewer.add_image(image, scale=(0.5, 2.0), translate=(10.0, -20.0))
+    world = rect(box) * np.array([0.5, 2.0]) + np.array([10.0, -20.0])
+    widget.shapes_layer.add([widget.shapes_layer.world_to_data(w) for w in world], shape_type="rectangle")
+    labels = widget.labels_layer
+    assert tuple(labels.scale) == (0.5, 2.0) and tuple(labels.translate) == (10.0, -20.0)
+    assert dice(labels.data == 1, ref == a) >= 0.8
+    viewer.layers.remove(layer)
+    # RGB
+    rgb = np.repeat((image / image.max() * 255).astype(np.uint8)[..., None], 3, axis=2)
+    widget.set_image_layer(viewer.add_image(rgb, rgb=True))
+    (lid,) = widget.segment_boxes([box])
+    assert widget.labels_layer.data.shape == image.shape and dice(widget.labels_layer.data == lid, ref == a) >= 0.8
+    # multichannel (C, H, W) with a channel axis: channel 1 holds the nuclei
+    multi = np.stack([np.zeros_like(image) + 7, image])
+    multi[0, 0, 0] = 9  # not constant
+    widget.set_image_layer(viewer.add_image(multi))
+    widget.set_channel(0, 1)
+    (lid,) = widget.segment_boxes([box])
+    assert widget.labels_layer.data.shape == image.shape and dice(widget.labels_layer.data == lid, ref == a) >= 0.8
+    with pytest.raises(MedSAMError, match="channel"):
+        widget.set_channel(5, 0)
+
+
+def test_preview_and_intensity(open_widget, dsb2018):
+    image, _ = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(image)
+    prev = widget.preview()
+    assert prev.data.shape == (256, 256) and 0 <= prev.data.min() and prev.data.max() <= 1
+    np.testing.assert_allclose(np.array(prev.scale), (2.0, 2.0))
+    widget.set_intensity("contrast")
+    assert widget.session.intensity().mode == "range"
+    with pytest.raises(MedSAMError):
+        widget.set_intensity("banana")
