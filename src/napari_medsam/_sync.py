@@ -85,7 +85,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
                 plan.ids[job.index] = lid
             editor.write(plane, mask, lid)
             verts = np.array(s.shapes_layer.data[job.index], copy=True)
-            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, logits[None].copy())
+            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, logits.copy())
             written.append(lid)
     for lid in plan.removed:
         if s.settings.delete_removes:
@@ -178,7 +178,7 @@ def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
     editor.clear(rec.plane, lid)
     editor.write(rec.plane, pred.masks[0], lid)
     objects = dict(s.objects)
-    objects[lid] = replace(rec, logits=pred.low_res_logits[0:1].copy())
+    objects[lid] = replace(rec, logits=pred.low_res_logits[0].copy())
     if points_before is None:
         points_before = (np.array(s.points_layer.data, copy=True), s.points_layer.features.copy())
     if len(new_xy):

@@ -19,7 +19,6 @@ from medsam_core.data import (
     bounding_box,
     flip_image_and_boxes,
     jitter_boxes,
-    lowres_targets,
     make_training_data,
     prepare_variant,
     split_holdout,

@@ -46,3 +46,6 @@ def open_widget(make_napari_viewer, lite_model):
         return viewer, widget
 
     return make
+
+
+REPO_DOCS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs"

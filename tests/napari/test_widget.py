@@ -164,6 +164,7 @@ def test_scale_translate_rgb_and_channels(open_widget, qtbot, dsb2018):
     assert tuple(labels.scale) == (0.5, 2.0) and tuple(labels.translate) == (10.0, -20.0)
     assert dice(labels.data == 1, ref == a) >= 0.8
     viewer.layers.remove(layer)
+    viewer.layers.remove(labels)  # a fitting labels layer would be reused: start afresh
     # RGB
     rgb = np.repeat((image / image.max() * 255).astype(np.uint8)[..., None], 3, axis=2)
     widget.set_image_layer(viewer.add_image(rgb, rgb=True))
@@ -172,6 +173,7 @@ def test_scale_translate_rgb_and_channels(open_widget, qtbot, dsb2018):
     # multichannel (C, H, W) with a channel axis: channel 1 holds the nuclei
     multi = np.stack([np.zeros_like(image) + 7, image])
     multi[0, 0, 0] = 9  # not constant
+    viewer.layers.remove(widget.labels_layer)
     widget.set_image_layer(viewer.add_image(multi))
     widget.set_channel(0, 1)
     (lid,) = widget.segment_boxes([box])
@@ -192,3 +194,24 @@ def test_preview_and_intensity(open_widget, dsb2018):
     assert widget.session.intensity().mode == "range"
     with pytest.raises(MedSAMError):
         widget.set_intensity("banana")
+
+
+def test_screenshot_of_widget_segmenting_real_data(open_widget, dsb2018):
+    """Full-window PNG (docs/images/widget.png): dock widget, real nuclei, coloured labels."""
+    import imageio.v3 as iio
+
+    from .conftest import REPO_DOCS
+
+    image, ref = dsb2018
+    viewer, widget = open_widget(show=True)
+    widget.runner.synchronous = True
+    viewer.add_image(image, name="DSB 2018 nuclei", contrast_limits=(0, float(np.percentile(image, 99.5))))
+    ids = nuclei(ref, 5)
+    widget.segment_boxes([ref_box(ref, i) for i in ids])
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    colour = np.ptp(canvas[..., :3].astype(int), axis=2) > 60  # labels are coloured, the image is grey
+    assert colour.sum() > 500
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.shape[1] > canvas.shape[1]  # the dock widget is in the picture
+    REPO_DOCS.joinpath("images").mkdir(parents=True, exist_ok=True)
+    iio.imwrite(REPO_DOCS / "images" / "widget.png", shot)

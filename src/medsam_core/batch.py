@@ -1,0 +1,237 @@
+"""Segment a folder of images from boxes: the job behind ``medsam batch``, callable from scripts.
+
+    from medsam_core.batch import segment_folder
+    report = segment_folder("images/", "labels/", boxes="boxes.csv")
+    print(report.summary())
+
+Boxes come from one CSV with an ``image`` column, a folder of per-image CSVs or napari Shapes
+exports, or a folder of label images (see boxsources.py). Each image's labels go to
+``out/<stem>.tif`` (``.nii.gz`` for NIfTI inputs, with the input's affine), written atomically,
+so an existing output is always complete: a second run skips it (resume) unless ``overwrite``.
+A failure on one image (corrupt file, bad boxes) is recorded and the others go on; the report
+is also written to ``out/batch_report.json``. 2D images go through roi.segment_large (ROI mode
+for small boxes on large images, see ``roi``); 3D volumes through segment.segment_boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .boxsources import boxes_from_labels, find_paired, read_any_boxes, read_table
+from .errors import CancelledError, CheckpointError, ImageError, ModelNotFoundError, PromptError
+from .io import READ_SUFFIXES, read_image, write_labels
+from .preprocess import Intensity
+from .roi import ROI_MODES, _check_cancel, segment_large
+from .segment import check_boxes_for_image, segment_boxes
+from .series import check_outputs, list_images
+
+REPORT_NAME = "batch_report.json"
+
+
+@dataclass
+class ImageResult:
+    """One image's outcome. status: "done", "skipped" (output existed), "no_boxes" or "failed"."""
+
+    image: str
+    status: str
+    output: str | None = None
+    boxes: int = 0
+    objects: int = 0
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    """Outcome of a batch; ``ok`` when nothing failed. ``cancelled`` when stopped early."""
+
+    results: list[ImageResult] = field(default_factory=list)
+    cancelled: bool = False
+    encoder_calls: int = 0
+
+    def by_status(self, status: str) -> list[ImageResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return self.by_status("failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.cancelled
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(self.by_status(s))} {s}" for s in ("done", "skipped", "no_boxes", "failed"))
+        text = f"{len(self.results)} images: {counts}" + (" (cancelled)" if self.cancelled else "")
+        return text + "".join(f"\n  FAILED {r.image}: {r.message}" for r in self.failed)
+
+    def to_dict(self) -> dict:
+        return {"results": [asdict(r) for r in self.results], "cancelled": self.cancelled,
+                "encoder_calls": self.encoder_calls, "ok": self.ok}
+
+
+class BoxSource:
+    """Boxes per image from ``boxes`` (CSV file or folder of CSVs) or ``labels`` (folder of label images)."""
+
+    def __init__(self, images: list[Path], boxes=None, labels=None, margin: float = 0.0):
+        if (boxes is None) == (labels is None):
+            raise PromptError("give boxes (a CSV file or a folder of CSVs) or boxes_from_labels (a folder), not both")
+        self.margin = float(margin)
+        if self.margin < 0:
+            raise PromptError(f"margin {margin} must be >= 0 pixels")
+        self.table = self.folder = self.labels = None
+        if labels is not None:
+            self.labels = Path(labels).expanduser()
+            if not self.labels.is_dir():
+                raise PromptError(f"label folder {self.labels} does not exist (check the path)")
+            return
+        path = Path(boxes).expanduser()
+        if path.is_dir():
+            self.folder = path
+        elif path.is_file():
+            self.table = read_table(path, [p.name for p in images])
+        else:
+            raise PromptError(f"boxes {path} is neither a CSV file nor a folder of CSVs (check the path)")
+
+    def get(self, image: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """-> (boxes (N, 4) XYXY, z (N,) or None, ids (N,) to keep or None for 1..N); N may be 0."""
+        if self.table is not None:
+            boxes, z = self.table.get(image.name, (np.zeros((0, 4)), None))
+            return boxes, z, None
+        if self.folder is not None:
+            csv_path = find_paired(self.folder, image, (".csv",))
+            if csv_path is None:
+                return np.zeros((0, 4)), None, None
+            boxes, z = read_any_boxes(csv_path)
+            return boxes, z, None
+        lab_path = find_paired(self.labels, image, READ_SUFFIXES)
+        if lab_path is None:
+            raise ImageError(f"no label image named {image.name.split('.')[0]}.* in {self.labels}")
+        labels, _ = read_image(lab_path)
+        if tuple(labels.shape) != tuple(shape):
+            raise ImageError(f"labels {lab_path.name} have shape {labels.shape}, the image {tuple(shape)}")
+        return boxes_from_labels(labels, self.margin)
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi: str = "auto",
+                  intensity: Intensity | None = None, channel=None, cancel=None) -> ImageResult:
+    """Segment one image file into ``out_path``; raises on any problem (segment_folder records it).
+
+    predictor: a Predictor, or a zero-argument callable returning one (made only when needed).
+    """
+    t0 = time.perf_counter()
+    image, meta = read_image(path)
+    if any(a not in "ZYXC" for a in meta.axes):
+        raise ImageError(f"{path.name} has axes {meta.axes}; batch takes (Y, X[, C]) or (Z, Y, X[, C]) images")
+    boxes, z, ids = source.get(path, meta.shape)
+    if len(boxes) == 0:
+        return ImageResult(path.name, "no_boxes", message="no boxes for this image")
+    check_boxes_for_image(boxes, z, meta.shape)
+    if not hasattr(predictor, "set_image"):
+        predictor = predictor()
+    if z is None:
+        labels = segment_large(predictor, image, boxes, mode=roi, intensity=intensity, channel=channel,
+                               cancel=cancel)
+    else:
+        labels = segment_boxes(predictor, image, boxes, z, intensity=intensity, channel=channel)
+    if ids is not None:  # keep the source label ids: box k -> ids[k]
+        lut = np.concatenate([[0], ids]).astype(np.uint32)
+        labels = lut[labels]
+    write_labels(out_path, labels, meta)
+    n_obj = len(np.unique(labels)) - 1
+    return ImageResult(path.name, "done", str(out_path), len(boxes), n_obj, seconds=time.perf_counter() - t0)
+
+
+def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None, boxes_from_labels=None,
+                   margin: float = 0.0, roi: str = "auto", predictor=None, model: str = "lite_medsam",
+                   checkpoint=None, device=None, intensity: Intensity | None = None, channel=None,
+                   overwrite: bool = False, patterns: list[str] | None = None,
+                   on_progress: Callable[[int, int, str], None] | None = None, cancel=None) -> BatchReport:
+    """Segment every image in the folder ``images`` into ``out`` (created if missing) -> BatchReport.
+
+    boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], or a folder of <stem>.csv box
+    CSVs / napari Shapes exports; boxes_from_labels: a folder of label images paired by stem
+    (one box per object, grown by ``margin`` px; output keeps the ids). roi: "auto" | "whole" |
+    "roi" (2D only). predictor: a Predictor, or a zero-argument factory of one; default: one
+    made from model/checkpoint/device. The model is loaded only when the first image needs it. on_progress(done, total, image name) after each image;
+    cancel: a callable or threading.Event checked between images and crops.
+    Bad arguments raise a MedSAMError before anything is written.
+    """
+    if roi not in ROI_MODES:
+        raise PromptError(f"unknown ROI mode {roi!r}: use auto, whole or roi")
+    files = list_images(images, patterns)
+    if not files:
+        raise ImageError(f"no images found in {images}; supported: {', '.join(READ_SUFFIXES)}")
+    out = Path(out).expanduser()
+    outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
+    source = BoxSource(files, boxes, boxes_from_labels, margin)
+    out.mkdir(parents=True, exist_ok=True)
+    holder: dict = {"p": predictor}
+
+    def get_predictor():
+        if holder["p"] is None:
+            from .checkpoint import load_model
+            from .predictor import Predictor
+
+            holder["p"] = Predictor(load_model(model, checkpoint=checkpoint, device=device))
+        elif not hasattr(holder["p"], "set_image"):  # a factory
+            holder["p"] = holder["p"]()
+        return holder["p"]
+
+    report = BatchReport()
+    calls0 = getattr(predictor, "encoder_calls", 0)  # a factory or None: 0
+    try:
+        for k, path in enumerate(files):
+            try:
+                _check_cancel(cancel)
+            except CancelledError:
+                report.cancelled = True
+                break
+            report.results.append(_run_one(get_predictor, path, outputs[path], source, roi, intensity,
+                                           channel, overwrite, cancel))
+            if report.results[-1].status == "cancelled":
+                report.results.pop()
+                report.cancelled = True
+                break
+            if on_progress:
+                on_progress(k + 1, len(files), path.name)
+    finally:
+        p = holder["p"]
+        report.encoder_calls = getattr(p, "encoder_calls", 0) - (calls0 if p is predictor else 0)
+        _atomic_json(out / REPORT_NAME, report.to_dict())
+    return report
+
+
+def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: str, intensity, channel,
+             overwrite: bool, cancel) -> ImageResult:
+    if out_path.is_file() and not overwrite:
+        return ImageResult(path.name, "skipped", str(out_path), message="output exists (use overwrite)")
+    t0 = time.perf_counter()
+    try:
+        return segment_image(get_predictor, path, out_path, source, roi, intensity, channel, cancel)
+    except CancelledError:
+        return ImageResult(path.name, "cancelled")
+    except (CheckpointError, ModelNotFoundError):
+        raise  # the model cannot be loaded: every image would fail, stop with this error
+    except Exception as exc:  # one bad image must not stop the batch; the message says what failed
+        msg = str(exc) if isinstance(exc, ImageError | PromptError) else f"{type(exc).__name__}: {exc}"
+        return ImageResult(path.name, "failed", message=msg, seconds=time.perf_counter() - t0)

@@ -1,0 +1,237 @@
+"""ROI mode: crop planning, paste-back geometry at image borders, intensity window, lazy inputs."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from medsam_core.errors import CancelledError, ImageError, PromptError
+from medsam_core.preprocess import Intensity
+from medsam_core.roi import (
+    choose_roi,
+    crop_window,
+    global_intensity,
+    plan_rois,
+    segment_large,
+)
+from medsam_core.segment import paste_masks
+
+from .roi_fakes import BoxFillPredictor, RecordingArray
+
+
+def box_filled(shape, boxes):
+    """Reference labels: box i filled with id i+1, earlier boxes win (segment_boxes' rule)."""
+    labels = np.zeros(shape, np.uint32)
+    masks = np.zeros((len(boxes), *shape), bool)
+    for m, (x0, y0, x1, y1) in zip(masks, np.asarray(boxes, int), strict=True):
+        m[y0 : y1 + 1, x0 : x1 + 1] = True
+    paste_masks(labels, masks, range(1, len(boxes) + 1))
+    return labels
+
+
+def ramp(shape=(700, 1000)):
+    return (np.arange(shape[0] * shape[1]) % 251 + 1).reshape(shape).astype(np.uint16)
+
+
+def test_crop_window_centred_and_shifted_inside():
+    assert crop_window((490, 290, 509, 309), 256, (1000, 1000)) == (172, 428, 372, 628)
+    assert crop_window((0, 0, 10, 10), 256, (1000, 1000)) == (0, 256, 0, 256)  # top-left corner
+    assert crop_window((990, 980, 999, 999), 256, (1000, 1000)) == (744, 1000, 744, 1000)  # bottom-right
+    assert crop_window((10, 10, 20, 20), 256, (100, 1000)) == (0, 100, 0, 256)  # short axis taken whole
+
+
+BORDER_BOXES = np.array([
+    [0, 0, 15, 12],  # top-left corner
+    [984, 0, 999, 20],  # top-right corner
+    [0, 680, 22, 699],  # bottom-left corner
+    [975, 690, 999, 699],  # bottom-right corner
+    [500, 0, 530, 9],  # top edge
+    [490, 685, 512, 699],  # bottom edge
+    [0, 340, 7, 360],  # left edge
+    [990, 330, 999, 371],  # right edge
+    [480, 330, 510, 361],  # centre
+], float)
+
+
+def test_roi_paste_back_is_exact_at_every_border():
+    shape = (700, 1000)
+    pred = BoxFillPredictor()
+    labels = segment_large(pred, ramp(shape), BORDER_BOXES, mode="roi")
+    np.testing.assert_array_equal(labels, box_filled(shape, BORDER_BOXES))
+    assert all(s == (256, 256) for s in pred.shapes)  # every crop is a full square inside the image
+    assert pred.encoder_calls == len(BORDER_BOXES)  # far apart: one crop each
+
+
+def test_roi_equals_whole_mode_with_exact_predictor():
+    shape = (700, 1000)
+    image = ramp(shape)
+    whole = segment_large(BoxFillPredictor(), image, BORDER_BOXES, mode="whole")
+    roi = segment_large(BoxFillPredictor(), image, BORDER_BOXES, mode="roi")
+    np.testing.assert_array_equal(roi, whole)
+
+
+def test_overlapping_boxes_in_different_crops_keep_the_earlier_box():
+    shape = (2000, 2000)
+    # box 0 is large (own crop); box 1 is small and overlaps it; box 2 is far away
+    boxes = np.array([[100, 100, 700, 700], [650, 650, 720, 720], [1800, 1800, 1850, 1850]], float)
+    labels = segment_large(BoxFillPredictor(), ramp(shape), boxes, mode="roi")
+    np.testing.assert_array_equal(labels, box_filled(shape, boxes))
+    boxes_rev = boxes[[1, 0, 2]]
+    labels = segment_large(BoxFillPredictor(), ramp(shape), boxes_rev, mode="roi")
+    np.testing.assert_array_equal(labels, box_filled(shape, boxes_rev))
+
+
+def test_crowded_boxes_share_crops():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(300, 500, size=(100, 2))
+    boxes = np.round(np.concatenate([xy, xy + rng.uniform(8, 20, size=(100, 2))], axis=1))
+    groups = plan_rois(boxes, (2000, 2000))
+    assert sorted(np.concatenate([g.indices for g in groups]).tolist()) == list(range(100))
+    assert len(groups) <= 4, len(groups)
+    for g in groups:  # every member lies inside its crop
+        y0, y1, x0, x1 = g.window
+        b = boxes[g.indices]
+        assert (b[:, 0] >= x0).all() and (b[:, 2] < x1).all() and (b[:, 1] >= y0).all() and (b[:, 3] < y1).all()
+    pred = BoxFillPredictor()
+    labels = segment_large(pred, ramp((2000, 2000)), boxes, mode="roi")
+    assert pred.encoder_calls == len(groups)
+    np.testing.assert_array_equal(labels, box_filled((2000, 2000), boxes))
+
+
+def test_large_box_gets_a_larger_crop_with_context():
+    boxes = np.array([[100, 100, 499, 399]], float)  # 400 px wide
+    (group,) = plan_rois(boxes, (2000, 2000))
+    y0, y1, x0, x1 = group.window
+    assert y1 - y0 == x1 - x0 == 800
+    assert x0 <= 100 - 100 and x1 >= 500 + 100 - 100  # 25 % context, clipped at the border
+
+
+def test_choose_roi_rule():
+    boxes = np.array([[0, 0, 19, 19], [0, 0, 299, 299]], float)  # 20 px and 300 px
+    # 2048 image: 20 px -> 2.5 model px (roi), 300 px -> 37.5 model px (whole)
+    np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048)), [True, False])
+    np.testing.assert_array_equal(choose_roi(boxes, (256, 256)), [False, False])  # one crop = the image
+    np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "whole"), [False, False])
+    np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "roi"), [True, True])
+    np.testing.assert_array_equal(choose_roi(boxes, (20000, 20000)), [True, True])  # too big for whole
+    with pytest.raises(PromptError, match="auto, whole or roi"):
+        choose_roi(boxes, (2048, 2048), "zoom")
+
+
+def test_crops_use_the_whole_image_intensity_window():
+    image = ramp((700, 1000))
+    image[:, 800:] = 5000  # a bright region elsewhere sets the window's top
+    pred = BoxFillPredictor()
+    segment_large(pred, image, BORDER_BOXES[:2], mode="roi")
+    lo, hi = np.percentile(image[image > 0].astype(float), [0.5, 99.5])
+    for it in pred.intensities:
+        assert it.mode == "range"
+        np.testing.assert_allclose(it.value_range, (lo, hi))
+    assert global_intensity(image.astype(np.uint8)).mode == "auto"  # uint8 needs no window
+    ct = Intensity.ct("lung")
+    assert global_intensity(image, ct) is ct
+
+
+def test_pyramid_reads_crops_from_level0_and_window_from_the_coarsest_level():
+    level0 = ramp((1024, 1024))
+    level1 = np.full((256, 256), 7, np.uint16)
+    level1[0, 0] = 1000
+    pred = BoxFillPredictor()
+    boxes = np.array([[500, 500, 520, 530]], float)
+    labels = segment_large(pred, [level0, level1], boxes, mode="roi")
+    np.testing.assert_array_equal(labels, box_filled((1024, 1024), boxes))
+    lo, hi = pred.intensities[0].value_range
+    assert hi <= 1000 and lo >= 7  # from level 1, not level 0 (whose values are 1..251)
+    assert hi > 251
+
+
+def test_lazy_array_is_never_read_whole():
+    base = ramp((512, 512))
+
+    def fill(y0, y1, x0, x1):
+        yy, xx = np.meshgrid(np.arange(y0, y1) % 512, np.arange(x0, x1) % 512, indexing="ij")
+        return base[yy, xx]
+
+    lazy = RecordingArray((4096, 4096), np.uint16, fill)
+    boxes = np.array([[100, 100, 120, 125], [4000, 4050, 4030, 4080], [2000, 10, 2040, 40]], float)
+    labels = segment_large(BoxFillPredictor(), lazy, boxes, mode="auto")
+    np.testing.assert_array_equal(labels, box_filled((4096, 4096), boxes))
+    full = [r for r in lazy.reads if r[2] == r[5] == 1]
+    assert len(full) == 3 and all((r[1] - r[0]) * (r[4] - r[3]) == 256 * 256 for r in full)
+    with pytest.raises(AssertionError):
+        np.asarray(lazy)  # the recorder does catch a whole read
+
+
+def test_cancel_and_bad_out():
+    pred = BoxFillPredictor()
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(CancelledError):
+        segment_large(pred, ramp(), BORDER_BOXES, mode="roi", cancel=ev)
+    assert pred.encoder_calls == 0
+    with pytest.raises(ImageError, match="out has shape"):
+        segment_large(pred, ramp(), BORDER_BOXES, mode="roi", out=np.zeros((5, 5), np.uint32))
+    with pytest.raises(PromptError):
+        segment_large(pred, ramp(), [[10, 10, 5, 20]], mode="roi")
+
+
+# -- real weights --------------------------------------------------------------------------------
+def tiled(image, labels, n=4):
+    big = np.tile(image, (n, n))
+    step = int(labels.max())
+    tiles = [[np.where(labels > 0, labels + step * (i * n + j), 0) for j in range(n)] for i in range(n)]
+    return big, np.block(tiles).astype(np.int64)
+
+
+def bbox(labels, ids):
+    from scipy import ndimage
+
+    sl = ndimage.find_objects(labels)
+    return np.array([[sl[i - 1][1].start, sl[i - 1][0].start, sl[i - 1][1].stop - 1, sl[i - 1][0].stop - 1]
+                     for i in ids], float)
+
+
+@pytest.mark.slow
+def test_roi_beats_whole_mode_on_small_nuclei_in_a_large_image(lite_model, dsb2018):
+    from medsam_core import Predictor
+    from medsam_core.metrics import dice
+
+    big, gt = tiled(*dsb2018)
+    ids = np.unique(gt)[1:][:: max(1, gt.max() // 12)][:12]
+    boxes = bbox(gt, ids)
+    pred = Predictor(lite_model)
+    whole = segment_large(pred, big, boxes, mode="whole")
+    calls = pred.encoder_calls
+    roi = segment_large(pred, big, boxes, mode="auto")  # auto picks ROI for 20 px nuclei in 2048 px
+    assert pred.encoder_calls - calls <= len(boxes)
+    d_whole = np.mean([dice(whole == k + 1, gt == i) for k, i in enumerate(ids)])
+    d_roi = np.mean([dice(roi == k + 1, gt == i) for k, i in enumerate(ids)])
+    assert d_roi > 0.75, d_roi
+    assert d_roi > d_whole + 0.2, (d_roi, d_whole)
+
+
+@pytest.mark.slow
+def test_lazy_4096_image_with_real_model_reads_only_crops(lite_model):
+    from medsam_core import Predictor
+    from medsam_core.metrics import dice
+    from medsam_core.samples import nuclei
+
+    s = nuclei()
+    base, base_labels = s.image, s.labels.astype(np.int64)
+    n = 4096 // base.shape[0]
+
+    def fill(y0, y1, x0, x1):
+        yy, xx = np.meshgrid(np.arange(y0, y1) % base.shape[0], np.arange(x0, x1) % base.shape[1], indexing="ij")
+        return base[yy, xx]
+
+    lazy = RecordingArray((4096, 4096), base.dtype, fill)
+    off = np.array([base.shape[1] * (n - 1), base.shape[0] * (n - 1)] * 2, float)  # bottom-right tile
+    boxes = s.boxes[:4] + off
+    labels = segment_large(Predictor(lite_model), lazy, boxes, mode="auto")
+    assert max((r[1] - r[0]) * (r[4] - r[3]) for r in lazy.reads if r[2] == r[5] == 1) <= 256 * 256
+    tile = labels[-base.shape[0]:, -base.shape[1]:]
+    d = [dice(tile == k + 1, base_labels == k + 1) for k in range(4)]
+    assert np.mean(d) > 0.75, d
+    assert labels[: -base.shape[0]].max() == 0  # nothing pasted outside the tile
