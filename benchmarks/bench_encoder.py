@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--slices", type=int, default=20)
     ap.add_argument("--malloc", action="store_true", help="also time eager under glibc malloc tunables")
+    ap.add_argument("--malloc-rounds", type=int, default=2, help="child processes per malloc variant")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -305,8 +306,8 @@ def main() -> None:
             print(f"\nvolume, {args.slices} slices of 512x512 (x100/{args.slices} extrapolated): "
                   + "; ".join(f"{k} {v['measured_s']:.1f} s -> {v['extrapolated_100_s']:.0f} s/100" for k, v in vol.items()))
     if args.malloc:
-        report["malloc"] = malloc_runs(args.threads, 3)
-        print("eager under malloc tunables (medians of 3 child processes): "
+        report["malloc"] = malloc_runs(args.threads, args.malloc_rounds)
+        print(f"eager under malloc tunables (medians of {args.malloc_rounds} child processes): "
               + "; ".join(f"{k} {v:.3f} s" for k, v in report["malloc"].items()))
     report["machine"]["load_avg_end"] = os.getloadavg()
     print(f"load average start {report['machine']['load_avg']} end {report['machine']['load_avg_end']}")

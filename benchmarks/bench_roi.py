@@ -81,7 +81,9 @@ def accuracy(n: int) -> dict:
     for n_tiles in (4, 2, 1):
         size = 512 * n_tiles
         sub_img, sub_gt = big[:size, :size], gt[:size, :size]
-        off = (boxes[:, [0, 1]] // size) * size  # move each box into the top-left size x size region
+        tile = (ids - 1) // 125  # the object's 512 px tile in the 4 x 4 tiling (ids of tile t: base + 125 t)
+        ty, tx = tile // 4, tile % 4
+        off = np.stack([(tx - tx % n_tiles) * 512, (ty - ty % n_tiles) * 512], axis=1).astype(float)
         b = boxes - np.concatenate([off, off], axis=1)
         t0 = time.perf_counter()
         calls = pred.encoder_calls
@@ -90,7 +92,7 @@ def accuracy(n: int) -> dict:
         ref_ids = _moved_ids(ids, off)
         d = dices(lab, sub_gt, ref_ids)
         out[f"whole-{size}"] = _row(d, side * 256 / size, dt, pred.encoder_calls - calls, len(ids))
-    for min_side in (256, 128):
+    for min_side in (256, 128, 96):
         pred.cache.clear()
         t0 = time.perf_counter()
         calls = pred.encoder_calls
@@ -103,14 +105,9 @@ def accuracy(n: int) -> dict:
 
 def _moved_ids(ids: np.ndarray, off: np.ndarray) -> np.ndarray:
     """Id in the sub-image of each object moved by ``off`` (tiles repeat, ids differ per tile)."""
-    step = 125  # labels.max() of the sample: ids of tile t are base + 125 * t
-    n_full = 4
-    ty, tx = off[:, 1] // 512, off[:, 0] // 512
-    tile_of = (ids - 1) // step
-    base = ids - step * tile_of
-    src_ty, src_tx = tile_of // n_full, tile_of % n_full
-    new_tile = (src_ty - ty) * n_full + (src_tx - tx)
-    return (base + step * new_tile).astype(np.int64)
+    tile = (ids - 1) // 125
+    ty, tx = tile // 4 - off[:, 1] // 512, tile % 4 - off[:, 0] // 512
+    return (ids - 125 * tile + 125 * (ty * 4 + tx)).astype(np.int64)
 
 
 def _row(d: np.ndarray, model_px: np.ndarray, seconds: float, encodes: int, n: int) -> dict:

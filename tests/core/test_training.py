@@ -215,6 +215,7 @@ def count_encoder_calls(model) -> list[int]:
     return calls
 
 
+@pytest.mark.slow  # seconds: real training steps
 def test_decoder_fit_uses_cached_embeddings_and_leaves_the_input_model(tiny_model):
     model = copy.deepcopy(tiny_model)
     image, labels = disks()
@@ -250,6 +251,7 @@ def test_cancel_raises_and_leaves_the_model(tiny_model):
         fit(model, data, TrainConfig(epochs=1), cache=cache, cancel=lambda: True)
 
 
+@pytest.mark.slow  # seconds: real training steps
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_encoder_modes_change_the_encoder_id_and_save_strictly(tiny_model, mode, tmp_path):
     from medsam_core import save_checkpoint

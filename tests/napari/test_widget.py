@@ -196,7 +196,7 @@ def test_preview_and_intensity(open_widget, dsb2018):
         widget.set_intensity("banana")
 
 
-def test_screenshot_of_widget_segmenting_real_data(open_widget, dsb2018):
+def test_screenshot_of_widget_segmenting_real_data(open_widget, qtbot, dsb2018):
     """Full-window PNG (docs/images/widget.png): dock widget, real nuclei, coloured labels."""
     import imageio.v3 as iio
 
@@ -204,10 +204,13 @@ def test_screenshot_of_widget_segmenting_real_data(open_widget, dsb2018):
 
     image, ref = dsb2018
     viewer, widget = open_widget(show=True)
+    viewer.window.resize(1500, 950)
     widget.runner.synchronous = True
     viewer.add_image(image, name="DSB 2018 nuclei", contrast_limits=(0, float(np.percentile(image, 99.5))))
     ids = nuclei(ref, 5)
     widget.segment_boxes([ref_box(ref, i) for i in ids])
+    viewer.layers.selection.active = widget.shapes_layer
+    qtbot.waitUntil(widget.isVisible)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     colour = np.ptp(canvas[..., :3].astype(int), axis=2) > 60  # labels are coloured, the image is grey
     assert colour.sum() > 500

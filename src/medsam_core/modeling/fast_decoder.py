@@ -332,33 +332,24 @@ def _initial_windows(boxes, points, input_size: int, grid: tuple[int, int], marg
 
 
 def _windowed_masks(wt, it, keys: _Keys, hyper: Tensor, md: nn.Module, windows: Tensor, owner) -> Tensor:
-    """Upscale + hypernetwork product inside each window; enlarge windows whose mask touches an edge."""
+    """Upscale + hypernetwork product inside each window; enlarge windows whose mask touches an edge.
+
+    Windows are batched in groups of one common size (rounded up to 8 tokens), so one large
+    prompt does not make every window in the batch large.
+    """
     n, m = hyper.shape[:2]
     gh, gw = it.grid
     out = hyper.new_full((n, m, 4 * gh, 4 * gw), OUTSIDE_LOGIT)
     todo = torch.arange(n)
+    windows = windows.clone()
     while len(todo):
         win = windows[todo]
-        hh = int((win[:, 2] - win[:, 0]).max())
-        ww = int((win[:, 3] - win[:, 1]).max())
-        # One common window size per batch: keep each window's centre, shift inside the grid.
-        cy = (win[:, 0] + win[:, 2]) // 2
-        cx = (win[:, 1] + win[:, 3]) // 2
-        y0 = (cy - hh // 2).clamp(0, gh - hh)
-        x0 = (cx - ww // 2).clamp(0, gw - ww)
-        ys = y0[:, None] + torch.arange(hh)
-        xs = x0[:, None] + torch.arange(ww)
-        idx = (ys[:, :, None] * gw + xs[:, None, :]).reshape(len(todo), -1).to(hyper.device)
-        k = keys.sub(todo).gather(wt, it, idx)  # (n', hh*ww, C)
-        k = k.transpose(1, 2).reshape(len(todo), -1, hh, ww)
-        up = md.output_upscaling(k)  # (n', C/8, 4hh, 4ww)
-        lg = (hyper[todo.to(hyper.device)] @ up.flatten(2)).reshape(len(todo), m, 4 * hh, 4 * ww)
+        hh = (-(-(win[:, 2] - win[:, 0]) // 8) * 8).clamp(max=gh)
+        ww = (-(-(win[:, 3] - win[:, 1]) // 8) * 8).clamp(max=gw)
         again = []
-        for j, i in enumerate(todo.tolist()):
-            ya, xa = int(y0[j]) * 4, int(x0[j]) * 4
-            out[i, :, ya : ya + 4 * hh, xa : xa + 4 * ww] = lg[j]
-            if _touches_edge(lg[j] > 0, int(y0[j]), int(x0[j]), hh, ww, gh, gw):
-                again.append(i)
+        for size in torch.unique(torch.stack([hh, ww], 1), dim=0):
+            sel = ((hh == size[0]) & (ww == size[1])).nonzero()[:, 0]
+            again += _window_group(wt, it, keys, hyper, md, todo[sel], windows, int(size[0]), int(size[1]), out)
         if not again:
             break
         owner.windows_enlarged += len(again)
@@ -366,11 +357,35 @@ def _windowed_masks(wt, it, keys: _Keys, hyper: Tensor, md: nn.Module, windows: 
         w = windows[todo]
         grow_y = (w[:, 2] - w[:, 0] + 1) // 2 + 1
         grow_x = (w[:, 3] - w[:, 1] + 1) // 2 + 1
-        windows = windows.clone()
         windows[todo] = torch.stack([
             (w[:, 0] - grow_y).clamp(0, gh), (w[:, 1] - grow_x).clamp(0, gw),
             (w[:, 2] + grow_y).clamp(0, gh), (w[:, 3] + grow_x).clamp(0, gw)], 1)
     return out
+
+
+def _window_group(wt, it, keys: _Keys, hyper: Tensor, md: nn.Module, rows: Tensor, windows: Tensor,
+                  hh: int, ww: int, out: Tensor) -> list[int]:
+    """Logits of prompts ``rows`` in (hh, ww)-token windows written into ``out``; returns the rows
+    whose mask is positive on a window edge inside the grid (their window must grow)."""
+    gh, gw = it.grid
+    m = hyper.shape[1]
+    win = windows[rows]
+    # Keep each window's centre, shift the common-size window inside the grid.
+    y0 = ((win[:, 0] + win[:, 2]) // 2 - hh // 2).clamp(0, gh - hh)
+    x0 = ((win[:, 1] + win[:, 3]) // 2 - ww // 2).clamp(0, gw - ww)
+    ys = y0[:, None] + torch.arange(hh)
+    xs = x0[:, None] + torch.arange(ww)
+    idx = (ys[:, :, None] * gw + xs[:, None, :]).reshape(len(rows), -1).to(hyper.device)
+    k = keys.sub(rows).gather(wt, it, idx)  # (n', hh*ww, C)
+    up = md.output_upscaling(k.transpose(1, 2).reshape(len(rows), -1, hh, ww))  # (n', C/8, 4hh, 4ww)
+    lg = (hyper[rows.to(hyper.device)] @ up.flatten(2)).reshape(len(rows), m, 4 * hh, 4 * ww)
+    again = []
+    for j, i in enumerate(rows.tolist()):
+        ya, xa = int(y0[j]) * 4, int(x0[j]) * 4
+        out[i, :, ya : ya + 4 * hh, xa : xa + 4 * ww] = lg[j]
+        if _touches_edge(lg[j] > 0, int(y0[j]), int(x0[j]), hh, ww, gh, gw):
+            again.append(i)
+    return again
 
 
 def _touches_edge(pos: Tensor, y0: int, x0: int, hh: int, ww: int, gh: int, gw: int) -> bool:
