@@ -120,6 +120,15 @@ def _row(d: np.ndarray, model_px: np.ndarray, seconds: float, encodes: int, n: i
 
 
 # -- memory ---------------------------------------------------------------------------------------
+def _vm_rss_mib() -> float:
+    """Current resident memory (Linux /proc), unlike ru_maxrss which is the peak so far."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def memory_child(side: int) -> dict:
     import tracemalloc
 
@@ -143,6 +152,7 @@ def memory_child(side: int) -> dict:
     pred = Predictor(load_model("lite_medsam", device="cpu"))
     pred.set_image(base[:256, :256])  # warm up: the model and the encoder backend are resident
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cur_model = _vm_rss_mib()
     boxes = np.array([[100, 100, 130, 125], [side - 200, side - 200, side - 170, side - 160],
                       [side // 2, side // 3, side // 2 + 25, side // 3 + 30], [5000, 9000, 5030, 9020],
                       [5040, 9010, 5060, 9040]], float)
@@ -154,9 +164,11 @@ def memory_child(side: int) -> dict:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cur = _vm_rss_mib()
     return {"side": side, "image_mib": side * side * 2 / 2**20, "boxes": len(boxes),
             "encodes": pred.encoder_calls - 1, "seconds": round(dt, 1),
             "peak_rss_mib_after_model": round(rss_model), "peak_rss_mib_after_roi": round(rss),
+            "rss_mib_after_model": round(cur_model), "rss_mib_after_roi": round(cur),
             "tracemalloc_peak_mib": round(peak / 2**20, 1), "objects": int(len(np.unique(out)) - 1)}
 
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "napari"))
 
 
-def _ticks_during(app, until, max_s: float = 120.0) -> tuple[float, int]:
+def _ticks_during(app, until, max_s: float = 900.0) -> tuple[float, int]:
     """Run the event loop until ``until()``; longest gap (ms) between 10 ms timer ticks."""
     from qtpy.QtCore import QTimer
 
@@ -45,8 +45,9 @@ def main() -> None:
     import napari
     import torch
     from conftest import big_objects, rect, ref_box
-    from medsam_core import load_model
     from qtpy.QtWidgets import QApplication
+
+    from medsam_core import load_model
 
     with np.load(REPO.parent / "shared" / "data" / "fluo_nuclei_dsb2018.npz") as d:
         image, ref = d["image"], d["labels"]
@@ -74,10 +75,13 @@ def main() -> None:
         t1 = time.perf_counter()
         app.processEvents()  # the canvas redraws the updated labels
         t2 = time.perf_counter()
-        assert int(labels.data.max()) == before + 1, "the box was not segmented"
+        assert int(labels.data.max()) == before + 1, f"not segmented: {widget.last_error} {widget.session._encoding} {widget.session.encoder_calls} {shapes.features}"
         written.append((t1 - t0) * 1000)
         visible.append((t2 - t0) * 1000)
+    import os
+
     result = {
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "torch_threads": torch.get_num_threads(),
         "boxes": len(ids),
         "box_to_label_written_ms_median": round(float(np.median(written)), 1),

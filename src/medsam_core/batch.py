@@ -31,7 +31,7 @@ from .io import READ_SUFFIXES, read_image, write_labels
 from .preprocess import Intensity
 from .roi import ROI_MODES, _check_cancel, segment_large
 from .segment import check_boxes_for_image, segment_boxes
-from .series import check_outputs, list_images
+from .series import check_outputs, list_images, split_name
 
 REPORT_NAME = "batch_report.json"
 
@@ -88,6 +88,7 @@ class BoxSource:
         if self.margin < 0:
             raise PromptError(f"margin {margin} must be >= 0 pixels")
         self.table = self.folder = self.labels = None
+        self._index: dict = {}  # stem -> files of the CSV or label folder, listed once
         if labels is not None:
             self.labels = Path(labels).expanduser()
             if not self.labels.is_dir():
@@ -107,14 +108,14 @@ class BoxSource:
             boxes, z = self.table.get(image.name, (np.zeros((0, 4)), None))
             return boxes, z, None
         if self.folder is not None:
-            csv_path = find_paired(self.folder, image, (".csv",))
+            csv_path = find_paired(self.folder, image, (".csv",), self._index)
             if csv_path is None:
                 return np.zeros((0, 4)), None, None
             boxes, z = read_any_boxes(csv_path)
             return boxes, z, None
-        lab_path = find_paired(self.labels, image, READ_SUFFIXES)
+        lab_path = find_paired(self.labels, image, READ_SUFFIXES, self._index)
         if lab_path is None:
-            raise ImageError(f"no label image named {image.name.split('.')[0]}.* in {self.labels}")
+            raise ImageError(f"no label image named {split_name(image)[0]}.* in {self.labels} (paired by file stem)")
         labels, _ = read_image(lab_path)
         if tuple(labels.shape) != tuple(shape):
             raise ImageError(f"labels {lab_path.name} have shape {labels.shape}, the image {tuple(shape)}")

@@ -119,11 +119,18 @@ def read_table(path: str | os.PathLike, image_names: list[str]) -> dict[str, Box
     return out
 
 
-def find_paired(folder: Path, image: Path, suffixes: tuple[str, ...]) -> Path | None:
-    """The file in ``folder`` with the same stem as ``image`` and one of ``suffixes``."""
-    stem = split_name(image)[0]
-    hits = [p for p in sorted(folder.iterdir()) if p.is_file() and split_name(p)[0] == stem
-            and split_name(p)[1] in suffixes]
+def find_paired(folder: Path, image: Path, suffixes: tuple[str, ...], _index: dict | None = None) -> Path | None:
+    """The file in ``folder`` with the same stem as ``image`` and one of ``suffixes`` (first by name).
+
+    _index: a dict reused across calls to list ``folder`` once (stem -> paths).
+    """
+    index = _index if _index is not None else {}
+    if not index:
+        for p in sorted(folder.iterdir(), key=lambda q: q.name):
+            stem, suffix = split_name(p)
+            if p.is_file() and not p.name.startswith(".") and suffix in suffixes:
+                index.setdefault(stem, []).append(p)
+    hits = index.get(split_name(image)[0], [])
     return hits[0] if hits else None
 
 

@@ -257,6 +257,44 @@ def predict_groups(predictor, image, boxes: np.ndarray, groups: list[RoiGroup], 
         yield group, np.asarray(masks, bool), np.asarray(scores)
 
 
+def iter_masks(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None, channel=None,
+               min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR,
+               cancel=None) -> Iterator[tuple[RoiGroup, np.ndarray, np.ndarray]]:
+    """Masks of (N, 4) XYXY pixel boxes, one encode at a time, without a full-size label image.
+
+    Yields (group, masks (n, h, w) bool in the group's window, scores (n,)): first the boxes
+    segmented in whole-image mode (window = the whole image), then one item per ROI crop.
+    ``group.indices`` index ``boxes``. For interactive use (one box at a time on a huge image),
+    compute ``global_intensity(image)`` once and pass it as ``intensity``: a "range" window is
+    used as is. Image and mode as for segment_large.
+    """
+    shape = image_shape(image)
+    boxes = check_boxes(boxes, shape) if len(np.asarray(boxes).reshape(-1, 4)) else np.zeros((0, 4))
+    use_roi = choose_roi(boxes, shape, mode, predictor.spec.preprocessing.input_size, min_side=min_side)
+    window = global_intensity(image, intensity, channel)
+    if (~use_roi).any():
+        _check_cancel(cancel)
+        if shape[0] * shape[1] > MAX_WHOLE_PIXELS:
+            raise ImageError(
+                f"the image is {shape[1]} x {shape[0]} pixels, too large for whole-image mode: use roi mode"
+            )
+        whole = RoiGroup((0, shape[0], 0, shape[1]), np.flatnonzero(~use_roi))
+        yield from predict_groups(predictor, image, boxes, [whole], window, channel)
+    roi_idx = np.flatnonzero(use_roi)
+    groups = plan_rois(boxes[roi_idx], shape, min_side, factor) if len(roi_idx) else []
+    mapped = [RoiGroup(g.window, roi_idx[g.indices]) for g in groups]
+    yield from predict_groups(predictor, image, boxes, mapped, window, channel, cancel)
+
+
+def count_encodes(boxes, shape: tuple[int, int], mode: str = "auto", input_size: int = 256,
+                  min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR) -> int:
+    """How many encodes iter_masks / segment_large will run (for a progress bar's total)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    use_roi = choose_roi(boxes, shape, mode, input_size, min_side=min_side)
+    n_roi = len(plan_rois(boxes[use_roi], shape, min_side, factor)) if use_roi.any() else 0
+    return n_roi + int((~use_roi).any())
+
+
 def segment_large(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None,
                   channel=None, out=None, min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR,
                   progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
@@ -271,34 +309,19 @@ def segment_large(predictor, image, boxes, mode: str = "auto", intensity: Intens
     cancel: a callable or threading.Event checked before each encode (CancelledError).
     """
     shape = image_shape(image)
-    boxes = check_boxes(boxes, shape) if len(np.asarray(boxes).reshape(-1, 4)) else np.zeros((0, 4))
-    use_roi = choose_roi(boxes, shape, mode, predictor.spec.preprocessing.input_size, min_side=min_side)
-    window = global_intensity(image, intensity, channel)
     labels = np.zeros(shape, np.uint32) if out is None else out
     if tuple(labels.shape[:2]) != shape:
         raise ImageError(f"out has shape {labels.shape}, the image {shape}: give an (H, W) array of the image's size")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     ids = np.arange(1, len(boxes) + 1, dtype=np.uint32)
-    groups = plan_rois(boxes[use_roi], shape, min_side, factor) if use_roi.any() else []
-    roi_idx = np.flatnonzero(use_roi)
-    total = len(groups) + int((~use_roi).any())
+    total = None
     done = 0
-    if (~use_roi).any():
-        _check_cancel(cancel)
-        if shape[0] * shape[1] > MAX_WHOLE_PIXELS:
-            raise ImageError(
-                f"the image is {shape[1]} x {shape[0]} pixels, too large for whole-image mode: use roi mode"
-            )
-        sel = np.flatnonzero(~use_roi)
-        whole = RoiGroup((0, shape[0], 0, shape[1]), sel)
-        for g, masks, _ in predict_groups(predictor, image, boxes, [whole], window, channel):
-            paste_min_id(labels, g.window, masks, ids[g.indices])
+    for group, masks, _ in iter_masks(predictor, image, boxes, mode, intensity, channel, min_side, factor, cancel):
+        paste_min_id(labels, group.window, masks, ids[group.indices])
         done += 1
         if progress:
-            progress(done, total)
-    mapped = [RoiGroup(g.window, roi_idx[g.indices]) for g in groups]
-    for g, masks, _ in predict_groups(predictor, image, boxes, mapped, window, channel, cancel):
-        paste_min_id(labels, g.window, masks, ids[g.indices])
-        done += 1
-        if progress:
+            if total is None:
+                total = count_encodes(check_boxes(boxes, shape), shape, mode,
+                                      predictor.spec.preprocessing.input_size, min_side, factor)
             progress(done, total)
     return labels

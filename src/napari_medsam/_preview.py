@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from medsam_core import MedSAMError, get_spec
 from medsam_core.preprocess import prepare_image
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, PromptError
-from medsam_core.preprocess import check_boxes
 
 from . import _layers as L
 from ._objects import Commit, ObjectRecord, PlaneEditor

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+
 from medsam_core import MedSAMError, PromptError
 from medsam_core.preprocess import check_boxes
 

@@ -8,7 +8,6 @@ show the same message as a napari notification.
 
 from __future__ import annotations
 
-from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtGui import QKeySequence, QShortcut
@@ -25,6 +24,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 
 from ._session import Session
 from ._workers import Runner

@@ -238,3 +238,20 @@ def test_lazy_4096_image_with_real_model_reads_only_crops(lite_model):
     d = [dice(tile == k + 1, base_labels == k + 1) for k in range(4)]
     assert np.mean(d) > 0.75, d
     assert labels[: -base.shape[0]].max() == 0  # nothing pasted outside the tile
+
+
+def test_progress_counts_every_encode_and_iter_masks_gives_crop_masks():
+    from medsam_core.roi import count_encodes, iter_masks
+
+    shape = (700, 1000)
+    boxes = np.vstack([BORDER_BOXES, [[100, 100, 699, 499]]])  # a large box: whole-image mode in auto
+    seen = []
+    pred = BoxFillPredictor()
+    segment_large(pred, ramp(shape), boxes, mode="auto", progress=lambda d, t: seen.append((d, t)))
+    n = count_encodes(boxes, shape)
+    assert seen == [(k, n) for k in range(1, n + 1)] and pred.encoder_calls == n
+    items = list(iter_masks(BoxFillPredictor(), ramp(shape), boxes, mode="auto"))
+    assert items[0][0].window == (0, 700, 0, 1000) and items[0][0].indices.tolist() == [9]
+    for group, masks, _ in items:
+        y0, y1, x0, x1 = group.window
+        assert masks.shape == (len(group.indices), y1 - y0, x1 - x0)

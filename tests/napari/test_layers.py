@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsam_core import ImageError
 from napari.components import ViewerModel
 from napari.layers import Labels, Shapes
 
+from medsam_core import ImageError
 from napari_medsam import _layers as L
 
 from .conftest import rect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from medsam_core import MedSAMError
 
 from .conftest import big_objects, dice, rect, ref_box

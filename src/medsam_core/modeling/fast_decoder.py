@@ -70,6 +70,8 @@ class FastDecoder:
         """
         if mask_input is not None or embedding.dim() != 4 or embedding.shape[0] != 1:
             return False
+        if any(p.dtype != torch.float32 for p in mask_decoder.parameters()):
+            return False  # half-precision decoders keep the reference path (and its autocast)
         tf = getattr(mask_decoder, "transformer", None)
         layers = getattr(tf, "layers", ())
         if len(layers) != 2 or not hasattr(prompt_encoder, "no_mask_embed"):
@@ -295,18 +297,16 @@ class _Keys:
     def __init__(self, r1, r2, a0t, v0, a1t, v1):
         self.r1, self.r2, self.a0t, self.v0, self.a1t, self.v1 = r1, r2, a0t, v0, a1t, v1
 
-    def sub(self, rows: Tensor) -> _Keys:
-        rows = rows.to(self.r1.device)
-        return _Keys(*(x[rows] for x in (self.r1, self.r2, self.a0t, self.v0, self.a1t, self.v1)))
-
-    def gather(self, wt: WeightTerms, it: ImageTerms, idx: Tensor) -> Tensor:
-        """keys2 at image tokens idx (N, Lw) -> (N, Lw, C)."""
-        r1 = torch.gather(self.r1, 1, idx)[..., None]
-        r2 = torch.gather(self.r2, 1, idx)[..., None]
-        a0 = torch.gather(self.a0t, 2, idx[:, None].expand(-1, self.a0t.shape[1], -1))
-        a1 = torch.gather(self.a1t, 2, idx[:, None].expand(-1, self.a1t.shape[1], -1))
-        z0 = a0.transpose(1, 2) @ self.v0  # (N, Lw, H*d)
-        z1 = a1.transpose(1, 2) @ self.v1
+    def gather(self, wt: WeightTerms, it: ImageTerms, rows: Tensor, idx: Tensor) -> Tensor:
+        """keys2 of prompts ``rows`` (n',) at image tokens ``idx`` (n', Lw) -> (n', Lw, C)."""
+        rows = rows.to(idx.device)
+        j = torch.arange(self.a0t.shape[1], device=idx.device)
+        r1 = self.r1[rows[:, None], idx][..., None]
+        r2 = self.r2[rows[:, None], idx][..., None]
+        a0 = self.a0t[rows[:, None, None], j[None, :, None], idx[:, None, :]]  # (n', J, Lw)
+        a1 = self.a1t[rows[:, None, None], j[None, :, None], idx[:, None, :]]
+        z0 = a0.transpose(1, 2) @ self.v0[rows]  # (n', Lw, H*d)
+        z1 = a1.transpose(1, 2) @ self.v1[rows]
         y = r1 * (it.x2[idx] + z0 @ wt.n0) + wt.b2 + z1 @ wt.n1
         return r2 * y * wt.g2 + wt.beta2
 
@@ -376,7 +376,7 @@ def _window_group(wt, it, keys: _Keys, hyper: Tensor, md: nn.Module, rows: Tenso
     ys = y0[:, None] + torch.arange(hh)
     xs = x0[:, None] + torch.arange(ww)
     idx = (ys[:, :, None] * gw + xs[:, None, :]).reshape(len(rows), -1).to(hyper.device)
-    k = keys.sub(rows).gather(wt, it, idx)  # (n', hh*ww, C)
+    k = keys.gather(wt, it, rows, idx)  # (n', hh*ww, C)
     up = md.output_upscaling(k.transpose(1, 2).reshape(len(rows), -1, hh, ww))  # (n', C/8, 4hh, 4ww)
     lg = (hyper[rows.to(hyper.device)] @ up.flatten(2)).reshape(len(rows), m, 4 * hh, 4 * ww)
     again = []
