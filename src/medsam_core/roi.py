@@ -37,7 +37,7 @@ from .preprocess import Intensity, check_boxes, to_grey_or_rgb
 
 #: A box goes to ROI mode when whole-image mode would shrink its longest side below this many
 #: model pixels (measured: benchmarks/bench_roi.py).
-ROI_MAX_MODEL_PX = 16.0
+ROI_MAX_MODEL_PX = 48.0
 #: Smallest crop side in image pixels; the crop is resized to the model's 256 px input, so a
 #: 128 px crop shows a small object at twice its size (measured better than 256: bench_roi.py).
 ROI_MIN_SIDE = 128
@@ -95,7 +95,11 @@ def _subsample(image) -> np.ndarray:
     level = levels_of(image)[-1]
     h, w = int(level.shape[0]), int(level.shape[1])
     step = max(1, -(-max(h, w) // SAMPLE_SIDE))
-    return np.asarray(level[::step, ::step])
+    try:
+        return np.asarray(level[::step, ::step])
+    except (IndexError, ValueError, TypeError, NotImplementedError):
+        # an array type without strided reads (some zarr versions): one row at a time, strided here
+        return np.stack([np.asarray(level[y : y + 1, :])[0, ::step] for y in range(0, h, step)])
 
 
 def global_intensity(image, intensity: Intensity | None = None, channel=None) -> Intensity:

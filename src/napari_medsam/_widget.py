@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -169,6 +170,13 @@ class MedSAMWidget(QWidget):
             images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.name.startswith("MedSAM")]
             if images:
                 self._try(self.set_image_layer, images[-1])
+                # napari selects the inserted layer after this handler: hand the focus back to the boxes
+                QTimer.singleShot(0, self._activate_boxes)
+
+    def _activate_boxes(self) -> None:
+        if self.session.shapes_layer is not None and self.session.shapes_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.session.shapes_layer
+            self.session.shapes_layer.mode = "add_rectangle"
 
     def _refresh_layer_choices(self) -> None:
         self.image_combo.clear()

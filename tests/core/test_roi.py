@@ -255,3 +255,19 @@ def test_progress_counts_every_encode_and_iter_masks_gives_crop_masks():
     for group, masks, _ in items:
         y0, y1, x0, x1 = group.window
         assert masks.shape == (len(group.indices), y1 - y0, x1 - x0)
+
+
+def test_intensity_sample_falls_back_to_rows_when_strided_reads_fail():
+    image = ramp((3000, 600))
+
+    class NoStep:
+        shape, dtype, ndim = image.shape, image.dtype, 2
+
+        def __getitem__(self, key):
+            if any(k.step not in (None, 1) for k in key):
+                raise IndexError("only step 1 is supported")
+            return image[key]
+
+    lo, hi = global_intensity(NoStep()).value_range
+    sample = image[::2, ::2]  # step = ceil(3000 / 2048) = 2
+    np.testing.assert_allclose((lo, hi), np.percentile(sample[sample > 0].astype(float), [0.5, 99.5]))
