@@ -99,9 +99,11 @@ def gemm_limit(threads: int, repeats: int, shapes=None) -> dict:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         param = ops.parameter([m, k], np.float32)
         ovm = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param])
-        req = core.compile_model(ovm, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                              "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-        runs = {"torch.mm": lambda: torch.mm(ta, tb), "openvino MatMul": lambda: req.infer({0: a})}  # noqa: B023
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": "LATENCY"}
+        req = core.compile_model(ovm, "CPU", config).create_infer_request()
+        runs = {"torch.mm": lambda: torch.mm(ta, tb),  # noqa: B023
+                "openvino MatMul": lambda: req.infer({0: a})}  # noqa: B023
         if threads == os.cpu_count():  # NumPy's BLAS uses every core; no portable per-call setting
             runs["numpy @"] = lambda: a @ b  # noqa: B023
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -201,9 +203,12 @@ def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe) -> 
                                                         for n in engines), flush=True)
     for row in rows.values():
         row["median_s"], row["min_s"] = statistics.median(row["times"]), min(row["times"])
-        row["x_limit_paired"] = statistics.median(t / lim for t, lim in zip(row["times"], limits, strict=True))
-    rows["matrix-product limit (paired GEMM)"] = {"times": limits, "median_s": statistics.median(limits),
-                                                  "min_s": min(limits), "max_abs_diff": 0.0, "x_limit_paired": 1.0}
+        paired = [t / lim for t, lim in zip(row["times"], limits, strict=True)]
+        row["x_limit_paired"] = statistics.median(paired)
+    rows["matrix-product limit (paired GEMM)"] = {
+        "times": limits, "median_s": statistics.median(limits), "min_s": min(limits), "max_abs_diff": 0.0,
+        "x_limit_paired": 1.0,
+    }
     return rows
 
 
@@ -217,8 +222,10 @@ def volume(model, engines: dict, image: np.ndarray, slices: int, threads: int) -
     for z in range(slices):
         sl = synthetic_stack(image, z)
         for name in (pick if z % 2 == 0 else list(pick)[::-1]):
-            totals[name] += timed(lambda: pick[name](prepare_image(sl, model.spec.preprocessing).tensor[None]))  # noqa: B023
-    return {k: {"measured_s": v, "slices": slices, "per_slice_s": v / slices, "extrapolated_100_s": v / slices * 100}
+            run, pre = pick[name], model.spec.preprocessing
+            totals[name] += timed(lambda: run(prepare_image(sl, pre).tensor[None]))  # noqa: B023
+    return {k: {"measured_s": v, "slices": slices, "per_slice_s": v / slices,
+                "extrapolated_100_s": v / slices * 100}
             for k, v in totals.items()}
 
 
@@ -281,7 +288,8 @@ def main() -> None:
     x = prepare_image(image, model.spec.preprocessing).tensor[None]
     with tempfile.TemporaryDirectory() as tmp:
         engines = build_engines(model, args.threads, Path(tmp), report)
-        print(json.dumps({k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}, default=str))
+        once = {k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}
+        print(json.dumps(once, default=str))
         # Per round: the best GEMM of the sweep's best shape per library, as seconds for the encoder.
         best = {}
         for key, rate in gemm.items():
@@ -304,7 +312,8 @@ def main() -> None:
         if args.slices:
             report["volume"] = vol = volume(model, engines, image, args.slices, args.threads)
             print(f"\nvolume, {args.slices} slices of 512x512 (x100/{args.slices} extrapolated): "
-                  + "; ".join(f"{k} {v['measured_s']:.1f} s -> {v['extrapolated_100_s']:.0f} s/100" for k, v in vol.items()))
+                  + "; ".join(f"{k} {v['measured_s']:.1f} s -> {v['extrapolated_100_s']:.0f} s/100"
+                              for k, v in vol.items()))
     if args.malloc:
         report["malloc"] = malloc_runs(args.threads, args.malloc_rounds)
         print(f"eager under malloc tunables (medians of {args.malloc_rounds} child processes): "

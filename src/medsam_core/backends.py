@@ -65,7 +65,9 @@ def num_threads_setting(num_threads: int | None = None) -> int | None:
     try:
         value = int(env)
     except ValueError:
-        raise EngineError(f"MEDSAM_NUM_THREADS={env!r} is not a whole number: set e.g. 2, or unset it") from None
+        raise EngineError(
+            f"MEDSAM_NUM_THREADS={env!r} is not a whole number: set e.g. 2, or unset it"
+        ) from None
     if value < 1:
         raise EngineError(f"MEDSAM_NUM_THREADS={env!r} must be >= 1, or unset for the engine default")
     return value
@@ -185,7 +187,8 @@ class EngineEncoder(EncoderBackend):
             self.failed = "the encoder weights changed after the export"
             self.name = "torch"
             warnings.warn("the image-encoder weights changed in place, so the exported engine is stale; "
-                          "using PyTorch eager (a new Predictor exports the new weights)",
+                          "using PyTorch eager (after checkpoint.finish_model(...) a new Predictor "
+                          "exports the new weights)",
                           RuntimeWarning, stacklevel=2)
         if self.failed is None:
             try:
@@ -270,7 +273,8 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
         if choice == "openvino" or not _warned_missing:
             _warned_missing = True
             warnings.warn("OpenVINO is not installed, so the image encoder runs in PyTorch eager (about "
-                          "3x slower on a CPU): pip install 'napari-medsam[fast]'", RuntimeWarning, stacklevel=2)
+                          "3x slower on a CPU): pip install 'napari-medsam[fast]'",
+                          RuntimeWarning, stacklevel=2)
         return eager
     from . import _openvino_engine
 

@@ -94,6 +94,9 @@ class BoxSource:
             if not self.labels.is_dir():
                 raise PromptError(f"label folder {self.labels} does not exist (check the path)")
             return
+        if isinstance(boxes, dict):  # from a script: {image file name or stem: (N, 4) XYXY array}
+            self.table = _table_from_dict(boxes, images)
+            return
         path = Path(boxes).expanduser()
         if path.is_dir():
             self.folder = path
@@ -120,6 +123,20 @@ class BoxSource:
         if tuple(labels.shape) != tuple(shape):
             raise ImageError(f"labels {lab_path.name} have shape {labels.shape}, the image {tuple(shape)}")
         return boxes_from_labels(labels, self.margin)
+
+
+def _table_from_dict(boxes: dict, images: list[Path]) -> dict:
+    by_name = {p.name: p.name for p in images} | {split_name(p)[0]: p.name for p in images}
+    table = {}
+    for key, value in boxes.items():
+        name = by_name.get(str(key))
+        if name is None:
+            raise PromptError(f"boxes are given for {key!r}, which is not in the image folder")
+        arr = np.asarray(value, np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 4:
+            raise PromptError(f"boxes for {key!r} must be an (N, 4) XYXY array, got shape {arr.shape}")
+        table[name] = (arr, None)
+    return table
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -169,8 +186,8 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
                    on_progress: Callable[[int, int, str], None] | None = None, cancel=None) -> BatchReport:
     """Segment every image in the folder ``images`` into ``out`` (created if missing) -> BatchReport.
 
-    boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], or a folder of <stem>.csv box
-    CSVs / napari Shapes exports; boxes_from_labels: a folder of label images paired by stem
+    boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], a folder of <stem>.csv box
+    CSVs / napari Shapes exports, or a dict {image name or stem: (N, 4) XYXY array} (2D); boxes_from_labels: a folder of label images paired by stem
     (one box per object, grown by ``margin`` px; output keeps the ids). roi: "auto" | "whole" |
     "roi" (2D only). predictor: a Predictor, or a zero-argument factory of one; default: one
     made from model/checkpoint/device. The model is loaded only when the first image needs it. on_progress(done, total, image name) after each image;

@@ -7,8 +7,11 @@ for every object):
 2. walking **up** (z+1, z+2, ...) and then **down** (z-1, z-2, ...), each slice's box prompt is
    the bounding box of the neighbour slice's mask, grown by a margin (below);
 3. a direction stops, without keeping the offending slice, when the mask vanishes, its predicted
-   IoU falls below ``min_iou``, or its area drops below ``min_area_ratio`` times the previous
-   slice's area (the object ends, or the model lost it).
+   IoU falls below ``min_iou``, its area drops below ``min_area_ratio`` times the previous
+   slice's area, or its contrast (mean intensity inside the mask minus the mean in a 3-pixel band
+   around it) falls below ``min_contrast`` times the start slice's contrast: the object ended or
+   faded (out-of-focus ends of a confocal nucleus) and the model is segmenting something else.
+   The last rule is off when the start slice shows no measurable contrast (< 1% of the window).
 
 Key boxes ``{z: box}`` on other slices guide and bound the object: on a key slice the prompt is
 its key box; strictly between two key slices (the start box counts as one) the prompt is the
@@ -99,6 +102,7 @@ class _Rules:
     margins: tuple[float, float]  # (mx, my) pixels
     min_iou: float
     min_area_ratio: float
+    min_contrast: float
     intensity: Intensity
     cancel: Cancel
 
@@ -106,7 +110,7 @@ class _Rules:
 def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_boxes: Mapping[int, Sequence[float]] | None = None, spacing: Sequence[float] | None = None,
               margin: float = 2.0, growth: float = 1.0, min_iou: float = 0.5, min_area_ratio: float = 0.2,
-              bound_by_keys: bool = True, intensity: Intensity | None = None,
+              min_contrast: float = 0.15, bound_by_keys: bool = True, intensity: Intensity | None = None,
               cancel: Cancel = None) -> Generator[SliceResult, None, dict[str, str]]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
 
@@ -120,8 +124,11 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     """
     slices = as_slices(volume, axis)
     n = len(slices)
-    if not 0.0 <= min_iou <= 1.0 or not 0.0 <= min_area_ratio <= 1.0:
-        raise PromptError(f"min_iou and min_area_ratio must lie in [0, 1], got {min_iou}, {min_area_ratio}")
+    if not all(0.0 <= v <= 1.0 for v in (min_iou, min_area_ratio, min_contrast)):
+        raise PromptError(
+            f"min_iou, min_area_ratio and min_contrast must lie in [0, 1], got {min_iou}, {min_area_ratio}, "
+            f"{min_contrast}"
+        )
     if not (margin >= 0 and growth >= 0):
         raise PromptError(f"margin and growth must be numbers >= 0, got {margin}, {growth}")
     if not isinstance(z, (int, np.integer)):
@@ -129,7 +136,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     keys = _check_keys(box, z, key_boxes, n, slices.shape[1:])
     sz, sy, sx = _spacing(spacing, axis)
     rules = _Rules((margin + growth * sz / sx, margin + growth * sz / sy), min_iou, min_area_ratio,
-                   volume_intensity(slices, intensity), cancel)
+                   min_contrast, volume_intensity(slices, intensity), cancel)
     z = int(z)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
@@ -141,24 +148,45 @@ def _propagate(predictor, slices, keys, z, lo, hi, rules: _Rules):
     mask, score = _segment(predictor, slices[z], keys[z], rules.intensity)
     total = hi - lo + 1
     yield SliceResult(z, mask, score, keys[z], total)
+    c0 = _contrast(slices[z], mask)
+    window = rules.intensity.value_range
+    if window is not None and abs(c0) < 0.01 * (window[1] - window[0]):
+        c0 = 0.0  # no measurable contrast at the start: the contrast rule cannot tell anything
     why = {}
     for name, step, end in (("up", 1, hi), ("down", -1, lo)):
-        why[name], last = yield from _walk(predictor, slices, keys, z, step, end, mask, rules, total)
+        why[name], last = yield from _walk(predictor, slices, keys, z, step, end, mask, rules, total, c0)
         total -= abs(end - last)  # slices this direction did not reach
     return why
 
 
-def _stop_reason(mask_area: int, score: float, prev_area: int, rules: _Rules) -> str | None:
-    if mask_area == 0:
+def _contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """Mean intensity inside ``mask`` minus the mean in a ``ring``-pixel band around it."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return 0.0
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    sl = (slice(max(rows[0] - ring, 0), rows[-1] + ring + 1), slice(max(cols[0] - ring, 0), cols[-1] + ring + 1))
+    m, img = mask[sl], image[sl].astype(np.float64)
+    band = ndimage.binary_dilation(m, iterations=ring) & ~m
+    return float(img[m].mean() - img[band].mean()) if band.any() else 0.0
+
+
+def _stop_reason(image, mask, score: float, prev_area: int, c0: float, rules: _Rules) -> str | None:
+    area = int(mask.sum())
+    if area == 0:
         return "mask vanished"
     if score < rules.min_iou:
         return f"predicted IoU {score:.2f} < min_iou {rules.min_iou}"
-    if mask_area < rules.min_area_ratio * prev_area:
-        return f"area collapsed to {mask_area} px from {prev_area} px"
+    if area < rules.min_area_ratio * prev_area:
+        return f"area collapsed to {area} px from {prev_area} px"
+    if c0 and _contrast(image, mask) / c0 < rules.min_contrast:
+        return f"contrast fell below {rules.min_contrast} of the start slice's"
     return None
 
 
-def _walk(predictor, slices, keys, z, step, end, prev, rules: _Rules, total: int):
+def _walk(predictor, slices, keys, z, step, end, prev, rules: _Rules, total: int, c0: float):
     """One direction from slice z to ``end`` inclusive; returns (why it stopped, last slice kept)."""
     prev_area, last = int(prev.sum()), z
     for zz in range(z + step, end + step, step):
@@ -168,13 +196,12 @@ def _walk(predictor, slices, keys, z, step, end, prev, rules: _Rules, total: int
             return "mask vanished", last
         box = key if key is not None else box_from_mask(prev, rules.margins)
         mask, score = _segment(predictor, slices[zz], box, rules.intensity)
-        area = int(mask.sum())
-        if key is None and (why := _stop_reason(area, score, prev_area, rules)):
+        if key is None and (why := _stop_reason(slices[zz], mask, score, prev_area, c0, rules)):
             return f"{why} on slice {zz}", last
         yield SliceResult(zz, mask, score, box, total)
         last = zz
-        if area:
-            prev, prev_area = mask, area
+        if mask.any():
+            prev, prev_area = mask, int(mask.sum())
     return f"reached slice {end}", last
 
 

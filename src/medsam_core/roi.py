@@ -1,8 +1,8 @@
 """Region-of-interest (ROI) mode for large 2D images: encode a crop around the boxes, not the image.
 
 LiteMedSAM sees a 256 x 256 version of whatever it is given. On a 2048 x 2048 slide a 20 px
-nucleus shrinks to 2.5 model pixels and cannot be segmented; on a crop of 256 px around it the
-nucleus keeps its 20 pixels. ROI mode therefore:
+nucleus shrinks to 2.5 model pixels and cannot be segmented; on a 128 px crop around it the
+nucleus is shown at 40 model pixels. ROI mode therefore:
 
 1. groups boxes that lie close together so that one crop serves them all (a crowded slide is
    encoded once per neighbourhood, not once per nucleus), see ``plan_rois``;

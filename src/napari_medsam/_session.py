@@ -134,9 +134,9 @@ class Session:
             L.check_labels_fit(labels_layer, layer, self.settings.channel_axis)
         self._disconnect()
         self.image_layer, self.objects, self.history = layer, {}, []
-        self.shapes_layer = self._prompt_layer(BOXES, self._new_shapes)
-        self.points_layer = self._prompt_layer(POINTS, self._new_points)
         self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
+        self.shapes_layer = self._prompt_layer(BOXES, self._new_shapes)  # prompts above the labels
+        self.points_layer = self._prompt_layer(POINTS, self._new_points)
         self.shapes_layer.events.data.connect(self._on_shapes_data)
         self.points_layer.events.data.connect(self._on_points_data)
         self.viewer.layers.selection.active = self.shapes_layer

@@ -9,6 +9,7 @@ variable MEDSAM_SYNC_WORKERS=1) the same call runs inline, for scripts and tests
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 
@@ -55,3 +56,4 @@ class Runner:
         timer.start()
         while self._running and timer.elapsed() < timeout_ms:
             QCoreApplication.processEvents()
+            time.sleep(0.005)  # do not spin a core the worker needs

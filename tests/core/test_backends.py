@@ -260,7 +260,13 @@ def test_weights_changed_after_export_switch_to_eager(ov_backend, lite_model, ov
     np.testing.assert_allclose(out, TorchEncoder(model).encode(x), atol=1e-5)
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_autocast_masks_match_fp32(dsb2018):
     import medsam_core
 

@@ -239,3 +239,12 @@ def test_the_scripting_doc_example_runs(capsys):
     assert "2 images: 2 done" in out and "2 images: 0 done, 2 skipped" in out
     dice_value = float(out.split("mean Dice ")[1].split()[0])
     assert dice_value > 0.7
+
+
+def test_boxes_as_a_dict_from_a_script(tmp_path):
+    images, _ = make_folder(tmp_path, names=("a.tif", "b.tif"))
+    report = segment_folder(images, tmp_path / "out", boxes={"a": [[10, 10, 30, 40]]}, predictor=BoxFillPredictor())
+    assert [r.status for r in report.results] == ["done", "no_boxes"]
+    assert tifffile.imread(tmp_path / "out" / "a.tif").sum() == 21 * 31
+    with pytest.raises(PromptError, match="not in the image folder"):
+        segment_folder(images, tmp_path / "o2", boxes={"zz": [[1, 1, 4, 4]]}, predictor=BoxFillPredictor())

@@ -74,6 +74,17 @@ def test_stops_when_area_collapses():
     np.testing.assert_array_equal(out, truth)
 
 
+def test_stops_when_the_object_fades():
+    truth = ellipsoid()
+    vol = render(truth)
+    vol[26:][truth[26:]] = 40  # contrast 20 instead of 180: 0.11 of the start slice's
+    pred = FakePredictor(threshold=30)
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0)
+    assert np.flatnonzero(out.any(axis=(1, 2)))[-1] == 25
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_contrast=0.1)
+    np.testing.assert_array_equal(out, truth)
+
+
 def _cylinder(n=40):
     truth = np.zeros((n, 64, 64), bool)
     truth[:, 20:40, 16:44] = True

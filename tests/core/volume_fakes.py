@@ -26,12 +26,13 @@ def bbox(mask2d: np.ndarray, pad: float = 0.0) -> np.ndarray:
 
 
 class FakePredictor:
-    """Duck-typed Predictor: the mask is the bright pixels (> 100) inside the box.
+    """Duck-typed Predictor: the mask is the bright pixels (> threshold) inside the box.
 
     score_fn(image) -> predicted IoU (default 0.9). Records every box and intensity it gets.
     """
 
-    def __init__(self, score_fn=None):
+    def __init__(self, score_fn=None, threshold=100):
+        self.threshold = threshold
         self.score_fn = score_fn or (lambda image: 0.9)
         self.boxes: list[np.ndarray] = []
         self.intensities = []
@@ -49,7 +50,7 @@ class FakePredictor:
         h, w = self.image.shape
         yy, xx = np.mgrid[:h, :w]
         inside = (xx >= box[0]) & (xx <= box[2]) & (yy >= box[1]) & (yy <= box[3])
-        mask = (self.image > 100) & inside
+        mask = (self.image > self.threshold) & inside
         return mask[None], np.array([self.score_fn(self.image)], np.float32)
 
 

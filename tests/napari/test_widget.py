@@ -28,6 +28,8 @@ def test_draw_move_undo_threaded(open_widget, qtbot, dsb2018):
     assert widget.session.image_layer is layer  # picked up automatically
     shapes, labels = widget.shapes_layer, widget.labels_layer
     assert shapes.mode == "add_rectangle" and labels.data.shape == image.shape
+    assert "Ctrl+Z" in widget.help_label.text() and "segment all" in widget.help_label.text()
+    qtbot.waitUntil(lambda: getattr(viewer.layers.selection.active, "name", "") == shapes.name)  # ready to draw
     a, b = nuclei(ref, 2)
 
     shapes.add([rect(ref_box(ref, a))], shape_type="rectangle")
