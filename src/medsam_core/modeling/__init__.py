@@ -12,9 +12,47 @@ from .tiny_vit import TinyViT
 __all__ = ["SamModel", "TinyViT", "build_model"]
 
 
+def sam_modeling():
+    """segment-anything's ``modeling`` subpackage, without running ``segment_anything/__init__``.
+
+    That ``__init__`` imports the package's own predictor and, through it, torchvision, whose
+    operator registration wakes torch._dynamo and triton: seconds of import time, and a crash
+    inside napari under software OpenGL. The modeling modules import only torch and each other,
+    so they are loaded as a private package of their own. If the user already imported
+    segment_anything, that copy is used.
+    """
+    import importlib.util
+    import sys
+
+    if "segment_anything.modeling" in sys.modules:
+        return sys.modules["segment_anything.modeling"]
+    alias = "medsam_core._segment_anything_modeling"
+    if alias in sys.modules:
+        return sys.modules[alias]
+    found = importlib.util.find_spec("segment_anything")
+    if found is None or not found.submodule_search_locations:
+        from ..errors import CheckpointError
+
+        raise CheckpointError("the package 'segment-anything' is missing: pip install segment-anything")
+    from pathlib import Path
+
+    folder = Path(list(found.submodule_search_locations)[0]) / "modeling"
+    spec = importlib.util.spec_from_file_location(
+        alias, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[alias]
+        raise
+    return module
+
+
 def _sam_blocks(input_size: int):
-    # segment-anything is imported here, not at module import: it pulls in torchvision.
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+    sam = sam_modeling()
+    MaskDecoder, PromptEncoder, TwoWayTransformer = sam.MaskDecoder, sam.PromptEncoder, sam.TwoWayTransformer
 
     prompt_encoder = PromptEncoder(
         embed_dim=256, image_embedding_size=(64, 64), input_image_size=(input_size, input_size),
@@ -29,9 +67,7 @@ def _sam_blocks(input_size: int):
 
 
 def _vit_b_encoder():
-    from segment_anything.modeling import ImageEncoderViT
-
-    return ImageEncoderViT(
+    return sam_modeling().ImageEncoderViT(
         depth=12, embed_dim=768, img_size=1024, mlp_ratio=4,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=12, patch_size=16,
         qkv_bias=True, use_rel_pos=True, global_attn_indexes=(2, 5, 8, 11), window_size=14,
