@@ -11,6 +11,7 @@ Qt- and napari-free. torch is imported on first use, not at package import.
 
 from __future__ import annotations
 
+from .batch import segment_folder
 from .checkpoint import load_model, save_checkpoint, select_device
 from .embeddings import EmbeddingCache
 from .errors import (
@@ -22,6 +23,8 @@ from .errors import (
     PromptError,
     TrainingError,
 )
+from .io import read_image, write_labels
+from .metrics import dice, iou, nsd
 from .predictor import Prediction, Predictor
 from .preprocess import CT_WINDOWS, Intensity
 from .prompts import box_from_mask, box_from_recist
@@ -30,6 +33,12 @@ from .registry import MODELS, get_spec
 from .volume import embed_volume, volume_intensity
 
 __all__ = [
+    "dice",
+    "iou",
+    "nsd",
+    "read_image",
+    "segment_folder",
+    "write_labels",
     "CT_WINDOWS",
     "MODELS",
     "CacheMismatchError",
