@@ -22,9 +22,9 @@ component is kept in ``Suggestion.components`` (plus ``"area"``, the mask's pixe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 

@@ -385,11 +385,13 @@ class Session:
         """Make the prompt rectangles exactly the objects' boxes (after undo)."""
         with self.quiet():
             recs = list(self.objects.values())
+            boxes = [(r.vertices, r.label_id) for r in recs]
+            boxes += [(v, -r.label_id) for r in recs for v in getattr(r, "key_vertices", ())]  # 3D key boxes
             self.shapes_layer.selected_data = set()
             self.shapes_layer.data = []
-            if recs:
-                self.shapes_layer.add([r.vertices for r in recs], shape_type="rectangle")
-            self.set_shape_ids(np.array([r.label_id for r in recs], int))
+            if boxes:
+                self.shapes_layer.add([v for v, _ in boxes], shape_type="rectangle")
+            self.set_shape_ids(np.array([lid for _, lid in boxes], int))
 
     def set_shape_ids(self, ids: np.ndarray) -> None:
         feats = self.shapes_layer.features.copy()

@@ -49,6 +49,8 @@ def plan_sync(s) -> SyncPlan:
         if shapes.shape_type[i] != "rectangle":
             continue
         lid = int(ids[i])
+        if lid < 0:  # a key box of 3D object -lid (_volume_session): not a 2D object
+            continue
         if lid in seen or lid not in s.objects:  # copies of a box and stale ids become new objects
             lid = ids[i] = 0
         seen.add(lid)

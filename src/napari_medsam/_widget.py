@@ -29,6 +29,8 @@ from qtpy.QtWidgets import (
 from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 
 from ._session import Session
+from ._volume_session import VolumeActions
+from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
 from ._workers import Runner
 
 SHORTCUTS = (  # (napari key, Qt key, action, method name)
@@ -50,6 +52,7 @@ class MedSAMWidget(QWidget):
         self.viewer = napari_viewer
         self.runner = runner or Runner()
         self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
+        self.volume = VolumeActions(self.session)
         self.last_error: str | None = None
         self._build_ui()
         self._wire()
@@ -69,6 +72,8 @@ class MedSAMWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self._model_box())
         lay.addWidget(self._intensity_box())
+        self.volume_panel = VolumePanel(self)
+        lay.addWidget(self.volume_panel)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)
@@ -140,7 +145,7 @@ class MedSAMWidget(QWidget):
         self.negative_check.toggled.connect(self.session.set_negative)
         self.segment_btn.clicked.connect(lambda: self._try(self.segment_all))
         self.undo_btn.clicked.connect(lambda: self._try(self.undo))
-        for _, qt_key, _, method in SHORTCUTS:
+        for _, qt_key, _, method in SHORTCUTS + VOLUME_SHORTCUTS:
             sc = QShortcut(QKeySequence(qt_key), self)
             sc.activated.connect(lambda m=method: self._try(getattr(self, m)))
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -222,7 +227,7 @@ class MedSAMWidget(QWidget):
 
     def _bind_layer_keys(self) -> None:
         for layer in (self.session.shapes_layer, self.session.points_layer):
-            for napari_key, _, _, method in SHORTCUTS:
+            for napari_key, _, _, method in SHORTCUTS + VOLUME_SHORTCUTS:
                 layer.bind_key(napari_key, lambda _layer, m=method: self._try(getattr(self, m)), overwrite=True)
 
     # -- public API (scripts call these; they raise MedSAMError on bad input) ------------------
@@ -311,6 +316,41 @@ class MedSAMWidget(QWidget):
         from ._preview import show_model_input
 
         return show_model_input(self.session)
+
+    def segment_3d(self, box=None, z: int | None = None) -> None:
+        """Segment the selected box (or (4,) XYXY ``box`` on slice ``z``) through the 3D stack, from its
+        slice, in the background (``wait()`` for it); one label id, one undo step. A box on another
+        slice over a 3D object (or with the key-box toggle) becomes that object's key box."""
+        self.volume_panel.started()
+        try:
+            if box is None:
+                self.volume.segment_3d()
+            else:
+                self.volume.segment_box_3d(box, z)
+        except MedSAMError:
+            self.volume_panel._on_finished("error")
+            raise
+
+    def cancel_3d(self) -> None:
+        """Cancel the running 3D segmentation or precompute: labels stay as they were."""
+        self.volume.cancel()
+
+    def precompute_volume(self) -> None:
+        """Encode every slice of the 3D image into the embedding cache in the background."""
+        self.volume_panel.started()
+        try:
+            self.volume.precompute()
+        except MedSAMError:
+            self.volume_panel._on_finished("error")
+            raise
+
+    def recist_lines_layer(self):
+        """The "MedSAM lines" Shapes layer, active in line mode: each line drawn is a RECIST prompt."""
+        return self.volume.lines_layer()
+
+    def segment_recist(self, long_axis, short_axis=None, z: int | None = None) -> int:
+        """RECIST ((2, 2) XY pixel line(s)) -> box -> 2D object on slice ``z``; returns its label id."""
+        return self.volume.segment_recist(long_axis, short_axis, z)
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block until background work (model loading, encoding) is done: for scripts."""

@@ -46,6 +46,37 @@ class Runner:
         worker.start()
         return worker
 
+    def run_steps(self, func: Callable, *args, on_step: Callable, on_done: Callable, on_error: Callable,
+                  desc: str = "MedSAM", total: int = 0):
+        """Run generator function ``func(*args)`` with a napari progress bar of ``total`` steps:
+        each yielded value goes to ``on_step`` and the generator's return value to ``on_done``, on
+        the GUI thread. Cancelling is the generator's business (it raises, e.g. CancelledError)."""
+        if self.synchronous:
+            try:
+                gen = func(*args)
+                while True:
+                    try:
+                        step = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    on_step(step)
+            except Exception as exc:  # handed to on_error, as a worker's errored signal would
+                on_error(exc)
+                return None
+            on_done(result)
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(func, *args, _progress={"desc": desc, "total": int(total)})
+        self._running.add(worker)
+        worker.yielded.connect(on_step)
+        worker.returned.connect(on_done)
+        worker.errored.connect(on_error)
+        worker.finished.connect(lambda: self._running.discard(worker))
+        worker.start()
+        return worker
+
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block (processing Qt events) until no task runs: for scripts that need a result now."""
         if not self._running:

@@ -56,7 +56,7 @@ class FastDecoder:
         self._params: list[Tensor] = []  # strong references: their identity + version is the key
         self._versions: list[int] = []
         self._weights: WeightTerms | None = None
-        self._image: tuple[Tensor, ImageTerms] | None = None
+        self._image: tuple[Tensor, ImageTerms, WeightTerms] | None = None
         self.windows_enlarged = 0  # how often the exact fallback enlarged a window (for tests)
 
     @staticmethod
@@ -94,24 +94,26 @@ class FastDecoder:
         return True
 
     def _terms(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, embedding: Tensor):
+        # Locals, not attributes, are returned: a concurrent call may swap the caches meanwhile.
         params = [*prompt_encoder.parameters(), *prompt_encoder.buffers(), *mask_decoder.parameters()]
         versions = [p._version for p in params]
         same = len(params) == len(self._params) and all(a is b for a, b in zip(params, self._params, strict=True))
-        if self._weights is None or not same or versions != self._versions:
-            self._weights = weight_terms(prompt_encoder, mask_decoder)
-            self._params, self._versions = params, versions
-            self._image = None
         wt = self._weights
+        if wt is None or not same or versions != self._versions:
+            wt = weight_terms(prompt_encoder, mask_decoder)
+            self._weights, self._params, self._versions, self._image = wt, params, versions, None
         emb = embedding.detach().float()
         cached = self._image
         if (
             cached is None
+            or cached[2] is not wt
             or cached[0].shape != emb.shape
             or cached[0].device != emb.device
             or not torch.equal(cached[0], emb)
         ):
-            self._image = (emb.clone(), image_terms(wt, mask_decoder, emb))
-        return wt, self._image[1]
+            cached = (emb.clone(), image_terms(wt, mask_decoder, emb), wt)
+            self._image = cached
+        return wt, cached[1]
 
     @torch.no_grad()
     def decode(

@@ -1,0 +1,374 @@
+"""Qt-free 3D actions of a Session: one box -> a whole 3D object, key boxes, RECIST lines, precompute.
+
+A 3D object is a ``VolumeRecord``: the ObjectRecord of its start box (the slice it was first
+segmented from) plus the rectangles drawn on other slices that guide it (key boxes). In the
+prompt Shapes layer a key box carries ``label_id = -owner`` so the 2D box sync leaves it alone;
+``Session.rebuild_shapes`` (after undo) draws key boxes again from the records.
+
+A run snapshots the volume, the key boxes and the target id on the GUI thread, walks the object
+through the stack with ``medsam_core.propagate`` in a worker (progress, cancel), and commits the
+whole 3D mask in ``_on_done`` as one undoable step against the labels as they are *then*.
+Cancel or an error commits nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsam_core import MedSAMError, Predictor, PromptError
+from medsam_core.errors import CancelledError, ImageError
+from medsam_core.preprocess import check_boxes
+from medsam_core.volume import check_cancel
+
+from . import _layers as L
+from ._objects import ObjectRecord
+
+LINES = "MedSAM lines"
+
+
+@dataclass(eq=False)
+class VolumeRecord(ObjectRecord):
+    """A 3D object: its start box (ObjectRecord fields) and (4, D) vertices of its key boxes."""
+
+    key_vertices: tuple = ()
+
+
+@dataclass
+class _Edits:
+    """What Session.commit expects from an editor."""
+
+    items: list = field(default_factory=list)
+
+    def edits(self):
+        return [e for e in self.items if e.size]
+
+
+@dataclass
+class VolumeJob:
+    shape: int  # index of the prompt rectangle the run starts from
+    shape_id: int  # its label_id before the run (0 new, > 0 a 2D/3D object, < 0 a key box)
+    owner: int  # the 3D object's label id
+    plane: L.Plane
+    box: np.ndarray
+    keys: dict[int, np.ndarray]  # slice -> (4,) XYXY key box (the start slice excluded)
+    perm: tuple[int, int, int]  # image axes (slice, rows, cols)
+    added: bool = False  # the rectangle was added by a script: removed again on cancel/error
+
+
+def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel):
+    """Generator run in a worker: yields (done, total); returns the (Z, H, W) bool mask."""
+    from medsam_core import propagate
+
+    out = np.zeros(volume.shape, bool)
+    done = 0
+    for res in propagate(predictor, volume, box, z, 0, key_boxes=keys or None, spacing=spacing,
+                         intensity=intensity, cancel=cancel):
+        out[res.z] = res.mask
+        done += 1
+        yield done, res.total
+    check_cancel(cancel)
+    return out
+
+
+def _embed(predictor, volume, intensity, cancel):
+    from medsam_core import embed_volume
+
+    done = 0
+    for done, total in embed_volume(predictor, volume, 0, intensity, batch_size=2, cancel=cancel):
+        yield done, total
+    return done
+
+
+class VolumeActions:
+    """3D segmentation, key boxes, RECIST lines and volume precompute for one Session."""
+
+    def __init__(self, session, on_progress: Callable[[int, int], None] | None = None):
+        self.s = session
+        self.on_progress = on_progress or (lambda done, total: None)
+        self.on_finished: Callable[[str], None] = lambda what: None
+        self.key_mode = False  # the next 3D run from a new box adds it to the last 3D object
+        self.last_owner: int | None = None
+        self.cancel_event: threading.Event | None = None
+        self._job: VolumeJob | None = None
+        self._last_line: tuple | None = None  # (plane, long axis (2, 2) XY, shape index of its box)
+
+    @property
+    def running(self) -> bool:
+        return self.cancel_event is not None
+
+    def cancel(self) -> None:
+        """Stop the running 3D walk or precompute: nothing is written."""
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+
+    # -- which box, which object ------------------------------------------------------------------
+    def _shape_ids(self) -> np.ndarray:
+        from ._sync import _shape_ids
+
+        return _shape_ids(self.s.shapes_layer)
+
+    def selected_shape(self) -> int:
+        shapes = self.s.shapes_layer
+        rects = [i for i in range(shapes.nshapes) if shapes.shape_type[i] == "rectangle"]
+        chosen = [i for i in sorted(shapes.selected_data) if i in rects]
+        if chosen:
+            return chosen[-1]
+        if not rects:
+            raise PromptError("no box to segment in 3D: draw a rectangle on 'MedSAM boxes' (and select it)")
+        return rects[-1]
+
+    def _volume_axes(self, plane: L.Plane) -> tuple[int, int, int]:
+        img = self.s.image_layer
+        if len(plane.index) != 1 or self.s.settings.channel_axis is not None or getattr(img, "rgb", False):
+            raise ImageError(
+                f"Segment in 3D needs a 3D grey stack (Z, Y, X); layer {img.name!r} has shape "
+                f"{tuple(L.image_data(img).shape)}"
+                + (" with a channel axis: pick one channel into its own layer" if len(plane.index) == 1 else "")
+            )
+        return plane.index[0][0], plane.rows, plane.cols
+
+    def _box_of(self, i: int):
+        s = self.s
+        plane, box = L.shape_to_box(s.shapes_layer, i, s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        return plane, check_boxes(box, L.plane_size(s.image_layer, plane))[0]
+
+    def _overlapping_object(self, plane: L.Plane, box: np.ndarray, exclude: int) -> int | None:
+        """The 3D object with most pixels inside ``box`` on ``plane`` (at least a third of its slice)."""
+        lab = L.read_labels_plane(self.s.labels_layer, plane, self.s.settings.channel_axis)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        inside = lab[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
+        best, best_n = None, 0
+        for lid, rec in self.s.objects.items():
+            if lid == exclude or not isinstance(rec, VolumeRecord):
+                continue
+            n = int((inside == lid).sum())
+            if n > best_n and n >= (lab == lid).sum() / 3:
+                best, best_n = lid, n
+        return best
+
+    def plan(self, i: int) -> VolumeJob:
+        """Snapshot what a 3D run from rectangle ``i`` needs (GUI thread)."""
+        s = self.s
+        s._require_layers()
+        sid = int(self._shape_ids()[i])
+        plane, box = self._box_of(i)
+        perm = self._volume_axes(plane)
+        if sid < 0:
+            owner = -sid
+        elif sid > 0 and isinstance(s.objects.get(sid), VolumeRecord):
+            owner = sid
+        else:
+            owner = self._overlapping_object(plane, box, sid)
+            if owner is None and self.key_mode and self.last_owner in s.objects:
+                owner = self.last_owner
+            if owner is None:
+                owner = sid if sid > 0 else s.next_id()
+        keys: dict[int, np.ndarray] = {}
+        ids = self._shape_ids()
+        for k in range(s.shapes_layer.nshapes):
+            if k != i and ids[k] in (owner, -owner) and s.shapes_layer.shape_type[k] == "rectangle":
+                p, b = self._box_of(k)
+                keys[p.index[0][1]] = b
+        keys.pop(plane.index[0][1], None)
+        return VolumeJob(i, sid, owner, plane, box, keys, perm)
+
+    # -- running ------------------------------------------------------------------------------------
+    def segment_3d(self, i: int | None = None, blocking: bool = False, added: bool = False) -> None:
+        """Segment the object of rectangle ``i`` (default: the selected one) through the stack."""
+        if self.running:
+            raise MedSAMError("a 3D run is in progress: wait for it or cancel it first")
+        s = self.s
+        job = self.plan(self.selected_shape() if i is None else i)
+        job.added = added
+        s._model_ready(blocking=True)
+        img = L.image_data(s.image_layer)
+        volume = np.ascontiguousarray(np.transpose(np.asarray(img), job.perm))
+        spacing = tuple(float(s.image_layer.scale[a]) for a in job.perm)
+        z = job.plane.index[0][1]
+        self._job, self.cancel_event = job, threading.Event()
+        s.on_status(f"MedSAM: segmenting object {job.owner} in 3D from slice {z}...")
+        s.runner.run_steps(_walk, Predictor(s.model, cache=s.cache), volume, job.box, z, job.keys, spacing,
+                           s.intensity(), self.cancel_event, on_step=self._on_step, on_done=self._on_3d_done,
+                           on_error=self._on_error, desc="MedSAM: segment in 3D", total=volume.shape[0])
+
+    def segment_box_3d(self, box, z: int) -> None:
+        """Add (4,) XYXY ``box`` on slice ``z`` as a prompt rectangle and segment it in 3D (one undo step)."""
+        s = self.s
+        s._require_layers()
+        cur = s.current_plane()
+        if len(cur.index) != 1:
+            self._volume_axes(cur)  # raises the 3D-only message
+        a = cur.index[0][0]
+        if not 0 <= int(z) < L.image_data(s.image_layer).shape[a]:
+            raise PromptError(f"slice {z} is outside the stack (0..{L.image_data(s.image_layer).shape[a] - 1})")
+        plane = L.Plane(cur.rows, cur.cols, ((a, int(z)),))
+        box = check_boxes(np.asarray(box, float), L.plane_size(s.image_layer, plane))[0]
+        verts = L.box_to_vertices(box, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point)
+        with s.quiet():
+            s.shapes_layer.add([verts], shape_type="rectangle")
+        i = s.shapes_layer.nshapes - 1
+        try:
+            self.segment_3d(i, added=True)
+        except MedSAMError:
+            if self._job is None:  # failed before starting: take the rectangle back
+                self._remove_shape(i)
+            raise
+
+    def _on_step(self, step) -> None:
+        self.on_progress(*step)
+
+    def _on_error(self, exc: Exception) -> None:
+        job, self._job, self.cancel_event = self._job, None, None
+        if job is not None and job.added:
+            self._remove_shape(job.shape)
+        if isinstance(exc, CancelledError):
+            self.s.on_status("MedSAM: 3D run cancelled; nothing was changed")
+            self.on_finished("cancelled")
+            return
+        self.on_finished("error")
+        if isinstance(exc, MedSAMError):
+            self.s.on_status(f"MedSAM: {exc}")
+            self.s.on_error(exc)
+        else:
+            self.s.on_error(MedSAMError(f"3D segmentation failed: {exc}"))
+
+    def _remove_shape(self, i: int) -> None:
+        shapes = self.s.shapes_layer
+        with self.s.quiet():
+            shapes.selected_data = {i}
+            shapes.remove_selected()
+
+    def _on_3d_done(self, out: np.ndarray) -> None:
+        job, self._job, self.cancel_event = self._job, None, None
+        s = self.s
+        mask = np.transpose(out, np.argsort(job.perm))
+        before = np.asarray(s.labels_layer.data)
+        after = before.copy()
+        after[after == job.owner] = 0
+        if 0 < job.shape_id != job.owner:  # a 2D object drawn as a key box: its pixels go
+            after[after == job.shape_id] = 0
+        after[mask if s.settings.overwrite else mask & (after == 0)] = job.owner
+        idx = np.nonzero(before != after)
+        edit = L.Edit(idx, before[idx].copy(), after[idx].copy())
+        objects = dict(s.objects)
+        verts = np.array(s.shapes_layer.data[job.shape], copy=True)
+        rec = objects.get(job.owner)
+        ids = self._shape_ids()
+        if isinstance(rec, VolumeRecord) and job.shape_id != job.owner:
+            ids[job.shape] = -job.owner  # a key box of an existing 3D object
+            key_verts = [np.array(s.shapes_layer.data[k], copy=True) for k in np.flatnonzero(ids == -job.owner)]
+            objects[job.owner] = VolumeRecord(rec.label_id, rec.plane, rec.box, rec.vertices, rec.logits,
+                                              tuple(key_verts))
+            if job.shape_id > 0:
+                objects.pop(job.shape_id, None)
+        else:
+            ids[job.shape] = job.owner
+            key_verts = [np.array(s.shapes_layer.data[k], copy=True) for k in np.flatnonzero(ids == -job.owner)]
+            objects[job.owner] = VolumeRecord(job.owner, job.plane, tuple(map(float, job.box)), verts, None,
+                                              tuple(key_verts))
+        n = int(out.any(axis=(1, 2)).sum())
+        s.commit(_Edits([edit]), objects, f"3D object {job.owner}")
+        with s.quiet():
+            s.set_shape_ids(ids)
+        self.last_owner = job.owner
+        s.on_status(f"MedSAM: 3D object {job.owner} over {n} slice(s)")
+        self.on_finished("done")
+
+    def precompute(self) -> None:
+        """Encode every slice of the 3D image into the shared cache (a worker; progress, cancel)."""
+        if self.running:
+            raise MedSAMError("a 3D run is in progress: wait for it or cancel it first")
+        s = self.s
+        s._require_layers()
+        plane = s.current_plane()
+        perm = self._volume_axes(plane)
+        s._model_ready(blocking=True)
+        volume = np.ascontiguousarray(np.transpose(np.asarray(L.image_data(s.image_layer)), perm))
+        self.cancel_event = threading.Event()
+        s.on_status("MedSAM: precomputing the embeddings of all slices...")
+        s.runner.run_steps(_embed, Predictor(s.model, cache=s.cache), volume, s.intensity(), self.cancel_event,
+                           on_step=self._on_step, on_done=self._on_precompute_done, on_error=self._on_error,
+                           desc="MedSAM: precompute slices", total=volume.shape[0])
+
+    def _on_precompute_done(self, n: int) -> None:
+        self.cancel_event = None
+        self.s.on_status(f"MedSAM: {n} slice embeddings ready")
+        self.on_finished("done")
+
+    # -- RECIST lines -------------------------------------------------------------------------------
+    def lines_layer(self):
+        """The "MedSAM lines" Shapes layer (created on first use) in line mode."""
+        from napari.layers import Shapes
+
+        s = self.s
+        for layer in s.viewer.layers:
+            if layer.name == LINES and isinstance(layer, Shapes):
+                break
+        else:
+            layer = s.viewer.add_layer(Shapes(name=LINES, edge_color="cyan", edge_width=2, **s._geometry()))
+            layer.events.data.connect(self._on_lines_data)
+        s.viewer.layers.selection.active = layer
+        layer.mode = "add_line"
+        return layer
+
+    def _on_lines_data(self, event) -> None:
+        if str(getattr(event, "action", "")) != "added":
+            return
+        layer = event.source
+        if layer.nshapes and layer.shape_type[-1] == "line":
+            s = self.s
+            coords = L.to_image_data(s.image_layer, L.layer_to_world(layer, layer.data[-1], s.viewer.dims.point))
+            rows, cols = L.displayed_axes(s.image_layer, s.viewer.dims, s.settings.channel_axis)
+            plane = L.plane_of(s.image_layer, coords, rows, cols, s.settings.channel_axis)
+            s._safe(self.segment_recist, coords[:, [cols, rows]], None, plane)
+
+    def segment_recist(self, long_axis, short_axis=None, plane: L.Plane | int | None = None) -> int:
+        """A RECIST line ((2, 2) XY pixels) -> box prompt -> 2D object on ``plane`` (a Plane, a slice
+        index, or the current slice). A line crossing the previous line on the same slice is taken
+        as that lesion's short axis: its box is recomputed from both. Returns the label id."""
+        from medsam_core import box_from_recist
+
+        s = self.s
+        s._require_layers()
+        if plane is None or not isinstance(plane, L.Plane):
+            cur = s.current_plane()
+            if plane is not None:
+                if len(cur.index) != 1:
+                    raise PromptError("a slice index needs a 3D image")
+                cur = L.Plane(cur.rows, cur.cols, ((cur.index[0][0], int(plane)),))
+            plane = cur
+        size = L.plane_size(s.image_layer, plane)
+        line = np.asarray(long_axis, float).reshape(2, 2)
+        last = self._last_line
+        if short_axis is None and last is not None and last[0] == plane and _crosses(last[1], line):
+            lid = int(self._shape_ids()[last[2]]) if last[2] < s.shapes_layer.nshapes else 0
+            if lid > 0 and lid in s.objects:
+                box = box_from_recist(last[1], line, image_size=size)
+                verts = L.box_to_vertices(box, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point)
+                data = list(s.shapes_layer.data)
+                data[last[2]] = verts
+                s.shapes_layer.data = data  # the box sync follows the moved rectangle
+                s.sync_shapes(blocking=True)
+                self._last_line = None
+                return lid
+        box = box_from_recist(line, short_axis, image_size=size)
+        z = None if not plane.index else tuple(p for _, p in plane.index)
+        (lid,) = s.segment_boxes(box[None], z if z is None or len(z) > 1 else z[0])
+        i = int(np.flatnonzero(self._shape_ids() == lid)[-1])
+        s.shapes_layer.selected_data = {i}
+        self._last_line = (plane, line, i)
+        return lid
+
+
+def _crosses(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when 2D segments a and b ((2, 2) XY) intersect."""
+
+    def orient(p, q, r):
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    return bool(orient(a[0], a[1], b[0]) != orient(a[0], a[1], b[1])
+                and orient(b[0], b[1], a[0]) != orient(b[0], b[1], a[1]))
