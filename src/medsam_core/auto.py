@@ -166,7 +166,7 @@ def match(masks: np.ndarray, ref_labels: np.ndarray, threshold: float = 0.5) -> 
     ref_area = np.bincount(dense.ravel(), minlength=len(ids) + 1)[1:]
     inter = np.stack([np.bincount(dense[m], minlength=len(ids) + 1)[1:] for m in masks]) if len(masks) else \
         np.zeros((0, len(ids)))
-    areas = masks.reshape(len(masks), -1).sum(1)
+    areas = masks.reshape(len(masks), ref.size).sum(1)
     union = areas[:, None] + ref_area[None, :] - inter
     iou = inter / np.maximum(union, 1)
     pairs = greedy_pairs(iou, threshold)
@@ -227,7 +227,7 @@ class AutoModel:
         return Proposals(masks[order], boxes[order], scores[order])
 
     def _filter(self, raw: Proposals, min_score: float) -> Proposals:
-        ok = np.flatnonzero((raw.scores >= min_score) & raw.masks.reshape(len(raw.masks), -1).any(1))
+        ok = np.flatnonzero((raw.scores >= min_score) & raw.masks.any(axis=(1, 2)))
         keep = ok[nms_masks(raw.masks[ok], raw.scores[ok], self.nms_iou)] if len(ok) else ok
         keep = np.sort(keep)  # raw is sorted by score already
         return Proposals(raw.masks[keep], raw.boxes[keep], raw.scores[keep])

@@ -65,8 +65,10 @@ def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel):
 
     out = np.zeros(volume.shape, bool)
     done = 0
+    # key boxes guide (interpolated between key slices) but do not end the object: a key box drawn to
+    # correct one slice must not cut off the slices beyond it (the stop rules still end the walk there)
     for res in propagate(predictor, volume, box, z, 0, key_boxes=keys or None, spacing=spacing,
-                         intensity=intensity, cancel=cancel):
+                         intensity=intensity, cancel=cancel, bound_by_keys=False):
         out[res.z] = res.mask
         done += 1
         yield done, res.total
@@ -184,6 +186,11 @@ class VolumeActions:
         s = self.s
         job = self.plan(self.selected_shape() if i is None else i)
         job.added = added
+        if added:  # keep the 2D box sync off this rectangle while the walk runs (see module docstring)
+            ids = self._shape_ids()
+            ids[job.shape] = -job.owner
+            with s.quiet():
+                s.set_shape_ids(ids)
         s._model_ready(blocking=True)
         img = L.image_data(s.image_layer)
         volume = np.ascontiguousarray(np.transpose(np.asarray(img), job.perm))

@@ -28,8 +28,10 @@ from qtpy.QtWidgets import (
 
 from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 
+from ._series_session import SeriesActions
 from ._session import Session
 from ._volume_session import VolumeActions
+from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
 from ._workers import Runner
 
@@ -53,6 +55,7 @@ class MedSAMWidget(QWidget):
         self.runner = runner or Runner()
         self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
         self.volume = VolumeActions(self.session)
+        self.series = SeriesActions(self.session, self.set_image_layer)
         self.last_error: str | None = None
         self._build_ui()
         self._wire()
@@ -74,6 +77,8 @@ class MedSAMWidget(QWidget):
         lay.addWidget(self._intensity_box())
         self.volume_panel = VolumePanel(self)
         lay.addWidget(self.volume_panel)
+        self.series_panel = SeriesPanel(self)
+        lay.addWidget(self.series_panel)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)
@@ -145,7 +150,7 @@ class MedSAMWidget(QWidget):
         self.negative_check.toggled.connect(self.session.set_negative)
         self.segment_btn.clicked.connect(lambda: self._try(self.segment_all))
         self.undo_btn.clicked.connect(lambda: self._try(self.undo))
-        for _, qt_key, _, method in SHORTCUTS + VOLUME_SHORTCUTS:
+        for _, qt_key, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
             sc = QShortcut(QKeySequence(qt_key), self)
             sc.activated.connect(lambda m=method: self._try(getattr(self, m)))
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -227,7 +232,7 @@ class MedSAMWidget(QWidget):
 
     def _bind_layer_keys(self) -> None:
         for layer in (self.session.shapes_layer, self.session.points_layer):
-            for napari_key, _, _, method in SHORTCUTS + VOLUME_SHORTCUTS:
+            for napari_key, _, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
                 layer.bind_key(napari_key, lambda _layer, m=method: self._try(getattr(self, m)), overwrite=True)
 
     # -- public API (scripts call these; they raise MedSAMError on bad input) ------------------
@@ -351,6 +356,30 @@ class MedSAMWidget(QWidget):
     def segment_recist(self, long_axis, short_axis=None, z: int | None = None) -> int:
         """RECIST ((2, 2) XY pixel line(s)) -> box -> 2D object on slice ``z``; returns its label id."""
         return self.volume.segment_recist(long_axis, short_axis, z)
+
+    def open_series(self, folder, out_dir, resume: bool = True) -> int:
+        """Annotate the images of ``folder`` one by one, labels saved to ``out_dir`` (never ``folder``);
+        shows the first image without labels (``resume``). Returns its index."""
+        i = self.series.open(folder, out_dir, resume)
+        self.series_panel.refresh()
+        return i
+
+    def next_image(self) -> int | None:
+        """Save the labels (atomically, when there are any) and show the next image; None at the end."""
+        return self._series_move(self.series.next)
+
+    def previous_image(self) -> int | None:
+        """Save the labels and show the previous image; None at the start."""
+        return self._series_move(self.series.previous)
+
+    def go_image(self, i: int) -> int:
+        """Save the labels and show image ``i`` of the series."""
+        return self._series_move(self.series.go, i)
+
+    def _series_move(self, move, *args):
+        out = move(*args)
+        self.series_panel.refresh()
+        return out
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block until background work (model loading, encoding) is done: for scripts."""

@@ -40,6 +40,10 @@ from ._fast_terms import (
 
 OUTSIDE_LOGIT = -40.0  # low-res logit given to pixels outside the evaluated window
 _MARGIN_TOKENS = 3  # window margin around a box, in image tokens (4 input pixels at 256)
+# Prompts per pass: keeps each (N, H*T, 4096) float32 intermediate (0.9 MB per prompt) under glibc's
+# 32 MiB mmap ceiling, so freed buffers are reused instead of page-faulted in again on every call
+# (measured: a third of the time at 64 prompts per pass), and the working set smaller.
+_CHUNK = 16
 _PER_PIXEL = {"LayerNorm2d", "GELU", "ReLU", "Identity", "SiLU"}  # layers that mix no pixels
 
 
@@ -135,15 +139,28 @@ class FastDecoder:
         low-res grid computed.
         """
         wt, it = self._terms(prompt_encoder, mask_decoder, embedding)
+        n = len(boxes) if boxes is not None else len(points[0])
+        if n == 0:
+            m = 3 if multimask_output else 1
+            low = (4 * it.grid[0], 4 * it.grid[1])
+            return embedding.new_zeros((0, m) + low), embedding.new_zeros((0, m))
+        parts = []
+        for s in range(0, n, _CHUNK):
+            b = boxes[s : s + _CHUNK] if boxes is not None else None
+            p = (points[0][s : s + _CHUNK], points[1][s : s + _CHUNK]) if points is not None else None
+            parts.append(self._decode_chunk(wt, it, prompt_encoder, mask_decoder, b, p, multimask_output,
+                                            input_size, windowed))
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts])
+
+    def _decode_chunk(self, wt, it, prompt_encoder, mask_decoder, boxes, points, multimask_output: bool,
+                      input_size: int, windowed: bool) -> tuple[Tensor, Tensor]:
         sparse, _ = prompt_encoder(points=points, boxes=boxes[:, None, :] if boxes is not None else None,
                                    masks=None)
         n = sparse.shape[0]
         out_idx = [2, 3, 4] if multimask_output else [1]  # token indices; token 0 is the IoU token
-        m = len(out_idx)
         gh, gw = it.grid
-        low = (4 * gh, 4 * gw)
-        if n == 0:
-            return embedding.new_zeros((0, m) + low), embedding.new_zeros((0, m))
         q_final, keys = _transformer(wt, it, sparse.float(), mask_decoder, out_idx)
         iou = mask_decoder.iou_prediction_head(q_final[:, 0])
         iou = iou[:, 1:] if multimask_output else iou[:, :1]

@@ -1,0 +1,130 @@
+"""Qt-free image-series state of the MedSAM widget: a folder annotated one image after the other.
+
+Wraps ``medsam_core.series.ImageSeries``: the current image is shown as the image layer
+"MedSAM series" with its own Labels layer (the saved labels when it is done already); moving on
+saves the labels (atomically, to the output folder, only when they hold any object) and shows
+the next image, whose embedding was computed in the background meanwhile (``prefetch`` with a
+Predictor sharing the session's cache, so the session's ``set_image`` is a cache hit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medsam_core import MedSAMError, Predictor
+from medsam_core.errors import ImageError
+
+IMAGE = "MedSAM series"
+
+
+class SeriesActions:
+    """Open a folder, next/previous with autosave, resume, background prefetch of the next image."""
+
+    def __init__(self, session, set_image_layer):
+        self.s = session
+        self.set_image_layer = set_image_layer  # the widget's, so prompt layers and keys are set up
+        self.series = None
+        self._prefetcher: Predictor | None = None
+        self.image_layer = None
+
+    def open(self, folder, out_dir, resume: bool = True) -> int:
+        """Open ``folder`` with labels going to ``out_dir`` (never ``folder``); show the first
+        image without labels (or the first image). Returns the index shown."""
+        from medsam_core.series import ImageSeries
+
+        if not str(out_dir).strip():
+            raise ImageError("choose an output folder for the labels (not the image folder)")
+        if Path(out_dir).expanduser().resolve() == Path(folder).expanduser().resolve():
+            raise ImageError("the output folder is the image folder: choose another one so no image is overwritten")
+        series = ImageSeries(folder, out_dir)
+        if self.series is not None:
+            self.series.close()
+        self.series = series
+        start = series.first_not_done() if resume else 0
+        return self.go(0 if start is None else start, save=False)
+
+    def _require(self):
+        if self.series is None:
+            raise MedSAMError("no image series open: choose an image folder and an output folder first")
+        return self.series
+
+    def save(self) -> Path | None:
+        """Write the current image's labels (if it has any object) -> the file written, or None."""
+        series = self._require()
+        lab = self.s.labels_layer
+        if lab is None or lab not in self.s.viewer.layers or not np.asarray(lab.data).any():
+            return None
+        path = series.save(np.asarray(lab.data))
+        self.s.on_status(f"MedSAM: saved {path.name}")
+        return path
+
+    def next(self) -> int | None:
+        series = self._require()
+        return None if series.index + 1 >= len(series) else self.go(series.index + 1)
+
+    def previous(self) -> int | None:
+        series = self._require()
+        return None if series.index == 0 else self.go(series.index - 1)
+
+    def go(self, i: int, save: bool = True) -> int:
+        """Save the current labels (when ``save``), then show image ``i`` with its labels."""
+        from medsam_core.io import read_image
+
+        series = self._require()
+        if not 0 <= i < len(series):
+            raise MedSAMError(f"image {i} is outside the series (0..{len(series) - 1})")
+        image, _ = series.load(i)  # read first: a bad file changes nothing
+        labels = None
+        if series.is_done(i):
+            labels, _ = read_image(series.output_path(i))
+            labels = np.asarray(labels).astype(np.int32)
+        if save and self.image_layer is not None:
+            self.save()
+        series.go(i)
+        self._show(image, labels, series.current.name)
+        self.prefetch()
+        return i
+
+    def _show(self, image, labels, name: str) -> None:
+        viewer = self.s.viewer
+        from napari.layers import Labels
+
+        old = [ly for ly in viewer.layers if ly is self.image_layer or ly is self.s.labels_layer]
+        present = {id(ly) for ly in viewer.layers}
+        layer = viewer.add_image(np.asarray(image), name=IMAGE)
+        layer.metadata["medsam_series_file"] = name
+        lab = viewer.add_labels(labels if labels is not None and labels.shape == layer.data.shape[:labels.ndim]
+                                else np.zeros(layer.data.shape[:2] if layer.rgb else layer.data.shape, np.int32),
+                                name="MedSAM labels")
+        self.set_image_layer(layer, lab)
+        # the widget may pick the new image up on insertion and give it a fresh labels layer: drop that
+        old += [ly for ly in viewer.layers if isinstance(ly, Labels) and id(ly) not in present and ly is not lab]
+        for ly in old:
+            if ly in viewer.layers:
+                viewer.layers.remove(ly)
+        self.image_layer = layer
+
+    def prefetch(self) -> None:
+        """Compute the next image's embedding in the background (into the session's cache)."""
+        series = self._require()
+        if self.s.model is None:
+            return
+        if self._prefetcher is None or self._prefetcher.model is not self.s.model:
+            self._prefetcher = Predictor(self.s.model, cache=self.s.cache)
+        series.prefetch(self._prefetcher, intensity=self.s.intensity(), channel=self.s.settings.channel)
+
+    def wait_prefetch(self) -> None:
+        """Block until the background prefetch is done (scripts, tests)."""
+        pending = getattr(self.series, "_prefetch", None)
+        if pending is not None:
+            pending[1].exception()
+
+    def status(self) -> list[tuple[str, bool]]:
+        series = self._require()
+        return [(p.name, done) for p, done in zip(series.images, series.status(), strict=True)]
+
+    def close(self) -> None:
+        if self.series is not None:
+            self.series.close()

@@ -1,0 +1,65 @@
+"""Image series in the real widget: autosave per image, resume, output folder checks, background prefetch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from medsam_core.samples import nuclei
+
+from .conftest import big_objects, dice, ref_box
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """3 small crops of the shipped sample as TIFFs, and the reference labels of the first."""
+    sample = nuclei()
+    src = tmp_path / "images"
+    src.mkdir()
+    crops = [(slice(0, 128), slice(0, 128)), (slice(128, 256), slice(0, 128)), (slice(0, 128), slice(128, 256))]
+    for k, crop in enumerate(crops):
+        tifffile.imwrite(src / f"img{k}.tif", sample.image[crop])
+    return src, sample.image[crops[0]], sample.labels[crops[0]]
+
+
+def test_series_autosave_resume_and_prefetch(open_widget, folder, tmp_path):
+    src, image0, ref0 = folder
+    out = tmp_path / "labels"
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    files_before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(Exception, match="output folder"):
+        widget.open_series(src, src)  # never the input folder
+    assert not out.exists() and widget.series.series is None
+
+    assert widget.open_series(src, out) == 0
+    layer = widget.session.image_layer
+    np.testing.assert_array_equal(layer.data, image0)
+    assert widget.series_panel.image_combo.count() == 3
+    widget.series.wait_prefetch()  # image 1's embedding computed in the background meanwhile
+    obj = big_objects(ref0, 1, min_area=60)[0]
+    (lid,) = widget.segment_boxes([ref_box(ref0, obj)])
+    drawn = widget.labels_layer.data.copy()
+    assert dice(drawn == lid, ref0 == obj) >= 0.7
+
+    calls = widget.session.encoder_calls
+    assert widget.next_image() == 1
+    saved = tifffile.imread(out / "img0.tif")
+    np.testing.assert_array_equal(saved, drawn)  # labels of image 0 written on moving on
+    assert widget.session.image_layer.data.shape == (128, 128)
+    assert not widget.labels_layer.data.any()  # image 1 starts empty
+    assert len([ly for ly in viewer.layers if ly.name.startswith("MedSAM labels")]) == 1
+    widget.segment_boxes([[30, 30, 60, 60]])  # decoding on image 1: a cache hit thanks to the prefetch
+    assert widget.session.encoder_calls == calls
+    assert widget.series_panel.image_combo.itemText(0).startswith("\u2713")
+    assert sorted(p.name for p in src.iterdir()) == files_before  # inputs untouched
+
+    # a new widget (a later session) resumes at the first image without labels: image 1
+    viewer2, widget2 = open_widget()
+    widget2.runner.synchronous = True
+    assert widget2.open_series(src, out) == 1
+    assert widget2.previous_image() == 0  # done images open with their saved labels
+    np.testing.assert_array_equal(widget2.labels_layer.data, drawn)
