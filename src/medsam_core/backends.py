@@ -216,7 +216,7 @@ def _weights_token(model) -> tuple:
 
 def encoder_hash(model) -> str:
     """sha256 of the image-encoder weights as they are now (same value as ``model.encoder_id``
-    right after loading; ~30 ms for LiteMedSAM)."""
+    right after loading; ~0.1 s for LiteMedSAM)."""
     from .checkpoint import state_dict_sha256
 
     return state_dict_sha256(model.state_dict(), prefix="image_encoder.")

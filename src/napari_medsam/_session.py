@@ -387,8 +387,8 @@ class Session:
             recs = list(self.objects.values())
             boxes = [(r.vertices, r.label_id) for r in recs]
             boxes += [(v, -r.label_id) for r in recs for v in getattr(r, "key_vertices", ())]  # 3D key boxes
-            self.shapes_layer.selected_data = set()
-            self.shapes_layer.data = []
+            self.shapes_layer.selected_data = set(range(self.shapes_layer.nshapes))
+            self.shapes_layer.remove_selected()  # unlike data = [], this also drops the features rows
             if boxes:
                 self.shapes_layer.add([v for v, _ in boxes], shape_type="rectangle")
             self.set_shape_ids(np.array([lid for _, lid in boxes], int))
