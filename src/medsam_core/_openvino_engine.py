@@ -158,6 +158,13 @@ def _read_meta(folder: Path) -> dict | None:
         return None
 
 
+def has_export(model, cache_root: Path, precision: str = "f32") -> bool:
+    """True when an accepted export of this exact encoder is in the cache (cheap: reads meta.json)."""
+    folder = engine_dir(cache_root, model.encoder_id, int(model.input_size), precision)
+    meta = _read_meta(folder)
+    return bool(meta and meta.get("encoder_id") == model.encoder_id and meta.get("accepted"))
+
+
 def load_or_export(model, cache_root: Path, num_threads: int | None, precision: str = "f32"):
     """The verified engine for ``model``'s encoder -> (callable, info).
 

@@ -1,7 +1,8 @@
 """MedSAM dock widget: layout and signal wiring; state and actions live in _session.Session.
 
 Every button has a public method (``set_image_layer``, ``segment_boxes``, ``segment_all``,
-``undo``, ``refine``, ``load_model``, ``set_intensity``, ``set_channel``, ``preview``, ...) that
+``undo``, ``refine``, ``load_model``, ``set_intensity``, ``set_channel``, ``preview``, ``finetune``,
+``cancel_finetune``, ``accept_model``, ``rollback_model``, ``save_model``, ...) that
 scripts call directly; those raise ``MedSAMError`` on bad input, while the buttons and keys
 show the same message as a napari notification.
 """
@@ -30,8 +31,10 @@ from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 
 from ._series_session import SeriesActions
 from ._session import Session
+from ._train_session import TrainActions
 from ._volume_session import VolumeActions
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
+from ._widget_train import TrainPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
 from ._workers import Runner
 
@@ -56,6 +59,7 @@ class MedSAMWidget(QWidget):
         self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
         self.volume = VolumeActions(self.session)
         self.series = SeriesActions(self.session, self.set_image_layer)
+        self.train = TrainActions(self.session, on_model=self.set_model)
         self.last_error: str | None = None
         self._build_ui()
         self._wire()
@@ -79,6 +83,8 @@ class MedSAMWidget(QWidget):
         lay.addWidget(self.volume_panel)
         self.series_panel = SeriesPanel(self)
         lay.addWidget(self.series_panel)
+        self.train_panel = TrainPanel(self)
+        lay.addWidget(self.train_panel)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)
@@ -176,6 +182,7 @@ class MedSAMWidget(QWidget):
 
     def _on_layers_changed(self, event=None) -> None:
         self._refresh_layer_choices()
+        self.train_panel.refresh()
         if self.session.image_layer is None or self.session.image_layer not in self.viewer.layers:
             images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.name.startswith("MedSAM")]
             if images:
@@ -380,6 +387,49 @@ class MedSAMWidget(QWidget):
         out = move(*args)
         self.series_panel.refresh()
         return out
+
+    def add_training_pair(self, image, labels) -> int:
+        """Add an (image, labels) layer pair (layers or names) to the fine-tune list; returns its length."""
+        n = self.train.add_pair(image, labels)
+        self.train_panel.refresh()
+        return n
+
+    def remove_training_pair(self, index: int) -> None:
+        self.train.remove_pair(index)
+        self.train_panel.refresh()
+
+    def finetune(self, pairs=None, mode: str = "decoder", epochs: int = 20, holdout: float = 0.25,
+                 start: str = "base", force: bool = False) -> None:
+        """Fine-tune on [(image layer, labels layer), ...] (layers or names; None: the panel's list)
+        in the background (``wait()`` for it). mode: decoder | lora | full. The new model serves the
+        next boxes only if its held-out Dice beats the active model's (or ``force``); the result
+        is in ``train.last_round`` and the panel. Bad input raises before anything runs."""
+        self.train_panel.started()
+        try:
+            self.train.start(pairs, mode, epochs, holdout, start, force)
+        except MedSAMError:
+            self.train_panel.refresh()
+            raise
+
+    def cancel_finetune(self) -> None:
+        """Stop the running fine-tuning round; the active model is untouched."""
+        self.train.cancel()
+
+    def accept_model(self):
+        """Use the last refused round's model anyway ("Use anyway"); returns it."""
+        model = self.train.use_anyway()
+        self.train_panel.refresh()
+        return model
+
+    def rollback_model(self):
+        """Serve the model that was active before the last accepted round again; returns it."""
+        model = self.train.rollback()
+        self.train_panel.refresh()
+        return model
+
+    def save_model(self, path):
+        """Write the active model as a checkpoint with its metadata, atomically; returns the path."""
+        return self.train.save(path)
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block until background work (model loading, encoding) is done: for scripts."""

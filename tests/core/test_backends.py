@@ -112,8 +112,13 @@ def test_export_failure_falls_back_to_eager(lite_model, monkeypatch, tmp_path):
 
     monkeypatch.setattr(ove, "export_ir", broken)
     with pytest.warns(RuntimeWarning, match="converter crashed"):
-        backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path)
+        backend = make_encoder_backend(lite_model, "openvino", cache_dir=tmp_path)
     assert backend.name == "torch"
+    # "auto" exports in the background: eager serves, and stays after the failure.
+    with pytest.warns(RuntimeWarning, match="converter crashed"):
+        background = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path)
+        assert background.wait(timeout=600) is False
+    assert background.name == "torch" and "failed" in background.info["state"]
     # Nothing half-written is left where a later start would read it.
     assert not list(tmp_path.rglob("meta.json"))
 
@@ -286,3 +291,24 @@ def test_cuda_autocast_masks_match_fp32(dsb2018):
         masks[name], _ = p.predict(boxes=boxes)
     for a, b in zip(masks["half"], masks["full"], strict=True):
         assert _iou(a, b) >= 0.95
+
+
+@needs_openvino
+def test_auto_serves_eager_until_the_background_export_is_ready(lite_model, monkeypatch, tmp_path):
+    """A first export must not block the user: eager answers at once, the engine takes over."""
+    import threading
+
+    release = threading.Event()
+
+    def slow_export(model, root, num_threads, precision):
+        release.wait(60)
+        return (lambda batch: np.full((len(batch), 256, 64, 64), 7.0, np.float32)), {"engine": "openvino"}
+
+    monkeypatch.setattr(ove, "load_or_export", slow_export)
+    backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path)
+    x = np.zeros((1, 3, 256, 256), np.float32)
+    first = backend.encode(x)  # served by eager while the export "runs"
+    assert backend.name == "torch" and not np.all(first == 7.0)
+    release.set()
+    assert backend.wait(timeout=60) is True
+    assert np.all(backend.encode(x) == 7.0) and backend.name == "openvino"

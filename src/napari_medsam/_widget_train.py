@@ -1,0 +1,210 @@
+"""The "Fine-tune" section of the MedSAM widget: layout and wiring over _train_session.TrainActions."""
+
+from __future__ import annotations
+
+from napari.layers import Image, Labels
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from medsam_core.training import MODES
+
+
+class LossPlot(QWidget):
+    """A tiny live plot: the loss of each step as a polyline, scaled to the widget."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: list[float] = []
+        self.setMinimumHeight(60)
+
+    def set_losses(self, losses) -> None:
+        self.losses = [float(v) for v in losses]
+        self.update()
+
+    def points(self) -> list[tuple[float, float]]:
+        """The polyline in widget pixels (x grows with the step, y up with the loss)."""
+        n = len(self.losses)
+        if n == 0:
+            return []
+        w, h, m = self.width(), self.height(), 4.0
+        lo, hi = min(self.losses), max(self.losses)
+        span = (hi - lo) or 1.0
+        dx = (w - 2 * m) / max(n - 1, 1)
+        return [(m + i * dx, h - m - (v - lo) / span * (h - 2 * m)) for i, v in enumerate(self.losses)]
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(Qt.GlobalColor.gray))
+        painter.drawRect(0, 0, self.width() - 1, self.height() - 1)
+        pts = self.points()
+        if pts:
+            painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
+            if len(pts) == 1:
+                painter.drawEllipse(QPointF(*pts[0]), 2.0, 2.0)
+            else:
+                painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
+            painter.drawText(6, 14, f"loss {self.losses[-1]:.3f}")
+        painter.end()
+
+
+class TrainPanel(QGroupBox):
+    """Pairs (image + labels, add/remove), mode, epochs, holdout; Fine-tune, Cancel; progress and
+    loss plot; the result (held-out Dice before -> after) with Use anyway and Roll back; save/load."""
+
+    def __init__(self, widget):
+        super().__init__("Fine-tune")
+        self.widget = widget
+        self.actions = widget.train
+        grid = QGridLayout(self)
+        form = QFormLayout()
+        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        grid.addLayout(form, 0, 0, 1, 2)
+        self.add_btn, self.remove_btn = QPushButton("Add pair"), QPushButton("Remove pair")
+        grid.addWidget(self.add_btn, 1, 0)
+        grid.addWidget(self.remove_btn, 1, 1)
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(70)
+        self.pair_list.setToolTip("Empty: the Image + Labels chosen above")
+        grid.addWidget(self.pair_list, 2, 0, 1, 2)
+        grid.addLayout(self._settings_row(), 3, 0, 1, 2)
+        self.from_active_check = QCheckBox("Train from the active model (not the base)")
+        grid.addWidget(self.from_active_check, 4, 0, 1, 2)
+        self.train_btn, self.cancel_btn = QPushButton("Fine-tune"), QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        grid.addWidget(self.train_btn, 5, 0)
+        grid.addWidget(self.cancel_btn, 5, 1)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        grid.addWidget(self.progress, 6, 0, 1, 2)
+        self.loss_plot = LossPlot()
+        grid.addWidget(self.loss_plot, 7, 0, 1, 2)
+        self.result_label = QLabel(self.actions.summary)
+        self.result_label.setWordWrap(True)
+        grid.addWidget(self.result_label, 8, 0, 1, 2)
+        self.force_btn, self.rollback_btn = QPushButton("Use anyway"), QPushButton("Roll back")
+        self.save_btn, self.load_btn = QPushButton("Save model as..."), QPushButton("Load model...")
+        for i, b in enumerate((self.force_btn, self.rollback_btn, self.save_btn, self.load_btn)):
+            grid.addWidget(b, 9 + i // 2, i % 2)
+        self._wire()
+        self.refresh()
+
+    def _settings_row(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(list(MODES))
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 1000)
+        self.epochs_spin.setValue(20)
+        self.holdout_spin = QDoubleSpinBox()
+        self.holdout_spin.setRange(0.05, 0.9)
+        self.holdout_spin.setSingleStep(0.05)
+        self.holdout_spin.setValue(0.25)
+        for label, w in (("Mode", self.mode_combo), ("Epochs", self.epochs_spin), ("Held out", self.holdout_spin)):
+            row.addWidget(QLabel(label))
+            row.addWidget(w)
+        return row
+
+    def _wire(self) -> None:
+        w = self.widget
+        self.add_btn.clicked.connect(lambda: w._try(self._on_add))
+        self.remove_btn.clicked.connect(lambda: w._try(self._on_remove))
+        self.train_btn.clicked.connect(lambda: w._try(self._on_train))
+        self.cancel_btn.clicked.connect(w.cancel_finetune)
+        self.force_btn.clicked.connect(lambda: w._try(w.accept_model))
+        self.rollback_btn.clicked.connect(lambda: w._try(w.rollback_model))
+        self.save_btn.clicked.connect(lambda: w._try(self._on_save))
+        self.load_btn.clicked.connect(lambda: w._try(self._on_load))
+        self.actions.on_progress = self._on_progress
+        self.actions.on_finished = self._on_finished
+
+    # -- handlers -------------------------------------------------------------------------------
+    def _on_add(self) -> None:
+        self.widget.add_training_pair(self.image_combo.currentText(), self.labels_combo.currentText())
+
+    def _on_remove(self) -> None:
+        row = self.pair_list.currentRow()
+        self.widget.remove_training_pair(row if row >= 0 else len(self.actions.pairs) - 1)
+
+    def current_pairs(self):
+        """The listed pairs, or the Image + Labels chosen above when the list is empty."""
+        if self.actions.pairs:
+            return list(self.actions.pairs)
+        return [(self.image_combo.currentText(), self.labels_combo.currentText())]
+
+    def _on_train(self) -> None:
+        self.widget.finetune(self.current_pairs(), self.mode_combo.currentText(), self.epochs_spin.value(),
+                             self.holdout_spin.value(), start="active" if self.from_active_check.isChecked() else "base")
+
+    def _on_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save MedSAM model", "medsam_finetuned.pt", "Checkpoints (*.pt)")
+        if path:
+            self.widget.save_model(path)
+
+    def _on_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load MedSAM model", "", "Checkpoints (*.pth *.pt *.ckpt)")
+        if path:
+            self.widget.load_model(self.widget.model_combo.currentText(), path)
+            self.refresh()
+
+    # -- state -> view --------------------------------------------------------------------------
+    def started(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.loss_plot.set_losses([])
+        self.result_label.setText("fine-tuning...")
+        self.train_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+
+    def _on_progress(self, step: int, total: int, loss: float) -> None:
+        self.progress.setRange(0, max(int(total), 1))
+        self.progress.setValue(min(int(step), max(int(total), 1)))
+        self.loss_plot.set_losses(self.actions.losses)
+
+    def _on_finished(self, what: str) -> None:
+        if what in ("accepted", "refused"):
+            self.progress.setValue(self.progress.maximum())
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Layer choices, pair list, result text and which buttons apply."""
+        layers = self.widget.viewer.layers
+        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
+            keep = combo.currentText()
+            combo.clear()
+            names = [ly.name for ly in layers if isinstance(ly, kind) and not ly.name.startswith("MedSAM model")]
+            combo.addItems(names)
+            current = self.widget.session.image_layer if kind is Image else self.widget.session.labels_layer
+            if keep in names:
+                combo.setCurrentText(keep)
+            elif current is not None and current.name in names:  # default: what the widget segments
+                combo.setCurrentText(current.name)
+        self.pair_list.clear()
+        self.pair_list.addItems([f"{i.name} + {lab.name}" for i, lab in self.actions.pairs])
+        a = self.actions
+        running = a.running
+        self.train_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        rnd = a.last_round
+        self.force_btn.setEnabled(not running and rnd is not None and not rnd.accepted)
+        self.rollback_btn.setEnabled(not running and a.can_rollback)
+        self.result_label.setText(a.summary)
