@@ -45,7 +45,7 @@ def _round_steps(guard: FineTuneSession, data, config: TrainConfig, start: str, 
         except BaseException as exc:  # re-raised in the consumer below
             steps.put(("error", exc))
 
-    thread = threading.Thread(target=work, name="medsam-finetune", daemon=True)
+    thread = threading.Thread(target=work, name="medsam-finetune")
     thread.start()
     kind = "step"
     try:
@@ -61,6 +61,7 @@ def _round_steps(guard: FineTuneSession, data, config: TrainConfig, start: str, 
         if kind == "step":  # the consumer stopped early (its own error): stop the round too
             cancel.set()
             taken.release()
+        thread.join()  # never leave a thread inside torch behind (it aborts the process at exit)
 
 
 class TrainActions:
