@@ -34,6 +34,7 @@ BACKENDS = ("auto", "openvino", "torch")
 # its export and verification take minutes: ask for it explicitly with backend="openvino".
 AUTO_ENGINE_ARCHS = frozenset({"tinyvit_256"})
 _warned_missing = False
+_warned_no_export = False
 
 
 class EngineError(MedSAMError):
@@ -288,9 +289,16 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
         return eager
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     if choice == "auto" and not _openvino_engine.has_export(model, root, precision):
-        # A first export takes 30 s to minutes: never make the user wait for it. PyTorch eager
-        # serves until the engine is ready, then the engine takes over.
-        return BackgroundEngineEncoder(model, eager, root, precision)
+        # A first export takes 30 s to minutes: "auto" never makes the user wait for it (and a
+        # background export thread cannot be stopped safely when the process exits). Eager
+        # serves; `medsam export` (or backend="openvino") builds the engine once.
+        global _warned_no_export
+        if not _warned_no_export:
+            _warned_no_export = True
+            warnings.warn("no OpenVINO export of this encoder yet, so it runs in PyTorch eager; run "
+                          "'medsam export' once (about a minute) for a ~3x faster encoder",
+                          RuntimeWarning, stacklevel=2)
+        return eager
     try:
         engine, info = _openvino_engine.load_or_export(model, root, eager.num_threads, precision)
     except Exception as exc:  # export, compile or verification: fall back, say why
@@ -298,46 +306,3 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
                       "using PyTorch eager", RuntimeWarning, stacklevel=2)
         return eager
     return EngineEncoder(engine, eager, info)
-
-
-class BackgroundEngineEncoder(EncoderBackend):
-    """PyTorch eager now; the exported engine once a background export has finished.
-
-    ``name`` is "torch" until the switch, then the engine's; ``wait(timeout)`` blocks until the
-    export ended (tests, benchmarks). Export errors are warned about and eager stays.
-    """
-
-    def __init__(self, model, eager: TorchEncoder, cache_root: Path, precision: str):
-        super().__init__()
-        self._eager = eager
-        self._ready: EncoderBackend | None = None
-        self.name = "torch"
-        self.info = {"engine": "openvino", "state": "exporting in the background"}
-        self._thread = threading.Thread(target=self._export, args=(model, cache_root, precision),
-                                        name="medsam-engine-export", daemon=True)
-        self._thread.start()
-
-    def _export(self, model, cache_root: Path, precision: str) -> None:
-        from . import _openvino_engine
-
-        try:
-            engine, info = _openvino_engine.load_or_export(model, cache_root, self._eager.num_threads, precision)
-        except Exception as exc:
-            self.info = {"engine": "openvino", "state": f"failed: {type(exc).__name__}: {exc}"}
-            warnings.warn(f"the OpenVINO encoder is not used ({type(exc).__name__}: {exc}); "
-                          "using PyTorch eager", RuntimeWarning, stacklevel=2)
-            return
-        self._ready = EngineEncoder(engine, self._eager, info)
-        self.info = self._ready.info
-        self.name = self._ready.name
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the background export ended; True when the engine is in use."""
-        self._thread.join(timeout)
-        return self._ready is not None
-
-    def encode(self, batch: np.ndarray) -> np.ndarray:
-        backend = self._ready or self._eager
-        out = backend.encode(batch)
-        self.name = backend.name
-        return out

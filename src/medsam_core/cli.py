@@ -26,7 +26,7 @@ import numpy as np
 from .errors import ImageError, MedSAMError
 
 #: Modules providing ``register(subparsers)``, in the order their commands appear in --help.
-SUBCOMMAND_MODULES: list[str] = ["medsam_core.cli_train", "medsam_core.cli_batch"]
+SUBCOMMAND_MODULES: list[str] = ["medsam_core.cli_train", "medsam_core.cli_batch", "medsam_core.cli_export"]
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz")
 

@@ -1,0 +1,40 @@
+"""``medsam export``: build (once) the OpenVINO engine of a model's image encoder.
+
+    medsam export [--model lite_medsam] [--checkpoint CKPT]
+
+The engine is cached by encoder weights (``$MEDSAM_CACHE_DIR`` or ~/.cache/napari-medsam), so a
+fine-tuned encoder needs its own export; the default "auto" backend uses an export when one
+exists and PyTorch eager otherwise, and never exports by itself (an export takes about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    from .cli import add_model_options
+
+    p = sub.add_parser("export", help="build the fast CPU (OpenVINO) engine of the image encoder, once",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .backends import make_encoder_backend, openvino_available
+    from .cli import load_from_args
+
+    if not openvino_available():
+        print("medsam: error: OpenVINO is not installed: pip install 'napari-medsam[fast]'")
+        return 2
+    model = load_from_args(args)
+    backend = make_encoder_backend(model, "openvino")
+    info = getattr(backend, "info", {})
+    if backend.name == "torch":
+        print("medsam: error: the export was not usable (see the warning above); PyTorch eager stays in use")
+        return 1
+    state = "exported" if info.get("exported") else "already exported"
+    print(f"{state}: {info.get('path')}  (max abs diff vs PyTorch "
+          f"{info.get('verification', {}).get('max_abs_diff')})")
+    return 0
