@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``medsam`` command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    from .runtime import tune_malloc
+
+    tune_malloc()  # the application opts in; see runtime.py
     try:
         return int(args.func(args) or 0)
     except MedSAMError as exc:

@@ -54,6 +54,9 @@ class MedSAMWidget(QWidget):
 
     def __init__(self, napari_viewer, runner: Runner | None = None):
         super().__init__()
+        from medsam_core.runtime import tune_malloc
+
+        tune_malloc()  # keep the decoder's large buffers in the heap (docs/benchmarks.md, Decoder)
         self.viewer = napari_viewer
         self.runner = runner or Runner()
         self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
