@@ -102,6 +102,20 @@ class FineTuneSession:
             self.active_model = result.model
         return rnd
 
+    def accept(self, rnd: Round) -> Round:
+        """Make a refused round's model active all the same (the user insists); ``rollback`` undoes
+        it. The round's metadata (and its checkpoint file, if one was written) say so."""
+        if rnd.accepted:
+            raise TrainingError(f"round {rnd.number} is already active")
+        self._previous.append(self.active_model)
+        self.active_model = rnd.model
+        rnd.accepted = rnd.forced = True
+        rnd.meta.update(accepted=True, forced=True)
+        rnd.model.meta = dict(rnd.meta)
+        if rnd.checkpoint is not None:
+            rnd.checkpoint = save_checkpoint(rnd.checkpoint, rnd.model, rnd.meta)
+        return rnd
+
     @property
     def can_rollback(self) -> bool:
         return bool(self._previous)

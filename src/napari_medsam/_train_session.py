@@ -76,7 +76,9 @@ class TrainActions:
         self.s = session
         self.pairs: list[tuple] = []  # (image layer, labels layer)
         self.guard: FineTuneSession | None = None
-        self.rounds_dir = None  # where each round's checkpoint goes (None: not written)
+        # Every round's checkpoint (with its metadata) is kept, as issue 5 asks; a script may
+        # point this elsewhere or set it to None.
+        self.rounds_dir = _default_rounds_dir()
         self.cancel_event: threading.Event | None = None
         self.losses: list[float] = []
         self.last_round: Round | None = None
@@ -217,16 +219,9 @@ class TrainActions:
         rnd = self.last_round
         if rnd is None or self.guard is None:
             raise MedSAMError("no fine-tuning round to use: fine-tune first")
-        if rnd.accepted:
-            raise MedSAMError(f"round {rnd.number} is already active")
         if self.guard.active_model is not self.s.model:
             raise MedSAMError("another model was loaded since that round: fine-tune again")
-        # FineTuneSession has no public 'accept a past round': do what run_round(force=True) does
-        self.guard._previous.append(self.guard.active_model)
-        self.guard.active_model = rnd.model
-        rnd.accepted = rnd.forced = True
-        rnd.meta.update(accepted=True, forced=True)
-        rnd.model.meta = dict(rnd.meta)
+        self.guard.accept(rnd)
         self.on_model(rnd.model)
         self.summary = self.describe(rnd)
         return rnd.model
@@ -261,3 +256,12 @@ class TrainActions:
         meta = dict(getattr(model, "meta", {}) or {})
         meta.setdefault("base_model", model.spec.name)
         return save_checkpoint(path, model, meta)
+
+
+def _default_rounds_dir():
+    """<MEDSAM_CACHE_DIR or ~/.cache/napari-medsam>/finetune-rounds/<start time>."""
+    import time
+
+    from medsam_core.backends import default_cache_dir
+
+    return default_cache_dir() / "finetune-rounds" / time.strftime("%Y%m%d-%H%M%S")

@@ -307,6 +307,13 @@ def test_guard_accepts_better_refuses_worse_and_rolls_back(tiny_model, tmp_path,
     _, meta = read_state_dict(tmp_path / "round_002.pt")
     assert meta["round"] == 2 and meta["accepted"] is False and meta["start"] == "base"
     assert meta["base_sha256"] == tiny_model.weights_sha256
+    # The user insists on the refused round 2: it becomes active, its file says so, rollback undoes it.
+    session.accept(r2)
+    assert session.active_model is r2.model and r2.forced
+    assert read_state_dict(tmp_path / "round_002.pt")[1]["accepted"] is True
+    with pytest.raises(TrainingError, match="already active"):
+        session.accept(r2)
+    assert session.rollback() is tiny_model
 
 
 def test_guard_bad_input_writes_nothing_and_keeps_the_model(tiny_model, tmp_path):
