@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import mkstemp_readable
 from .boxsources import boxes_from_labels, find_paired, read_any_boxes, read_table
 from .errors import CancelledError, CheckpointError, ImageError, ModelNotFoundError, PromptError
 from .io import READ_SUFFIXES, read_image, write_labels
@@ -140,7 +140,7 @@ def _table_from_dict(boxes: dict, images: list[Path]) -> dict:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)

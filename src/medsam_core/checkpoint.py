@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._atomic import mkstemp_readable
 from .errors import CheckpointError
 from .registry import ModelSpec, bundled_weights_path, get_spec
 
@@ -195,7 +195,7 @@ def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], opt
     }
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         torch.save(payload, tmp)

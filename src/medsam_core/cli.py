@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import tune_malloc
 
     tune_malloc()  # the application opts in; see runtime.py
+    import warnings
+
+    # Warnings are notes to the user here, not source locations.
+    warnings.formatwarning = lambda message, category, *rest: f"medsam: note: {message}\n"
     try:
         return int(args.func(args) or 0)
     except MedSAMError as exc:

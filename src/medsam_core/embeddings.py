@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import mkstemp_readable
 from .errors import CacheMismatchError
 
 CACHE_FORMAT_VERSION = 1
@@ -203,7 +203,7 @@ class EmbeddingCache:
         if path is None:
             return
         self._check_store_signature(key)
-        fd, tmp = tempfile.mkstemp(prefix=".emb.", suffix=".npz", dir=self.disk_dir)
+        fd, tmp = mkstemp_readable(prefix=".emb.", suffix=".npz", dir=self.disk_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(
@@ -219,7 +219,7 @@ class EmbeddingCache:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

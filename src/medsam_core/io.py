@@ -14,7 +14,6 @@ tifffile, nibabel and scikit-image are imported inside functions (cheap package 
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import mkstemp_readable
 from .errors import ImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -288,7 +288,7 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
     spacing = _labels_spacing(arr, meta)
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         if suffix in TIFF_SUFFIXES:

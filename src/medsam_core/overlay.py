@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import mkstemp_readable
 from .errors import ImageError
 
 BOX_COLOUR = (255, 255, 0)
@@ -85,7 +85,7 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         raise ImageError(f"overlay file {path.name} must end in .png")
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         skio.imsave(tmp, rgb, check_contrast=False)

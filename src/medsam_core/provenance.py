@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import mkstemp_readable
 from .errors import MedSAMError
 
 FORMAT = "napari-medsam-provenance"
@@ -276,7 +276,7 @@ class Provenance:
         if not path.parent.is_dir():
             raise ProvenanceError(f"folder {path.parent} does not exist; create it first")
         text = json.dumps(self.to_dict(), indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)

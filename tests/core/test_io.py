@@ -196,3 +196,18 @@ def test_bad_labels_write_nothing(tmp_path):
     with pytest.raises(ImageError):
         write_labels(target, np.full((4, 4), -1))
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_written_labels_have_ordinary_permissions(tmp_path):
+    """Atomic writes go through a temp file; the result must not be owner-only (0600)."""
+    import os
+
+    from medsam_core.io import write_labels
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "labels.tif"
+        write_labels(path, np.ones((4, 4), np.uint8))
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
