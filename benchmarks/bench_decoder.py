@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from functools import partial
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # benchmarks/_machine.py (scripts run from benchmarks/ on sys.path)
 
 import medsam_core
 from medsam_core.modeling.fast_decoder import OUTSIDE_LOGIT, FastDecoder
@@ -30,16 +30,6 @@ from medsam_core.modeling.sam import SamModel
 from medsam_core.preprocess import boxes_to_model, check_boxes, lowres_to_masks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def median_time(fn, repeats: int) -> tuple[float, float]:

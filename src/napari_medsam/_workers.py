@@ -38,13 +38,7 @@ class Runner:
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(func, *args, _progress={"desc": desc})
-        self._running.add(worker)
-        worker.returned.connect(on_done)
-        worker.errored.connect(on_error)
-        worker.finished.connect(lambda: self._running.discard(worker))
-        worker.start()
-        return worker
+        return self._start(create_worker(func, *args, _progress={"desc": desc}), on_done, on_error)
 
     def run_steps(self, func: Callable, *args, on_step: Callable, on_done: Callable, on_error: Callable,
                   desc: str = "MedSAM", total: int = 0):
@@ -69,8 +63,12 @@ class Runner:
         from napari.qt.threading import create_worker
 
         worker = create_worker(func, *args, _progress={"desc": desc, "total": int(total)})
-        self._running.add(worker)
         worker.yielded.connect(on_step)
+        return self._start(worker, on_done, on_error)
+
+    def _start(self, worker, on_done: Callable, on_error: Callable):
+        """Keep a reference until it finishes, connect the result signals, start it."""
+        self._running.add(worker)
         worker.returned.connect(on_done)
         worker.errored.connect(on_error)
         worker.finished.connect(lambda: self._running.discard(worker))
