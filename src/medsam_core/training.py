@@ -34,6 +34,7 @@ from .errors import CancelledError, TrainingError
 from .lora import add_lora, lora_parameters, merge_lora
 from .losses import DiceCELoss, IoURegressionLoss
 from .metrics import dice
+from .modeling.train_decoder import decode_for_training, supports_training
 from .predictor import Predictor, _geometry_meta
 from .preprocess import boxes_to_model
 
@@ -51,6 +52,8 @@ class TrainConfig:
     once (3 extra encoder passes per image), see data.py.
     holdout: fraction of the objects held out for the guard (at least one).
     iou_weight: weight of the IoU-head regression loss (0 turns it off).
+    fast_decoder: train through ``modeling.train_decoder`` (about 4x faster on a CPU; the same
+    gradients apart from far-background cross-entropy terms) instead of segment-anything's forward.
     """
 
     mode: str = "decoder"
@@ -71,6 +74,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    fast_decoder: bool = True
     device: str | None = None  # None: the model's device
     base_model: str = "lite_medsam"
     base_checkpoint: str | None = None
@@ -130,9 +134,18 @@ class Batch:
     image: torch.Tensor | None = None
 
 
-def forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable decode of one batch -> (logits (B, 1, 256, 256), iou (B, 1))."""
+def forward(model, batch: Batch, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable decode of one batch -> (logits (B, 1, 256, 256), iou (B, 1)).
+
+    fast: the re-arranged decoder of ``modeling.train_decoder`` (image-side work once per batch,
+    upscaling in windows covering each box and its target; same logits and gradients there),
+    when the decoder's layout allows it; otherwise segment-anything's reference forward pass.
+    """
     emb = batch.embedding if batch.embedding is not None else model.image_encoder(batch.image)
+    if fast and supports_training(model.prompt_encoder, model.mask_decoder, emb):
+        input_size = model.spec.preprocessing.input_size
+        return decode_for_training(model.prompt_encoder, model.mask_decoder, emb, batch.boxes, input_size,
+                                   window_boxes=target_boxes(batch.targets, input_size))
     sparse, dense = model.prompt_encoder(points=None, boxes=batch.boxes[:, None, :], masks=None)
     return model.mask_decoder(
         image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
@@ -140,10 +153,23 @@ def forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def target_boxes(targets: torch.Tensor, input_size: int) -> torch.Tensor:
+    """(B, 1, h, w) low-res target masks -> (B, 4) XYXY bounding boxes in model-input pixels
+    (the whole grid for an empty target)."""
+    b, _, h, w = targets.shape
+    rows, cols = targets[:, 0].amax(2) > 0, targets[:, 0].amax(1) > 0
+    out = torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]]).repeat(b, 1)
+    for i in range(b):
+        ys, xs = rows[i].nonzero()[:, 0], cols[i].nonzero()[:, 0]
+        if len(ys):
+            out[i] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    return (out * (input_size / w)).to(targets.device)
+
+
 def train_step(model, optimizer, batch: Batch, loss_fn: DiceCELoss, iou_fn: IoURegressionLoss | None,
-               iou_weight: float = 1.0, grad_clip: float = 0.0) -> tuple[float, dict]:
+               iou_weight: float = 1.0, grad_clip: float = 0.0, fast: bool = True) -> tuple[float, dict]:
     """One AdamW step on one batch -> (total loss, {"seg": .., "iou": ..})."""
-    logits, iou = forward(model, batch)
+    logits, iou = forward(model, batch, fast)
     seg = loss_fn(logits, batch.targets)
     loss = seg
     info = {"seg": float(seg.detach())}
@@ -298,7 +324,8 @@ def fit(model, data: TrainingData, config: TrainConfig | None = None, on_step: S
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = source.batch(key, local, rng, device)
-            loss, info = train_step(work, optimizer, batch, loss_fn, iou_fn, config.iou_weight, config.grad_clip)
+            loss, info = train_step(work, optimizer, batch, loss_fn, iou_fn, config.iou_weight, config.grad_clip,
+                                    config.fast_decoder)
             losses.append(loss)
             step += 1
             if on_step is not None:

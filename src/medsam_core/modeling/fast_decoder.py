@@ -198,6 +198,9 @@ def _dot(shared: Tensor, vecs: Tensor) -> Tensor:
     product followed by a transposing copy costs several times more on CPU.
     """
     n, h, t, _ = vecs.shape
+    if torch.is_grad_enabled():  # training: out= has no autograd; one batched product per call
+        prod = torch.bmm(vecs.transpose(0, 1).reshape(h, n * t, -1), shared)  # (H, N*T, L)
+        return prod.view(h, n, t, -1).transpose(0, 1).reshape(n, h * t, -1)
     vecs = vecs.contiguous()
     out = vecs.new_empty((n, h, t, shared.shape[-1]))
     for i in range(h):
@@ -205,10 +208,29 @@ def _dot(shared: Tensor, vecs: Tensor) -> Tensor:
     return out.view(n, h * t, -1)
 
 
+def _baddbmm(s: Tensor, w: Tensor, a: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    """beta * s + alpha * w @ a; in place when no gradient is being recorded (inference)."""
+    if torch.is_grad_enabled():
+        return torch.baddbmm(s, w, a, beta=beta, alpha=alpha)
+    return s.baddbmm_(w, a, beta=beta, alpha=alpha)
+
+
+def _mul(s: Tensor, x: Tensor) -> Tensor:
+    return s * x if torch.is_grad_enabled() else s.mul_(x)
+
+
+def _add(s: Tensor, x: Tensor) -> Tensor:
+    return s + x if torch.is_grad_enabled() else s.add_(x)
+
+
 def _agg(weights: Tensor, shared_t: Tensor, heads: int) -> Tensor:
     """sum_l weights[(h, t), l] * shared[h, :, l]: (N, H*T, L), (H, d, L) -> (N, H, T, d)."""
     n = weights.shape[0]
     w = weights.view(n, heads, -1, weights.shape[-1])
+    if torch.is_grad_enabled():  # training: one batched product (and one in the backward pass)
+        t = w.shape[2]
+        prod = torch.bmm(w.transpose(0, 1).reshape(heads, n * t, -1), shared_t.transpose(1, 2))
+        return prod.view(heads, n, t, -1).transpose(0, 1)
     return torch.stack([w[:, i] @ shared_t[i].T for i in range(heads)], 1)
 
 
@@ -221,9 +243,8 @@ def _scores(e: Tensor, f: Tensor, q: Tensor, r1: Tensor, lowrank: list[tuple[Ten
     """r1 * (e . q + sum_i w_i @ A_i) + f . q -> (N, H*T, L); q already scaled."""
     s = _dot(e, q)
     for w, a in lowrank:
-        s.baddbmm_(w, a)
-    s.mul_(r1[:, None])
-    return s.add_(_dot(f, q))
+        s = _baddbmm(s, w, a)
+    return _add(_mul(s, r1[:, None]), _dot(f, q))
 
 
 def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module, out_idx: list[int]):
@@ -251,7 +272,7 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     a0t = torch.softmax(_dot(it.q0, kt).view(n, heads, t, -1), 2).view(n, heads * t, -1)  # over T
     v0 = block_diag_heads(vt0)  # (N, J, H*d)
     # keys1 = r1 * (Xc + Z0 Woc^T) * g1 + b1, Z0 = A0^T V0: |Y1c|^2 = |Xc|^2 + 2 <Xc, Z0 Woc^T> + quad.
-    c = _dot(it.e1, vt0).baddbmm_(v0 @ wt.gw @ v0.transpose(1, 2), a0t, beta=2.0)
+    c = _baddbmm(_dot(it.e1, vt0), v0 @ wt.gw @ v0.transpose(1, 2), a0t, beta=2.0)
     r1 = torch.rsqrt(((a0t * c).sum(1) + it.n1) / wt.channels + wt.eps1)  # (N, L)
 
     # Layer 1: image tokens are r1 * (shared + low-rank) + constant.
@@ -259,7 +280,7 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     att = blk1.cross_attn_token_to_image
     qh = _split(att.q_proj(q + qpe), heads) * scale
     s = _scores(it.e2, wt.f2, qh, r1, [(_lowrank_w(v0, wt.m2, block_diag_heads(qh)), a0t)])
-    ar = torch.softmax(s, -1).mul_(r1[:, None])  # (N, J, L) attention weights * r1
+    ar = _mul(torch.softmax(s, -1), r1[:, None])  # (N, J, L) attention weights * r1
     o = _agg(ar, it.e3, heads)
     o = o + _heads_diag(((ar @ a0t.transpose(1, 2)) @ v0) @ wt.m3, heads, t)
     o = o + wt.c3.reshape(heads, 1, -1)
@@ -273,10 +294,10 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     v1 = block_diag_heads(vt1)
     # |Y2c|^2 for Y2c = r1 * (X2 + Z0 N0) + b2 + Z1 N1, grouped by A0 and A1:
     # r1^2 |X2|^2 + 2 r1 X2.b2 + |b2|^2 + r1 * sum A0 * t0 + sum A1 * t1.
-    t0 = _dot(it.e5, vt0).baddbmm_(v0 @ wt.k00 @ v0.transpose(1, 2), a0t, beta=2.0).mul_(r1[:, None])
-    t0.baddbmm_(v0 @ wt.k01 @ v1.transpose(1, 2), a1t, alpha=2.0).add_(2 * (v0 @ wt.u0)[..., None])
-    t1 = _dot(it.e6, vt1).mul_(2 * r1[:, None])
-    t1.baddbmm_(v1 @ wt.k11 @ v1.transpose(1, 2), a1t).add_(2 * (v1 @ wt.u1)[..., None])
+    t0 = _mul(_baddbmm(_dot(it.e5, vt0), v0 @ wt.k00 @ v0.transpose(1, 2), a0t, beta=2.0), r1[:, None])
+    t0 = _add(_baddbmm(t0, v0 @ wt.k01 @ v1.transpose(1, 2), a1t, alpha=2.0), 2 * (v0 @ wt.u0)[..., None])
+    t1 = _mul(_dot(it.e6, vt1), 2 * r1[:, None])
+    t1 = _add(_baddbmm(t1, v1 @ wt.k11 @ v1.transpose(1, 2), a1t), 2 * (v1 @ wt.u1)[..., None])
     sq = r1 * (r1 * it.x2sq + 2 * it.x2b2 + (a0t * t0).sum(1)) + (a1t * t1).sum(1) + wt.b2sq
     r2 = torch.rsqrt(sq / wt.channels + wt.eps2)
     keys = _Keys(r1, r2, a0t, v0, a1t, v1)
@@ -291,9 +312,9 @@ def _transformer(wt: WeightTerms, it: ImageTerms, sparse: Tensor, md: nn.Module,
     s = _scores(it.e7, wt.f7, qh, r1, [(_lowrank_w(v0, wt.m7a, qb), a0t)])
     # r2 * (r1 * (e7 + Z0 m7a) + c7 + Z1 m7b) + f7 = (s - f7) * r2 + f7 with the Z1 and c7 terms.
     f7 = _dot(wt.f7, qh)
-    s.sub_(f7).add_((qb @ wt.c7)[..., None]).baddbmm_(_lowrank_w(v1, wt.m7b, qb), a1t)
-    s.mul_(r2[:, None]).add_(f7)
-    ar2 = torch.softmax(s, -1).mul_(r2[:, None])  # (N, K, L)
+    s = _baddbmm(_add(_add(s, -f7), (qb @ wt.c7)[..., None]), _lowrank_w(v1, wt.m7b, qb), a1t)
+    s = _add(_mul(s, r2[:, None]), f7)
+    ar2 = _mul(torch.softmax(s, -1), r2[:, None])  # (N, K, L)
     ar12 = ar2 * r1[:, None]
     o = _agg(ar12, it.e8, heads)
     o = o + _heads_diag(((ar12 @ a0t.transpose(1, 2)) @ v0) @ wt.m8a, heads, tf_)
