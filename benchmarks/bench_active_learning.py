@@ -12,7 +12,9 @@ Reported per round and strategy: objects corrected among the round's objects, co
 current model would need on the whole remaining pool, held-out Dice after fine-tuning. Finally the
 automatic model (``medsam_core.auto``) is fitted on quadrants 0-2 and measured on quadrant 3.
 
-    .venv/bin/python benchmarks/bench_active_learning.py --epochs 6 --out benchmarks/results
+    .venv/bin/python benchmarks/bench_active_learning.py --epochs 10 --random-seeds 3 --out benchmarks/results
+
+The random order is run with ``--random-seeds`` seeds (mean and range are plotted).
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def make_trainer(heldout_pair, epochs: int, cache, seed: int = 0):
             pairs.append((pool.images[k], lab))
             boxes.append({o[1]: o[2] for o in sel})
         data = make_training_data(pairs, boxes)
-        cfg = TrainConfig(mode="decoder", epochs=epochs, seed=seed, lr=1e-4)
+        cfg = TrainConfig(mode="decoder", epochs=epochs, seed=seed)
         result = fit(base, data, cfg, cache=cache, heldout=heldout)
         print(f"  fine-tuned on {len(data)} objects: held-out Dice {result.dice_before:.4f} -> "
               f"{result.dice_after:.4f} ({result.steps} steps, {result.elapsed_s:.0f} s)")
@@ -174,12 +176,19 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    metrics = (lambda r: r["corrected"], lambda r: r["pool_corrections"] / r["pool_left"],
+               lambda r: r["heldout_dice_after"])
     for strategy, style in (("uncertainty", "o-"), ("random", "s--")):
         sel = [r for r in rows if r["strategy"] == strategy]
-        x = [r["round"] for r in sel]
-        axes[0].plot(x, [r["corrected"] for r in sel], style, label=strategy)
-        axes[1].plot(x, [r["pool_corrections"] / r["pool_left"] for r in sel], style, label=strategy)
-        axes[2].plot(x, [r["heldout_dice_after"] for r in sel], style, label=strategy)
+        x = sorted({r["round"] for r in sel})
+        for ax, get in zip(axes, metrics, strict=True):
+            per_round = [[get(r) for r in sel if r["round"] == k] for k in x]
+            mean = [float(np.mean(v)) for v in per_round]
+            runs = len(per_round[0]) if per_round else 0
+            line = ax.plot(x, mean, style, label=strategy if runs == 1 else f"{strategy} (mean of {runs}, range)")
+            if runs > 1:
+                ax.fill_between(x, [min(v) for v in per_round], [max(v) for v in per_round],
+                                color=line[0].get_color(), alpha=0.2)
     for ax, t in zip(axes, ("objects corrected in the round", "share of pool needing correction (before round)",
                             "held-out Dice after fine-tuning"), strict=True):
         ax.set_title(t, fontsize=9)
@@ -194,8 +203,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-round", type=int, default=30)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-seeds", type=int, default=3, help="runs of the random order (its spread is shown)")
     ap.add_argument("--no-auto", action="store_true", help="skip the automatic-model measurement")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / "active_learning.png")
@@ -214,11 +224,14 @@ def main(argv=None) -> int:
     train = make_trainer((imgs[3], labs[3]), args.epochs, cache, args.seed)
     t0 = time.perf_counter()
     rows, last = [], {}
-    for strategy in ("uncertainty", "random"):
+    runs = [("uncertainty", args.seed)] + [("random", args.seed + k) for k in range(args.random_seeds)]
+    for strategy, seed in runs:
         r = simulate(pool, strategy, args.rounds, args.per_round, base,
-                     lambda m: medsam_core.Predictor(m, cache), train, seed=args.seed)
+                     lambda m: medsam_core.Predictor(m, cache), train, seed=seed)
+        for row in r:
+            row["seed"] = seed
         rows += r
-        last[strategy] = r
+        last.setdefault(strategy, r)
     # the automatic model, fitted on the annotated quadrants, with the last uncertainty-round decoder
     auto = {}
     if not args.no_auto:

@@ -40,7 +40,7 @@ from medsam_core.data import (
 from medsam_core.lora import merge_lora
 from medsam_core.losses import DiceCELoss, IoURegressionLoss
 from medsam_core.preprocess import boxes_to_model
-from medsam_core.training import TrainConfig, evaluate, lr_at, package_version, set_trainable
+from medsam_core.training import DEFAULT_LR, TrainConfig, evaluate, lr_at, package_version, set_trainable
 
 
 # -----------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class Config:
     epochs: int = 20
     max_steps: int = 0  # stop early after this many steps (0: run all epochs)
     batch_size: int = 8  # objects per step and process
-    lr: float = 1e-4
+    lr: float = 0.0  # 0: the mode's default (medsam_core.training.DEFAULT_LR)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
@@ -85,6 +85,7 @@ def parse_config() -> Config:
 
 
 cfg = parse_config()
+cfg.lr = cfg.lr or DEFAULT_LR[cfg.mode]
 
 # -----------------------------------------------------------------------------
 # distributed setup: torchrun sets RANK, WORLD_SIZE and LOCAL_RANK

@@ -40,11 +40,6 @@ def register(sub) -> None:
     p.set_defaults(func=run_train)
 
 
-def default_lr(mode: str) -> float:
-    """Learning rates that worked on the DSB2018 benchmark (docs/benchmarks.md, Fine-tuning)."""
-    return {"decoder": 1e-4, "lora": 1e-4, "full": 2e-5}[mode]
-
-
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .cli import check_output, load_from_args, tqdm_progress
@@ -53,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     out = check_output(args.out, (".pt", ".pth"), "checkpoint")
     config = TrainConfig(
-        mode=args.mode, epochs=args.epochs, lr=args.lr or default_lr(args.mode), holdout=args.holdout,
+        mode=args.mode, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
         seed=args.seed, batch_size=args.batch_size, device=args.device, base_model=args.model,
         base_checkpoint=args.checkpoint,
     ).validate()

@@ -39,6 +39,9 @@ from .predictor import Predictor, _geometry_meta
 from .preprocess import boxes_to_model
 
 MODES = ("decoder", "full", "lora")
+# Learning rates that worked on the DSB2018 benchmark (docs/benchmarks.md, "Fine-tuning"):
+# LoRA adapters start at zero and need a 10x larger rate than the decoder; the full encoder a smaller one.
+DEFAULT_LR = {"decoder": 1e-4, "lora": 1e-3, "full": 2e-5}
 StepCallback = Callable[[int, int, float, dict], Any]
 
 
@@ -46,7 +49,8 @@ StepCallback = Callable[[int, int, float, dict], Any]
 class TrainConfig:
     """Everything a fine-tuning run depends on (stored in the checkpoint's metadata).
 
-    lr: peak AdamW learning rate (short linear warm-up, cosine decay to ``min_lr_ratio`` * lr).
+    lr: peak AdamW learning rate (short linear warm-up, cosine decay to ``min_lr_ratio`` * lr);
+    None: the mode's ``DEFAULT_LR`` (filled in by ``validate``).
     box_jitter: each box side moves outward by up to this many image pixels per step.
     flips: random horizontal/vertical flips; in "decoder" mode each flipped image is encoded
     once (3 extra encoder passes per image), see data.py.
@@ -58,7 +62,7 @@ class TrainConfig:
 
     mode: str = "decoder"
     epochs: int = 20
-    lr: float = 1e-4
+    lr: float | None = None
     weight_decay: float = 0.01
     batch_size: int = 8
     holdout: float = 0.25
@@ -82,6 +86,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
             raise TrainingError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.mode]
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),

@@ -134,8 +134,13 @@ def shape_to_box(shapes_layer, i: int, image_layer, dims, channel_axis: int | No
     layers respected); the box is the vertices' extent along the displayed axes, and the plane
     is the shape's own position along the other axes.
     """
+    return vertices_to_box(shapes_layer, shapes_layer.data[i], image_layer, dims, channel_axis)
+
+
+def vertices_to_box(shapes_layer, vertices, image_layer, dims, channel_axis: int | None) -> tuple[Plane, np.ndarray]:
+    """(V, shapes.ndim) rectangle vertices of ``shapes_layer`` -> (Plane, (4,) XYXY box), as shape_to_box."""
     rows, cols = displayed_axes(image_layer, dims, channel_axis)
-    coords = to_image_data(image_layer, layer_to_world(shapes_layer, shapes_layer.data[i], dims.point))
+    coords = to_image_data(image_layer, layer_to_world(shapes_layer, vertices, dims.point))
     plane = plane_of(image_layer, coords, rows, cols, channel_axis)
     y, x = coords[:, rows], coords[:, cols]
     return plane, np.array([x.min(), y.min(), x.max(), y.max()])
@@ -148,15 +153,27 @@ def point_to_xy(points_layer, i: int, image_layer, dims, channel_axis: int | Non
     return plane_of(image_layer, coords, rows, cols, channel_axis), np.array([coords[0, cols], coords[0, rows]])
 
 
-def plane_to_layer(yx, plane: Plane, image_layer, target_layer, dims_point) -> np.ndarray:
-    """(V, 2) (y, x) pixel positions on ``plane`` -> (V, target.ndim) data coordinates of ``target_layer``."""
+def plane_to_world(yx, plane: Plane, image_layer, dims_point) -> np.ndarray:
+    """(V, 2) (y, x) pixel positions on ``plane`` -> (V, D_world) world points."""
     base = to_image_data(image_layer, dims_point)[0]
     for a, p in plane.index:
         base[a] = p
     coords = np.tile(base, (len(yx), 1))
     coords[:, plane.rows], coords[:, plane.cols] = np.asarray(yx, float)[:, 0], np.asarray(yx, float)[:, 1]
-    world = layer_to_world(image_layer, coords, dims_point)
+    return layer_to_world(image_layer, coords, dims_point)
+
+
+def plane_to_layer(yx, plane: Plane, image_layer, target_layer, dims_point) -> np.ndarray:
+    """(V, 2) (y, x) pixel positions on ``plane`` -> (V, target.ndim) data coordinates of ``target_layer``."""
+    world = plane_to_world(yx, plane, image_layer, dims_point)
     return np.array([target_layer.world_to_data(w) for w in world], dtype=float)
+
+
+def box_to_world(box, plane: Plane, image_layer, dims_point) -> tuple[np.ndarray, np.ndarray]:
+    """XYXY box on ``plane`` -> (centre (D_world,), corners (4, D_world)) in world coordinates."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=float)
+    corners = plane_to_world([(y0, x0), (y0, x1), (y1, x1), (y1, x0)], plane, image_layer, dims_point)
+    return corners.mean(axis=0), corners
 
 
 def box_to_vertices(box, plane: Plane, image_layer, target_layer, dims_point) -> np.ndarray:

@@ -5,11 +5,17 @@ never raises. Arrays come from ``medsam_core.io.read_image``: spatial axes (Z, Y
 channels last; NIfTI volumes are transposed from nibabel's (x, y, z) to (z, y, x). The layer's
 ``scale`` is the spacing, and ``metadata["medsam_io_meta"]`` holds ``ImageMeta.to_dict()`` (the
 NIfTI affine and header included) so the labels writer can write labels that overlay the file.
+
+A file with a provenance sidecar beside it (``labels.provenance.json``, see
+``medsam_core.provenance``) is a labels file: it opens as a Labels layer whose
+``metadata["medsam_provenance"]`` holds the loaded ``Provenance``. A corrupt sidecar is skipped
+with a warning (the labels still open, without provenance).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from medsam_core.errors import MedSAMError
@@ -18,6 +24,8 @@ from medsam_core.io import NIFTI_SUFFIXES, TIFF_SUFFIXES, ImageMeta, read_image
 log = logging.getLogger(__name__)
 
 META_KEY = "medsam_io_meta"
+PROV_KEY = "medsam_provenance"  # a Labels layer's medsam_core.provenance.Provenance
+EVENTS_KEY = "medsam_effort_events"  # a Labels layer's list of medsam_core.effort.Event (not saved)
 SUFFIXES = TIFF_SUFFIXES + NIFTI_SUFFIXES
 
 
@@ -67,7 +75,7 @@ def _make_reader(paths: list[str]):
             except MedSAMError as exc:  # e.g. corrupt pixel data behind a valid header
                 log.warning("napari-medsam could not read %s: %s", p, exc)
                 return None
-            layers.append(layer_data(data, meta, _stem(p)))
+            layers.append(_labels_with_provenance(p, data, meta) or layer_data(data, meta, _stem(p)))
         return layers
 
     return reader
@@ -87,3 +95,20 @@ def layer_data(data, meta: ImageMeta, name: str) -> tuple:
             kwargs["name"] = [f"{name} [{c}]" for c in range(data.shape[-1])]
     kwargs["scale"] = scale
     return (data, kwargs, "image")
+
+
+def _labels_with_provenance(path: str, data, meta: ImageMeta) -> tuple | None:
+    """(data, kwargs, "labels") for an integer 2D/3D file with a provenance sidecar, else None."""
+    from medsam_core.provenance import Provenance, sidecar_path
+
+    side = sidecar_path(path)
+    if not side.is_file() or data.dtype.kind not in "biu" or data.ndim not in (2, 3) or "C" in meta.axes:
+        return None
+    _, kwargs, _ = layer_data(data, meta, _stem(path))
+    try:
+        kwargs["metadata"][PROV_KEY] = Provenance.load(path, data)
+    except (MedSAMError, OSError, ValueError) as exc:  # the labels matter more than their history
+        msg = f"napari-medsam: opened {Path(path).name} without its provenance: {exc}"
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+    return (data, kwargs, "labels")

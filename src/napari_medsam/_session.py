@@ -81,6 +81,10 @@ class Session:
         self._loading = False
         self._quiet = 0  # > 0 while the session edits its own prompt layers
         self._syncing = self._resync = False
+        # Bookkeeping after each commit / undo (provenance, effort: _provenance_hook.ProvenanceActions);
+        # called with the Commit; a failure there warns and never costs the user a mask.
+        self.on_commit: Callable | None = None
+        self.on_undo: Callable | None = None
 
     # -- model --------------------------------------------------------------------------------
     def set_model(self, model) -> None:
@@ -363,7 +367,19 @@ class Session:
             L.apply_edit(self.labels_layer, edit)
         self.objects = objects
         self.history.append(commit)
+        self._hook(self.on_commit, commit)
         return commit
+
+    def _hook(self, hook, commit: Commit) -> None:
+        if hook is None:
+            return
+        try:
+            hook(commit)
+        except Exception as exc:  # noqa: BLE001 - the labels are written; only the bookkeeping failed
+            import warnings
+
+            warnings.warn(f"MedSAM: provenance not recorded for {commit.description}: {exc}", stacklevel=2)
+            self.on_status(f"MedSAM: provenance not recorded ({exc})")
 
     def undo(self) -> str:
         """Revert the last commit exactly: pixels, objects and prompt rectangles."""
@@ -373,6 +389,7 @@ class Session:
         for edit in reversed(commit.edits):
             L.apply_edit(self.labels_layer, edit.inverse())
         self.objects = commit.objects_before
+        self._hook(self.on_undo, commit)
         self.rebuild_shapes()
         if commit.points_before is not None:
             from ._sync import restore_points

@@ -29,10 +29,12 @@ from qtpy.QtWidgets import (
 
 from medsam_core import CT_WINDOWS, MODELS, MedSAMError
 
+from ._active_session import ActiveActions
 from ._series_session import SeriesActions
 from ._session import Session
 from ._train_session import TrainActions
 from ._volume_session import VolumeActions
+from ._widget_active import ActivePanel
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_train import TrainPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
@@ -63,6 +65,7 @@ class MedSAMWidget(QWidget):
         self.volume = VolumeActions(self.session)
         self.series = SeriesActions(self.session, self.set_image_layer)
         self.train = TrainActions(self.session, on_model=self.set_model)
+        self.active = ActiveActions(self.session, self.train, self.set_image_layer)  # scripts: widget.active.rank(...)
         self.last_error: str | None = None
         self._build_ui()
         self._wire()
@@ -82,12 +85,10 @@ class MedSAMWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self._model_box())
         lay.addWidget(self._intensity_box())
-        self.volume_panel = VolumePanel(self)
-        lay.addWidget(self.volume_panel)
-        self.series_panel = SeriesPanel(self)
-        lay.addWidget(self.series_panel)
-        self.train_panel = TrainPanel(self)
-        lay.addWidget(self.train_panel)
+        self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
+        self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
+        for panel in (self.volume_panel, self.series_panel, self.train_panel, self.active_panel):
+            lay.addWidget(panel)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)

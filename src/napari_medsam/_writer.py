@@ -5,21 +5,24 @@ Signature of npe2 single-layer writers: ``writer(path, data, meta) -> [paths wri
 image opened by this plugin, ``meta["metadata"]["medsam_io_meta"]`` carries that image's
 ImageMeta (NIfTI affine and header), reused when the labels have the image's shape. Spacing is
 the layer's ``scale`` when it is not all ones, else the stored image spacing. Writes are atomic
-(``medsam_core.io.write_labels``).
+(``medsam_core.io.write_labels``). A layer carrying provenance (``meta["metadata"]["medsam_provenance"]``)
+also gets its sidecar ``<name>.provenance.json``, synced with the labels written and written
+atomically; a provenance failure warns and leaves the labels file written.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from medsam_core.errors import ImageError
+from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
-from ._reader import META_KEY
+from ._reader import META_KEY, PROV_KEY
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,31 @@ def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> lis
     if arr.ndim not in (2, 3):
         raise ImageError(f"only 2D (Y, X) or 3D (Z, Y, X) labels can be saved, got shape {arr.shape}")
     out = write_labels(path, arr, labels_meta(arr, meta))
-    return [str(out)]
+    return [str(out), *_write_provenance(out, arr, meta)]
+
+
+def _write_provenance(labels_path, arr: np.ndarray, meta: dict | None) -> list[str]:
+    """Write the layer's provenance beside ``labels_path`` (synced with ``arr``); [] if it has none."""
+    from medsam_core.provenance import Provenance, sidecar_path
+
+    prov = ((meta or {}).get("metadata") or {}).get(PROV_KEY)
+    if prov is None:
+        if sidecar_path(labels_path).exists():
+            _warn(f"{sidecar_path(labels_path).name} is left from an earlier file: it does not describe "
+                  f"the labels just written to {Path(labels_path).name}; delete it")
+        return []
+    try:
+        prov = Provenance.from_dict(prov) if isinstance(prov, dict) else prov
+        prov.sync_with_labels(arr)  # a person's edits since the last refresh are flagged now
+        return [str(prov.save(labels_path))]
+    except (MedSAMError, OSError, ValueError, AttributeError) as exc:
+        _warn(f"labels saved to {Path(labels_path).name}, but not their provenance: {exc}")
+        return []
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(f"napari-medsam: {msg}", stacklevel=3)
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:

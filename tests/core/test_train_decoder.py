@@ -68,6 +68,18 @@ def test_logits_and_gradients_match_the_reference(lite_model, batch):
     assert checked > 50
 
 
+def test_gradient_reaches_the_image_embedding(lite_model, batch):
+    """full / LoRA modes train the encoder through the embedding's gradient: it must match too."""
+    grads = {}
+    for fast in (True, False):
+        emb = batch.embedding.clone().requires_grad_(True)
+        logits, iou = forward(lite_model, Batch(batch.boxes, batch.targets, embedding=emb), fast=fast)
+        (DiceCELoss()(logits, batch.targets) + IoURegressionLoss()(iou, logits, batch.targets)).backward()
+        grads[fast] = emb.grad
+    assert grads[False].norm() > 0
+    assert (grads[True] - grads[False]).norm() / grads[False].norm() < 0.02
+
+
 def test_windows_cover_the_target_even_when_the_prompt_is_smaller(lite_model, batch):
     small = batch.boxes.clone()
     centre = (small[:, :2] + small[:, 2:]) / 2

@@ -1,0 +1,316 @@
+"""The "Active learning" section of the MedSAM widget: layout and wiring over _active_session.ActiveActions."""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medsam_core import MedSAMError
+
+from ._active_session import SOURCES
+
+SUGGESTION_COLUMNS = ("#", "image", "z", "score", "iou_pred", "stability", "agreement")
+EFFORT_COLUMNS = ("round", "objects", "s / object", "prompts / object", "accepted", "Dice")
+METRICS = (  # (RoundStats field, title, fixed top of the y axis or None)
+    ("seconds_per_object", "seconds / object", None),
+    ("prompts_per_object", "prompts / object", None),
+    ("accepted_share", "accepted without edits", 1.0),
+    ("mean_dice", "Dice model vs kept", 1.0),
+)
+
+
+def _table(columns, height: int) -> QTableWidget:
+    t = QTableWidget(0, len(columns))
+    t.setHorizontalHeaderLabels(list(columns))
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    t.verticalHeader().setVisible(False)
+    t.setMaximumHeight(height)
+    return t
+
+
+def _fill(table: QTableWidget, rows) -> None:
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            table.setItem(r, c, QTableWidgetItem(_fmt(value)))
+    table.resizeColumnsToContents()
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+class EffortPlot(QWidget):
+    """Four tiny plots (seconds and prompts per object, accepted share, Dice) over fine-tuning rounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list = []
+        self.setMinimumHeight(120)
+
+    def set_rows(self, rows) -> None:
+        self.rows = [r for r in rows if r.round is not None]  # objects painted by hand have no round
+        self.update()
+
+    def cell(self, k: int) -> tuple[float, float, float, float]:
+        """(x, y, w, h) of plot ``k`` (2 x 2 grid) in widget pixels."""
+        w, h = self.width() / 2, self.height() / 2
+        return (k % 2) * w, (k // 2) * h, w, h
+
+    def points(self, k: int) -> list[tuple[float, float]]:
+        """Polyline of metric ``k`` in widget pixels: x grows with the round, y up with the value."""
+        name, _, top = METRICS[k]
+        vals = [(i, float(getattr(r, name))) for i, r in enumerate(self.rows)]
+        vals = [(i, v) for i, v in vals if math.isfinite(v)]
+        if not vals:
+            return []
+        x0, y0, w, h = self.cell(k)
+        m, head = 5.0, 16.0
+        hi = top if top is not None else max(v for _, v in vals) or 1.0
+        dx = (w - 2 * m) / max(len(self.rows) - 1, 1)
+        return [(x0 + m + i * dx, y0 + h - m - v / hi * (h - head - m)) for i, v in vals]
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        for k, (name, title, _) in enumerate(METRICS):
+            x0, y0, w, h = self.cell(k)
+            painter.setPen(QPen(Qt.GlobalColor.gray))
+            painter.drawRect(int(x0), int(y0), int(w) - 1, int(h) - 1)
+            last = _fmt(float(getattr(self.rows[-1], name))) if self.rows else "-"
+            painter.drawText(int(x0) + 4, int(y0) + 12, f"{title}: {last}")
+            pts = self.points(k)
+            painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
+            for x, y in pts:
+                painter.drawEllipse(QPointF(x, y), 2.0, 2.0)
+            if len(pts) > 1:
+                painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
+        painter.end()
+
+
+class ActivePanel(QGroupBox):
+    """Suggestions (source, top-k, Rank, table: click to jump), automatic proposals; classes (picker,
+    add, assign, label -> class table); effort per round (table + plot); Refresh and save/load."""
+
+    def __init__(self, widget):
+        super().__init__("Active learning")
+        self.widget = widget
+        self.actions = widget.active
+        lay = QVBoxLayout(self)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._suggest_tab(), "Suggest")
+        self.tabs.addTab(self._classes_tab(), "Classes")
+        self.tabs.addTab(self._effort_tab(), "Effort")
+        lay.addWidget(self.tabs)
+        row = QHBoxLayout()
+        self.refresh_btn = QPushButton("Refresh")
+        self.refresh_btn.setToolTip("Detect edits made by hand, update the class table and the effort per round")
+        self.save_btn, self.load_btn = QPushButton("Save provenance..."), QPushButton("Load provenance...")
+        for b in (self.refresh_btn, self.save_btn, self.load_btn):
+            row.addWidget(b)
+        lay.addLayout(row)
+        self._wire()
+        self.refresh()
+
+    def _suggest_tab(self) -> QWidget:
+        tab = QWidget()
+        lay = QVBoxLayout(tab)
+        form = QFormLayout()
+        self.source_combo = QComboBox()
+        for key, text in SOURCES.items():
+            self.source_combo.addItem(text, key)
+        self.topk_spin = QSpinBox()
+        self.topk_spin.setRange(1, 500)
+        self.topk_spin.setValue(10)
+        self.all_check = QCheckBox("All open images (each with a Labels layer of its shape)")
+        form.addRow("Candidates", self.source_combo)
+        form.addRow("Top k", self.topk_spin)
+        lay.addLayout(form)
+        lay.addWidget(self.all_check)
+        self.rank_btn = QPushButton("Rank")
+        lay.addWidget(self.rank_btn)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+        self.table = _table(SUGGESTION_COLUMNS, 220)
+        self.table.setToolTip("Click a row to go to its box")
+        lay.addWidget(self.table)
+        self.propose_btn = QPushButton("Propose objects")
+        self.propose_btn.setToolTip("Learn from the labelled objects, propose the objects of this image in "
+                                    "a new layer 'MedSAM proposals' (your labels are not touched)")
+        lay.addWidget(self.propose_btn)
+        self.propose_label = QLabel(self.actions.proposal_status)
+        self.propose_label.setWordWrap(True)
+        lay.addWidget(self.propose_label)
+        return tab
+
+    def _classes_tab(self) -> QWidget:
+        tab = QWidget()
+        lay = QVBoxLayout(tab)
+        form = QFormLayout()
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("New objects get this class")
+        form.addRow("Class of new objects", self.class_combo)
+        row = QHBoxLayout()
+        self.class_edit, self.add_class_btn = QLineEdit(), QPushButton("Add class")
+        self.class_edit.setPlaceholderText("new class name")
+        row.addWidget(self.class_edit)
+        row.addWidget(self.add_class_btn)
+        form.addRow(row)
+        lay.addLayout(form)
+        self.assign_btn = QPushButton("Assign class to selected label")
+        lay.addWidget(self.assign_btn)
+        self.class_table = _table(("label", "class"), 160)
+        lay.addWidget(self.class_table)
+        return tab
+
+    def _effort_tab(self) -> QWidget:
+        tab = QWidget()
+        lay = QVBoxLayout(tab)
+        self.effort_table = _table(EFFORT_COLUMNS, 130)
+        lay.addWidget(self.effort_table)
+        self.effort_plot = EffortPlot()
+        lay.addWidget(self.effort_plot)
+        return tab
+
+    def _wire(self) -> None:
+        w, a = self.widget, self.actions
+        self.rank_btn.clicked.connect(lambda: w._try(self._on_rank))
+        self.table.cellClicked.connect(lambda row, _col: w._try(self._on_jump, row))
+        self.propose_btn.clicked.connect(lambda: w._try(self._started, a.propose))
+        self.add_class_btn.clicked.connect(lambda: w._try(self._on_add_class))
+        self.class_edit.returnPressed.connect(lambda: w._try(self._on_add_class))
+        self.class_combo.activated.connect(lambda _: w._try(self._on_class_chosen))
+        self.assign_btn.clicked.connect(lambda: w._try(self._on_assign))
+        self.refresh_btn.clicked.connect(lambda: w._try(self.refresh_all))
+        self.save_btn.clicked.connect(lambda: w._try(self._on_save))
+        self.load_btn.clicked.connect(lambda: w._try(self._on_load))
+        a.on_progress = self._on_progress
+        a.on_finished = self._on_finished
+        a.on_changed = self.refresh
+        # after the widget's own handlers (which may switch the labels layer)
+        w.viewer.layers.events.inserted.connect(self._on_layers, position="last")
+        w.viewer.layers.events.removed.connect(self._on_layers, position="last")
+        w.labels_combo.activated.connect(lambda _: self.refresh())
+
+    # -- handlers -------------------------------------------------------------------------------
+    def _started(self, func, *args) -> None:
+        self.rank_btn.setEnabled(False)
+        self.propose_btn.setEnabled(False)
+        self.progress.setRange(0, 0)  # busy until the first step
+        try:
+            func(*args)
+        except MedSAMError:
+            self._on_finished("error")
+            raise
+
+    def _on_rank(self) -> None:
+        self._started(self.actions.rank, self.source_combo.currentData(), self.topk_spin.value(),
+                      self.all_check.isChecked())
+
+    def _on_jump(self, row: int) -> None:
+        self.actions.jump(row)
+        self.table.selectRow(row)
+        self.refresh()
+
+    def _on_add_class(self) -> None:
+        self.actions.add_class(self.class_edit.text())
+        self.class_edit.clear()
+        self.refresh()
+
+    def _on_class_chosen(self) -> None:
+        self.actions.set_class(int(self.class_combo.currentData()))
+
+    def _on_assign(self) -> None:
+        self.actions.assign_selected()
+        self.refresh()
+
+    def _on_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Labels file the provenance belongs to", "labels.tif",
+                                              "Labels (*.tif *.tiff *.nii *.nii.gz)")
+        if path:
+            out = self.actions.save_provenance(path)
+            self.widget._show_status(f"MedSAM: provenance saved to {out}")
+
+    def _on_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Labels file whose provenance to load", "",
+                                              "Labels (*.tif *.tiff *.nii *.nii.gz)")
+        if path:
+            self.actions.load_provenance(path)
+            self.refresh()
+
+    def _on_layers(self, event=None) -> None:
+        self.refresh()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(int(total), 1))
+        self.progress.setValue(min(int(done), max(int(total), 1)))
+
+    def _on_finished(self, what: str) -> None:
+        self.rank_btn.setEnabled(True)
+        self.propose_btn.setEnabled(True)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if what != "error" else 0)
+        if what == "ranked":
+            self.show_suggestions()
+        self.propose_label.setText(self.actions.proposal_status)
+        self.refresh()
+
+    # -- state -> view --------------------------------------------------------------------------
+    def show_suggestions(self) -> None:
+        rows = []
+        for k, sug in enumerate(self.actions.suggestions, start=1):
+            c = sug.components
+            rows.append((k, str(sug.image_id), sug.z, sug.score, c.get("iou_pred"), c.get("stability"),
+                         c.get("agreement")))
+        _fill(self.table, rows)
+
+    def refresh_all(self) -> None:
+        """Detect edits (sync), then the class table and the effort per round."""
+        rows = self.actions.effort()  # syncs first
+        _fill(self.effort_table, [(r.round if r.round is not None else "by hand", r.objects, r.seconds_per_object,
+                                   r.prompts_per_object, r.accepted_share, r.mean_dice) for r in rows])
+        self.effort_plot.set_rows(rows)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Class picker and label -> class table of the widget's labels layer (no sync: cheap)."""
+        try:
+            prov = self.actions.provenance()
+        except MedSAMError:  # no labels layer yet
+            self.class_combo.clear()
+            _fill(self.class_table, [])
+            return
+        self.class_combo.clear()
+        for cid, name in sorted(prov.classes.names.items()):
+            self.class_combo.addItem(name, cid)
+        self.class_combo.setCurrentIndex(self.class_combo.findData(prov.classes.default))
+        _fill(self.class_table, self.actions.class_table())
