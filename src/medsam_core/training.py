@@ -315,7 +315,9 @@ def fit(model, data: TrainingData, config: TrainConfig | None = None, on_step: S
     before = evaluate(model, heldout, cache, intensity, channel)
     source = _Source(model, data, config, cache, intensity, channel)
     work = copy.deepcopy(model).to(device).eval()
-    params = set_trainable(work, config)
+    with torch.random.fork_rng(devices=[]):  # LoRA adapters start from config.seed, not the caller's RNG state
+        torch.manual_seed(config.seed)
+        params = set_trainable(work, config)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(config.dice_weight, config.ce_weight)
     iou_fn = IoURegressionLoss() if config.iou_weight > 0 else None

@@ -18,11 +18,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -73,7 +76,15 @@ class MedSAMWidget(QWidget):
 
     # -- layout -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        lay = QVBoxLayout(self)
+        # Everything sits in a scroll area: the dock stays usable on a laptop-height screen.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll, content = QScrollArea(), QWidget()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        lay = QVBoxLayout(content)
         form = QFormLayout()
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         self.channel_axis_combo, self.channel_combo = QComboBox(), QComboBox()
@@ -85,10 +96,6 @@ class MedSAMWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self._model_box())
         lay.addWidget(self._intensity_box())
-        self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
-        self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
-        for panel in (self.volume_panel, self.series_panel, self.train_panel, self.active_panel):
-            lay.addWidget(panel)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)
@@ -102,16 +109,31 @@ class MedSAMWidget(QWidget):
         row.addWidget(self.segment_btn)
         row.addWidget(self.undo_btn)
         lay.addLayout(row)
+        self.status_label = QLabel("MedSAM: ready")
+        self.status_label.setWordWrap(True)
+        lay.addWidget(self.status_label)
+        # The less frequent workflows as tabs, so the dock is not a screen and a half tall.
+        self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
+        self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
+        self.tabs = QTabWidget()
+        for panel, name in ((self.volume_panel, "3D"), (self.series_panel, "Series"),
+                            (self.train_panel, "Fine-tune"), (self.active_panel, "Active learning")):
+            panel.setTitle("")
+            panel.setFlat(True)
+            page = QWidget()  # top-aligned: a short panel does not spread over the tallest one's height
+            page_lay = QVBoxLayout(page)
+            page_lay.setContentsMargins(0, 0, 0, 0)
+            page_lay.addWidget(panel)
+            page_lay.addStretch(1)
+            self.tabs.addTab(page, name)
+        lay.addWidget(self.tabs)
         keys = "<br>".join(f"<b>{qt}</b>: {what}" for _, qt, what, _ in SHORTCUTS)
         self.help_label = QLabel(
             "Draw rectangles on <i>MedSAM boxes</i>; move or resize one to redo its object. "
             f"Click points on <i>MedSAM points</i> to refine.<br>{keys}"
         )
         self.help_label.setWordWrap(True)
-        self.status_label = QLabel("MedSAM: ready")
-        self.status_label.setWordWrap(True)
         lay.addWidget(self.help_label)
-        lay.addWidget(self.status_label)
         lay.addStretch(1)
 
     def _model_box(self) -> QGroupBox:
