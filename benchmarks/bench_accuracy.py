@@ -105,8 +105,8 @@ def ours(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def score(masks, labels, ids) -> dict:
     from medsam_core.metrics import dice, nsd
 
-    d = np.array([dice(m, labels == i) for m, i in zip(masks, ids)])
-    n = np.array([nsd(m, labels == i, tolerance=2.0) for m, i in zip(masks, ids)])
+    d = np.array([dice(m, labels == i) for m, i in zip(masks, ids, strict=True)])
+    n = np.array([nsd(m, labels == i, tolerance=2.0) for m, i in zip(masks, ids, strict=True)])
     return {"dice_mean": d.mean(), "dice_median": float(np.median(d)), "nsd2_mean": n.mean(),
             "nsd2_median": float(np.median(n)), "per_object_dice": d}
 
@@ -130,7 +130,7 @@ def main() -> int:
     from medsam_core.metrics import dice
 
     same = np.array([dice(a, b) for a, b in zip(agreement["ours (medsam_core)"],
-                                                  agreement["official LiteMedSAM steps"])])
+                                                  agreement["official LiteMedSAM steps"], strict=True)])
     print(f"# {DATA.name}: {len(ids)} objects, boxes = reference bbox + 0-5 px; "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, python {sys.version.split()[0]}")
     print("| pipeline | mean Dice | median Dice | mean NSD@2px | median NSD@2px |")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # benchmarks/_machine.py (scripts run from benchmarks/ on sys.path)
 
-from _machine import cpu_model  # noqa: I001  (benchmarks/ is on sys.path when run as a script)
 from medsam_core import EmbeddingCache, Predictor, load_model
 from medsam_core.data import make_training_data
 from medsam_core.losses import DiceCELoss, IoURegressionLoss

@@ -120,6 +120,11 @@ class FineTuneSession:
     def can_rollback(self) -> bool:
         return bool(self._previous)
 
+    @property
+    def previous_model(self):
+        """The model that was active before the current one (what ``rollback`` restores), or None."""
+        return self._previous[-1] if self._previous else None
+
     def rollback(self):
         """Make the previously active model active again; returns it."""
         if not self._previous:

@@ -186,9 +186,9 @@ class ActiveActions(ProvenanceActions):
     def previous_model(self):
         """The model that was active before the served one (the fine-tune guard's rollback target), or None."""
         guard = getattr(self.train, "guard", None)
-        if guard is None or guard.active_model is not self.s.model or not guard.can_rollback:
+        if guard is None or guard.active_model is not self.s.model:
             return None
-        return guard._previous[-1]  # FineTuneSession keeps no public name for it
+        return guard.previous_model
 
     def _predictor(self) -> Predictor:
         s = self.s

@@ -298,8 +298,11 @@ def test_guard_accepts_better_refuses_worse_and_rolls_back(tiny_model, tmp_path,
     assert not r2.accepted and r2.dice_active == 0.7 and session.active_model is r1.model
     r3 = session.run_round(data, force=True)
     assert r3.accepted and r3.forced and session.active_model is r3.model
+    assert session.previous_model is r1.model
     assert session.rollback() is r1.model
+    assert session.previous_model is tiny_model
     assert session.rollback() is tiny_model
+    assert session.previous_model is None
     with pytest.raises(TrainingError, match="nothing to roll back"):
         session.rollback()
     files = sorted(p.name for p in tmp_path.iterdir())
