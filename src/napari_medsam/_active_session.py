@@ -272,7 +272,7 @@ class ActiveActions(ProvenanceActions):
         colors = ["cyan" if k == highlight else "magenta" for k in mine]
         layer = Shapes(verts, shape_type="rectangle", name=SUGGESTIONS, ndim=img.ndim, scale=img.scale,
                        translate=img.translate, edge_color=colors, face_color="transparent",
-                       edge_width=[3 if k == highlight else 1.5 for k in mine], features={"rank": [k + 1 for k in mine]},
+                       edge_width=[_edge_width(self.suggestions[k].box, k == highlight) for k in mine], features={"rank": [k + 1 for k in mine]},
                        text={"string": "{rank}", "color": "magenta", "anchor": "upper_left", "size": 9})
         s.viewer.add_layer(layer)
         if highlight in mine:
@@ -346,3 +346,10 @@ class ActiveActions(ProvenanceActions):
             s.viewer.layers.selection.active = s.shapes_layer
         s.on_status(f"MedSAM: {self.proposal_status}")
         self.on_finished("proposed")
+
+
+def _edge_width(box, highlight: bool) -> float:
+    """Edge width in pixels, relative to the box so a zoomed-in box is not hidden by its own outline."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width = max(0.5, min(x1 - x0, y1 - y0) / 30)
+    return 2 * width if highlight else width
