@@ -47,6 +47,23 @@ class Event:
             raise MedSAMError(f"event time must be a finite number of seconds; got {self.time}")
 
 
+def attach_events(provenance: Provenance, events: Iterable[Event]) -> Provenance:
+    """Store ``events`` in ``provenance.events`` (saved in the sidecar with the records); returns it."""
+    provenance.events = [(float(e.time), str(e.kind), int(e.label)) for e in events]
+    return provenance
+
+
+def saved_events(provenance: Provenance) -> list[Event]:
+    """The event log saved in ``provenance`` as Events (malformed entries are skipped)."""
+    out = []
+    for t, kind, label in provenance.events:
+        try:
+            out.append(Event(t, kind, label))
+        except (MedSAMError, TypeError, ValueError):
+            continue
+    return out
+
+
 @dataclass
 class ObjectEffort:
     label: int

@@ -161,6 +161,9 @@ class Provenance:
     def __init__(self, classes: ClassTable | None = None):
         self.classes = classes or ClassTable()
         self.records: dict[int, ObjectRecord] = {}
+        # The annotation event log (time s, "prompt" | "commit", label id), saved with the records so
+        # that effort per round (effort.py, which reads these as effort.Event) survives a restart.
+        self.events: list[tuple[float, str, int]] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -246,6 +249,7 @@ class Provenance:
             "classes": {str(k): v for k, v in self.classes.names.items()},
             "default_class": self.classes.default,
             "objects": [r.to_dict() for r in sorted(self.records.values(), key=lambda r: r.label)],
+            "events": [[float(t), str(k), int(label)] for t, k, label in self.events],
         }
 
     @classmethod
@@ -263,6 +267,7 @@ class Provenance:
                 if rec.class_id not in out.classes.names:
                     raise ProvenanceError(f"object {rec.label} has class {rec.class_id}, missing from the table")
                 out.records[rec.label] = rec
+            out.events = [(float(t), str(k), int(label)) for t, k, label in d.get("events", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ProvenanceError):
                 raise

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from medsam_core import MedSAMError
-from medsam_core.effort import Event, round_table
+from medsam_core.effort import Event, attach_events, round_table, saved_events
 from medsam_core.provenance import Prompt, Provenance
 
 from . import _layers as L
@@ -173,13 +173,14 @@ class ProvenanceActions:
     def save_provenance(self, labels_path):
         """Write the provenance beside ``labels_path`` (``<stem>.provenance.json``); returns its path."""
         self.sync()
-        return self.provenance().save(labels_path)
+        return attach_events(self.provenance(), events_of(self._labels())).save(labels_path)
 
     def load_provenance(self, labels_path) -> Provenance:
         """Read the provenance beside ``labels_path`` into the labels layer (ids it lacks are dropped)."""
         lab = self._labels()
         prov = Provenance.load(labels_path, np.asarray(lab.data))
         lab.metadata[PROV_KEY] = prov
+        lab.metadata[EVENTS_KEY] = saved_events(prov)
         return prov
 
 

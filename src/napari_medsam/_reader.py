@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 META_KEY = "medsam_io_meta"
 PROV_KEY = "medsam_provenance"  # a Labels layer's medsam_core.provenance.Provenance
-EVENTS_KEY = "medsam_effort_events"  # a Labels layer's list of medsam_core.effort.Event (not saved)
+EVENTS_KEY = "medsam_effort_events"  # a Labels layer's list of medsam_core.effort.Event (saved in the sidecar)
 SUFFIXES = TIFF_SUFFIXES + NIFTI_SUFFIXES
 
 
@@ -99,6 +99,7 @@ def layer_data(data, meta: ImageMeta, name: str) -> tuple:
 
 def _labels_with_provenance(path: str, data, meta: ImageMeta) -> tuple | None:
     """(data, kwargs, "labels") for an integer 2D/3D file with a provenance sidecar, else None."""
+    from medsam_core.effort import saved_events
     from medsam_core.provenance import Provenance, sidecar_path
 
     side = sidecar_path(path)
@@ -106,7 +107,9 @@ def _labels_with_provenance(path: str, data, meta: ImageMeta) -> tuple | None:
         return None
     _, kwargs, _ = layer_data(data, meta, _stem(path))
     try:
-        kwargs["metadata"][PROV_KEY] = Provenance.load(path, data)
+        prov = Provenance.load(path, data)
+        kwargs["metadata"][PROV_KEY] = prov
+        kwargs["metadata"][EVENTS_KEY] = saved_events(prov)
     except (MedSAMError, OSError, ValueError) as exc:  # the labels matter more than their history
         msg = f"napari-medsam: opened {Path(path).name} without its provenance: {exc}"
         log.warning(msg)

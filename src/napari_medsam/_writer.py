@@ -22,7 +22,7 @@ import numpy as np
 from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
-from ._reader import META_KEY, PROV_KEY
+from ._reader import EVENTS_KEY, META_KEY, PROV_KEY
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,11 @@ def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> lis
 
 def _write_provenance(labels_path, arr: np.ndarray, meta: dict | None) -> list[str]:
     """Write the layer's provenance beside ``labels_path`` (synced with ``arr``); [] if it has none."""
+    from medsam_core.effort import attach_events
     from medsam_core.provenance import Provenance, sidecar_path
 
-    prov = ((meta or {}).get("metadata") or {}).get(PROV_KEY)
+    layer_meta = (meta or {}).get("metadata") or {}
+    prov = layer_meta.get(PROV_KEY)
     if prov is None:
         if sidecar_path(labels_path).exists():
             _warn(f"{sidecar_path(labels_path).name} is left from an earlier file: it does not describe "
@@ -74,6 +76,8 @@ def _write_provenance(labels_path, arr: np.ndarray, meta: dict | None) -> list[s
     try:
         prov = Provenance.from_dict(prov) if isinstance(prov, dict) else prov
         prov.sync_with_labels(arr)  # a person's edits since the last refresh are flagged now
+        if layer_meta.get(EVENTS_KEY) is not None:  # the effort log travels with the records
+            attach_events(prov, layer_meta[EVENTS_KEY])
         return [str(prov.save(labels_path))]
     except (MedSAMError, OSError, ValueError, AttributeError) as exc:
         _warn(f"labels saved to {Path(labels_path).name}, but not their provenance: {exc}")

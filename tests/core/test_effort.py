@@ -136,3 +136,15 @@ def test_simulated_annotator_bookkeeping():
     rnd = bench.simulate(pool, "random", 2, 4, known0, lambda m: SquarePredictor(m, labels), train,
                          log=lambda *_: None)
     assert sorted(rnd[0]["chosen"] + rnd[1]["chosen"]) == list(range(8))
+
+
+def test_events_saved_in_the_provenance_and_read_back():
+    from medsam_core.effort import attach_events, saved_events
+
+    prov = Provenance()
+    events = [Event(1.0, "prompt", 3), Event(2.0, "commit", 3)]
+    assert attach_events(prov, events) is prov and prov.events == [(1.0, "prompt", 3), (2.0, "commit", 3)]
+    back = Provenance.from_dict(prov.to_dict())
+    assert saved_events(back) == events
+    back.events.append((3.0, "paint", 4))  # a kind this version does not know: skipped, not fatal
+    assert saved_events(back) == events

@@ -59,6 +59,7 @@ def test_round_trip_beside_labels(tmp_path):
     lab = _labels()
     path = write_labels(tmp_path / "labels.tif", lab)
     p = _prov(lab)
+    p.events = [(10.0, "prompt", 1), (12.5, "commit", 1), (20.0, "commit", 2)]
     js = p.save(path)
     assert js == tmp_path / "labels.provenance.json" and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     q = Provenance.load(path, lab)
@@ -68,6 +69,10 @@ def test_round_trip_beside_labels(tmp_path):
     assert r1.created == "2024-01-01T00:00:00+00:00" and r1.area == 150 and not r1.edited_by_person
     assert q[2].class_id == 2 and q.classes.names[2] == "debris" and q[2].prompts[0].kind == "point"
     assert np.array_equal(q.model_mask(2, lab.shape), lab == 2)
+    assert q.events == p.events  # the effort log survives a restart
+    d = q.to_dict()
+    del d["events"]  # a sidecar written before events were saved still loads
+    assert Provenance.from_dict(d).events == []
 
 
 def test_edit_detection_paint_and_delete():

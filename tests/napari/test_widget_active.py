@@ -13,7 +13,7 @@ from qtpy.QtCore import Qt
 
 from medsam_core.provenance import sidecar_path
 from medsam_core.samples import nuclei
-from napari_medsam._reader import PROV_KEY, napari_get_reader
+from napari_medsam._reader import EVENTS_KEY, PROV_KEY, napari_get_reader
 
 from .conftest import big_objects, ref_box
 
@@ -187,6 +187,9 @@ def test_writer_writes_the_sidecar_reader_reads_it_corrupt_sidecar_warns(sample_
     np.testing.assert_array_equal(data, lab.data)
     back = kwargs["metadata"][PROV_KEY]
     assert back.to_dict() == lab.metadata[PROV_KEY].to_dict() and sorted(back.records) == sorted(got)
+    events = [(e.time, e.kind, e.label) for e in lab.metadata[EVENTS_KEY]]
+    assert {e[2] for e in events if e[1] == "commit"} == set(got)  # the effort log is saved too
+    assert [(e.time, e.kind, e.label) for e in kwargs["metadata"][EVENTS_KEY]] == events
     [layer] = viewer.open(str(path), plugin="napari-medsam")  # through napari: a Labels layer with provenance
     assert isinstance(layer, Labels) and layer.metadata[PROV_KEY].to_dict() == back.to_dict()
 
