@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from medsam_core.provenance import Provenance
 from medsam_core.samples import nuclei
+from napari_medsam._reader import PROV_KEY
 
 from .conftest import big_objects, dice, ref_box
 
@@ -49,6 +51,8 @@ def test_series_autosave_resume_and_prefetch(open_widget, folder, tmp_path):
     assert widget.next_image() == 1
     saved = tifffile.imread(out / "img0.tif")
     np.testing.assert_array_equal(saved, drawn)  # labels of image 0 written on moving on
+    prov = Provenance.load(out / "img0.tif", saved)  # with the provenance sidecar beside them
+    assert sorted(prov.records) == [lid] and prov[lid].prompts[0].kind == "box" and prov.events
     assert widget.session.image_layer.data.shape == (128, 128)
     assert not widget.labels_layer.data.any()  # image 1 starts empty
     assert len([ly for ly in viewer.layers if ly.name.startswith("MedSAM labels")]) == 1
@@ -63,3 +67,4 @@ def test_series_autosave_resume_and_prefetch(open_widget, folder, tmp_path):
     assert widget2.open_series(src, out) == 1
     assert widget2.previous_image() == 0  # done images open with their saved labels
     np.testing.assert_array_equal(widget2.labels_layer.data, drawn)
+    assert sorted(widget2.labels_layer.metadata[PROV_KEY].records) == [lid]  # provenance read back too
