@@ -56,7 +56,7 @@ class TrainConfig:
     once (3 extra encoder passes per image), see data.py.
     holdout: fraction of the objects held out for the guard (at least one).
     iou_weight: weight of the IoU-head regression loss (0 turns it off).
-    fast_decoder: train through ``modeling.train_decoder`` (about 4x faster on a CPU; the same
+    fast_decoder: train through ``modeling.train_decoder`` (about 5x faster per step on a CPU; the same
     gradients apart from far-background cross-entropy terms) instead of segment-anything's forward.
     """
 

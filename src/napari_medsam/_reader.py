@@ -99,19 +99,30 @@ def layer_data(data, meta: ImageMeta, name: str) -> tuple:
 
 def _labels_with_provenance(path: str, data, meta: ImageMeta) -> tuple | None:
     """(data, kwargs, "labels") for an integer 2D/3D file with a provenance sidecar, else None."""
-    from medsam_core.effort import saved_events
-    from medsam_core.provenance import Provenance, sidecar_path
+    from medsam_core.provenance import sidecar_path
 
     side = sidecar_path(path)
     if not side.is_file() or data.dtype.kind not in "biu" or data.ndim not in (2, 3) or "C" in meta.axes:
         return None
     _, kwargs, _ = layer_data(data, meta, _stem(path))
-    try:
-        prov = Provenance.load(path, data)
-        kwargs["metadata"][PROV_KEY] = prov
-        kwargs["metadata"][EVENTS_KEY] = saved_events(prov)
-    except (MedSAMError, OSError, ValueError) as exc:  # the labels matter more than their history
-        msg = f"napari-medsam: opened {Path(path).name} without its provenance: {exc}"
-        log.warning(msg)
-        warnings.warn(msg, stacklevel=2)
+    kwargs["metadata"].update(read_provenance(path, data))
     return (data, kwargs, "labels")
+
+
+def read_provenance(labels_path, labels) -> dict:
+    """Labels-layer metadata entries from the sidecar beside ``labels_path``: {PROV_KEY: Provenance,
+    EVENTS_KEY: [Event]}, or {} when there is none or it cannot be read (warned: the labels matter
+    more than their history). Used by this reader and the image series."""
+    from medsam_core.effort import saved_events
+    from medsam_core.provenance import Provenance, sidecar_path
+
+    if not sidecar_path(labels_path).is_file():
+        return {}
+    try:
+        prov = Provenance.load(labels_path, labels)
+    except (MedSAMError, OSError, ValueError) as exc:
+        msg = f"napari-medsam: opened {Path(labels_path).name} without its provenance: {exc}"
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+        return {}
+    return {PROV_KEY: prov, EVENTS_KEY: saved_events(prov)}

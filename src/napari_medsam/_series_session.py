@@ -10,17 +10,15 @@ Predictor sharing the session's cache, so the session's ``set_image`` is a cache
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from medsam_core import MedSAMError, Predictor
-from medsam_core.effort import attach_events, saved_events
 from medsam_core.errors import ImageError
-from medsam_core.provenance import Provenance, sidecar_path
 
-from ._reader import EVENTS_KEY, PROV_KEY
+from ._reader import read_provenance
+from ._writer import write_provenance
 
 IMAGE = "MedSAM series"
 
@@ -63,32 +61,9 @@ class SeriesActions:
         if lab is None or lab not in self.s.viewer.layers or not np.asarray(lab.data).any():
             return None
         path = series.save(np.asarray(lab.data))
-        self._save_provenance(lab, path)
+        write_provenance(path, np.asarray(lab.data), lab.metadata)  # the sidecar beside them, if recorded
         self.s.on_status(f"MedSAM: saved {path.name}")
         return path
-
-    def _save_provenance(self, lab, path: Path) -> None:
-        """The labels' provenance and effort log beside the saved labels (never fails the save)."""
-        prov = lab.metadata.get(PROV_KEY)
-        if prov is None:
-            return
-        try:
-            prov = Provenance.from_dict(prov) if isinstance(prov, dict) else prov
-            prov.sync_with_labels(np.asarray(lab.data))
-            attach_events(prov, lab.metadata.get(EVENTS_KEY) or []).save(path)
-        except (MedSAMError, OSError, ValueError) as exc:
-            warnings.warn(f"labels saved to {path.name}, but not their provenance: {exc}", stacklevel=2)
-
-    @staticmethod
-    def _load_provenance(labels_path: Path, labels) -> Provenance | None:
-        """The provenance saved beside ``labels_path``, or None (none there, or unreadable: warned)."""
-        if not sidecar_path(labels_path).is_file():
-            return None
-        try:
-            return Provenance.load(labels_path, labels)
-        except (MedSAMError, OSError, ValueError) as exc:
-            warnings.warn(f"opened {labels_path.name} without its provenance: {exc}", stacklevel=2)
-            return None
 
     def next(self) -> int | None:
         series = self._require()
@@ -106,18 +81,17 @@ class SeriesActions:
         if not 0 <= i < len(series):
             raise MedSAMError(f"image {i} is outside the series (0..{len(series) - 1})")
         image, _ = series.load(i)  # read first: a bad file changes nothing
-        labels, prov = None, None
+        labels, prov = None, {}
         if series.is_done(i):
             labels, _ = read_image(series.output_path(i))
             labels = np.asarray(labels).astype(np.int32)
-            prov = self._load_provenance(series.output_path(i), labels)
+            prov = read_provenance(series.output_path(i), labels)
         if save and self.image_layer is not None:
             self.save()
         series.go(i)
         self._show(image, labels, series.current.name)
-        if prov is not None and self.s.labels_layer is not None:
-            self.s.labels_layer.metadata[PROV_KEY] = prov
-            self.s.labels_layer.metadata[EVENTS_KEY] = saved_events(prov)
+        if prov and self.s.labels_layer is not None:
+            self.s.labels_layer.metadata.update(prov)
         self.prefetch()
         return i
 

@@ -58,15 +58,17 @@ def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> lis
     if arr.ndim not in (2, 3):
         raise ImageError(f"only 2D (Y, X) or 3D (Z, Y, X) labels can be saved, got shape {arr.shape}")
     out = write_labels(path, arr, labels_meta(arr, meta))
-    return [str(out), *_write_provenance(out, arr, meta)]
+    return [str(out), *write_provenance(out, arr, (meta or {}).get("metadata"))]
 
 
-def _write_provenance(labels_path, arr: np.ndarray, meta: dict | None) -> list[str]:
-    """Write the layer's provenance beside ``labels_path`` (synced with ``arr``); [] if it has none."""
+def write_provenance(labels_path, arr: np.ndarray, layer_metadata: dict | None) -> list[str]:
+    """Write a Labels layer's provenance and effort log (from its ``metadata``) beside
+    ``labels_path``, synced with ``arr``; -> [the sidecar path], or [] if it has none or it failed
+    (warned: the labels file stays written). Used by the npe2 writers and the image series."""
     from medsam_core.effort import attach_events
     from medsam_core.provenance import Provenance, sidecar_path
 
-    layer_meta = (meta or {}).get("metadata") or {}
+    layer_meta = layer_metadata or {}
     prov = layer_meta.get(PROV_KEY)
     if prov is None:
         if sidecar_path(labels_path).exists():
