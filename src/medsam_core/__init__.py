@@ -28,8 +28,9 @@ from .metrics import dice, iou, nsd
 from .predictor import Prediction, Predictor
 from .preprocess import CT_WINDOWS, Intensity
 from .prompts import box_from_mask, box_from_recist
-from .propagate import SliceResult, propagate, segment_volume
+from .propagate import SliceResult, WalkResult, propagate, segment_volume, walk_volume
 from .registry import MODELS, get_spec
+from .roi import BoxMask, global_intensity, predict_boxes
 from .volume import embed_volume, volume_intensity
 
 __all__ = [
@@ -57,10 +58,15 @@ __all__ = [
     "save_checkpoint",
     "select_device",
     "SliceResult",
+    "WalkResult",
+    "BoxMask",
     "box_from_mask",
     "box_from_recist",
     "embed_volume",
+    "global_intensity",
+    "predict_boxes",
     "propagate",
     "segment_volume",
+    "walk_volume",
     "volume_intensity",
 ]

@@ -33,7 +33,8 @@ def test_ellipsoid_exact_extent_both_directions():
         np.testing.assert_array_equal(res.mask, truth[res.z])
     zs = np.flatnonzero(truth.any(axis=(1, 2)))
     assert order == list(range(20, zs[-1] + 1)) + list(range(19, zs[0] - 1, -1))  # start, up, then down
-    assert "vanished" in why["up"] and "vanished" in why["down"]
+    assert why.stops["up"].reason == why.stops["down"].reason == "vanished"
+    assert why.stops["up"].slice == zs[-1] + 1 and why.stops["down"].slice == zs[0] - 1
     out = segment_volume(FakePredictor(), vol, _start(truth, 20), 20, min_area_ratio=0.0)
     assert out.dtype == bool and out.shape == vol.shape
     np.testing.assert_array_equal(out, truth)

@@ -1,0 +1,271 @@
+"""The 3D walk's engine: a box (and the neighbour's mask) carried slice by slice, with stop rules.
+
+``BoxWalk`` is the default ``Propagator``: what ``propagate``/``walk_volume`` run. A memory-based
+propagation model (MedSAM2/SAM2 style) would be another class with the same ``run`` method; the
+API and the widget only see ``SliceResult`` steps and the ``WalkResult`` at the end.
+
+One step (slice ``z`` after slice ``p`` in the walk's direction):
+
+* box: the bounding box of ``p``'s mask grown by a margin: ``margin`` px plus the slack the model
+  left on the start slice between the user's box and its mask (the user's box says how loose a box
+  this structure wants), plus ``growth`` slice spacings in physical units (a surface at 45 degrees
+  grows the cross-section by one spacing per slice);
+* mask prompt: with ``mask_prompt`` the decoder also gets ``p``'s low-resolution logits as
+  SAM's ``mask_input``, so the shape, not only its box, is carried to the next slice;
+* stop rules (``StopRules``), checked on every slice outside the key-box span; the slice that
+  trips one is not kept. Each is calibrated from the start slice, where the user's box says the
+  structure is: "vanished" (empty mask), "IoU fell to 0.31" (predicted IoU under ``min_iou`` or
+  under ``iou_drop`` x the start's), "area collapsed" (under ``min_area_ratio`` x the previous
+  slice's area), "contrast faded" (mask-vs-surround contrast under ``min_contrast`` x the start's),
+  "intensity changed" (mean intensity inside the mask more than ``max_shift`` start-slice
+  standard deviations from the start's mean: the walk slid onto a neighbour of another grey).
+
+Key boxes: on a key slice the prompt is its key box; strictly between two keys (the start box is
+one) it is their linear blend and the stop rules are off (the user says the object is there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .preprocess import Intensity
+from .prompts import box_from_mask
+from .volume import Cancel, check_cancel, is_blank
+
+__all__ = ["BoxWalk", "Propagator", "SliceResult", "Stop", "StopRules", "WalkResult"]
+
+
+class SliceResult(tuple):
+    """Unpacks as ``(z, mask, score)``: slice index along the slicing axis, (Y, X) bool mask,
+    predicted IoU. Also carries ``box`` ((4,) XYXY prompt used) and ``total`` (current estimate
+    of how many slices the walk will decode in all, for progress bars; it only shrinks)."""
+
+    def __new__(cls, z: int, mask: np.ndarray, score: float, box: np.ndarray, total: int):
+        obj = super().__new__(cls, (z, mask, score))
+        obj.z, obj.mask, obj.score, obj.box, obj.total = z, mask, score, box, total
+        return obj
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why one direction of a walk ended: a short reason and the slice where it happened (the
+    first slice not kept; for "end of volume" and "reached key slice" the last slice kept)."""
+
+    reason: str
+    slice: int
+
+    def __str__(self) -> str:
+        return f"{self.reason} at slice {self.slice}"
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """When a direction ends (see module docstring); a rule at 0 (``max_shift`` None) is off."""
+
+    min_iou: float = 0.5
+    iou_drop: float = 0.0
+    min_area_ratio: float = 0.2
+    min_contrast: float = 0.15
+    max_shift: float | None = None
+
+
+@dataclass
+class WalkResult:
+    """What a walk made and why it ended. Slices index the slicing axis; masks are (Y, X) bool in
+    that slice's plane; ``volume()`` puts them back in the volume's own axis order."""
+
+    shape: tuple[int, int, int]  # (slices, Y, X) in slicing order
+    axis: int
+    start: int
+    keys: dict[int, np.ndarray]  # slice -> (4,) XYXY key box (the start box included)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    boxes: dict[int, np.ndarray] = field(default_factory=dict)
+    stops: dict[str, Stop] = field(default_factory=dict)  # "up" (z increasing) and "down"
+    rewalked: int = 0  # slices decoded by this run (a correction keeps the other side as it was)
+    logits: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # (256, 256) low-res logits
+    features: dict[int, dict] = field(default_factory=dict, repr=False)  # per slice: what the rules saw
+
+    @property
+    def slices(self) -> list[int]:
+        return sorted(z for z, m in self.masks.items() if m.any())
+
+    def volume(self) -> np.ndarray:
+        """(Z, Y, X) bool mask in the volume's own axis order."""
+        out = np.zeros(self.shape, bool)
+        for z, m in self.masks.items():
+            out[z] = m
+        return np.moveaxis(out, 0, self.axis)
+
+    def describe(self) -> str:
+        """One line for a status bar, e.g. ``"slices 41-80; up: vanished at slice 81; down: ..."``."""
+        zs = self.slices
+        span = f"slices {zs[0]}-{zs[-1]}" if zs else "no slice"
+        return "; ".join([span] + [f"{d}: {s}" for d, s in self.stops.items()])
+
+
+class Propagator(Protocol):
+    """What ``propagate`` runs: yields a SliceResult per decoded slice, returns a WalkResult."""
+
+    def run(self, predictor, slices: np.ndarray, result: WalkResult, directions: tuple[str, ...],
+            bounds: tuple[int, int], intensity: Intensity, spacing: tuple[float, float, float],
+            cancel: Cancel) -> Generator[SliceResult, None, WalkResult]: ...
+
+
+def interpolate(keys: dict[int, np.ndarray], z: int) -> np.ndarray | None:
+    """The key box on slice z, or the linear blend of the two key boxes around it; None outside."""
+    if z in keys:
+        return keys[z]
+    below = [k for k in keys if k < z]
+    above = [k for k in keys if k > z]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    t = (z - lo) / (hi - lo)
+    return (1 - t) * keys[lo] + t * keys[hi]
+
+
+def contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """Mean intensity inside ``mask`` minus the lower quartile of a ``ring``-pixel band around it
+    (the quartile, not the mean: a touching neighbour covers part of the band)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return 0.0
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    sl = (slice(max(rows[0] - ring, 0), rows[-1] + ring + 1), slice(max(cols[0] - ring, 0), cols[-1] + ring + 1))
+    m, img = mask[sl], image[sl].astype(np.float64)
+    band = ndimage.binary_dilation(m, iterations=ring) & ~m
+    return float(img[m].mean() - np.percentile(img[band], 25)) if band.any() else 0.0
+
+
+def _features(image, mask, score, prev) -> dict:
+    area = int(mask.sum())
+    f = {"score": float(score), "area": area, "overlap": 0.0, "mean": 0.0, "contrast": 0.0}
+    if area:
+        vals = image[mask].astype(np.float64)
+        f["mean"], f["std"] = float(vals.mean()), float(vals.std())
+        f["contrast"] = contrast(image, mask)
+        if prev is not None and prev.any():
+            f["overlap"] = float((mask & prev).sum() / (mask | prev).sum())
+    return f
+
+
+@dataclass
+class _Calibration:
+    score: float
+    mean: float
+    std: float
+    contrast: float
+    slack: tuple[float, float]  # (x, y) px between the start box and its mask's bounding box
+
+
+@dataclass(frozen=True)
+class BoxWalk:
+    """The default Propagator: box (+ mask prompt) from the neighbour slice, StopRules."""
+
+    rules: StopRules = StopRules()
+    margin: float = 2.0
+    growth: float = 1.0
+    adaptive_margin: bool = True
+    mask_prompt: bool = True
+    max_slack: float = 8.0
+
+    def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
+        keys, z = result.keys, result.start
+        if z not in result.masks:
+            check_cancel(cancel)
+            self._decode(predictor, slices[z], keys[z], None, intensity, result, z, None)
+            result.rewalked += 1
+            yield SliceResult(z, result.masks[z], result.scores[z], keys[z], bounds[1] - bounds[0] + 1)
+        cal = self._calibrate(slices[z], result, intensity)
+        spans = [bounds[1] - z if d == "up" else z - bounds[0] for d in directions]
+        for i, name in enumerate(directions):
+            step, end = (1, bounds[1]) if name == "up" else (-1, bounds[0])
+            result.stops[name] = yield from self._walk(predictor, slices, result, z, step, end, cal, intensity,
+                                                       spacing, sum(spans[i + 1:]), cancel)
+        return result
+
+    def _calibrate(self, image, result, intensity) -> _Calibration:
+        z = result.start
+        mask, box = result.masks[z], result.keys[z]
+        f = result.features[z]
+        c0 = f["contrast"]
+        window = intensity.value_range
+        if window is not None and abs(c0) < 0.01 * (window[1] - window[0]):
+            c0 = 0.0  # no measurable contrast at the start: the contrast rule cannot tell anything
+        slack = (0.0, 0.0)
+        if self.adaptive_margin and mask.any():
+            tight = box_from_mask(mask)
+            sx = ((tight[0] - box[0]) + (box[2] - tight[2])) / 2
+            sy = ((tight[1] - box[1]) + (box[3] - tight[3])) / 2
+            slack = (float(np.clip(sx, 0, self.max_slack)), float(np.clip(sy, 0, self.max_slack)))
+        return _Calibration(f["score"], f.get("mean", 0.0), f.get("std", 0.0), c0, slack)
+
+    def _decode(self, predictor, image, box, mask_input, intensity, result, z, prev) -> None:
+        if is_blank(image):
+            mask, score, logits = np.zeros(image.shape, bool), 0.0, None
+        else:
+            predictor.set_image(image, intensity=intensity)
+            kw = {"mask_input": mask_input[None, None]} if mask_input is not None else {}
+            pred = predictor.predict(boxes=box[None], **kw)
+            mask, score = pred[0][0], float(pred[1][0])
+            low = getattr(pred, "low_res_logits", None)
+            logits = None if low is None else low[0, 0].astype(np.float32)
+        result.masks[z], result.scores[z], result.boxes[z] = mask, score, np.asarray(box, float)
+        if logits is not None:
+            result.logits[z] = logits
+        result.features[z] = _features(image, mask, score, prev)
+
+    def _box(self, prev, cal: _Calibration, spacing) -> np.ndarray:
+        sz, sy, sx = spacing
+        mx = self.margin + cal.slack[0] + self.growth * sz / sx
+        my = self.margin + cal.slack[1] + self.growth * sz / sy
+        return box_from_mask(prev, (mx, my))
+
+    def _walk(self, predictor, slices, result, z, step, end, cal, intensity, spacing, later, cancel):
+        """One direction from slice z to ``end`` inclusive; returns its Stop. ``later``: slices the
+        directions after this one may still decode (for the progress total)."""
+        last = z
+        prev = result.masks[z]
+        for zz in range(z + step, end + step, step):
+            check_cancel(cancel)
+            key = interpolate(result.keys, zz)
+            if key is None and not prev.any():
+                return Stop("vanished", zz)
+            box = key if key is not None else self._box(prev, cal, spacing)
+            mi = result.logits.get(last) if self.mask_prompt and key is None else None
+            self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev)
+            result.rewalked += 1
+            if key is None and (why := self.stop_reason(result.features[zz], prev, cal)):
+                for d in (result.masks, result.scores, result.boxes, result.logits):
+                    d.pop(zz, None)
+                return Stop(why, zz)
+            total = result.rewalked + abs(end - zz) + later  # at most this many decodes in all
+            yield SliceResult(zz, result.masks[zz], result.scores[zz], box, total)
+            last = zz
+            if result.masks[zz].any():
+                prev = result.masks[zz]
+        if end in result.keys and end != z:
+            return Stop("reached key slice", end)
+        return Stop("end of volume", end)
+
+    def stop_reason(self, f: dict, prev: np.ndarray, cal: _Calibration) -> str | None:
+        """The rule ``f`` (a slice's features) trips, as a short user-readable reason, or None."""
+        r = self.rules
+        if f["area"] == 0:
+            return "vanished"
+        if f["score"] < r.min_iou or f["score"] < r.iou_drop * cal.score:
+            return f"IoU fell to {f['score']:.2f}"
+        if f["area"] < r.min_area_ratio * prev.sum():
+            return "area collapsed"
+        if cal.contrast and f["contrast"] / cal.contrast < r.min_contrast:
+            return "contrast faded"
+        if r.max_shift is not None and cal.std > 0 and abs(f["mean"] - cal.mean) > r.max_shift * cal.std:
+            return "intensity changed"
+        return None
