@@ -111,6 +111,8 @@ class Session:
                         on_error=self._on_task_error, desc=f"MedSAM: loading {name}")
 
     def _on_load_done(self, model) -> None:
+        if not self._loading:  # a model was set while this one loaded: the user's choice wins
+            return
         self.set_model(model)
         self._safe(self.sync_shapes)
 

@@ -73,6 +73,7 @@ class MedSAMWidget(QWidget):
         self._build_ui()
         self._wire()
         self._refresh_layer_choices()
+        self._on_layers_changed()  # the image may be open before the plugin: segment it right away
 
     # -- layout -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
