@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import mkstemp_readable
+from ._atomic import clean_stale_tmp, mkstemp_readable
+from ._paths import check_not_input, check_output_dir
 from .boxsources import boxes_from_labels, find_paired, read_any_boxes, read_table
 from .errors import CancelledError, CheckpointError, ImageError, ModelNotFoundError, PromptError
-from .io import READ_SUFFIXES, read_image, write_labels
+from .io import READ_SUFFIXES, probe_spatial_shape, read_image, write_labels
 from .preprocess import Intensity
 from .roi import ROI_MODES, _check_cancel, segment_large
 from .segment import check_boxes_for_image, segment_boxes
@@ -56,6 +57,13 @@ class BatchReport:
     results: list[ImageResult] = field(default_factory=list)
     cancelled: bool = False
     encoder_calls: int = 0
+    planned: list[str] = field(default_factory=list)  # every image the batch was asked to do
+
+    @property
+    def not_processed(self) -> list[str]:
+        """Images of the batch that were never reached (cancel, Ctrl-C, a fatal error)."""
+        seen = {r.image for r in self.results}
+        return [name for name in self.planned if name not in seen]
 
     def by_status(self, status: str) -> list[ImageResult]:
         return [r for r in self.results if r.status == status]
@@ -66,16 +74,19 @@ class BatchReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.cancelled
+        return not self.failed and not self.cancelled and not self.not_processed
 
     def summary(self) -> str:
         counts = ", ".join(f"{len(self.by_status(s))} {s}" for s in ("done", "skipped", "no_boxes", "failed"))
         text = f"{len(self.results)} images: {counts}" + (" (cancelled)" if self.cancelled else "")
+        if self.not_processed:
+            text += f"; {len(self.not_processed)} of {len(self.planned)} not processed"
         return text + "".join(f"\n  FAILED {r.image}: {r.message}" for r in self.failed)
 
     def to_dict(self) -> dict:
         return {"results": [asdict(r) for r in self.results], "cancelled": self.cancelled,
-                "encoder_calls": self.encoder_calls, "ok": self.ok}
+                "encoder_calls": self.encoder_calls, "ok": self.ok, "total": len(self.planned),
+                "not_processed": self.not_processed}
 
 
 class BoxSource:
@@ -199,10 +210,13 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     files = list_images(images, patterns)
     if not files:
         raise ImageError(f"no images found in {images}; supported: {', '.join(READ_SUFFIXES)}")
-    out = Path(out).expanduser()
+    out = check_output_dir(out, inputs=(images, boxes_from_labels, boxes if isinstance(boxes, str | os.PathLike)
+                                        else None))
     outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
+    _check_outputs_are_not_inputs(outputs)
     source = BoxSource(files, boxes, boxes_from_labels, margin)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # temp files of a run killed earlier (ours only, old)
     holder: dict = {"p": predictor}
 
     def get_predictor():
@@ -215,7 +229,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
             holder["p"] = holder["p"]()
         return holder["p"]
 
-    report = BatchReport()
+    report = BatchReport(planned=[p.name for p in files])
     calls0 = getattr(predictor, "encoder_calls", 0)  # a factory or None: 0
     try:
         for k, path in enumerate(files):
@@ -232,6 +246,9 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
                 break
             if on_progress:
                 on_progress(k + 1, len(files), path.name)
+    except KeyboardInterrupt:  # Ctrl-C: the report written below must say so, then stop
+        report.cancelled = True
+        raise
     finally:
         p = holder["p"]
         report.encoder_calls = getattr(p, "encoder_calls", 0) - (calls0 if p is predictor else 0)
@@ -241,11 +258,18 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
 
 def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: str, intensity, channel,
              overwrite: bool, cancel) -> ImageResult:
+    redo = ""
     if out_path.is_file() and not overwrite:
-        return ImageResult(path.name, "skipped", str(out_path), message="output exists (use overwrite)")
+        problem = existing_output_problem(out_path, path)
+        if problem is None:
+            return ImageResult(path.name, "skipped", str(out_path), message="output exists (use overwrite)")
+        redo = f"the existing output was not usable ({problem}) and was made again"
     t0 = time.perf_counter()
     try:
-        return segment_image(get_predictor, path, out_path, source, roi, intensity, channel, cancel)
+        result = segment_image(get_predictor, path, out_path, source, roi, intensity, channel, cancel)
+        if redo:
+            result.message = "; ".join(m for m in (redo, result.message) if m)
+        return result
     except CancelledError:
         return ImageResult(path.name, "cancelled")
     except (CheckpointError, ModelNotFoundError):
@@ -253,3 +277,28 @@ def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: 
     except Exception as exc:  # one bad image must not stop the batch; the message says what failed
         msg = str(exc) if isinstance(exc, ImageError | PromptError) else f"{type(exc).__name__}: {exc}"
         return ImageResult(path.name, "failed", message=msg, seconds=time.perf_counter() - t0)
+
+
+def existing_output_problem(out_path: Path, image_path: Path) -> str | None:
+    """Why the labels file ``out_path`` cannot count as the finished output of ``image_path``
+    (unreadable, empty, not integer labels, another shape), or None when it can."""
+    try:
+        labels, _ = read_image(out_path)
+    except ImageError as exc:
+        return f"unreadable: {str(exc)[:160]}"
+    if labels.dtype.kind not in "ui" or labels.ndim not in (2, 3):
+        return f"not a label image (dtype {labels.dtype}, shape {labels.shape})"
+    try:
+        want = probe_spatial_shape(image_path)
+    except ImageError:
+        return None  # the image itself is unreadable: segment_image reports that, do not redo blindly
+    if tuple(labels.shape) != tuple(want):
+        return f"shape {labels.shape}, the image is {tuple(want)}"
+    return None
+
+
+def _check_outputs_are_not_inputs(outputs: dict[Path, Path]) -> None:
+    """An existing output that is (a link to) an input image is refused before any work."""
+    for out_path in outputs.values():
+        if out_path.exists() or out_path.is_symlink():
+            check_not_input(out_path, outputs.keys(), what="labels file")

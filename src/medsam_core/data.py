@@ -95,6 +95,7 @@ def _check_labels(labels, image_shape: tuple[int, int], k: int) -> np.ndarray:
     elif lab.dtype.kind not in "biu":
         raise TrainingError(f"labels {k} have dtype {lab.dtype}: give an integer label image")
     if lab.ndim == 3 and lab.shape[1:] == image_shape:  # a stack of binary masks, one per object
+        _refuse_label_volume(lab, image_shape, k)
         stack = lab != 0
         empty = [i for i in range(len(stack)) if not stack[i].any()]
         if empty:
@@ -113,6 +114,19 @@ def _check_labels(labels, image_shape: tuple[int, int], k: int) -> np.ndarray:
     if lab.min() < 0:
         raise TrainingError(f"labels {k} contain negative ids: use 0 for background and 1, 2, ... for objects")
     return lab.astype(np.int64, copy=False)
+
+
+def _refuse_label_volume(lab: np.ndarray, image_shape: tuple[int, int], k: int) -> None:
+    """A (K, H, W) stack is read as K binary masks; a 3D *label volume* (ids, or masks that overlap)
+    would be mangled into a few objects, so it is refused with what to give instead."""
+    stack = lab != 0
+    several_ids = any(len(np.unique(plane[plane != 0])) > 1 for plane in lab)
+    if several_ids or (stack.sum(axis=0) > 1).any():
+        raise TrainingError(
+            f"labels {k} are a 3D label volume {lab.shape} (Z, Y, X) but image {k} is 2D {image_shape}: "
+            "give the 3D image they belong to (each labelled slice becomes a training image), or one "
+            "2D label image per 2D image"
+        )
 
 
 def _check_image(image, k: int) -> np.ndarray:
@@ -287,16 +301,41 @@ def _stem(path) -> str | None:
 
 def _read_labels_file(path) -> np.ndarray:
     if path.name.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as d:
-            for key in ("labels", "masks", "label", "image"):
-                if key in d.files:
-                    return np.asarray(d[key])
-            if len(d.files) == 1:
-                return np.asarray(d[d.files[0]])
-            raise TrainingError(f"{path} has no array named 'labels' (found: {', '.join(d.files)})")
+        try:
+            return _read_labels_npz(path)
+        except TrainingError:
+            raise
+        except Exception as exc:  # numpy raises many types for a damaged or foreign file
+            raise TrainingError(f"cannot read labels {path}: {type(exc).__name__}: {exc}") from None
     from .io import read_image
 
     return read_image(path)[0]
+
+
+def _read_labels_npz(path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as d:
+        for key in ("labels", "masks", "label", "image"):
+            if key in d.files:
+                return np.asarray(d[key])
+        if len(d.files) == 1:
+            return np.asarray(d[d.files[0]])
+        raise TrainingError(f"{path} has no array named 'labels' (found: {', '.join(d.files)})")
+
+
+def _listed(folder) -> list:
+    """Readable files of ``folder`` (hidden ones and other suffixes skipped), sorted by name."""
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+            and _stem(p) is not None]
+
+
+def _refuse_shared_stem(seen: dict, stem: str, path, what: str) -> None:
+    """Two files of one stem (a.tif and a.npz) would both be used: the same object twice, one copy
+    possibly in the held-out set, which inflates the held-out Dice. Refuse instead of guessing."""
+    if stem in seen:
+        raise TrainingError(
+            f"{seen[stem].name} and {path.name} in {path.parent} share the {what} name {stem!r}: pairs are "
+            "made by name, so keep one of them (move the other out of the folder)"
+        )
 
 
 def read_folder_pairs(images_dir, labels_dir) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -315,21 +354,20 @@ def read_folder_pairs(images_dir, labels_dir) -> list[tuple[np.ndarray, np.ndarr
     for d, what in ((images_dir, "images"), (labels_dir, "labels")):
         if not d.is_dir():
             raise TrainingError(f"{what} folder {d} does not exist")
-    labels = {}
-    for p in sorted(labels_dir.iterdir()):
+    labels: dict[str, Path] = {}
+    for p in _listed(labels_dir):
         stem = _stem(p)
-        if stem is None:
-            continue
         for tag in _LABEL_TAGS:
             if stem.lower().endswith(tag):
                 stem = stem[: -len(tag)]
                 break
+        _refuse_shared_stem(labels, stem, p, "label")
         labels[stem] = p
-    pairs, unpaired = [], []
-    for p in sorted(images_dir.iterdir()):
+    pairs, unpaired, seen = [], [], {}
+    for p in _listed(images_dir):
         stem = _stem(p)
-        if stem is None:
-            continue
+        _refuse_shared_stem(seen, stem, p, "image")
+        seen[stem] = p
         if stem not in labels:
             unpaired.append(p.name)
             continue

@@ -3,7 +3,9 @@
 Keys are signed: image content hash + encoder weights id + preprocessing + intensity/channel
 settings + format version. The memory tier is an LRU bounded in bytes; an optional disk store
 (one folder) survives restarts and refuses, with a clear error, entries made by another model,
-weights or preprocessing.
+weights or preprocessing. Each stored entry carries a sha256 over its key, metadata and embedding,
+checked on load: a changed, damaged, renamed or NaN entry is never used (a warning, then the
+image is encoded again), so the store can only cost time, never give a wrong mask.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._atomic import mkstemp_readable
-from .errors import CacheMismatchError
+from ._atomic import clean_stale_tmp, mkstemp_readable
+from .errors import CacheError, CacheMismatchError
 
 CACHE_FORMAT_VERSION = 1
 
@@ -80,6 +83,11 @@ class EmbeddingCache:
         self.max_bytes = int(max_bytes)
         self.dtype = np.dtype(dtype)
         self.disk_dir = Path(disk_dir).expanduser() if disk_dir else None
+        if self.disk_dir is not None and self.disk_dir.exists() and not self.disk_dir.is_dir():
+            raise CacheError(
+                f"embedding store {self.disk_dir} is a file, not a folder: give a folder (it is created if missing)"
+            )
+        self._cleaned = False
         self._mem: OrderedDict[str, CacheEntry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()
@@ -174,28 +182,41 @@ class EmbeddingCache:
                     "Choose another folder, or delete this one to rebuild it."
                 )
         else:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.disk_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CacheError(f"cannot create the embedding store {self.disk_dir}: {exc.strerror or exc}; "
+                                 "choose a folder you can write") from None
             _atomic_write_bytes(sig_file, json.dumps(want, indent=1, sort_keys=True).encode())
 
     def _disk_get(self, key: EmbeddingKey) -> CacheEntry | None:
+        """The stored entry, or None when there is none or it fails its integrity check (warned).
+
+        An entry is used only if its sha256 (over key, meta and embedding bytes, written by
+        ``_disk_put``) matches and the embedding is a finite (C, H, W) float array: an edited,
+        truncated, NaN or renamed file is a miss and is recomputed and rewritten by the caller.
+        """
         path = self._disk_path(key)
         if path is None:
             return None
         self._check_store_signature(key)
         if not path.exists():
             return None
+        problem = None
         try:
             with np.load(path, allow_pickle=False) as data:
-                stored_key = json.loads(str(data["key"]))
-                emb = data["embedding"]
-                meta = json.loads(str(data["meta"]))
-        except Exception:  # a truncated or foreign file: recompute rather than trust it
+                key_text, meta_text = str(data["key"]), str(data["meta"])
+                emb = np.asarray(data["embedding"])
+                stored_sum = str(data["sha256"]) if "sha256" in data.files else None
+            stored_key, meta = json.loads(key_text), json.loads(meta_text)
+        except Exception as exc:  # a truncated or foreign file: recompute rather than trust it
+            problem = f"unreadable ({type(exc).__name__})"
+        else:
+            problem = _entry_problem(stored_key, key, meta, emb, stored_sum, key_text, meta_text)
+        if problem is not None:
+            warnings.warn(f"embedding file {path.name} in {self.disk_dir} is not used: {problem}; "
+                          "the image is encoded again and the file replaced", CacheIntegrityWarning, stacklevel=3)
             return None
-        if stored_key != {"image": key.image, **key.signature}:
-            raise CacheMismatchError(
-                f"embedding file {path} does not belong to this image/model (signature mismatch); "
-                "delete it or the store folder"
-            )
         return CacheEntry(emb.astype(self.dtype, copy=False), meta)
 
     def _disk_put(self, key: EmbeddingKey, entry: CacheEntry) -> None:
@@ -203,19 +224,52 @@ class EmbeddingCache:
         if path is None:
             return
         self._check_store_signature(key)
+        if not self._cleaned:  # once per cache: temp files a killed process left behind
+            self._cleaned = True
+            clean_stale_tmp(self.disk_dir)
+        key_text = json.dumps({"image": key.image, **key.signature}, sort_keys=True)
+        meta_text = json.dumps(entry.meta)
         fd, tmp = mkstemp_readable(prefix=".emb.", suffix=".npz", dir=self.disk_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    embedding=entry.embedding,
-                    key=json.dumps({"image": key.image, **key.signature}, sort_keys=True),
-                    meta=json.dumps(entry.meta),
-                )
+                np.savez(fh, embedding=entry.embedding, key=key_text, meta=meta_text,
+                         sha256=entry_checksum(key_text, meta_text, entry.embedding))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class CacheIntegrityWarning(UserWarning):
+    """A disk-cache entry failed its check and was ignored (it is recomputed)."""
+
+
+def entry_checksum(key_text: str, meta_text: str, embedding: np.ndarray) -> str:
+    """sha256 over an entry's key, meta and embedding (dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for part in (key_text, meta_text):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part.encode())
+    digest.update(content_hash(embedding).encode())
+    return digest.hexdigest()
+
+
+def _entry_problem(stored_key, key: EmbeddingKey, meta, emb: np.ndarray, stored_sum: str | None,
+                   key_text: str, meta_text: str) -> str | None:
+    """Why a stored entry must not be used, or None when it is sound."""
+    if stored_sum is None:
+        return "it has no checksum (written by an older version)"
+    if stored_sum != entry_checksum(key_text, meta_text, emb):
+        return "its checksum does not match its contents (the file was changed or damaged)"
+    if stored_key != {"image": key.image, **key.signature}:
+        return "it belongs to another image, model or preprocessing (renamed or copied file)"
+    if not isinstance(meta, dict):
+        return "its metadata is not a mapping"
+    if emb.ndim != 3 or emb.dtype.kind != "f" or min(emb.shape) < 1:
+        return f"its embedding has shape {emb.shape} and dtype {emb.dtype}, not (C, H, W) float"
+    if not np.isfinite(emb).all():
+        return "its embedding holds NaN or inf"
+    return None
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

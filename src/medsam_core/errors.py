@@ -23,7 +23,11 @@ class ImageError(MedSAMError, ValueError):
     """An image has the wrong dimensionality, dtype, non-finite pixels, or cannot be read."""
 
 
-class CacheMismatchError(MedSAMError):
+class CacheError(MedSAMError):
+    """The embedding store cannot be used (e.g. its folder is a file)."""
+
+
+class CacheMismatchError(CacheError):
     """A stored embedding was made by another model, weights or preprocessing."""
 
 
@@ -40,6 +44,10 @@ class ModelNotFoundError(MedSAMError, KeyError):
 
 class TrainingError(MedSAMError):
     """Fine-tuning inputs are unusable (no objects, mismatched shapes, NaNs)."""
+
+
+class OutputError(ImageError):
+    """An output path cannot be written safely: it is an input, a folder, read-only or has no folder."""
 
 
 class CancelledError(MedSAMError):

@@ -92,6 +92,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     suffix = _suffix(path)
     if suffix not in READ_SUFFIXES:
         raise ImageError(f"cannot read {path.name}: unsupported file type; use one of {', '.join(READ_SUFFIXES)}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file: give a file inside it")
     if not path.is_file():
         raise ImageError(f"image file {path} does not exist (check the path)")
     readers = {".npz": _read_npz, ".nii": _read_nifti, ".nii.gz": _read_nifti}
@@ -109,6 +111,22 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     meta.source = str(path)
     meta.shape = tuple(int(data.shape[i]) for i, a in enumerate(meta.axes) if a in "ZYX")
     return data, meta
+
+
+def probe_spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The spatial shape ``read_image(path)`` would report, from the header where that is cheap (NIfTI)."""
+    path = Path(path).expanduser()
+    if _suffix(path) in NIFTI_SUFFIXES:
+        try:
+            import nibabel as nib
+
+            shape = tuple(int(s) for s in nib.load(str(path)).shape)
+        except Exception as exc:
+            raise ImageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        if len(shape) == 3 and shape[2] == 1:
+            shape = shape[:2]
+        return tuple(reversed(shape[: min(len(shape), 3)]))
+    return tuple(read_image(path)[1].shape or ())
 
 
 # -- TIFF --------------------------------------------------------------------------------------
@@ -133,6 +151,8 @@ def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     data = data.reshape([data.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
     axes = axes.replace("S", "C")
+    if _unnamed_channels_last(data, axes):
+        axes = "YXC"
     if "Z" not in axes:
         for stack in "IQ":
             if axes.count(stack) == 1:
@@ -142,6 +162,16 @@ def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
         data = np.moveaxis(data, axes.index("C"), -1)
         axes = axes.replace("C", "") + "C"
     return data, axes
+
+
+def _unnamed_channels_last(data: np.ndarray, axes: str) -> bool:
+    """An (H, W, C) array written without metadata (e.g. ``tifffile.imwrite(f, rgb2)`` with C = 2
+    or C > 4) comes back as C-pixel-wide "pages" (axes QYX): that is H x W with C channels, not
+    a stack of H images of W x C pixels."""
+    if data.ndim != 3 or axes not in ("QYX", "IYX"):
+        return False
+    h, w, c = data.shape
+    return c <= 16 and h > c and w > c
 
 
 def _tiff_spacing(tif) -> tuple[tuple[float, float, float], str]:
