@@ -34,9 +34,14 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+            raw = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PromptError(f"cannot read boxes file {path}: {exc}") from exc
+    for line, r in enumerate(raw, start=2):
+        if None in r:  # DictReader keeps values beyond the header under the key None
+            raise PromptError(f"boxes file {path}, line {line} has more fields than the header "
+                              f"({len(header)} columns): remove the extra values or add column names")
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in raw]
     return header, rows
 
 
@@ -57,7 +62,7 @@ def read_shapes_csv(path: str | os.PathLike) -> Boxes:
     for line, row in enumerate(rows, start=2):
         try:
             shapes.setdefault(int(float(row["index"])), []).append([float(row[a]) for a in axes])
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, OverflowError) as exc:
             raise PromptError(f"{path}, line {line}: {exc}; every vertex needs numbers in {', '.join(axes)}") from exc
     if not shapes:
         raise PromptError(f"{path} has a header but no shapes")
@@ -111,7 +116,7 @@ def read_table(path: str | os.PathLike, image_names: list[str]) -> dict[str, Box
         try:
             boxes = np.array([[float(r[c]) for c in BOX_COLUMNS] for r in group], np.float64)
             z = np.array([int(float(r["z"])) for r in group], np.int64) if has_z else None
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise PromptError(f"{path}: a box of {name} is not four numbers ({exc})") from exc
         if not np.isfinite(boxes).all():
             raise PromptError(f"{path}: boxes of {name} contain NaN or inf")

@@ -100,6 +100,7 @@ class Predictor:
         """
         intensity = intensity or self.intensity
         channel = self.channel if channel is None else channel
+        check_whole_image_size(np.shape(image))  # before anything is read or allocated
         image = check_image(image)
         key = self.key_for(image, intensity, channel)
         entry = self.cache.get(key)
@@ -227,6 +228,24 @@ class Predictor:
             n = len(pts)
             pts_m = points_to_model(pts, prep)
         return n, boxes_m, pts_m, labels
+
+
+#: Largest (H * W) encoded as one image: preparing it costs about 16 bytes a pixel (float copies),
+#: 4 GiB here. Larger images (whole-slide, 40000^2) are segmented by crops (roi.segment_large).
+MAX_WHOLE_PIXELS = 2**28
+
+
+def check_whole_image_size(shape: tuple[int, ...]) -> None:
+    """Refuse, before any allocation, an image too large to prepare whole; say what to do instead."""
+    if len(shape) >= 2 and int(shape[0]) * int(shape[1]) > MAX_WHOLE_PIXELS:
+        from .errors import ImageError
+
+        raise ImageError(
+            f"the image is {shape[0]} x {shape[1]} pixels, too large to encode whole (limit "
+            f"{MAX_WHOLE_PIXELS:,} pixels; it would need ~{int(shape[0]) * int(shape[1]) * 16 / 2**30:.0f} GiB): "
+            "segment it in ROI mode (medsam batch/segment --roi roi, or medsam_core.roi.segment_large), "
+            "which encodes only crops around the boxes, or open a lower-resolution pyramid level"
+        )
 
 
 def _geometry_meta(prep: PreparedImage) -> dict:
