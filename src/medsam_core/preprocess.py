@@ -8,12 +8,13 @@ resampling, min-max. SAM ViT-B: longest side 1024, bilinear, ImageNet mean/std, 
 
 Intensity presets turn real data (uint8, uint16, float, negative CT values) into the 0-255
 range the models were trained on (MedSAM's data pipeline: CT window, or 0.5-99.5 percentile
-clipping of the non-zero pixels for MR, microscopy and other modalities).
+clipping of the non-zero pixels for MR, microscopy and other modalities -- whatever the dtype,
+8-bit included; "as_is" is the explicit opt-out for 8-bit data that is already windowed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +33,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 
 CHANNEL_MODES = ("auto", "rgb", "mean", "max")
+INTENSITY_MODES = ("auto", "percentile", "as_is", "ct", "range", "minmax")
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,11 @@ class Intensity:
     """How raw intensities map to 0-255.
 
     mode:
-      "auto"       uint8 as is; everything else percentile-clipped (``low``/``high`` of the
-                   non-zero pixels) -- MedSAM's rule for non-CT data;
-      "percentile" clip to the ``low``/``high`` percentiles, then scale;
+      "auto"       the training pipeline's rule for non-CT data, for every dtype (uint8 too):
+                   clip to the ``low``/``high`` percentiles of the non-zero pixels, scale;
+      "percentile" the same, named explicitly;
+      "as_is"      the values already are the 0-255 picture to segment (8-bit data windowed
+                   beforehand): used unchanged; values outside 0..255 raise ImageError;
       "ct"         clip to ``window`` = (level, width) in HU, or a name from CT_WINDOWS;
       "range"      clip to ``value_range`` = (lo, hi), e.g. a napari layer's contrast limits;
       "minmax"     scale min..max, no clipping.
@@ -53,10 +57,13 @@ class Intensity:
     window: tuple[float, float] | str | None = None
     value_range: tuple[float, float] | None = None
     nonzero: bool = True
+    # Version of the presets' rules; part of repr, hence of every embedding-cache key, so a disk
+    # cache never serves embeddings made under an older rule (2: "auto" clips uint8 too).
+    rules: int = field(default=2, init=False)
 
     def __post_init__(self):
-        if self.mode not in ("auto", "percentile", "ct", "range", "minmax"):
-            raise ImageError(f"unknown intensity mode {self.mode!r}: use auto, percentile, ct, range or minmax")
+        if self.mode not in INTENSITY_MODES:
+            raise ImageError(f"unknown intensity mode {self.mode!r}: use {', '.join(INTENSITY_MODES)}")
         if self.mode == "ct":
             if isinstance(self.window, str) and self.window not in CT_WINDOWS:
                 raise ImageError(f"unknown CT window {self.window!r}; known: {', '.join(CT_WINDOWS)}")
@@ -140,11 +147,15 @@ def intensity_to_255(image: np.ndarray, intensity: Intensity | None = None) -> n
     """Map intensities to float32 in [0, 255] according to ``intensity`` (see Intensity)."""
     intensity = intensity or Intensity()
     img = np.asarray(image)
-    mode = intensity.mode
-    if mode == "auto":
-        if img.dtype == np.uint8:
-            return img.astype(np.float32)
-        mode = "percentile"
+    mode = "percentile" if intensity.mode == "auto" else intensity.mode
+    if mode == "as_is":
+        lo, hi = float(img.min()), float(img.max())
+        if lo < 0 or hi > 255:
+            raise ImageError(
+                f"intensity 'as_is' needs values in 0..255 (already windowed 8-bit data); this image spans "
+                f"{lo:g}..{hi:g}: use 'auto' (percentile clip, the training pipeline's rule) or a range"
+            )
+        return img.astype(np.float32)
     if mode == "ct":
         w = intensity.window
         level, width = CT_WINDOWS[w] if isinstance(w, str) else w

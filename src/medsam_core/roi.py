@@ -1,24 +1,27 @@
-"""Region-of-interest (ROI) mode for large 2D images: encode a crop around the boxes, not the image.
+"""Whole image or a zoomed crop, per box: the one box-segmentation entry point, ``predict_boxes``.
 
 LiteMedSAM sees a 256 x 256 version of whatever it is given. On a 2048 x 2048 slide a 20 px
 nucleus shrinks to 2.5 model pixels and cannot be segmented; on a 128 px crop around it the
-nucleus is shown at 40 model pixels. ROI mode therefore:
+nucleus is shown at 40 model pixels. ``predict_boxes`` (used by the napari widget, ``medsam
+segment``, ``medsam batch`` and scripts) therefore decides per box (``choose_roi``):
 
-1. groups boxes that lie close together so that one crop serves them all (a crowded slide is
-   encoded once per neighbourhood, not once per nucleus), see ``plan_rois``;
-2. reads only the crop, ``np.asarray(image[y0:y1, x0:x1])``, so dask/zarr arrays, memory maps
-   and multiscale pyramids (a sequence of arrays, level 0 = full resolution) are never loaded
-   whole;
-3. encodes the crop through the Predictor (its EmbeddingCache keys by the crop's content, so the
-   same crop is never encoded twice), predicts with the boxes shifted to crop coordinates and
-   pastes the masks back at the crop's place.
+* a box that is big enough on the whole image decodes on the whole-image embedding (encoded
+  once through the Predictor's EmbeddingCache, so interactive boxes cost a decode only);
+* a small box goes to ROI mode: boxes lying close together share one crop (``plan_rois``), only
+  the crop is read (``np.asarray(image[y0:y1, x0:x1])``, so dask/zarr arrays, memory maps and
+  multiscale pyramids -- a sequence of arrays, level 0 = full resolution -- are never loaded
+  whole) and it is encoded through the Predictor like any image (same crop, no second encode).
+
+Each result is a ``BoxMask``: the mask inside a tight window around its box, because a mask
+never extends beyond its box by more than the box margin the model was trained with
+(``box_margin``) unless ``clip_to_box=False``.
 
 Intensity: with ``Intensity("auto")`` each image is clipped to its own 0.5-99.5 percentiles. A
 crop clipped on its own would be stretched differently from the whole image (a dim nucleus on
 an empty crop would become as bright as the brightest one). ``global_intensity`` computes the
 window once from the whole image -- or, for large or lazy images, from the coarsest pyramid
-level or a strided subsample of at most ``SAMPLE_SIDE`` pixels per side -- and every crop is
-normalised with that fixed ``Intensity(mode="range", value_range=(lo, hi))``.
+level or a strided subsample of at most ``SAMPLE_SIDE`` pixels per side -- and the whole image
+and every crop are normalised with that fixed ``Intensity(mode="range", value_range=(lo, hi))``.
 
 Automatic mode choice (``choose_roi``): a box goes to ROI mode when, in whole-image mode, its
 longest side would shrink below ``ROI_MAX_MODEL_PX`` model pixels (``side * 256 / max(H, W)``);
@@ -49,6 +52,11 @@ ROI_CONTEXT = 0.25
 SAMPLE_SIDE = 2048
 #: Whole-image mode materialises level 0; refuse beyond this many pixels (use ROI mode).
 MAX_WHOLE_PIXELS = 8192 * 8192
+#: Training box margin as a fraction of the model input side: LiteMedSAM's data loader pushes each
+#: side of the object's tight box out by 0..bbox_shift = 5 pixels of its 256 grid (MedSAM: 20 of 1024).
+BOX_SHIFT_FRACTION = 5.0 / 256.0
+#: Boxes decoded per Predictor.predict call (its masks are image-sized until sliced to their window).
+DECODE_CHUNK = 16
 
 ROI_MODES = ("auto", "whole", "roi")
 
@@ -105,16 +113,13 @@ def _subsample(image) -> np.ndarray:
 def global_intensity(image, intensity: Intensity | None = None, channel=None) -> Intensity:
     """The fixed intensity window every crop of ``image`` is normalised with.
 
-    "auto" (non-uint8) / "percentile": percentiles of the whole image's non-zero pixels (from
-    the coarsest level or a strided subsample for large images) -> Intensity("range").
-    "minmax": min..max of that sample -> Intensity("range"). uint8 "auto", "ct" and "range" do
-    not depend on the image and are returned unchanged.
+    "auto" / "percentile" (every dtype, uint8 included): percentiles of the whole image's
+    non-zero pixels (from the coarsest level or a strided subsample for large images) ->
+    Intensity("range"). "minmax": min..max of that sample -> Intensity("range"). "ct", "range"
+    and "as_is" do not depend on the image and are returned unchanged.
     """
     intensity = intensity or Intensity()
-    if intensity.mode in ("ct", "range"):
-        return intensity
-    level0 = levels_of(image)[0]
-    if intensity.mode == "auto" and np.dtype(level0.dtype) == np.uint8:
+    if intensity.mode in ("ct", "range", "as_is"):
         return intensity
     sample = to_grey_or_rgb(np.asarray(_subsample(image)), channel if channel is not None else "auto")
     sample = sample.astype(np.float64, copy=False)
@@ -228,11 +233,139 @@ def plan_rois(boxes: np.ndarray, shape: tuple[int, int], min_side: int = ROI_MIN
     return groups
 
 
-# -- prediction ------------------------------------------------------------------------------------
+# -- prediction: the one entry point ---------------------------------------------------------------
+@dataclass(frozen=True)
+class BoxMask:
+    """One box's result. window: (y0, y1, x0, x1) half-open image pixels; mask: (y1-y0, x1-x0) bool
+    inside that window; score: predicted IoU; roi: True when a crop was encoded for this box;
+    clipped: mask pixels removed by ``clip_to_box`` (0 when nothing lay beyond the allowed margin)."""
+
+    window: tuple[int, int, int, int]
+    mask: np.ndarray
+    score: float
+    roi: bool
+    clipped: int = 0
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask as an (H, W) bool array of the whole image."""
+        out = np.zeros(shape, bool)
+        y0, y1, x0, x1 = self.window
+        out[y0:y1, x0:x1] = self.mask
+        return out
+
+
+def box_margin(pre, encoded_shape: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) pixels a mask may extend beyond its box on an encoded image (the whole image or a crop).
+
+    LiteMedSAM / MedSAM were trained with boxes = the object's tight box pushed out by 0 to
+    ``BOX_SHIFT_FRACTION`` of the model input per side (bbox_shift 5 on the 256 grid, 20 on 1024):
+    the reference mask always lay inside the box, at most that far from its edge.
+    """
+    h, w = encoded_shape
+    if getattr(pre, "resize", "longest_side") == "longest_side":
+        return (BOX_SHIFT_FRACTION * max(h, w),) * 2
+    return BOX_SHIFT_FRACTION * w, BOX_SHIFT_FRACTION * h
+
+
+def _box_mask(mask: np.ndarray, score, box: np.ndarray, offset: tuple[int, int], margin, clip: bool,
+              roi: bool) -> BoxMask:
+    """mask: (h, w) bool on the encoded image whose top-left is ``offset`` (y, x) in the image; box local."""
+    h, w = mask.shape
+    mx, my = margin
+    # pixels whose index lies within the margin of the box: ceil below, floor above
+    wy0, wx0 = max(int(np.ceil(box[1] - my)), 0), max(int(np.ceil(box[0] - mx)), 0)
+    wy1, wx1 = min(int(np.floor(box[3] + my)) + 1, h), min(int(np.floor(box[2] + mx)) + 1, w)
+    inside = int(mask[wy0:wy1, wx0:wx1].sum())
+    beyond = int(mask.sum()) - inside
+    if beyond and not clip:  # grow the window to the whole mask
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        wy0, wy1 = min(wy0, int(rows[0])), max(wy1, int(rows[-1]) + 1)
+        wx0, wx1 = min(wx0, int(cols[0])), max(wx1, int(cols[-1]) + 1)
+    oy, ox = offset
+    window = (wy0 + oy, wy1 + oy, wx0 + ox, wx1 + ox)
+    return BoxMask(window, mask[wy0:wy1, wx0:wx1].copy(), float(score), roi, beyond if clip else 0)
+
+
+def _decode_on(predictor, image, window, boxes: np.ndarray, intensity: Intensity, channel, clip: bool,
+               roi: bool, chunk: int = DECODE_CHUNK) -> list[BoxMask]:
+    """Encode ``image[window]`` (through the predictor's cache) and decode image-pixel ``boxes`` on it."""
+    y0, y1, x0, x1 = window
+    predictor.set_image(read_crop(image, window), intensity=intensity, channel=channel)
+    margin = box_margin(predictor.spec.preprocessing, (y1 - y0, x1 - x0))
+    local = boxes - np.array([x0, y0, x0, y0], np.float64)
+    out = []
+    for s in range(0, len(local), chunk):  # bounded memory: each mask is image-sized until sliced
+        masks, scores = predictor.predict(boxes=local[s : s + chunk])
+        for m, sc, b in zip(np.asarray(masks, bool), np.asarray(scores), local[s : s + chunk], strict=True):
+            out.append(_box_mask(m, sc, b, (y0, x0), margin, clip, roi))
+    return out
+
+
+def iter_box_masks(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None,
+                   channel=None, clip_to_box: bool = True, cancel=None, min_side: int = ROI_MIN_SIDE,
+                   factor: float = ROI_FACTOR) -> Iterator[tuple[np.ndarray, list[BoxMask]]]:
+    """predict_boxes one encode at a time: yields (indices into ``boxes`` (n,), n BoxMasks) per encode.
+
+    First the boxes decoded on the whole image (if any), then one item per ROI crop (nearby
+    boxes share a crop, see plan_rois). The number of items is ``count_encodes``.
+    """
+    shape = image_shape(image)
+    boxes = check_boxes(boxes, shape) if len(np.asarray(boxes).reshape(-1, 4)) else np.zeros((0, 4))
+    use_roi = choose_roi(boxes, shape, mode, predictor.spec.preprocessing.input_size, min_side=min_side)
+    window = global_intensity(image, intensity, channel)
+    if (~use_roi).any():
+        _check_cancel(cancel)
+        if shape[0] * shape[1] > MAX_WHOLE_PIXELS:
+            raise ImageError(
+                f"the image is {shape[1]} x {shape[0]} pixels, too large for whole-image mode: use roi mode"
+            )
+        idx = np.flatnonzero(~use_roi)
+        yield idx, _decode_on(predictor, image, (0, shape[0], 0, shape[1]), boxes[idx], window, channel,
+                              clip_to_box, roi=False)
+    roi_idx = np.flatnonzero(use_roi)
+    for group in plan_rois(boxes[roi_idx], shape, min_side, factor) if len(roi_idx) else []:
+        _check_cancel(cancel)
+        idx = roi_idx[group.indices]
+        yield idx, _decode_on(predictor, image, group.window, boxes[idx], window, channel, clip_to_box, roi=True)
+
+
+def predict_boxes(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None,
+                  channel=None, clip_to_box: bool = True, cancel=None) -> list[BoxMask]:
+    """Segment (N, 4) XYXY boxes (level-0 pixels) on a 2D image -> one BoxMask per box, in box order.
+
+    The one segmentation entry point (widget, ``medsam segment``, ``medsam batch``, scripts).
+    image: (H, W) or (H, W, C) array-like (numpy, dask, zarr, memmap) or a multiscale pyramid
+    (sequence of arrays, level 0 first). mode: "auto" decides per box (``choose_roi``): a box
+    big enough on the whole image decodes on the whole-image embedding, a small one on an ROI
+    crop around it; "roi" always crops, "whole" never does. Every encode goes through
+    ``predictor.set_image``, so its EmbeddingCache serves repeats: the whole image is encoded
+    once for all calls, the same crop never twice. Whole image and crops share one intensity
+    window (``global_intensity``); for many calls on a large image pass
+    ``global_intensity(image)`` as ``intensity`` to compute it once.
+    clip_to_box: drop mask pixels farther outside the box than the training box margin
+    (``box_margin``: 5 model pixels); False keeps the decoder's raw mask (the window then
+    grows to hold it). cancel: callable or threading.Event, checked before each encode.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out: list[BoxMask | None] = [None] * len(boxes)
+    for idx, results in iter_box_masks(predictor, image, boxes, mode, intensity, channel, clip_to_box, cancel):
+        for i, r in zip(idx, results, strict=True):
+            out[int(i)] = r
+    return out  # type: ignore[return-value]
+
+
+def encode_whole(predictor, image, intensity: Intensity | None = None, channel=None) -> bool:
+    """Encode the whole image exactly as predict_boxes' whole-image mode does (same cache key),
+    e.g. in the background before the first box is drawn. Returns True on a cache hit."""
+    shape = image_shape(image)
+    window = global_intensity(image, intensity, channel)
+    return bool(predictor.set_image(read_crop(image, (0, shape[0], 0, shape[1])), intensity=window, channel=channel))
+
+
 def paste_min_id(labels, window: tuple[int, int, int, int], masks: np.ndarray, ids: np.ndarray) -> None:
-    """Paste (n, h, w) crop masks into ``labels[y0:y1, x0:x1]`` in place: where objects overlap the
-    smallest id wins, which equals pasting in id order onto background only, whatever the group order.
-    ``labels`` may be any writable array-like (numpy, memmap, zarr)."""
+    """Paste (n, h, w) masks into ``labels[y0:y1, x0:x1]`` in place: where objects overlap the
+    smallest id wins, which equals pasting in id order onto background only, whatever the order
+    of the calls. ``labels`` may be any writable array-like (numpy, memmap, zarr)."""
     y0, y1, x0, x1 = window
     region = np.asarray(labels[y0:y1, x0:x1]).copy()
     for mask, obj_id in zip(masks, ids, strict=True):
@@ -245,54 +378,9 @@ def _check_cancel(cancel) -> None:
         raise CancelledError("segmentation cancelled; no labels were returned (an ``out`` array may be partly filled)")
 
 
-def predict_groups(predictor, image, boxes: np.ndarray, groups: list[RoiGroup], intensity: Intensity,
-                   channel=None, cancel=None) -> Iterator[tuple[RoiGroup, np.ndarray, np.ndarray]]:
-    """Yield (group, masks (n, h, w) bool in crop coordinates, scores (n,)) per group.
-
-    ``intensity`` must already be the image-wide window (``global_intensity``).
-    """
-    for group in groups:
-        _check_cancel(cancel)
-        y0, y1, x0, x1 = group.window
-        crop = read_crop(image, group.window)
-        predictor.set_image(crop, intensity=intensity, channel=channel)
-        local = boxes[group.indices] - np.array([x0, y0, x0, y0], np.float64)
-        masks, scores = predictor.predict(boxes=local)
-        yield group, np.asarray(masks, bool), np.asarray(scores)
-
-
-def iter_masks(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None, channel=None,
-               min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR,
-               cancel=None) -> Iterator[tuple[RoiGroup, np.ndarray, np.ndarray]]:
-    """Masks of (N, 4) XYXY pixel boxes, one encode at a time, without a full-size label image.
-
-    Yields (group, masks (n, h, w) bool in the group's window, scores (n,)): first the boxes
-    segmented in whole-image mode (window = the whole image), then one item per ROI crop.
-    ``group.indices`` index ``boxes``. For interactive use (one box at a time on a huge image),
-    compute ``global_intensity(image)`` once and pass it as ``intensity``: a "range" window is
-    used as is. Image and mode as for segment_large.
-    """
-    shape = image_shape(image)
-    boxes = check_boxes(boxes, shape) if len(np.asarray(boxes).reshape(-1, 4)) else np.zeros((0, 4))
-    use_roi = choose_roi(boxes, shape, mode, predictor.spec.preprocessing.input_size, min_side=min_side)
-    window = global_intensity(image, intensity, channel)
-    if (~use_roi).any():
-        _check_cancel(cancel)
-        if shape[0] * shape[1] > MAX_WHOLE_PIXELS:
-            raise ImageError(
-                f"the image is {shape[1]} x {shape[0]} pixels, too large for whole-image mode: use roi mode"
-            )
-        whole = RoiGroup((0, shape[0], 0, shape[1]), np.flatnonzero(~use_roi))
-        yield from predict_groups(predictor, image, boxes, [whole], window, channel)
-    roi_idx = np.flatnonzero(use_roi)
-    groups = plan_rois(boxes[roi_idx], shape, min_side, factor) if len(roi_idx) else []
-    mapped = [RoiGroup(g.window, roi_idx[g.indices]) for g in groups]
-    yield from predict_groups(predictor, image, boxes, mapped, window, channel, cancel)
-
-
 def count_encodes(boxes, shape: tuple[int, int], mode: str = "auto", input_size: int = 256,
                   min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR) -> int:
-    """How many encodes iter_masks / segment_large will run (for a progress bar's total)."""
+    """How many encodes predict_boxes / segment_large will run (for a progress bar's total)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     use_roi = choose_roi(boxes, shape, mode, input_size, min_side=min_side)
     n_roi = len(plan_rois(boxes[use_roi], shape, min_side, factor)) if use_roi.any() else 0
@@ -301,27 +389,27 @@ def count_encodes(boxes, shape: tuple[int, int], mode: str = "auto", input_size:
 
 def segment_large(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None,
                   channel=None, out=None, min_side: int = ROI_MIN_SIDE, factor: float = ROI_FACTOR,
-                  progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
-    """Segment (N, 4) XYXY pixel boxes on a 2D image in whole-image and/or ROI mode -> labels.
+                  progress: Callable[[int, int], None] | None = None, cancel=None,
+                  clip_to_box: bool = True) -> np.ndarray:
+    """Segment (N, 4) XYXY pixel boxes on a 2D image through predict_boxes' path -> (H, W) labels.
 
-    image: (H, W) or (H, W, C) numpy/dask/zarr array-like, or a multiscale pyramid (sequence of
-    such arrays, level 0 = full resolution); only crops of level 0 (and a subsample for the
-    intensity window) are read in ROI mode. Box i gets id i+1; where masks overlap the earlier
-    box wins (as segment.segment_boxes). mode: "auto" | "whole" | "roi" (see choose_roi).
-    out: optional writable (H, W) integer array-like to fill (e.g. a memmap or zarr array for
-    huge images); default a new uint32 numpy array. progress(done, total) after each encode;
-    cancel: a callable or threading.Event checked before each encode (CancelledError).
+    Box i gets id i+1; where masks overlap the earlier box wins (as segment.segment_boxes).
+    image and mode as predict_boxes. out: optional writable (H, W) integer array-like to fill
+    (e.g. a memmap or zarr array for huge images); default a new uint32 numpy array.
+    progress(done, total) after each encode; cancel: a callable or threading.Event checked
+    before each encode (CancelledError).
     """
     shape = image_shape(image)
     labels = np.zeros(shape, np.uint32) if out is None else out
     if tuple(labels.shape[:2]) != shape:
         raise ImageError(f"out has shape {labels.shape}, the image {shape}: give an (H, W) array of the image's size")
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    ids = np.arange(1, len(boxes) + 1, dtype=np.uint32)
     total = None
     done = 0
-    for group, masks, _ in iter_masks(predictor, image, boxes, mode, intensity, channel, min_side, factor, cancel):
-        paste_min_id(labels, group.window, masks, ids[group.indices])
+    for idx, results in iter_box_masks(predictor, image, boxes, mode, intensity, channel, clip_to_box, cancel,
+                                       min_side, factor):
+        for i, r in zip(idx, results, strict=True):
+            paste_min_id(labels, r.window, r.mask[None], np.array([i + 1], np.uint32))
         done += 1
         if progress:
             if total is None:

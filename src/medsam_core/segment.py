@@ -26,6 +26,8 @@ Progress = Callable[[int, int], None] | None
 def read_boxes_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a box CSV -> (boxes (N, 4) float64 XYXY, z (N,) int64 or None when there is no z column)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise PromptError(f"boxes file {path} is a directory, not a CSV file")
     if not path.is_file():
         raise PromptError(f"boxes file {path} does not exist (check the path)")
     try:
@@ -47,8 +49,11 @@ def read_boxes_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     boxes = np.zeros((len(rows), 4), np.float64)
     z = np.zeros(len(rows), np.int64) if has_z else None
     for i, row in enumerate(rows):
+        line = i + 2  # 1-based, after the header (DictReader puts extra fields under the key None)
+        if None in row:
+            raise PromptError(f"boxes file {path}, line {line} has more fields than the header "
+                              f"({len(header)} columns): remove the extra values or add column names")
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        line = i + 2  # 1-based, after the header
         try:
             boxes[i] = [float(row[c]) for c in BOX_COLUMNS]
             if has_z:
@@ -56,7 +61,7 @@ def read_boxes_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
                 if zf != int(zf):
                     raise ValueError(f"z={row['z']} is not a whole slice index")
                 z[i] = int(zf)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise PromptError(f"boxes file {path}, line {line}: {exc}; every box needs four numbers") from exc
     if not np.isfinite(boxes).all():
         raise PromptError(f"boxes file {path} contains NaN or inf coordinates")
@@ -89,26 +94,30 @@ def paste_masks(labels: np.ndarray, masks: np.ndarray, ids) -> None:
 
 def segment_boxes(predictor, image: np.ndarray, boxes: np.ndarray, z: np.ndarray | None = None,
                   intensity: Intensity | None = None, channel=None, batch_size: int = 64,
-                  progress: Progress = None) -> np.ndarray:
+                  progress: Progress = None, roi: str = "auto", clip_to_box: bool = True) -> np.ndarray:
     """Segment every box; returns uint32 labels of the image's spatial shape, box i -> id i+1.
 
     image: (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C) when ``z`` is given (one slice index per
-    box). boxes: (N, 4) XYXY pixels. progress(done, total) is called after each batch (2D) or
-    slice (3D). A 3D volume gets one intensity window for all its slices (volume_intensity).
+    box). boxes: (N, 4) XYXY pixels. Every slice goes through roi.predict_boxes: roi "auto"
+    (whole image for boxes big enough, a zoomed crop for small ones), "roi" or "whole";
+    clip_to_box as there. progress(done, total) is called after each encode (2D) or slice
+    (3D). A 3D volume gets one intensity window for all its slices (volume_intensity).
+    batch_size is kept for compatibility (decoding is chunked by roi.DECODE_CHUNK).
     """
+    from .roi import count_encodes, iter_box_masks
     from .volume import volume_intensity
 
+    del batch_size
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    ids = np.arange(1, len(boxes) + 1, dtype=np.uint32)
     if z is None:
         labels = np.zeros(image.shape[:2], np.uint32)
-        predictor.set_image(image, intensity=intensity, channel=channel)
-        starts = range(0, len(boxes), batch_size)
-        for k, s in enumerate(starts):
-            masks, _ = predictor.predict(boxes=boxes[s : s + batch_size])
-            paste_masks(labels, masks, ids[s : s + batch_size])
+        total = count_encodes(check_boxes(boxes, image.shape[:2]), image.shape[:2], roi,
+                              predictor.spec.preprocessing.input_size)
+        for k, (idx, results) in enumerate(iter_box_masks(predictor, image, boxes, roi, intensity, channel,
+                                                          clip_to_box)):
+            paste_box_masks(labels, results, idx + 1)
             if progress:
-                progress(k + 1, len(starts))
+                progress(k + 1, total)
         return labels
     z = np.asarray(z, np.int64)
     if image.ndim not in (3, 4):
@@ -118,16 +127,24 @@ def segment_boxes(predictor, image: np.ndarray, boxes: np.ndarray, z: np.ndarray
     slices = sorted(set(z.tolist()))
     for k, zi in enumerate(slices):
         sel = np.flatnonzero(z == zi)  # box order kept within the slice
-        predictor.set_image(image[zi], intensity=intensity, channel=channel)
-        masks, _ = predictor.predict(boxes=boxes[sel])
-        paste_masks(labels[zi], masks, ids[sel])
+        for idx, results in iter_box_masks(predictor, image[zi], boxes[sel], roi, intensity, channel, clip_to_box):
+            paste_box_masks(labels[zi], results, sel[idx] + 1)
         if progress:
             progress(k + 1, len(slices))
     return labels
 
 
+def paste_box_masks(labels: np.ndarray, results, ids) -> None:
+    """Paste roi.BoxMask results into (H, W) ``labels`` in place; where objects overlap the smallest
+    id wins (the same as pasting in box order onto background only, whatever the encode order)."""
+    from .roi import paste_min_id
+
+    for r, obj_id in zip(results, ids, strict=True):
+        paste_min_id(labels, r.window, r.mask[None], np.array([obj_id], np.uint32))
+
+
 def parse_intensity(text: str | None) -> Intensity:
-    """'auto' | 'percentile' | 'minmax' | 'ct:<window name>' (see CT_WINDOWS) -> Intensity."""
+    """'auto' | 'percentile' | 'as_is' | 'minmax' | 'ct:<window name>' (see CT_WINDOWS) -> Intensity."""
     from .preprocess import CT_WINDOWS
 
     text = (text or "auto").strip().lower()
@@ -136,8 +153,9 @@ def parse_intensity(text: str | None) -> Intensity:
         if name not in CT_WINDOWS:
             raise ImageError(f"unknown CT window {name!r}; use ct:<name> with one of {', '.join(CT_WINDOWS)}")
         return Intensity.ct(name)
-    if text not in ("auto", "percentile", "minmax"):
-        raise ImageError(f"unknown intensity {text!r}: use auto, percentile, minmax or ct:<window>")
+    text = text.replace("-", "_")
+    if text not in ("auto", "percentile", "as_is", "minmax"):
+        raise ImageError(f"unknown intensity {text!r}: use auto, percentile, as_is, minmax or ct:<window>")
     return Intensity(mode=text)
 
 

@@ -8,29 +8,38 @@ import numpy as np
 
 
 class BoxFillPredictor:
-    """Stands in for Predictor: each box's mask is the box itself (inclusive), in the coordinates of
-    the image last set; records every image (shape) and intensity it was given."""
+    """Stands in for Predictor: each box's mask is the box itself (inclusive) grown by ``bleed`` pixels
+    per side (clipped to the image), in the coordinates of the image last set; records every image
+    (shape), intensity and box it was given. ``keep_images`` also keeps a copy of every image."""
 
-    def __init__(self, input_size: int = 256):
-        self.spec = SimpleNamespace(preprocessing=SimpleNamespace(input_size=input_size))
+    def __init__(self, input_size: int = 256, bleed: int = 0, keep_images: bool = False):
+        self.spec = SimpleNamespace(preprocessing=SimpleNamespace(input_size=input_size, resize="longest_side"))
+        self.bleed = bleed
+        self.keep_images = keep_images
         self.shapes: list[tuple[int, ...]] = []
         self.intensities: list = []
+        self.images: list = []
+        self.boxes: list[np.ndarray] = []
         self.encoder_calls = 0
 
     def set_image(self, image, intensity=None, channel=None):
         image = np.asarray(image)
         self.shapes.append(image.shape)
         self.intensities.append(intensity)
+        if self.keep_images:
+            self.images.append((image.copy(), intensity))
         self.encoder_calls += 1
         self.shape = image.shape[:2]
         return False
 
     def predict(self, boxes):
         boxes = np.asarray(boxes, np.float64)
+        self.boxes.append(boxes)
         masks = np.zeros((len(boxes), *self.shape), bool)
+        b = self.bleed
         for m, (x0, y0, x1, y1) in zip(masks, np.round(boxes).astype(int), strict=True):
             assert 0 <= x0 <= x1 < self.shape[1] and 0 <= y0 <= y1 < self.shape[0], "box outside the crop"
-            m[y0 : y1 + 1, x0 : x1 + 1] = True
+            m[max(y0 - b, 0) : y1 + 1 + b, max(x0 - b, 0) : x1 + 1 + b] = True
         return masks, np.ones(len(boxes), np.float32)
 
 

@@ -60,9 +60,23 @@ def test_prepare_image_pads_bottom_right_and_normalises():
     np.testing.assert_array_equal(t[0], t[1])  # grey replicated to 3 channels
 
 
-def test_intensity_auto_keeps_uint8_and_clips_uint16_percentiles():
-    u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    np.testing.assert_array_equal(intensity_to_255(u8), u8.astype(np.float32))
+def test_intensity_auto_clips_uint8_like_training_and_as_is_keeps_it():
+    # an 8-bit image using only 40..200 with a few saturated pixels, as 8-bit EM/microscopy often is
+    u8 = np.tile(np.linspace(40, 200, 100).astype(np.uint8), (100, 1))
+    u8[0, :3] = 255
+    lo, hi = np.percentile(u8[u8 > 0].astype(float), [0.5, 99.5])
+    expected = (np.clip(u8.astype(float), lo, hi) - lo) * 255 / (hi - lo)  # the training pipeline's rule
+    np.testing.assert_allclose(intensity_to_255(u8), expected, atol=1e-3)
+    assert intensity_to_255(u8).max() == pytest.approx(255) and intensity_to_255(u8).min() == pytest.approx(0)
+    np.testing.assert_allclose(intensity_to_255(u8, Intensity(mode="percentile")), expected, atol=1e-3)
+    # "already windowed" 8-bit data: the values are the picture, unchanged
+    np.testing.assert_array_equal(intensity_to_255(u8, Intensity(mode="as_is")), u8.astype(np.float32))
+    with pytest.raises(ImageError, match="as_is.*0..255"):
+        intensity_to_255(np.array([[0, 300]], np.uint16), Intensity(mode="as_is"))
+    assert Intensity(mode="as_is") != Intensity()  # different cache keys
+
+
+def test_intensity_auto_clips_uint16_percentiles():
     u16 = np.zeros((100, 100), np.uint16)
     u16[:50] = 1000
     u16[50:] = 2000

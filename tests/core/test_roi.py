@@ -132,7 +132,11 @@ def test_crops_use_the_whole_image_intensity_window():
     for it in pred.intensities:
         assert it.mode == "range"
         np.testing.assert_allclose(it.value_range, (lo, hi))
-    assert global_intensity(image.astype(np.uint8)).mode == "auto"  # uint8 needs no window
+    u8 = (image % 200).astype(np.uint8)
+    lo8, hi8 = np.percentile(u8[u8 > 0].astype(float), [0.5, 99.5])
+    np.testing.assert_allclose(global_intensity(u8).value_range, (lo8, hi8))  # uint8 is clipped too
+    as_is = Intensity(mode="as_is")
+    assert global_intensity(u8, as_is) is as_is  # "already windowed": used unchanged
     ct = Intensity.ct("lung")
     assert global_intensity(image, ct) is ct
 
@@ -240,8 +244,8 @@ def test_lazy_4096_image_with_real_model_reads_only_crops(lite_model):
     assert labels[: -base.shape[0]].max() == 0  # nothing pasted outside the tile
 
 
-def test_progress_counts_every_encode_and_iter_masks_gives_crop_masks():
-    from medsam_core.roi import count_encodes, iter_masks
+def test_progress_counts_every_encode_and_iter_box_masks_gives_tight_windows():
+    from medsam_core.roi import count_encodes, iter_box_masks
 
     shape = (700, 1000)
     boxes = np.vstack([BORDER_BOXES, [[100, 100, 699, 499]]])  # a large box: whole-image mode in auto
@@ -250,11 +254,16 @@ def test_progress_counts_every_encode_and_iter_masks_gives_crop_masks():
     segment_large(pred, ramp(shape), boxes, mode="auto", progress=lambda d, t: seen.append((d, t)))
     n = count_encodes(boxes, shape)
     assert seen == [(k, n) for k in range(1, n + 1)] and pred.encoder_calls == n
-    items = list(iter_masks(BoxFillPredictor(), ramp(shape), boxes, mode="auto"))
-    assert items[0][0].window == (0, 700, 0, 1000) and items[0][0].indices.tolist() == [9]
-    for group, masks, _ in items:
-        y0, y1, x0, x1 = group.window
-        assert masks.shape == (len(group.indices), y1 - y0, x1 - x0)
+    items = list(iter_box_masks(BoxFillPredictor(), ramp(shape), boxes, mode="auto"))
+    assert len(items) == n and items[0][0].tolist() == [9] and not items[0][1][0].roi
+    for idx, results in items:
+        for i, r in zip(idx, results, strict=True):
+            y0, y1, x0, x1 = r.window
+            assert r.mask.shape == (y1 - y0, x1 - x0)
+            np.testing.assert_array_equal(r.full(shape), box_filled(shape, boxes[i : i + 1]) > 0)
+            bx0, by0, bx1, by1 = boxes[i]
+            m = 1000 * 5 / 256 + 1 if not r.roi else ROI_MIN_SIDE * 5 / 256 + 1  # margin of the encoded image
+            assert bx0 - m <= x0 <= bx0 and by0 - m <= y0 <= by0 and bx1 < x1 <= bx1 + m + 1 and by1 < y1 <= by1 + m + 1
 
 
 def test_intensity_sample_falls_back_to_rows_when_strided_reads_fail():
@@ -271,3 +280,91 @@ def test_intensity_sample_falls_back_to_rows_when_strided_reads_fail():
     lo, hi = global_intensity(NoStep()).value_range
     sample = image[::2, ::2]  # step = ceil(3000 / 2048) = 2
     np.testing.assert_allclose((lo, hi), np.percentile(sample[sample > 0].astype(float), [0.5, 99.5]))
+
+
+# -- predict_boxes: the one entry point -------------------------------------------------------------
+def test_predict_boxes_auto_decodes_big_boxes_on_the_whole_image_and_zooms_small_ones():
+    from medsam_core.roi import predict_boxes
+
+    shape = (1000, 1000)
+    boxes = np.array([[100, 100, 499, 399], [700, 700, 715, 712], [600, 100, 899, 399]], float)  # big, small, big
+    pred = BoxFillPredictor()
+    res = predict_boxes(pred, ramp(shape), boxes)  # mode="auto"
+    assert [r.roi for r in res] == [False, True, False]
+    assert pred.shapes == [shape, (ROI_MIN_SIDE, ROI_MIN_SIDE)]  # one whole-image encode, one crop
+    assert len(pred.boxes[0]) == 2  # both big boxes decoded on the one whole-image embedding
+    for r, b in zip(res, boxes, strict=True):
+        np.testing.assert_array_equal(r.full(shape), box_filled(shape, b[None]) > 0)
+        assert r.score == 1.0 and r.clipped == 0
+    whole = predict_boxes(BoxFillPredictor(), ramp(shape), boxes, mode="whole")
+    roi = predict_boxes(BoxFillPredictor(), ramp(shape), boxes, mode="roi")
+    assert not any(r.roi for r in whole) and all(r.roi for r in roi)
+    assert predict_boxes(BoxFillPredictor(), ramp(shape), np.zeros((0, 4))) == []
+    with pytest.raises(PromptError, match="unknown ROI mode"):
+        predict_boxes(BoxFillPredictor(), ramp(shape), boxes, mode="zoom")
+
+
+def test_predict_boxes_clips_masks_to_box_plus_training_margin():
+    from medsam_core.roi import BOX_SHIFT_FRACTION, predict_boxes
+
+    shape = (512, 512)
+    box = np.array([[200, 200, 299, 259]], float)
+    margin = BOX_SHIFT_FRACTION * 512  # 10 px: 5 of the model's 256 pixels
+    (r,) = predict_boxes(BoxFillPredictor(bleed=40), ramp(shape), box, mode="whole")
+    full = r.full(shape)
+    ys, xs = np.nonzero(full)
+    assert xs.min() == 200 - int(margin) and xs.max() == 299 + int(margin)  # cut at the margin
+    assert ys.min() == 200 - int(margin) and ys.max() == 259 + int(margin)
+    assert r.clipped == 180 * 140 - full.sum() > 0  # the 40 px bleed beyond the 10 px margin
+    (raw,) = predict_boxes(BoxFillPredictor(bleed=40), ramp(shape), box, mode="whole", clip_to_box=False)
+    assert raw.clipped == 0 and raw.window == (160, 300, 160, 340) and raw.mask.all()  # grown to the raw mask
+    # a mask inside box + margin is untouched
+    (ok,) = predict_boxes(BoxFillPredictor(bleed=5), ramp(shape), box, mode="whole")
+    assert ok.clipped == 0 and ok.mask.sum() == 110 * 70
+
+
+def test_predict_boxes_same_crop_twice_hits_the_cache_once_encoded():
+    from medsam_core.embeddings import EmbeddingCache
+    from medsam_core.roi import predict_boxes
+
+    class CountingPredictor(BoxFillPredictor):
+        """A cache in front of the fake encoder, keyed like Predictor (content + intensity)."""
+
+        def __init__(self):
+            super().__init__()
+            self.cache = EmbeddingCache()
+            self.keys = set()
+
+        def set_image(self, image, intensity=None, channel=None):
+            from medsam_core.embeddings import content_hash
+
+            key = (content_hash(np.asarray(image)), repr(intensity))
+            hit = key in self.keys
+            self.keys.add(key)
+            if not hit:
+                super().set_image(image, intensity, channel)
+            self.shape = np.asarray(image).shape[:2]
+            return hit
+
+    pred = CountingPredictor()
+    image = ramp((1000, 1000))
+    box = np.array([[700, 700, 715, 712]], float)
+    first = predict_boxes(pred, image, box, mode="roi")
+    again = predict_boxes(pred, image, box, mode="roi")
+    assert pred.encoder_calls == 1 and first[0].window == again[0].window
+
+
+def test_segment_boxes_routes_through_predict_boxes_with_roi_option():
+    from medsam_core.segment import segment_boxes
+
+    shape = (2048, 2048)
+    boxes = np.array([[1000, 1000, 1019, 1019], [10, 2000, 40, 2040]], float)
+    pred = BoxFillPredictor(bleed=30)
+    labels = segment_boxes(pred, ramp(shape), boxes)  # default roi="auto": 20 px boxes are zoomed
+    assert pred.shapes == [(ROI_MIN_SIDE, ROI_MIN_SIDE)] * 2
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        ys, xs = np.nonzero(labels == k + 1)
+        m = int(ROI_MIN_SIDE * 5 / 256)  # crop margin: 2.5 px
+        assert xs.min() >= x0 - m and xs.max() <= x1 + m and ys.min() >= y0 - m and ys.max() <= y1 + m
+    whole = segment_boxes(BoxFillPredictor(bleed=30), ramp(shape), boxes, roi="whole", clip_to_box=False)
+    assert (whole == 1).sum() == 80 * 80  # the raw (bled) mask, kept on request
