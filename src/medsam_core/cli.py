@@ -45,15 +45,12 @@ def load_from_args(args: argparse.Namespace):
     return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
-def check_output(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
-    """Fail before any model work if an output path cannot be written."""
-    path = Path(path).expanduser()
-    name = path.name.lower()
-    if not any(name.endswith(s) for s in suffixes):
-        raise ImageError(f"{what} {path.name} must end in {', '.join(suffixes)}")
-    if not path.parent.is_dir():
-        raise ImageError(f"folder {path.parent} for the {what} does not exist; create it first")
-    return path
+def check_output(path: str | Path, suffixes: tuple[str, ...], what: str, inputs=()) -> Path:
+    """Fail before any model work if an output path cannot be written safely (see _paths.py):
+    wrong ending, a folder, read-only, no folder, or one of ``inputs`` (also via a link)."""
+    from ._paths import check_output as check
+
+    return check(path, inputs=inputs, suffixes=suffixes, what=what)
 
 
 def tqdm_progress(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -91,13 +88,17 @@ def register_segment(sub) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from ._atomic import clean_stale_tmp
+    from ._paths import check_distinct
     from .io import read_image, write_labels
     from .overlay import render_overlay, save_png
     from .predictor import Predictor
     from .segment import check_boxes_for_image, parse_channel, parse_intensity, read_boxes_csv, segment_boxes
 
-    out = check_output(args.out, LABEL_SUFFIXES, "labels file")
-    overlay = check_output(args.overlay, (".png",), "overlay file") if args.overlay else None
+    inputs = (args.image, args.boxes, args.checkpoint)
+    out = check_output(args.out, LABEL_SUFFIXES, "labels file", inputs)
+    overlay = check_output(args.overlay, (".png",), "overlay file", inputs) if args.overlay else None
+    check_distinct({"labels file": out, "overlay file": overlay})
     intensity, channel = parse_intensity(args.intensity), parse_channel(args.channel)
     image, meta = read_image(args.image)
     boxes, z = read_boxes_csv(args.boxes)
@@ -116,6 +117,7 @@ def run_segment(args: argparse.Namespace) -> int:
         sel = slice(None) if z is None else z == zi
         picture = render_overlay(image if zi is None else image[zi], labels if zi is None else labels[zi],
                                  boxes[sel])
+    clean_stale_tmp(out.parent)  # temp files a killed earlier run left behind (ours only, old)
     write_labels(out, labels, meta)
     if picture is not None:
         save_png(overlay, picture)
@@ -171,6 +173,7 @@ def register_demo(sub) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from ._paths import check_output_dir
     from .io import write_labels
     from .metrics import dice, nsd
     from .overlay import render_overlay, save_png
@@ -179,7 +182,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from .segment import segment_boxes
 
     sample = nuclei()
-    out = Path(args.out).expanduser()
+    out = check_output_dir(args.out, what="demo output folder")
+    for name in ("labels.tif", "overlay.png"):
+        if (out / name).exists():
+            check_output(out / name, (name[-4:],), name, inputs=(args.checkpoint,))
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(load_from_args(args))
     labels = segment_boxes(predictor, sample.image, sample.boxes)
