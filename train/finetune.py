@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from medsam_core import load_model
+from medsam_core._atomic import clean_stale_tmp, mkstemp_readable
+from medsam_core._paths import check_output
 from medsam_core.checkpoint import CHECKPOINT_FORMAT, state_dict_sha256
 from medsam_core.data import (
     jitter_boxes,
@@ -37,6 +41,7 @@ from medsam_core.data import (
     read_folder_pairs,
     split_holdout,
 )
+from medsam_core.errors import MedSAMError
 from medsam_core.lora import merge_lora
 from medsam_core.losses import DiceCELoss, IoURegressionLoss
 from medsam_core.preprocess import boxes_to_model
@@ -84,8 +89,24 @@ def parse_config() -> Config:
     return Config(**vars(parser.parse_args()))
 
 
+def _show_user_errors(kind, exc, tb) -> None:
+    """A MedSAMError (bad input, refused checkpoint) is a message for the user, not a traceback."""
+    if issubclass(kind, MedSAMError):
+        print(f"finetune.py: error: {exc}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, exc, tb)
+
+
+sys.excepthook = _show_user_errors
 cfg = parse_config()
 cfg.lr = cfg.lr or DEFAULT_LR[cfg.mode]
+try:  # the output is checked before any work: never an input, a folder or unwritable (exit 2)
+    _inputs = [cfg.checkpoint or None] + [q for d in (cfg.images, cfg.labels) if d and Path(d).is_dir()
+                                          for q in Path(d).iterdir()]
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    check_output(cfg.out, inputs=_inputs, suffixes=(".pt", ".pth"), what="checkpoint")
+except (MedSAMError, OSError) as _exc:
+    sys.exit(f"finetune.py: error: {_exc}")
 
 # -----------------------------------------------------------------------------
 # distributed setup: torchrun sets RANK, WORLD_SIZE and LOCAL_RANK
@@ -236,8 +257,15 @@ if master:
     }
     path = os.path.abspath(cfg.out)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(checkpoint, path + ".tmp")  # write, then rename: readers never see half a file
-    os.replace(path + ".tmp", path)
+    clean_stale_tmp(os.path.dirname(path))  # what an earlier killed run left behind (ours only, old)
+    fd, tmp = mkstemp_readable(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    os.close(fd)
+    try:  # write, then rename: readers never see half a file
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     log(f"saved {path} ({step} steps, {time.perf_counter() - t0:.1f}s)")
 if ddp:
     dist.barrier()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam_core._paths import check_output
 from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
@@ -57,6 +58,9 @@ def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> lis
     arr = np.asarray(data)
     if arr.ndim not in (2, 3):
         raise ImageError(f"only 2D (Y, X) or 3D (Z, Y, X) labels can be saved, got shape {arr.shape}")
+    source = ((meta or {}).get("metadata") or {}).get(META_KEY) or {}
+    source = source.get("source") if isinstance(source, dict) else getattr(source, "source", None)
+    check_output(path, inputs=(source,), what="labels file")  # never the image the labels were drawn on
     out = write_labels(path, arr, labels_meta(arr, meta))
     return [str(out), *write_provenance(out, arr, (meta or {}).get("metadata"))]
 
