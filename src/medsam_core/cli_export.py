@@ -22,12 +22,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .backends import make_encoder_backend, openvino_available
+    from ._paths import check_output_dir
+    from .backends import default_cache_dir, make_encoder_backend, openvino_available
     from .cli import load_from_args
 
     if not openvino_available():
         print("medsam: error: OpenVINO is not installed: pip install 'napari-medsam[fast]'")
         return 2
+    # the engine goes there: a file in its place or no write permission is said now, not after a minute
+    check_output_dir(default_cache_dir() / "engines", what="engine cache folder (set $MEDSAM_CACHE_DIR to move it)")
     model = load_from_args(args)
     backend = make_encoder_backend(model, "openvino")
     info = getattr(backend, "info", {})
