@@ -9,8 +9,9 @@ exports, or a folder of label images (see boxsources.py). Each image's labels go
 ``out/<stem>.tif`` (``.nii.gz`` for NIfTI inputs, with the input's affine), written atomically,
 so an existing output is always complete: a second run skips it (resume) unless ``overwrite``.
 A failure on one image (corrupt file, bad boxes) is recorded and the others go on; the report
-is also written to ``out/batch_report.json``. 2D images go through roi.segment_large (ROI mode
-for small boxes on large images, see ``roi``); 3D volumes through segment.segment_boxes.
+is also written to ``out/batch_report.json``. Every slice goes through roi.predict_boxes (the one
+entry point: whole image, or an ROI crop for small boxes, see ``roi``): 2D images via
+roi.segment_large, 3D volumes via segment.segment_boxes.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi:
         labels = segment_large(predictor, image, boxes, mode=roi, intensity=intensity, channel=channel,
                                cancel=cancel)
     else:
-        labels = segment_boxes(predictor, image, boxes, z, intensity=intensity, channel=channel)
+        labels = segment_boxes(predictor, image, boxes, z, intensity=intensity, channel=channel, roi=roi)
     if ids is not None:  # keep the source label ids: box k -> ids[k]
         lut = np.concatenate([[0], ids]).astype(np.uint32)
         labels = lut[labels]
@@ -200,7 +201,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], a folder of <stem>.csv box
     CSVs / napari Shapes exports, or a dict {image name or stem: (N, 4) XYXY array} (2D); boxes_from_labels: a folder of label images paired by stem
     (one box per object, grown by ``margin`` px; output keeps the ids). roi: "auto" | "whole" |
-    "roi" (2D only). predictor: a Predictor, or a zero-argument factory of one; default: one
+    "roi" (per slice for 3D). predictor: a Predictor, or a zero-argument factory of one; default: one
     made from model/checkpoint/device. The model is loaded only when the first image needs it. on_progress(done, total, image name) after each image;
     cancel: a callable or threading.Event checked between images and crops.
     Bad arguments raise a MedSAMError before anything is written.

@@ -81,8 +81,15 @@ def register_segment(sub) -> None:
     p.add_argument("--boxes", required=True, help="CSV with header x_min,y_min,x_max,y_max[,z] (z: slice of 3D)")
     p.add_argument("--out", required=True, help="labels file: .tif/.tiff or .nii/.nii.gz")
     add_model_options(p)
-    p.add_argument("--intensity", default="auto", help="auto, percentile, minmax or ct:<window> (e.g. ct:lung)")
+    p.add_argument("--intensity", default="auto",
+                   help="auto (0.5-99.5 percentile clip, as in training), as_is (8-bit data already windowed), "
+                   "percentile, minmax or ct:<window> (e.g. ct:lung)")
     p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
+    p.add_argument("--roi", choices=("auto", "roi", "whole"), default="auto",
+                   help="zoom: encode a crop around boxes too small on the whole image (auto), around every "
+                   "box (roi) or never (whole)")
+    p.add_argument("--no-clip-to-box", dest="clip_to_box", action="store_false",
+                   help="keep mask pixels farther outside their box than the training box margin")
     p.add_argument("--overlay", default=None, help="also write a PNG picture of outlines and boxes")
     p.set_defaults(func=run_segment)
 
@@ -106,9 +113,10 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ImageError(f"{args.image} has axes {meta.axes}; segment takes (Y, X[, C]) or (Z, Y, X[, C]) images")
     check_boxes_for_image(boxes, z, meta.shape)
     predictor = Predictor(load_from_args(args))
-    update, close = tqdm_progress("slices" if z is not None else "boxes")
+    update, close = tqdm_progress("slices" if z is not None else "encodes")
     try:
-        labels = segment_boxes(predictor, image, boxes, z, intensity=intensity, channel=channel, progress=update)
+        labels = segment_boxes(predictor, image, boxes, z, intensity=intensity, channel=channel, progress=update,
+                               roi=args.roi, clip_to_box=args.clip_to_box)
     finally:
         close()
     picture = None

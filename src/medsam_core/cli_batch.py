@@ -29,7 +29,7 @@ def register(sub) -> None:
                      help="folder of label images paired by file stem: one box per object, ids kept")
     p.add_argument("--margin", type=float, default=0.0, help="grow boxes from labels by this many pixels")
     p.add_argument("--roi", choices=("auto", "whole", "roi"), default="auto",
-                   help="2D: crop around small boxes on large images (auto), never (whole) or always (roi)")
+                   help="crop around boxes too small on the whole image (auto), never (whole) or always (roi)")
     p.add_argument("--overwrite", action="store_true", help="re-segment images whose output exists")
     p.add_argument("--pattern", action="append", default=None,
                    help="only file names matching this glob (repeatable), e.g. '*.tif'")

@@ -162,3 +162,63 @@ def test_shipped_sample_is_consistent():
         assert (x1, y1) == (min(xs.max() + 2, 255), min(ys.max() + 2, 255))
         assert ys.min() > 0 and xs.min() > 0 and ys.max() < 255 and xs.max() < 255
     assert all(p.stat().st_size < 200_000 for p in nuclei_paths().values())
+
+
+# -- medsam segment --roi ---------------------------------------------------------------------------
+def disks_image(size=4096, centres=((1000, 1200), (3000, 700), (2500, 3900)), r=12, seed=0):
+    """(size, size) uint16: dim noisy background with bright disks of radius r; and the disk masks."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(300, 40, (size, size)).clip(0, None).astype(np.uint16)
+    yy, xx = np.ogrid[:size, :size]
+    masks = []
+    for cy, cx in centres:
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[m] = 2000
+        masks.append(m)
+    boxes = np.array([[cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3] for cy, cx in centres], float)
+    return img, masks, boxes
+
+
+def run_cli_segment(tmp_path, img, boxes, *extra):
+    import tifffile
+
+    from medsam_core import cli
+
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("x_min,y_min,x_max,y_max\n" + "".join(",".join(str(int(v)) for v in b) + "\n" for b in boxes))
+    out = tmp_path / "labels.tif"
+    code = cli.main(["segment", str(tmp_path / "big.tif"), "--boxes", str(csv), "--out", str(out), *extra])
+    return code, tifffile.imread(out) if out.exists() else None
+
+
+def test_cli_segment_roi_option_routes_through_predict_boxes(tmp_path, monkeypatch):
+    from medsam_core import cli
+
+    made = []
+    monkeypatch.setattr(cli, "load_from_args", lambda args: None)
+    monkeypatch.setattr("medsam_core.predictor.Predictor", lambda model: made.append(_BoxFill(bleed=40)) or made[-1])
+    img, _, boxes = disks_image(2048, ((500, 600), (1500, 300)))
+    code, labels = run_cli_segment(tmp_path, img, boxes)  # default --roi auto
+    assert code == 0 and made[-1].shapes == [(128, 128)] * 2  # two small boxes: two zoomed crops
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):  # the 40 px bleed is clipped at box + 2.5 px
+        ys, xs = np.nonzero(labels == k + 1)
+        assert xs.min() >= x0 - 2 and xs.max() <= x1 + 2 and ys.min() >= y0 - 2 and ys.max() <= y1 + 2
+    code, labels = run_cli_segment(tmp_path, img, boxes, "--roi", "whole", "--no-clip-to-box")
+    assert code == 0 and made[-1].shapes == [(2048, 2048)]
+    assert (labels == 1).sum() == (31 + 80) ** 2  # the raw mask, kept on request
+
+
+@pytest.mark.slow
+def test_cli_segment_on_4096_image_puts_real_masks_inside_their_boxes(tmp_path, monkeypatch, lite_model):
+    from medsam_core import cli
+    from medsam_core.metrics import dice
+
+    monkeypatch.setattr(cli, "load_from_args", lambda args: lite_model)
+    img, masks, boxes = disks_image()
+    code, labels = run_cli_segment(tmp_path, img, boxes)  # defaults: --roi auto, clip to box
+    assert code == 0
+    for k, (m, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes.astype(int), strict=True)):
+        ys, xs = np.nonzero(labels == k + 1)
+        assert xs.min() >= x0 - 2 and xs.max() <= x1 + 2 and ys.min() >= y0 - 2 and ys.max() <= y1 + 2
+        assert dice(labels == k + 1, m) > 0.85
