@@ -149,8 +149,17 @@ class Session:
         self.shapes_layer.mode = "add_rectangle"
 
     def set_labels_layer(self, labels_layer) -> None:
+        """Write into ``labels_layer`` from now on. The boxes and points drawn so far belong to the
+        old layer's objects: they are cleared (the old layer keeps its masks), so the next box is
+        the only thing written into the new layer."""
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
+        with self.quiet():
+            for layer in (self.shapes_layer, self.points_layer):
+                if layer is not None and len(layer.data):
+                    layer.selected_data = set(range(len(layer.data)))
+                    layer.remove_selected()  # unlike data = [], this also drops the features rows
+        self.on_status(f"MedSAM: labels now go to {labels_layer.name!r}; the old boxes were cleared")
 
     def _prompt_layer(self, name, make):
         for layer in list(self.viewer.layers):

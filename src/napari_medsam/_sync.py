@@ -94,7 +94,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
         if s.settings.delete_removes:
             editor.clear(objects[lid].plane, lid)
         del objects[lid]
-    what = f"{len(written)} box(es)" + (f", {len(plan.removed)} removed" if plan.removed else "")
+    what = describe_boxes(len(written), len(plan.removed))
     s.commit(editor, objects, what)
     with s.quiet():
         s.set_shape_ids(plan.ids)
@@ -102,6 +102,17 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
     if written:
         s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))})")
     return written
+
+
+def _boxes(n: int) -> str:
+    return f"{n} box" if n == 1 else f"{n} boxes"
+
+
+def describe_boxes(written: int, removed: int) -> str:
+    """Commit description: "1 box", "3 boxes", "2 boxes, 1 removed", "removing 1 box" (undo: "undid ...")."""
+    if not written:
+        return f"removing {_boxes(removed)}"
+    return _boxes(written) + (f", {removed} removed" if removed else "")
 
 
 def _take_back(s, errors) -> None:

@@ -355,7 +355,10 @@ class MedSAMWidget(QWidget):
         """Add or update the image layer "MedSAM model input": what the model sees for the current slice."""
         from ._preview import show_model_input
 
-        return show_model_input(self.session)
+        layer = show_model_input(self.session)
+        self._activate_boxes()  # napari selects an inserted layer: the next drag must still draw a box
+        QTimer.singleShot(0, self._activate_boxes)
+        return layer
 
     def segment_3d(self, box=None, z: int | None = None) -> None:
         """Segment the selected box (or (4,) XYXY ``box`` on slice ``z``) through the 3D stack, from its
