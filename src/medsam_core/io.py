@@ -316,6 +316,8 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
     arr = check_labels(labels)
     meta = ImageMeta.from_dict(meta) if meta is not None else None
     spacing = _labels_spacing(arr, meta)
+    if path.is_dir():
+        raise ImageError(f"cannot write labels to {path}: it is a folder; give a file name")
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
     fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
