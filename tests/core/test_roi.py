@@ -368,3 +368,25 @@ def test_segment_boxes_routes_through_predict_boxes_with_roi_option():
         assert xs.min() >= x0 - m and xs.max() <= x1 + m and ys.min() >= y0 - m and ys.max() <= y1 + m
     whole = segment_boxes(BoxFillPredictor(bleed=30), ramp(shape), boxes, roi="whole", clip_to_box=False)
     assert (whole == 1).sum() == 80 * 80  # the raw (bled) mask, kept on request
+
+
+@pytest.mark.slow
+def test_predict_boxes_real_model_caches_whole_image_and_crops(lite_model, dsb2018):
+    from medsam_core import Predictor, predict_boxes
+    from medsam_core.metrics import dice
+
+    image, gt = dsb2018
+    ids = np.unique(gt)[1:][::25][:5]
+    boxes = bbox(gt, ids) + np.array([-3, -3, 3, 3])
+    big = np.array([[0, 0, 400, 300]], float)  # shown at 200 model px: decoded on the whole image
+    pred = Predictor(lite_model)
+    res = predict_boxes(pred, image, np.vstack([boxes, big]))
+    assert [r.roi for r in res] == [True] * len(ids) + [False]
+    first = pred.encoder_calls
+    assert first <= len(ids) + 1
+    again = predict_boxes(pred, image, np.vstack([boxes, big]))  # every crop and the image: cache hits
+    assert pred.encoder_calls == first
+    for r, s in zip(res, again, strict=True):
+        assert r.window == s.window and np.array_equal(r.mask, s.mask)
+    d = [dice(r.full(gt.shape), gt == i) for r, i in zip(res, ids, strict=False)]
+    assert np.mean(d) > 0.75, d
