@@ -82,7 +82,7 @@ def _seed(previous: WalkResult | None, shape, axis: int, z: int, keys: dict) -> 
     sides = _changed_sides(keys, previous, z)
     if len(sides) == 2:
         return result, sides
-    keep = [zz for zz in previous.masks if zz == z or (zz < z if sides == ("up",) else zz > z)]
+    keep = [zz for zz in previous.masks if zz == z or (zz > z and "up" not in sides) or (zz < z and "down" not in sides)]
     for name in _SIDES:
         src = getattr(previous, name)
         getattr(result, name).update({zz: src[zz] for zz in keep if zz in src})

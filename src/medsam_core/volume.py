@@ -7,8 +7,10 @@ A MedSAM-family model sees one 2D slice at a time. Three rules make a volume wor
   different on each slice. ``volume_intensity`` turns "auto"/"percentile"/"minmax" into a fixed
   ``Intensity(mode="range", value_range=(lo, hi))`` computed once from the whole volume (0.5 and
   99.5 percentiles of its non-zero voxels, as MedSAM's data pipeline does per image), and every
-  slice is normalised with it. "ct" and "range" are fixed windows already and pass unchanged;
-  uint8 volumes with "auto" stay as they are (no scaling at all, also consistent).
+  slice is normalised with it. That is the training pipeline's rule (MedSAM / LiteMedSAM clip
+  every grey image or volume to those percentiles and rescale, whatever the dtype), so uint8
+  volumes are clipped too (on the Colin27 T1, uint8 0..254, the window is 10..188). "ct",
+  "range" and "as_is" (8-bit data already windowed, used unchanged) pass unchanged.
 * **Each slice is encoded once**, whatever the number of objects: slices go through
   ``Predictor.set_image``, whose EmbeddingCache is keyed by the slice's content hash, the model
   and the (volume-wide) intensity window. ``embed_volume`` fills that cache ahead of time in
@@ -69,7 +71,7 @@ def volume_intensity(volume, intensity: Intensity | None = None) -> Intensity:
     intensity = intensity or Intensity()
     vol = np.asarray(volume)
     mode = intensity.mode
-    if mode in ("ct", "range") or (mode == "auto" and vol.dtype == np.uint8):
+    if mode in ("ct", "range", "as_is"):
         return intensity
     flat = vol.reshape(-1)
     if flat.size > _PERCENTILE_SAMPLE:

@@ -41,8 +41,10 @@ __all__ = ["BoxWalk", "Propagator", "SliceResult", "Stop", "StopRules", "WalkRes
 
 class SliceResult(tuple):
     """Unpacks as ``(z, mask, score)``: slice index along the slicing axis, (Y, X) bool mask,
-    predicted IoU. Also carries ``box`` ((4,) XYXY prompt used) and ``total`` (current estimate
-    of how many slices the walk will decode in all, for progress bars; it only shrinks)."""
+    predicted IoU. Also carries ``box`` ((4,) XYXY prompt used) and ``total``: the expected number
+    of slices the walk decodes in all, for progress bars (from the start slice's cross-section:
+    a structure about as deep as it is wide; it grows while a direction goes on past that and
+    shrinks when one stops early; always more than the slices done until the walk ends)."""
 
     def __new__(cls, z: int, mask: np.ndarray, score: float, box: np.ndarray, total: int):
         obj = super().__new__(cls, (z, mask, score))
@@ -144,6 +146,13 @@ def contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
     return float(img[m].mean() - np.percentile(img[band], 25)) if band.any() else 0.0
 
 
+def _expected_depth(mask: np.ndarray, spacing) -> int:
+    """Slices a walk expects in one direction: the start cross-section's radius in slice spacings."""
+    sz, sy, sx = spacing
+    radius = np.sqrt(max(int(mask.sum()), 1) / np.pi * sy * sx)
+    return max(int(np.ceil(radius / sz)), 2)
+
+
 def _features(image, mask, score, prev) -> dict:
     area = int(mask.sum())
     f = {"score": float(score), "area": area, "overlap": 0.0, "mean": 0.0, "contrast": 0.0}
@@ -178,17 +187,20 @@ class BoxWalk:
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
-        if z not in result.masks:
+        fresh = z not in result.masks
+        if fresh:
             check_cancel(cancel)
             self._decode(predictor, slices[z], keys[z], None, intensity, result, z, None)
             result.rewalked += 1
-            yield SliceResult(z, result.masks[z], result.scores[z], keys[z], bounds[1] - bounds[0] + 1)
+        depth = _expected_depth(result.masks[z], spacing)
+        spans = [min(bounds[1] - z if d == "up" else z - bounds[0], depth) for d in directions]
+        if fresh:
+            yield SliceResult(z, result.masks[z], result.scores[z], keys[z], 1 + sum(spans))
         cal = self._calibrate(slices[z], result, intensity)
-        spans = [bounds[1] - z if d == "up" else z - bounds[0] for d in directions]
         for i, name in enumerate(directions):
             step, end = (1, bounds[1]) if name == "up" else (-1, bounds[0])
             result.stops[name] = yield from self._walk(predictor, slices, result, z, step, end, cal, intensity,
-                                                       spacing, sum(spans[i + 1:]), cancel)
+                                                       spacing, (depth, sum(spans[i + 1:])), cancel)
         return result
 
     def _calibrate(self, image, result, intensity) -> _Calibration:
@@ -205,7 +217,9 @@ class BoxWalk:
             sx = ((tight[0] - box[0]) + (box[2] - tight[2])) / 2
             sy = ((tight[1] - box[1]) + (box[3] - tight[3])) / 2
             slack = (float(np.clip(sx, 0, self.max_slack)), float(np.clip(sy, 0, self.max_slack)))
-        return _Calibration(f["score"], f.get("mean", 0.0), f.get("std", 0.0), c0, slack)
+        span = (window[1] - window[0]) if window is not None else float(np.ptp(image))
+        std = max(f.get("std", 0.0), 0.02 * span)  # a uniform structure still has noise and partial volume
+        return _Calibration(f["score"], f.get("mean", 0.0), std, c0, slack)
 
     def _decode(self, predictor, image, box, mask_input, intensity, result, z, prev) -> None:
         if is_blank(image):
@@ -228,9 +242,9 @@ class BoxWalk:
         my = self.margin + cal.slack[1] + self.growth * sz / sy
         return box_from_mask(prev, (mx, my))
 
-    def _walk(self, predictor, slices, result, z, step, end, cal, intensity, spacing, later, cancel):
-        """One direction from slice z to ``end`` inclusive; returns its Stop. ``later``: slices the
-        directions after this one may still decode (for the progress total)."""
+    def _walk(self, predictor, slices, result, z, step, end, cal, intensity, spacing, expect, cancel):
+        """One direction from slice z to ``end`` inclusive; returns its Stop. ``expect``: (slices
+        expected in this direction, in the directions after it), for the progress total."""
         last = z
         prev = result.masks[z]
         for zz in range(z + step, end + step, step):
@@ -246,7 +260,8 @@ class BoxWalk:
                 for d in (result.masks, result.scores, result.boxes, result.logits):
                     d.pop(zz, None)
                 return Stop(why, zz)
-            total = result.rewalked + abs(end - zz) + later  # at most this many decodes in all
+            ahead = min(max(expect[0] - abs(zz - z), 1), abs(end - zz))
+            total = result.rewalked + ahead + expect[1]
             yield SliceResult(zz, result.masks[zz], result.scores[zz], box, total)
             last = zz
             if result.masks[zz].any():

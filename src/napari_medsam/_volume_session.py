@@ -9,17 +9,22 @@ A run snapshots the volume, the key boxes and the target id on the GUI thread, w
 through the stack with ``medsam_core.propagate`` in a worker (progress, cancel), and commits the
 whole 3D mask in ``_on_done`` as one undoable step against the labels as they are *then*.
 Cancel or an error commits nothing.
+
+Each object's last ``WalkResult`` is kept (``results``): it says why each direction stopped, and
+a key box drawn later re-walks only the side of the start slice it lies on (``previous=``), from
+the object's start box; the other side is kept as it was.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from medsam_core import MedSAMError, Predictor, PromptError
+from medsam_core import MedSAMError, Predictor, PromptError, WalkResult
 from medsam_core.errors import CancelledError, ImageError
 from medsam_core.preprocess import check_boxes
 from medsam_core.volume import check_cancel
@@ -49,31 +54,49 @@ class _Edits:
 
 @dataclass
 class VolumeJob:
-    shape: int  # index of the prompt rectangle the run starts from
+    shape: int  # index of the prompt rectangle the run was asked for
     shape_id: int  # its label_id before the run (0 new, > 0 a 2D/3D object, < 0 a key box)
     owner: int  # the 3D object's label id
-    plane: L.Plane
-    box: np.ndarray
+    plane: L.Plane  # the rectangle's plane
+    box: np.ndarray  # the rectangle's (4,) XYXY box
     keys: dict[int, np.ndarray]  # slice -> (4,) XYXY key box (the start slice excluded)
     perm: tuple[int, int, int]  # image axes (slice, rows, cols)
     added: bool = False  # the rectangle was added by a script: removed again on cancel/error
+    start: tuple[int, np.ndarray] | None = None  # (slice, box) the walk starts from, if not the rectangle's
+    previous: WalkResult | None = None  # the object's last walk: a key box re-walks only its side
 
 
-def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel):
-    """Generator run in a worker: yields (done, total); returns the (Z, H, W) bool mask."""
+@dataclass(frozen=True)
+class WalkProgress:
+    """One progress step of a 3D walk: slices decoded, the expected total (an estimate that follows
+    the walk: it grows while a direction goes on past the expected extent and shrinks when one
+    stops early) and the estimated seconds left (None until a slice has been timed)."""
+
+    done: int
+    total: int
+    seconds_left: float | None = None
+
+
+def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel, previous=None):
+    """Generator run in a worker: yields WalkProgress; returns the WalkResult."""
     from medsam_core import propagate
 
-    out = np.zeros(volume.shape, bool)
-    done = 0
+    done, t0 = 0, time.perf_counter()
     # key boxes guide (interpolated between key slices) but do not end the object: a key box drawn to
     # correct one slice must not cut off the slices beyond it (the stop rules still end the walk there)
-    for res in propagate(predictor, volume, box, z, 0, key_boxes=keys or None, spacing=spacing,
-                         intensity=intensity, cancel=cancel, bound_by_keys=False):
-        out[res.z] = res.mask
+    gen = propagate(predictor, volume, box, z, 0, key_boxes=keys or None, spacing=spacing, intensity=intensity,
+                    cancel=cancel, bound_by_keys=False, previous=previous)
+    while True:
+        try:
+            res = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
         done += 1
-        yield done, res.total
+        rate = (time.perf_counter() - t0) / done
+        yield WalkProgress(done, max(res.total, done + 1), rate * max(res.total - done, 0))
     check_cancel(cancel)
-    return out
+    return result
 
 
 def _embed(predictor, volume, intensity, cancel):
@@ -94,6 +117,8 @@ class VolumeActions:
         self.on_finished: Callable[[str], None] = lambda what: None
         self.key_mode = False  # the next 3D run from a new box adds it to the last 3D object
         self.last_owner: int | None = None
+        self.on_result: Callable[[int], None] = lambda owner: None  # after a 3D object's walk is committed
+        self.results: dict[int, tuple[WalkResult, int]] = {}  # label id -> (last walk, image slicing axis)
         self.cancel_event: threading.Event | None = None
         self._job: VolumeJob | None = None
         self._last_line: tuple | None = None  # (plane, long axis (2, 2) XY, shape index of its box)
@@ -175,8 +200,43 @@ class VolumeActions:
             if k != i and ids[k] in (owner, -owner) and s.shapes_layer.shape_type[k] == "rectangle":
                 p, b = self._box_of(k)
                 keys[p.index[0][1]] = b
-        keys.pop(plane.index[0][1], None)
-        return VolumeJob(i, sid, owner, plane, box, keys, perm)
+        job = VolumeJob(i, sid, owner, plane, box, keys, perm)
+        rec = s.objects.get(owner)
+        if isinstance(rec, VolumeRecord) and sid != owner and rec.plane.index and rec.plane.rows == plane.rows \
+                and rec.plane.cols == plane.cols and rec.plane.index[0][0] == plane.index[0][0]:
+            # a key box of an existing object: walk from the object's own start box, keep what the key does
+            # not change (the side of the start slice it is not on)
+            z0 = rec.plane.index[0][1]
+            keys[plane.index[0][1]] = box
+            keys.pop(z0, None)
+            job.start = (z0, np.asarray(rec.box, float))
+            prev = self.results.get(owner)
+            job.previous = prev[0] if prev is not None and prev[1] == perm[0] else None
+        else:
+            keys.pop(plane.index[0][1], None)
+        return job
+
+    def stops(self, owner: int) -> dict:
+        """{"up"/"down": medsam_core.walk.Stop} of object ``owner``'s last walk ({} if none); slices
+        index the image axis ``slice_axis(owner)``."""
+        entry = self.results.get(owner)
+        return dict(entry[0].stops) if entry is not None and owner in self.s.objects else {}
+
+    def slice_axis(self, owner: int) -> int | None:
+        entry = self.results.get(owner)
+        return entry[1] if entry is not None else None
+
+    def go_to_slice(self, owner: int, z: int) -> None:
+        """Show slice ``z`` of the axis object ``owner`` was walked along (e.g. where its walk stopped)."""
+        axis = self.slice_axis(owner)
+        if axis is None:
+            raise PromptError(f"object {owner} has no 3D walk to show")
+        img = self.s.image_layer
+        world = list(self.s.viewer.dims.point)
+        nd = len(world)
+        lead = nd - img.ndim
+        world[lead + axis] = float(img.data_to_world([z if a == axis else 0 for a in range(img.ndim)])[axis])
+        self.s.viewer.dims.set_point(lead + axis, world[lead + axis])
 
     # -- running ------------------------------------------------------------------------------------
     def segment_3d(self, i: int | None = None, blocking: bool = False, added: bool = False) -> None:
@@ -195,11 +255,12 @@ class VolumeActions:
         img = L.image_data(s.image_layer)
         volume = np.ascontiguousarray(np.transpose(np.asarray(img), job.perm))
         spacing = tuple(float(s.image_layer.scale[a]) for a in job.perm)
-        z = job.plane.index[0][1]
+        z, box = job.start if job.start is not None else (job.plane.index[0][1], job.box)
         self._job, self.cancel_event = job, threading.Event()
         s.on_status(f"MedSAM: segmenting object {job.owner} in 3D from slice {z}...")
-        s.runner.run_steps(_walk, Predictor(s.model, cache=s.cache), volume, job.box, z, job.keys, spacing,
-                           s.intensity(), self.cancel_event, on_step=self._on_step, on_done=self._on_3d_done,
+        s.runner.run_steps(_walk, Predictor(s.model, cache=s.cache), volume, box, z, job.keys, spacing,
+                           s.intensity(), self.cancel_event, job.previous, on_step=self._on_step,
+                           on_done=self._on_3d_done,
                            on_error=self._on_error, desc="MedSAM: segment in 3D", total=volume.shape[0])
 
     def segment_box_3d(self, box, z: int) -> None:
@@ -226,7 +287,10 @@ class VolumeActions:
             raise
 
     def _on_step(self, step) -> None:
-        self.on_progress(*step)
+        if isinstance(step, WalkProgress):
+            self.on_progress(step.done, step.total, step.seconds_left)
+        else:
+            self.on_progress(*step)
 
     def _on_error(self, exc: Exception) -> None:
         job, self._job, self.cancel_event = self._job, None, None
@@ -249,9 +313,10 @@ class VolumeActions:
             shapes.selected_data = {i}
             shapes.remove_selected()
 
-    def _on_3d_done(self, out: np.ndarray) -> None:
+    def _on_3d_done(self, result: WalkResult) -> None:
         job, self._job, self.cancel_event = self._job, None, None
         s = self.s
+        out = result.volume()
         mask = np.transpose(out, np.argsort(job.perm))
         before = np.asarray(s.labels_layer.data)
         after = before.copy()
@@ -282,8 +347,12 @@ class VolumeActions:
         with s.quiet():
             s.set_shape_ids(ids)
         self.last_owner = job.owner
-        s.on_status(f"MedSAM: 3D object {job.owner} over {n} slice(s)")
+        self.results[job.owner] = (result, job.perm[0])
+        kept = "" if result.rewalked >= n else f", {result.rewalked} re-walked"
+        s.on_status(f"MedSAM: 3D object {job.owner} over {n} slice(s){kept}; "
+                    + "; ".join(f"{d}: {st}" for d, st in result.stops.items()))
         self.on_finished("done")
+        self.on_result(job.owner)
 
     def precompute(self) -> None:
         """Encode every slice of the 3D image into the shared cache (a worker; progress, cancel)."""

@@ -1,8 +1,22 @@
-"""The "3D stack" section of the MedSAM widget: layout and wiring over _volume_session.VolumeActions."""
+"""The "3D stack" section of the MedSAM widget: layout and wiring over _volume_session.VolumeActions.
+
+Below the buttons: the progress of a walk (slices decoded of the expected number, and the time
+left) and, for each 3D object, why its walk stopped in each direction, with a button that shows
+that slice.
+"""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QProgressBar, QPushButton
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 VOLUME_SHORTCUTS = (  # (napari key, Qt key, action, widget method)
     ("Shift-G", "Shift+G", "segment the selected box in 3D", "segment_3d"),
@@ -33,6 +47,8 @@ class VolumePanel(QGroupBox):
         grid.addWidget(self.recist_btn, 1, 1)
         grid.addWidget(self.key_check, 2, 0, 1, 2)
         grid.addWidget(self.progress, 3, 0, 1, 2)
+        self.stops = StopsView(self)
+        grid.addWidget(self.stops, 4, 0, 1, 2)
         self.segment_btn.clicked.connect(lambda: widget._try(widget.segment_3d))
         self.cancel_btn.clicked.connect(widget.cancel_3d)
         self.precompute_btn.clicked.connect(lambda: widget._try(widget.precompute_volume))
@@ -40,21 +56,68 @@ class VolumePanel(QGroupBox):
         self.key_check.toggled.connect(lambda v: setattr(self.actions, "key_mode", bool(v)))
         self.actions.on_progress = self._on_progress
         self.actions.on_finished = self._on_finished
+        self.actions.on_result = lambda owner: self.stops.refresh()
 
     def started(self) -> None:
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
         self.cancel_btn.setEnabled(True)
         self.segment_btn.setEnabled(False)
         self.precompute_btn.setEnabled(False)
 
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress.setRange(0, max(int(total), 1))
-        self.progress.setValue(min(int(done), max(int(total), 1)))
+    def _on_progress(self, done: int, total: int, seconds_left: float | None = None) -> None:
+        total = max(int(total), 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(min(int(done), total))
+        left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
+        self.progress.setFormat(f"{int(done)} of ~{total} slices{left}")
 
     def _on_finished(self, what: str) -> None:
         if what == "done":
             self.progress.setValue(self.progress.maximum())
+            self.progress.setFormat(f"{self.progress.maximum()} slices, done")
         self.cancel_btn.setEnabled(False)
         self.segment_btn.setEnabled(True)
         self.precompute_btn.setEnabled(True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+class StopsView(QWidget):
+    """For each 3D object: "object 3 up: vanished at slice 81 [Go to 81]", one row per direction."""
+
+    def __init__(self, panel: VolumePanel):
+        super().__init__()
+        self.actions = panel.actions
+        self.widget = panel.widget
+        self.rows: list[tuple[QLabel, QPushButton]] = []
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+
+    def refresh(self) -> None:
+        while self._layout.count():
+            item = self._layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.rows = []
+        for owner in sorted(self.actions.results):
+            for direction, stop in self.actions.stops(owner).items():
+                self._add_row(owner, direction, stop)
+
+    def _add_row(self, owner: int, direction: str, stop) -> None:
+        row = QWidget()
+        grid = QGridLayout(row)
+        grid.setContentsMargins(0, 0, 0, 0)
+        label = QLabel(f"object {owner} {direction}: {stop}")
+        label.setToolTip("why the 3D walk of this object ended in this direction; a key box there "
+                         "re-walks only this side")
+        button = QPushButton(f"Go to {stop.slice}")
+        button.clicked.connect(lambda _=False, o=owner, z=stop.slice: self.widget._try(self.actions.go_to_slice, o, z))
+        grid.addWidget(label, 0, 0)
+        grid.addWidget(button, 0, 1)
+        self._layout.addWidget(row)
+        self.rows.append((label, button))

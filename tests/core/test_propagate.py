@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from medsam_core import Intensity, propagate, segment_volume
+from medsam_core import Intensity, WalkResult, propagate, segment_volume, walk_volume
 from medsam_core.errors import CancelledError, ImageError, PromptError
+from medsam_core.walk import Stop
 
 from .volume_fakes import FakePredictor, bbox, ellipsoid, render
 
@@ -153,8 +154,11 @@ def test_progress_and_cancel_leave_labels_untouched():
                          on_progress=lambda d, t: calls.append((d, t)))
     n = int(truth.any(axis=(1, 2)).sum())
     assert [d for d, _ in calls] == list(range(1, n + 1)) + [n] and calls[-1] == (n, n)
-    totals = [t for _, t in calls]
-    assert totals[0] == len(vol) and all(np.diff(totals) <= 0)  # honest, shrinking
+    # the expected total follows the walk (no jump from a whole-volume bound to done): always ahead
+    # of the slices done until the end; from the first slice, the guess of a structure about as deep
+    # as it is wide (this ellipsoid is half as deep), not the whole volume
+    assert all(t > d for d, t in calls[:-1])
+    assert n / 2 <= calls[0][1] <= 2 * n and calls[0][1] < len(vol)
     labels = np.zeros(vol.shape, np.int32)
     labels[0, 0, 0] = 7
     before = labels.copy()
@@ -238,3 +242,105 @@ def test_real_model_on_a_cells3d_nucleus(lite_model, cells3d):
         assert d >= 0.65
     assert pred.encoder_calls == len(seen)  # every slice encoded once, for both objects
     assert visited[1] & visited[2]  # the objects share slices (so the check above means something)
+
+
+def _walk(truth, vol=None, pred=None, **kw):
+    return walk_volume(pred or FakePredictor(), render(truth) if vol is None else vol, bbox(truth[20], 2), 20,
+                       **kw)
+
+
+def test_stop_reasons_say_which_rule_and_where():
+    truth = ellipsoid()
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    res = _walk(truth, min_area_ratio=0.0)
+    assert res.stops == {"up": Stop("vanished", zs[-1] + 1), "down": Stop("vanished", zs[0] - 1)}
+    assert str(res.stops["up"]) == f"vanished at slice {zs[-1] + 1}"
+    vol = render(truth)
+    vol[24:][truth[24:]] = 150
+    res = _walk(truth, vol, FakePredictor(score_fn=lambda im: 0.31 if im.max() == 150 else 0.9), min_area_ratio=0)
+    assert res.stops["up"] == Stop("IoU fell to 0.31", 24) and 24 not in res.masks and 23 in res.masks
+    vol = render(truth)
+    vol[26:][truth[26:]] = 40
+    res = _walk(truth, vol, FakePredictor(threshold=30), min_area_ratio=0.0)
+    assert res.stops["up"] == Stop("contrast faded", 26)
+    vol = render(truth)
+    vol[:17][truth[:17]] = 240  # brighter than the start's object: another structure
+    res = _walk(truth, vol, min_area_ratio=0.0, min_contrast=0.0, max_shift=3.0)
+    assert res.stops["down"] == Stop("intensity changed", 16)
+    stalk = np.zeros((30, 48, 48), bool)
+    stalk[5:26, 18:30, 18:30] = True
+    stalk[22:26] = False
+    stalk[22:26, 23:25, 23:25] = True
+    res = walk_volume(FakePredictor(), render(stalk), bbox(stalk[12], 2), 12, min_area_ratio=0.2)
+    assert res.stops["up"] == Stop("area collapsed", 22)
+    tube = _cylinder()
+    res = _walk(tube, key_boxes={30: bbox(tube[30], 2)})
+    assert res.stops == {"up": Stop("reached key slice", 30), "down": Stop("end of volume", 0)}
+
+
+def test_walk_result_holds_masks_scores_boxes_keys_in_the_volume_axes():
+    truth = ellipsoid()
+    vol = render(truth)
+    mid = truth.shape[1] // 2
+    plane = truth[:, mid]  # slicing along Y: planes are (Z, X)
+    res = walk_volume(FakePredictor(), vol, bbox(plane, 2), mid, axis=1, min_area_ratio=0.0)
+    assert isinstance(res, WalkResult) and res.axis == 1 and res.start == mid
+    assert res.shape == (64, 40, 80) and set(res.keys) == {mid}
+    assert set(res.masks) == set(res.scores) == set(res.boxes) and res.slices == sorted(res.masks)
+    assert all(v == pytest.approx(0.9) for v in res.scores.values())
+    np.testing.assert_array_equal(res.volume(), truth)
+    assert res.rewalked == len(res.masks) + 2  # + the slice that ended each direction
+    assert res.describe().startswith(f"slices {res.slices[0]}-{res.slices[-1]}; up: vanished at slice")
+
+
+def test_mask_prompt_carries_the_neighbours_logits():
+    truth = ellipsoid()
+    pred = FakePredictor()
+    res = _walk(truth, pred=pred, min_area_ratio=0.0)
+    order = [20] + list(range(21, max(res.masks) + 1)) + list(range(19, min(res.masks) - 1, -1))
+    call = {z: i + 1 for i, z in enumerate(order)}  # the fake's logits hold their call number
+    assert pred.mask_inputs[0] is None  # the start slice: the user's box only
+    assert pred.mask_inputs[call[22] - 1] == call[21]  # slice 22 was prompted with slice 21's logits
+    assert pred.mask_inputs[call[19] - 1] == call[20]  # going down starts again from the start slice
+    pred = FakePredictor()
+    _walk(truth, pred=pred, min_area_ratio=0.0, mask_prompt=False)
+    assert set(pred.mask_inputs) == {None}
+
+
+def test_start_box_slack_widens_every_later_box():
+    tube = _cylinder()
+    tight = bbox(tube[20])
+    loose = tight + [-6, -4, 6, 4]  # the user's box left 6 px (x) and 4 px (y) around the object
+    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0)
+    np.testing.assert_allclose(res.boxes[21], tight + [-8, -6, 8, 6])
+    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0, adaptive_margin=False)
+    np.testing.assert_allclose(res.boxes[21], tight + [-2, -2, 2, 2])
+
+
+def test_a_key_box_rewalks_only_its_side():
+    truth = ellipsoid()
+    vol = render(truth)
+    vol[24:][truth[24:]] = 150  # the walk stops early going up ...
+    pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
+    first = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    assert first.stops["up"].slice == 24
+    n_before = pred.images
+    key = {27: bbox(truth[27], 2)}  # ... so the user draws a box on slice 27
+    fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0,
+                        bound_by_keys=False)
+    up = [z for z in fixed.masks if z > 20]
+    assert pred.images - n_before == fixed.rewalked == len(up) + 1  # + the slice that stopped it
+    for z in first.masks:  # the start slice and the down side are kept, not decoded again
+        if z <= 20:
+            assert fixed.masks[z] is first.masks[z]
+    assert fixed.stops["down"] is first.stops["down"]
+    assert min(up) == 21 and max(up) >= 27 and fixed.stops["up"].reason == "IoU fell to 0.30"
+    assert set(fixed.keys) == {20, 27}
+    # nothing changed: nothing re-walked; a new start box: both sides
+    same = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=fixed, min_area_ratio=0.0,
+                       bound_by_keys=False)
+    assert same.rewalked == 0 and set(same.masks) == set(fixed.masks)
+    moved = walk_volume(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0)
+    assert moved.rewalked == len(moved.masks) + 2  # + the slice that ended each direction
+    with pytest.raises(PromptError, match="previous walk"):
+        walk_volume(pred, vol[:, :, :60], bbox(truth[20], 2), 20, previous=fixed)

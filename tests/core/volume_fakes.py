@@ -35,6 +35,7 @@ class FakePredictor:
         self.threshold = threshold
         self.score_fn = score_fn or (lambda image: 0.9)
         self.boxes: list[np.ndarray] = []
+        self.mask_inputs: list = []
         self.intensities = []
         self.images = 0
 
@@ -45,13 +46,24 @@ class FakePredictor:
         return False
 
     def predict(self, boxes, mask_input=None):
+        """Like Predictor.predict: unpacks as (masks, scores); ``low_res_logits`` (1, 1, 256, 256)
+        are filled with the call's number, so a test can tell which slice's logits came back."""
         box = np.asarray(boxes, float)[0]
         self.boxes.append(box)
+        self.mask_inputs.append(None if mask_input is None else float(np.asarray(mask_input).flat[0]))
         h, w = self.image.shape
         yy, xx = np.mgrid[:h, :w]
         inside = (xx >= box[0]) & (xx <= box[2]) & (yy >= box[1]) & (yy <= box[3])
         mask = (self.image > self.threshold) & inside
-        return mask[None], np.array([self.score_fn(self.image)], np.float32)
+        return FakePrediction(mask[None], np.array([self.score_fn(self.image)], np.float32),
+                              np.full((1, 1, 256, 256), float(len(self.boxes)), np.float32))
+
+
+class FakePrediction(tuple):
+    def __new__(cls, masks, scores, low_res_logits):
+        obj = super().__new__(cls, (masks, scores))
+        obj.low_res_logits = low_res_logits
+        return obj
 
 
 def fake_model(encoder_id: str = "fake-encoder"):
