@@ -213,6 +213,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
         raise ImageError(f"no images found in {images}; supported: {', '.join(READ_SUFFIXES)}")
     out = check_output_dir(out, inputs=(images, boxes_from_labels, boxes if isinstance(boxes, str | os.PathLike)
                                         else None))
+    _refuse_shared_stems(files)
     outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
     _check_outputs_are_not_inputs(outputs)
     source = BoxSource(files, boxes, boxes_from_labels, margin)
@@ -303,3 +304,15 @@ def _check_outputs_are_not_inputs(outputs: dict[Path, Path]) -> None:
     for out_path in outputs.values():
         if out_path.exists() or out_path.is_symlink():
             check_not_input(out_path, outputs.keys(), what="labels file")
+
+
+def _refuse_shared_stems(files: list[Path]) -> None:
+    """Boxes (a CSV's ``image`` column, <stem>.csv, label images) pair with images by stem: with
+    ``a.tif`` and ``a.nii.gz`` both in the folder, which one a box belongs to is a guess."""
+    seen: dict[str, Path] = {}
+    for p in files:
+        stem = split_name(p)[0]
+        if stem in seen:
+            raise ImageError(f"{seen[stem].name} and {p.name} share the name {stem!r}: boxes and outputs pair "
+                             "with images by name, so rename one or move it out of the folder")
+        seen[stem] = p

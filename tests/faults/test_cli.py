@@ -223,6 +223,15 @@ def case_train_label_volume_for_2d_image(f):
     return ["train", "--images", images, "--labels", labels, "--out", f.dir / "ck.pt"], []
 
 
+def case_batch_two_images_one_stem(f):
+    images = f.dir / "imgs"
+    images.mkdir()
+    tifffile.imwrite(images / "a.tif", tiny_image())
+    _nifti(images / "a.nii.gz", tiny_image())
+    (f.dir / "t.csv").write_text(f"image,{BOX_HEADER}\na,16,16,47,47\n")
+    return ["batch", "--images", images, "--out", f.dir / "out", "--boxes", f.dir / "t.csv"], [images / "a.tif"]
+
+
 # (case, exit code, words in the message, True where this was a bug before issue 14)
 CASES = [
     (case_out_is_image_tif, 2, "destroy the input", True),
@@ -255,6 +264,7 @@ CASES = [
     (case_image_missing, 2, "does not exist", False),
     (case_train_two_images_one_stem, 2, "share the image name", True),
     (case_train_label_volume_for_2d_image, 2, "3D label volume", True),
+    (case_batch_two_images_one_stem, 2, "share the name", True),
 ]
 
 
