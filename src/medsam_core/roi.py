@@ -141,9 +141,11 @@ def choose_roi(boxes: np.ndarray, shape: tuple[int, int], mode: str = "auto", in
     """(N,) bool: True where box i is segmented in ROI mode. boxes: (N, 4) XYXY pixels; shape (H, W).
 
     "whole" -> all False; "roi" -> all True; "auto" -> True where the box's longest side would
-    be below ``max_model_px`` model pixels in whole-image mode, and False everywhere when the
-    image is no larger than one crop (ROI would encode the same pixels), and True everywhere when
-    the image is too large to materialise whole (MAX_WHOLE_PIXELS).
+    be below ``max_model_px`` model pixels in whole-image mode; False everywhere when the model
+    already sees the image at full resolution or larger (longest side <= ``input_size``, or no
+    larger than one crop): a crop would only upsample and lose context, which measured worse on
+    every such sample case (MRI and confocal slices, benchmarks/bench_suite.py); True everywhere
+    when the image is too large to materialise whole (MAX_WHOLE_PIXELS).
     """
     if mode not in ROI_MODES:
         raise PromptError(f"unknown ROI mode {mode!r}: use auto, whole or roi")
@@ -152,7 +154,7 @@ def choose_roi(boxes: np.ndarray, shape: tuple[int, int], mode: str = "auto", in
     if mode != "auto":
         return np.full(n, mode == "roi")
     h, w = shape
-    if max(h, w) <= min_side:
+    if max(h, w) <= max(min_side, input_size):
         return np.zeros(n, bool)
     if h * w > MAX_WHOLE_PIXELS:
         return np.ones(n, bool)

@@ -116,6 +116,9 @@ def test_choose_roi_rule():
     # 2048 image: 20 px -> 2.5 model px (roi); the large box stays above the threshold (whole)
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048)), [True, False])
     np.testing.assert_array_equal(choose_roi(boxes[:1], (ROI_MIN_SIDE, ROI_MIN_SIDE)), [False])  # one crop
+    # the model already sees a <= 256 px image at full resolution: a crop would only upsample
+    np.testing.assert_array_equal(choose_roi(boxes[:1], (256, 217)), [False])
+    np.testing.assert_array_equal(choose_roi(boxes[:1], (257, 217)), [True])  # 20 px -> 19.9 model px
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "whole"), [False, False])
     np.testing.assert_array_equal(choose_roi(boxes, (2048, 2048), "roi"), [True, True])
     np.testing.assert_array_equal(choose_roi(boxes, (20000, 20000)), [True, True])  # too big for whole
