@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--pattern", action="append", default=None,
                    help="only file names matching this glob (repeatable), e.g. '*.tif'")
     add_model_options(p)
-    p.add_argument("--intensity", default="auto", help="auto, percentile, minmax or ct:<window>")
+    p.add_argument("--intensity", default="auto", help="auto, as_is (8-bit already windowed), percentile, minmax or ct:<window>")
     p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
     p.set_defaults(func=run_batch)
 
