@@ -105,8 +105,10 @@ class StopsView(QWidget):
                 item.widget().deleteLater()
         self.rows = []
         for owner in sorted(self.actions.results):
-            for direction, stop in self.actions.stops(owner).items():
-                self._add_row(owner, direction, stop)
+            stops = self.actions.stops(owner)
+            for direction in ("up", "down"):
+                if direction in stops:
+                    self._add_row(owner, direction, stops[direction])
 
     def _add_row(self, owner: int, direction: str, stop) -> None:
         row = QWidget()

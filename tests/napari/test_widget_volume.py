@@ -37,13 +37,27 @@ def test_segment_3d_in_a_worker_then_undo(open_widget, qtbot, stack):
     d = dice(labels == 1, ref)
     assert d >= 0.85, d  # measured 0.93 on this crop; the core gets 0.93 on the full 30-slice nucleus
     bar = widget.volume_panel.progress
-    assert bar.value() == bar.maximum() > 1
+    assert bar.value() == bar.maximum() > 1 and bar.format().endswith("slices, done")
     assert int(widget.shapes_layer.features["label_id"].iloc[-1]) == 1
+    # why the walk stopped, per direction, with the slice, and a button that shows that slice
+    stops = widget.volume.stops(1)
+    rows = widget.volume_panel.stops.rows
+    assert [label.text() for label, _ in rows] == [f"object 1 {d}: {stops[d]}" for d in ("up", "down")]
+    assert all(" at slice " in label.text() for label, _ in rows)
+    for (_, button), d in zip(rows, ("up", "down"), strict=True):
+        assert button.text() == f"Go to {stops[d].slice}"
+        button.click()
+        assert viewer.dims.current_step[0] == stops[d].slice
+    n_walked = widget.volume.results[1][0].rewalked
     # a box on another slice over the object becomes its key box; re-running uses both
     widget.segment_3d(ref_box(ref[2], True), z=2)
     widget.wait(WAIT)
     ids = widget.shapes_layer.features["label_id"].to_numpy()
     assert sorted(ids.tolist()) == [-1, 1]
+    # the key box lies below the start slice: only the down side was walked again, the rest kept
+    fixed = widget.volume.results[1][0]
+    assert fixed.start == z and 2 in fixed.keys and 0 < fixed.rewalked < n_walked
+    assert "re-walked" in widget.status_label.text()
     assert set(np.unique(widget.labels_layer.data)) == {0, 1}
     assert dice(widget.labels_layer.data == 1, ref) >= 0.85
     assert len(widget.session.history) == 2
