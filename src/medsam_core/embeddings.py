@@ -193,7 +193,7 @@ class EmbeddingCache:
         """The stored entry, or None when there is none or it fails its integrity check (warned).
 
         An entry is used only if its sha256 (over key, meta and embedding bytes, written by
-        ``_disk_put``) matches and the embedding is a finite (C, H, W) float array: an edited,
+        ``_disk_put``) matches and the embedding is a finite float array: an edited,
         truncated, NaN or renamed file is a miss and is recomputed and rewritten by the caller.
         """
         path = self._disk_path(key)
@@ -265,8 +265,8 @@ def _entry_problem(stored_key, key: EmbeddingKey, meta, emb: np.ndarray, stored_
         return "it belongs to another image, model or preprocessing (renamed or copied file)"
     if not isinstance(meta, dict):
         return "its metadata is not a mapping"
-    if emb.ndim != 3 or emb.dtype.kind != "f" or min(emb.shape) < 1:
-        return f"its embedding has shape {emb.shape} and dtype {emb.dtype}, not (C, H, W) float"
+    if emb.dtype.kind != "f" or emb.size == 0:  # the shape is the Predictor's to check (it knows the model)
+        return f"its embedding has shape {emb.shape} and dtype {emb.dtype}, not a float array"
     if not np.isfinite(emb).all():
         return "its embedding holds NaN or inf"
     return None

@@ -104,9 +104,9 @@ class Predictor:
         image = check_image(image)
         key = self.key_for(image, intensity, channel)
         entry = self.cache.get(key)
-        cached = entry is not None
+        prepared = self._usable(entry, image.shape[:2]) if entry is not None else None
+        cached = prepared is not None
         if cached:
-            prepared = _geometry_from_meta(entry.meta)
             embedding = entry.embedding
         else:
             prepared = prepare_image(image, self.spec.preprocessing, intensity, channel)
@@ -119,6 +119,27 @@ class Predictor:
         self._prepared = replace(prepared, tensor=np.empty(0, np.float32))
         self.image_key = key
         return cached
+
+    def _usable(self, entry, size: tuple[int, int]) -> PreparedImage | None:
+        """The geometry of a cached entry, or None (warned) when it cannot belong to this image and
+        model: another embedding shape or image size, or metadata without the geometry."""
+        pe = getattr(self.model, "prompt_encoder", None)
+        want = (getattr(pe, "embed_dim", None), *getattr(pe, "image_embedding_size", (None, None)))
+        try:
+            prepared = _geometry_from_meta(entry.meta)
+            problem = None
+            if None not in want and tuple(entry.embedding.shape) != want:
+                problem = f"embedding shape {tuple(entry.embedding.shape)}, the model makes {want}"
+            elif tuple(prepared.original_size) != tuple(size):
+                problem = f"it was made for a {tuple(prepared.original_size)} image, this one is {tuple(size)}"
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"its metadata lacks the image geometry ({type(exc).__name__}: {exc})"
+        if problem is None:
+            return prepared
+        import warnings
+
+        warnings.warn(f"a cached embedding is not used: {problem}; encoding the image again", stacklevel=3)
+        return None
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) float32 model input -> (B, 256, 64, 64) float32 embeddings (no cache)."""

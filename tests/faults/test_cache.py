@@ -68,8 +68,8 @@ def all_nan_with_valid_sum(path):  # a bug at write time would store a NaN embed
     _rewrite(path, embedding=np.full((8, 4, 4), np.nan, np.float32), fix_sum=True)
 
 
-def wrong_ndim_with_valid_sum(path):
-    _rewrite(path, embedding=np.zeros((8, 16), np.float32), fix_sum=True)
+def integer_embedding_with_valid_sum(path):
+    _rewrite(path, embedding=np.zeros((8, 4, 4), np.int32), fix_sum=True)
 
 
 def tamper_meta(path):
@@ -109,7 +109,7 @@ def pickled_object_array(path):
 
 
 DAMAGE = [tamper_values, swap_in_other_image, other_image_file_renamed, all_nan_with_valid_sum,
-          wrong_ndim_with_valid_sum, tamper_meta, meta_not_a_mapping, truncated, zero_bytes, no_checksum,
+          integer_embedding_with_valid_sum, tamper_meta, meta_not_a_mapping, truncated, zero_bytes, no_checksum,
           pickled_object_array]
 
 
@@ -187,3 +187,33 @@ def test_checksum_cost_is_small_next_to_an_encode():
     a = entry_checksum("k", "m", emb)
     emb[255, 63, 63] = 1e-7
     assert entry_checksum("k", "m", emb) != a  # one changed value anywhere changes the sum
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forged", ["embedding_shape", "meta_without_geometry", "meta_of_another_size"])
+def test_predictor_never_decodes_a_forged_entry(forged, tmp_path, lite_model):
+    """Bug: an entry of the wrong shape or with tampered metadata gave a torch traceback. Even one
+    forged with a valid checksum (written by a program, not damage) is encoded again, warned."""
+    from medsam_core import Predictor
+
+    from .conftest import tiny_image
+
+    image = tiny_image()
+    pred = Predictor(lite_model, cache=EmbeddingCache(disk_dir=tmp_path))
+    pred.set_image(image)
+    key = pred.image_key
+    path = tmp_path / f"{key.digest}.npz"
+    with np.load(path) as d:
+        meta = json.loads(str(d["meta"]))
+    if forged == "embedding_shape":
+        _rewrite(path, embedding=np.zeros((256, 32, 32), np.float32), fix_sum=True)
+    elif forged == "meta_without_geometry":
+        _rewrite(path, meta=json.dumps({"note": "no geometry"}), fix_sum=True)
+    else:
+        _rewrite(path, meta=json.dumps({**meta, "original_size": [640, 640]}), fix_sum=True)
+    fresh = Predictor(lite_model, cache=EmbeddingCache(disk_dir=tmp_path))
+    with pytest.warns(UserWarning, match="not used"):
+        assert fresh.set_image(image) is False
+    assert fresh.encoder_calls == 1
+    masks, _ = fresh.predict(boxes=np.array([[16, 16, 47, 47]]))
+    assert masks.shape == (1, 64, 64) and masks[0, 32, 32]
