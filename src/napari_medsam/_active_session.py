@@ -128,6 +128,7 @@ class ActiveActions(ProvenanceActions):
         self.suggestions: list = []
         self.views: dict[str, View] = {}
         self.running: str | None = None
+        self.task = None  # the runner's Task of the running ranking / proposal (cancel)
         self.proposal_status = "no proposals yet"
         self.on_progress: Callable = lambda done, total: None
         self.on_finished: Callable = lambda what: None
@@ -215,9 +216,10 @@ class ActiveActions(ProvenanceActions):
         self.running = "ranking"
         self.s.on_status(f"MedSAM: ranking {len(cands) or 'detected'} candidates...")
         total = len({(c.image_id, c.z) for c in cands}) or len(auto)
-        self.s.runner.run_steps(_rank_steps, predictor, prev, images, cands, auto, int(top_k), int(n_jitter),
+        self.task = self.s.runner.run_steps(_rank_steps, predictor, prev, images, cands, auto, int(top_k), int(n_jitter),
                                 on_step=lambda v: self.on_progress(*v), on_done=self._on_ranked,
-                                on_error=self._on_error, desc="MedSAM: ranking suggestions", total=total)
+                                on_error=self._on_error, on_cancel=self._on_cancel,
+                                desc="MedSAM: ranking suggestions", total=total)
 
     def _on_ranked(self, suggestions) -> None:
         self.running, self.suggestions = None, list(suggestions)
@@ -225,8 +227,18 @@ class ActiveActions(ProvenanceActions):
         self.s.on_status(f"MedSAM: {len(self.suggestions)} suggestions, most uncertain first")
         self.on_finished("ranked")
 
+    def cancel(self) -> None:
+        """Stop the running ranking or proposal: no suggestions or proposals change."""
+        if self.running and self.task is not None:
+            self.task.cancel()
+
+    def _on_cancel(self, _exc=None) -> None:
+        what, self.running, self.task = self.running, None, None
+        self.s.on_status(f"MedSAM: {what or 'active learning'} cancelled; nothing was changed")
+        self.on_finished("cancelled")
+
     def _on_error(self, exc: Exception) -> None:
-        self.running = None
+        self.running, self.task = None, None
         self.on_finished("error")
         self.s.on_error(exc if isinstance(exc, MedSAMError) else MedSAMError(f"active learning failed: {exc}"))
 
@@ -313,9 +325,9 @@ class ActiveActions(ProvenanceActions):
         predictor = self._predictor()
         self.running = "proposing"
         s.on_status(f"MedSAM: fitting the automatic model on {len(images)} labelled image(s)...")
-        s.runner.run(_fit_and_propose, predictor, images, labels, target,
-                     on_done=lambda out: self._on_proposed(out, s.image_layer, plane), on_error=self._on_error,
-                     desc="MedSAM: proposing objects")
+        self.task = s.runner.run(_fit_and_propose, predictor, images, labels, target,
+                                 on_done=lambda out: self._on_proposed(out, s.image_layer, plane),
+                                 on_error=self._on_error, on_cancel=self._on_cancel, desc="MedSAM: proposing objects")
 
     def _on_proposed(self, out, image_layer, plane) -> None:
         from napari.layers import Labels

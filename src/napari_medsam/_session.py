@@ -20,6 +20,7 @@ import numpy as np
 from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, PromptError
 
 from . import _layers as L
+from . import _zoom as Z
 from ._objects import Commit, ObjectRecord, PlaneEditor
 
 BOXES, POINTS, LABELS = "MedSAM boxes", "MedSAM points", "MedSAM labels"
@@ -41,6 +42,7 @@ class Settings:
     auto_segment: bool = True
     prefetch: bool = True
     negative: bool = False
+    roi_zoom: str = "auto"  # auto | on | off: zoom in on small boxes (medsam_core.roi.predict_boxes)
     extra: dict = field(default_factory=dict)
 
 
@@ -77,7 +79,8 @@ class Session:
         self.history: list[Commit] = []
         self.on_status = on_status or (lambda text: None)
         self.on_error = on_error or (lambda exc: None)
-        self._encoding = None  # EmbeddingKey being computed in a worker
+        self.windows = Z.WindowMemo()  # the fixed intensity window per plane image
+        self._encoding = None  # the _zoom.Needs being encoded in a worker
         self._loading = False
         self._quiet = 0  # > 0 while the session edits its own prompt layers
         self._syncing = self._resync = False
@@ -229,8 +232,15 @@ class Session:
     def current_plane(self):
         return L.current_plane(self.image_layer, self.viewer.dims, self.settings.channel_axis)
 
+    def model_intensity(self, image2d) -> Intensity:
+        """The fixed window the whole plane and its ROI crops are normalised with (roi.global_intensity)."""
+        return self.windows.window(image2d, self.intensity(), self.settings.channel)
+
+    def roi_mode(self) -> str:
+        return Z.roi_mode(self.settings.roi_zoom)
+
     def is_encoded(self, image2d) -> bool:
-        key = self.predictor.key_for(image2d, self.intensity(), self.settings.channel)
+        key = self.predictor.key_for(image2d, self.model_intensity(image2d), self.settings.channel)
         return key in self.cache
 
     def _model_ready(self, blocking: bool) -> bool:
@@ -245,23 +255,30 @@ class Session:
             self.load_model_async()
         return False
 
-    def ensure_embedding(self, image2d, blocking: bool) -> bool:
-        """True when ``image2d``'s embedding is cached; otherwise encode it (inline, or in a worker)."""
+    def ensure_embedding(self, image2d, blocking: bool, boxes=None) -> bool:
+        """True when what decoding needs is cached: the whole-image embedding (``boxes`` None) or
+        what (N, 4) XYXY ``boxes`` need under the ROI zoom setting (whole image and/or crops);
+        otherwise encode it, inline (``blocking``) or in a worker (then False; the boxes are
+        synced again when it is done)."""
         if not self._model_ready(blocking):
             return False
-        intensity, channel = self.intensity(), self.settings.channel
-        key = self._encoder.key_for(image2d, intensity, channel)
-        if key in self.cache:
+        window, channel = self.model_intensity(image2d), self.settings.channel
+        if boxes is None:
+            needs = Z.Needs(whole=self._encoder.key_for(image2d, window, channel) not in self.cache)
+        else:
+            needs = Z.missing(self._encoder, image2d, np.asarray(boxes, float), self.roi_mode(), window, channel)
+        if not needs:
             return True
         if blocking:
-            self._encoder.set_image(image2d, intensity, channel)
+            Z.encode(self._encoder, image2d, needs, window, channel)
             return True
         if self._encoding is None:
-            self._encoding = key
-            self.on_status("MedSAM: computing the image embedding...")
-            self.runner.run(self._encoder.set_image, image2d, intensity, channel, on_done=self._on_encode_done,
+            self._encoding = needs
+            what = "the image embedding" if needs.whole else f"{len(needs.crops)} zoomed-in region(s)"
+            self.on_status(f"MedSAM: computing {what}...")
+            self.runner.run(Z.encode, self._encoder, image2d, needs, window, channel, on_done=self._on_encode_done,
                             on_error=self._on_task_error, desc="MedSAM: encoding image")
-        return key in self.cache  # True already when the runner is synchronous
+        return self._encoding is None and self.runner.synchronous  # done inline by a synchronous runner
 
     def _on_encode_done(self, _from_cache) -> None:
         self._encoding = None
@@ -278,14 +295,19 @@ class Session:
         self.ensure_embedding(self.plane_image(self.current_plane()), blocking=False)
 
     def predict(self, image2d, boxes, points=None, labels=None, mask_input=None):
-        """Decode prompts on an image whose embedding is cached (never runs the encoder)."""
-        intensity, channel = self.intensity(), self.settings.channel
+        """Decode prompts on the whole-image embedding (cached; never runs the encoder)."""
+        intensity, channel = self.model_intensity(image2d), self.settings.channel
         key = self.predictor.key_for(image2d, intensity, channel)
         if self.predictor.image_key != key:
             if key not in self.cache:
                 raise MedSAMError("internal: decoding before the embedding is ready")
             self.predictor.set_image(image2d, intensity, channel)
         return self.predictor.predict(boxes=boxes, points=points, point_labels=labels, mask_input=mask_input)
+
+    def decode_boxes(self, image2d, boxes) -> list[np.ndarray]:
+        """(H, W) bool mask per (N, 4) XYXY box, ROI zoom as set (medsam_core.roi.predict_boxes)."""
+        return Z.decode(self.predictor, image2d, np.asarray(boxes, float), self.roi_mode(),
+                        self.model_intensity(image2d), self.settings.channel)
 
     # -- boxes ----------------------------------------------------------------------------------
     def _on_shapes_data(self, event) -> None:

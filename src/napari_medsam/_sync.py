@@ -76,10 +76,10 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
     for plane in dict.fromkeys(j.plane for j in plan.jobs):
         jobs = [j for j in plan.jobs if j.plane == plane]
         image2d = s.plane_image(plane)
-        if not s.ensure_embedding(image2d, blocking):
-            continue  # pending: sync_shapes runs again when the embedding is ready
-        pred = s.predict(image2d, np.array([j.box for j in jobs]))
-        for job, mask, logits in zip(jobs, pred.masks, pred.low_res_logits, strict=True):
+        boxes = np.array([j.box for j in jobs])
+        if not s.ensure_embedding(image2d, blocking, boxes):
+            continue  # pending: sync_shapes runs again when the embeddings are ready
+        for job, mask in zip(jobs, s.decode_boxes(image2d, boxes), strict=True):
             lid = job.label_id
             if lid:
                 editor.clear(objects[lid].plane, lid)
@@ -88,7 +88,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
                 plan.ids[job.index] = lid
             editor.write(plane, mask, lid)
             verts = np.array(s.shapes_layer.data[job.index], copy=True)
-            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, logits.copy())
+            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts)
             written.append(lid)
     for lid in plan.removed:
         if s.settings.delete_removes:
@@ -187,7 +187,8 @@ def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
         raise PromptError(f"object {lid} has no points on its slice: add positive/negative points first")
     image2d = s.plane_image(rec.plane)
     s.ensure_embedding(image2d, blocking=True)
-    pred = s.predict(image2d, np.array([rec.box]), xy[None], lab[None], rec.logits[None])
+    logits = None if rec.logits is None else rec.logits[None]  # the last refinement's, if any
+    pred = s.predict(image2d, np.array([rec.box]), xy[None], lab[None], logits)
     editor = s.editor()
     editor.clear(rec.plane, lid)
     editor.write(rec.plane, pred.masks[0], lid)

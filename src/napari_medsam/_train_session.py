@@ -210,8 +210,9 @@ class TrainActions:
         r = rnd.result
         verdict = ("accepted (forced)" if rnd.forced else "accepted") if rnd.accepted else \
             "refused: not better than the active model (use anyway to force)"
+        where = f"; checkpoint written to {rnd.checkpoint}" if rnd.checkpoint is not None else ""
         return (f"round {rnd.number} ({r.config.mode}, {r.n_train} objects trained, {r.n_heldout} held out): "
-                f"held-out Dice {rnd.dice_active:.3f} -> {r.dice_after:.3f}, {verdict}")
+                f"held-out Dice {rnd.dice_active:.3f} -> {r.dice_after:.3f}, {verdict}{where}")
 
     # -- decisions ------------------------------------------------------------------------------
     def use_anyway(self):

@@ -54,6 +54,15 @@ INTENSITY_MODES = ("auto", "percentile", "ct", "contrast", "minmax")
 NEW_LABELS = "(new labels layer)"
 
 
+def _narrow(root: QWidget) -> None:
+    """Let combo boxes and line edits shrink to the dock's width (long layer names, placeholders)."""
+    for combo in root.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(6)
+    for edit in root.findChildren(QLineEdit):
+        edit.setMinimumWidth(60)
+
+
 class MedSAMWidget(QWidget):
     """Box-prompt segmentation of the chosen image layer into a Labels layer."""
 
@@ -62,6 +71,9 @@ class MedSAMWidget(QWidget):
         from medsam_core.runtime import tune_malloc
 
         tune_malloc()  # keep the decoder's large buffers in the heap (docs/benchmarks.md, Decoder)
+        from ._save import prefer_own_writers
+
+        prefer_own_writers()  # File > Save on labels: the plugin's writer (provenance sidecar) by default
         self.viewer = napari_viewer
         self.runner = runner or Runner()
         self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
@@ -77,27 +89,53 @@ class MedSAMWidget(QWidget):
 
     # -- layout -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        # Everything sits in a scroll area: the dock stays usable on a laptop-height screen.
+        # Fits a 1280 px wide window: what a person uses on every box (image, labels, Segment all,
+        # Undo, the status line) stays on top; settings and the less frequent workflows are tabs.
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         scroll, content = QScrollArea(), QWidget()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # fit the dock's width
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never clipped silently
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(content)
         outer.addWidget(scroll)
         lay = QVBoxLayout(content)
         form = QFormLayout()
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
-        self.channel_axis_combo, self.channel_combo = QComboBox(), QComboBox()
-        self.channel_combo.addItems(["auto", "mean", "max", *map(str, range(8))])
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
-        form.addRow("Channel axis", self.channel_axis_combo)
-        form.addRow("Channels", self.channel_combo)
         lay.addLayout(form)
-        lay.addWidget(self._model_box())
-        lay.addWidget(self._intensity_box())
+        row = QHBoxLayout()
+        self.segment_btn, self.undo_btn = QPushButton("Segment all (G)"), QPushButton("Undo (Ctrl+Z)")
+        row.addWidget(self.segment_btn)
+        row.addWidget(self.undo_btn)
+        lay.addLayout(row)
+        self.status_label = QLabel("MedSAM: ready")
+        self.status_label.setWordWrap(True)
+        lay.addWidget(self.status_label)
+        self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
+        self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
+        self.tabs = QTabWidget()
+        for panel, name in ((self._boxes_page(), "Boxes"), (self._settings_page(), "Model"),
+                            (self.volume_panel, "3D"), (self.series_panel, "Series"),
+                            (self.train_panel, "Fine-tune"), (self.active_panel, "Active")):
+            if isinstance(panel, QGroupBox):
+                panel.setTitle("")
+                panel.setFlat(True)
+            page = QWidget()  # top-aligned: a short panel does not spread over the tallest one's height
+            page_lay = QVBoxLayout(page)
+            page_lay.setContentsMargins(0, 0, 0, 0)
+            page_lay.addWidget(panel)
+            page_lay.addStretch(1)
+            self.tabs.addTab(page, name)
+        self.tabs.setTabToolTip(5, "Active learning: which objects to label next")
+        lay.addWidget(self.tabs)
+        lay.addStretch(1)
+        _narrow(content)
+
+    def _boxes_page(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
         self.overwrite_check = QCheckBox("Overwrite existing labels (O)")
         self.delete_check = QCheckBox("Deleting a box removes its object")
         self.delete_check.setChecked(True)
@@ -106,29 +144,6 @@ class MedSAMWidget(QWidget):
         self.negative_check = QCheckBox("Negative points (N)")
         for w in (self.overwrite_check, self.delete_check, self.auto_check, self.negative_check):
             lay.addWidget(w)
-        row = QHBoxLayout()
-        self.segment_btn, self.undo_btn = QPushButton("Segment all boxes (G)"), QPushButton("Undo (Ctrl+Z)")
-        row.addWidget(self.segment_btn)
-        row.addWidget(self.undo_btn)
-        lay.addLayout(row)
-        self.status_label = QLabel("MedSAM: ready")
-        self.status_label.setWordWrap(True)
-        lay.addWidget(self.status_label)
-        # The less frequent workflows as tabs, so the dock is not a screen and a half tall.
-        self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
-        self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
-        self.tabs = QTabWidget()
-        for panel, name in ((self.volume_panel, "3D"), (self.series_panel, "Series"),
-                            (self.train_panel, "Fine-tune"), (self.active_panel, "Active learning")):
-            panel.setTitle("")
-            panel.setFlat(True)
-            page = QWidget()  # top-aligned: a short panel does not spread over the tallest one's height
-            page_lay = QVBoxLayout(page)
-            page_lay.setContentsMargins(0, 0, 0, 0)
-            page_lay.addWidget(panel)
-            page_lay.addStretch(1)
-            self.tabs.addTab(page, name)
-        lay.addWidget(self.tabs)
         keys = "<br>".join(f"<b>{qt}</b>: {what}" for _, qt, what, _ in SHORTCUTS)
         self.help_label = QLabel(
             "Draw rectangles on <i>MedSAM boxes</i>; move or resize one to redo its object. "
@@ -136,7 +151,20 @@ class MedSAMWidget(QWidget):
         )
         self.help_label.setWordWrap(True)
         lay.addWidget(self.help_label)
-        lay.addStretch(1)
+        return page
+
+    def _settings_page(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        form = QFormLayout()
+        self.channel_axis_combo, self.channel_combo = QComboBox(), QComboBox()
+        self.channel_combo.addItems(["auto", "mean", "max", *map(str, range(8))])
+        form.addRow("Channel axis", self.channel_axis_combo)
+        form.addRow("Channels", self.channel_combo)
+        lay.addLayout(form)
+        lay.addWidget(self._model_box())
+        lay.addWidget(self._intensity_box())
+        return page
 
     def _model_box(self) -> QGroupBox:
         box = QGroupBox("Model")
@@ -162,8 +190,13 @@ class MedSAMWidget(QWidget):
         self.intensity_combo.addItems(INTENSITY_MODES)
         self.window_combo.addItems(list(CT_WINDOWS))
         self.preview_btn = QPushButton("Preview model input (M)")
+        self.zoom_combo = QComboBox()
+        self.zoom_combo.addItems(["auto", "on", "off"])
+        self.zoom_combo.setToolTip("auto: zoom in on boxes too small for the whole-image view (small objects on "
+                                   "large images); on: every box; off: never (whole-image embedding only)")
         form.addRow("Intensity", self.intensity_combo)
         form.addRow("CT window", self.window_combo)
+        form.addRow("ROI zoom", self.zoom_combo)
         form.addRow(self.preview_btn)
         return box
 
@@ -178,6 +211,7 @@ class MedSAMWidget(QWidget):
         self.intensity_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
         self.window_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
         self.preview_btn.clicked.connect(lambda: self._try(self.preview))
+        self.zoom_combo.activated.connect(lambda _: self._try(self.set_roi_zoom, self.zoom_combo.currentText()))
         self.overwrite_check.toggled.connect(self.set_overwrite)
         self.delete_check.toggled.connect(lambda v: setattr(self.session.settings, "delete_removes", v))
         self.auto_check.toggled.connect(lambda v: setattr(self.session.settings, "auto_segment", v))
@@ -308,6 +342,15 @@ class MedSAMWidget(QWidget):
         self.intensity_combo.setCurrentText(mode)
         self.window_combo.setCurrentText(s.ct_window)
         self._try(self.session.prefetch)
+
+    def set_roi_zoom(self, setting: str = "auto") -> None:
+        """ROI zoom for the next boxes: "auto" (small boxes on large images are segmented on an encoded
+        crop around them, others on the cached whole-image embedding), "on" (every box) or "off"."""
+        from ._zoom import roi_mode
+
+        roi_mode(setting)  # validates before anything changes
+        self.session.settings.roi_zoom = setting
+        self.zoom_combo.setCurrentText(setting)
 
     def set_channel(self, channel_axis: int | None = None, channel: int | str = "auto") -> None:
         """Channel axis of a non-RGB nD image layer (None: no channel axis), and how channels

@@ -30,7 +30,7 @@ from medsam_core import MedSAMError
 
 from ._active_session import SOURCES
 
-SUGGESTION_COLUMNS = ("#", "image", "z", "score", "iou_pred", "stability", "agreement")
+SUGGESTION_COLUMNS = ("#", "label", "image", "z", "score", "iou_pred", "stability", "agreement")
 EFFORT_COLUMNS = ("round", "objects", "s / object", "prompts / object", "accepted", "Dice")
 METRICS = (  # (RoundStats field, title, fixed top of the y axis or None)
     ("seconds_per_object", "seconds / object", None),
@@ -149,7 +149,8 @@ class ActivePanel(QGroupBox):
         self.topk_spin = QSpinBox()
         self.topk_spin.setRange(1, 500)
         self.topk_spin.setValue(10)
-        self.all_check = QCheckBox("All open images (each with a Labels layer of its shape)")
+        self.all_check = QCheckBox("All open images")
+        self.all_check.setToolTip("each open image with a Labels layer of its shape")
         form.addRow("Candidates", self.source_combo)
         form.addRow("Top k", self.topk_spin)
         lay.addLayout(form)
@@ -166,7 +167,13 @@ class ActivePanel(QGroupBox):
         self.propose_btn = QPushButton("Propose objects")
         self.propose_btn.setToolTip("Learn from the labelled objects, propose the objects of this image in "
                                     "a new layer 'MedSAM proposals' (your labels are not touched)")
-        lay.addWidget(self.propose_btn)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.setToolTip("Stop ranking or proposing; nothing is changed")
+        row = QHBoxLayout()
+        row.addWidget(self.propose_btn)
+        row.addWidget(self.cancel_btn)
+        lay.addLayout(row)
         self.propose_label = QLabel(self.actions.proposal_status)
         self.propose_label.setWordWrap(True)
         lay.addWidget(self.propose_label)
@@ -206,6 +213,7 @@ class ActivePanel(QGroupBox):
         self.rank_btn.clicked.connect(lambda: w._try(self._on_rank))
         self.table.cellClicked.connect(lambda row, _col: w._try(self._on_jump, row))
         self.propose_btn.clicked.connect(lambda: w._try(self._started, a.propose))
+        self.cancel_btn.clicked.connect(a.cancel)
         self.add_class_btn.clicked.connect(lambda: w._try(self._on_add_class))
         self.class_edit.returnPressed.connect(lambda: w._try(self._on_add_class))
         self.class_combo.activated.connect(lambda _: w._try(self._on_class_chosen))
@@ -225,6 +233,7 @@ class ActivePanel(QGroupBox):
     def _started(self, func, *args) -> None:
         self.rank_btn.setEnabled(False)
         self.propose_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         try:
             func(*args)
@@ -277,8 +286,9 @@ class ActivePanel(QGroupBox):
     def _on_finished(self, what: str) -> None:
         self.rank_btn.setEnabled(True)
         self.propose_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
         self.progress.setRange(0, 1)
-        self.progress.setValue(1 if what != "error" else 0)
+        self.progress.setValue(1 if what not in ("error", "cancelled") else 0)
         if what == "ranked":
             self.show_suggestions()
         self.propose_label.setText(self.actions.proposal_status)
@@ -289,7 +299,7 @@ class ActivePanel(QGroupBox):
         rows = []
         for k, sug in enumerate(self.actions.suggestions, start=1):
             c = sug.components
-            rows.append((k, str(sug.image_id), sug.z, sug.score, c.get("iou_pred"), c.get("stability"),
+            rows.append((k, "-" if sug.label is None else sug.label, str(sug.image_id), sug.z, sug.score, c.get("iou_pred"), c.get("stability"),
                          c.get("agreement")))
         _fill(self.table, rows)
 

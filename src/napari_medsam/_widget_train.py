@@ -13,7 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QProgressBar,
@@ -86,7 +85,8 @@ class TrainPanel(QGroupBox):
         self.pair_list.setToolTip("Empty: the Image + Labels chosen above")
         grid.addWidget(self.pair_list, 2, 0, 1, 2)
         grid.addLayout(self._settings_row(), 3, 0, 1, 2)
-        self.from_active_check = QCheckBox("Train from the active model (not the base)")
+        self.from_active_check = QCheckBox("Start from the active model")
+        self.from_active_check.setToolTip("train from the model in use, not the base model")
         grid.addWidget(self.from_active_check, 4, 0, 1, 2)
         self.train_btn, self.cancel_btn = QPushButton("Fine-tune"), QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -96,20 +96,21 @@ class TrainPanel(QGroupBox):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         grid.addWidget(self.progress, 6, 0, 1, 2)
-        self.loss_plot = LossPlot()
-        grid.addWidget(self.loss_plot, 7, 0, 1, 2)
+        # the result and its decisions right under the buttons (above the fold), the plot last
         self.result_label = QLabel(self.actions.summary)
         self.result_label.setWordWrap(True)
-        grid.addWidget(self.result_label, 8, 0, 1, 2)
+        grid.addWidget(self.result_label, 7, 0, 1, 2)
         self.force_btn, self.rollback_btn = QPushButton("Use anyway"), QPushButton("Roll back")
         self.save_btn, self.load_btn = QPushButton("Save model as..."), QPushButton("Load model...")
         for i, b in enumerate((self.force_btn, self.rollback_btn, self.save_btn, self.load_btn)):
-            grid.addWidget(b, 9 + i // 2, i % 2)
+            grid.addWidget(b, 8 + i // 2, i % 2)
+        self.loss_plot = LossPlot()
+        grid.addWidget(self.loss_plot, 10, 0, 1, 2)
         self._wire()
         self.refresh()
 
-    def _settings_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
+    def _settings_row(self) -> QGridLayout:
+        row = QGridLayout()  # two rows: fits a narrow dock
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(MODES))
         self.epochs_spin = QSpinBox()
@@ -119,9 +120,10 @@ class TrainPanel(QGroupBox):
         self.holdout_spin.setRange(0.05, 0.9)
         self.holdout_spin.setSingleStep(0.05)
         self.holdout_spin.setValue(0.25)
-        for label, w in (("Mode", self.mode_combo), ("Epochs", self.epochs_spin), ("Held out", self.holdout_spin)):
-            row.addWidget(QLabel(label))
-            row.addWidget(w)
+        for k, (label, w) in enumerate((("Mode", self.mode_combo), ("Epochs", self.epochs_spin),
+                                        ("Held out", self.holdout_spin))):
+            row.addWidget(QLabel(label), k // 2, 2 * (k % 2))
+            row.addWidget(w, k // 2, 2 * (k % 2) + 1)
         return row
 
     def _wire(self) -> None:

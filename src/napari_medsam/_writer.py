@@ -53,6 +53,8 @@ def labels_meta(data, meta: dict | None) -> ImageMeta:
 
 def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> list[str]:
     name = Path(path).name.lower()
+    if not Path(name).suffix:  # File > Save suggests the layer's name without an extension
+        path, name = str(path) + suffixes[0], name + suffixes[0]
     if not any(name.endswith(s) for s in suffixes):
         raise ImageError(f"cannot save labels as {Path(path).name}: use a {' or '.join(suffixes)} file name")
     arr = np.asarray(data)

@@ -43,6 +43,9 @@ def open_widget(make_napari_viewer, lite_model):
         viewer = make_napari_viewer(show=show)
         _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
         widget.set_model(lite_model)
+        # These tests were calibrated on whole-image decoding (one encode, hand-picked objects);
+        # ROI zoom (the default, "auto") has its own tests in test_widget_zoom.py.
+        widget.set_roi_zoom("off")
         return viewer, widget
 
     return make

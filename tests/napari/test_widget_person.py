@@ -103,3 +103,40 @@ def test_switching_labels_layer_does_not_resegment_old_boxes(make_napari_viewer,
     np.testing.assert_array_equal(first.data, kept)
     assert "1 box" in widget.status_label.text()
     assert len(widget.session.history) == 1 and sorted(widget.session.objects) == [1]
+
+
+def test_file_save_picks_the_medsam_writer_and_adds_tif(make_napari_viewer, qtbot, lite_model, crop, tmp_path):
+    """Bug 5: File > Save Selected Layer on the MedSAM labels preselects the plugin's writer; the
+    suggested name has no extension and gets .tif; the sidecar is written; reopening gives Labels."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QFileDialog
+
+    image, ref = crop
+    viewer = make_napari_viewer(show=True)
+    widget = _add_plugin(viewer, lite_model)
+    viewer.add_image(image, name="nuclei")
+    widget.segment_boxes(ref_box(ref, big_objects(ref, 1)[0], 3))
+    labels = widget.labels_layer
+    viewer.layers.selection.active = labels
+    seen = {}
+
+    def answer():
+        dialogs = [w for w in QApplication.topLevelWidgets() if isinstance(w, QFileDialog) and w.isVisible()]
+        if not dialogs:
+            QTimer.singleShot(50, answer)
+            return
+        dlg = dialogs[0]
+        seen["filter"], seen["name"] = dlg.selectedNameFilter(), dlg.selectedFiles()[0]
+        dlg.selectFile(str(tmp_path / "MedSAM labels"))  # the suggested name, in a folder of ours
+        dlg.accept()
+
+    QTimer.singleShot(50, answer)
+    viewer.window._qt_viewer._save_layers_dialog(selected=True)
+    assert seen["filter"].startswith("MedSAM"), seen  # not "napari builtins labels"
+    assert seen["name"].endswith("MedSAM labels")
+    saved = tmp_path / "MedSAM labels.tif"
+    assert saved.exists() and (tmp_path / "MedSAM labels.provenance.json").exists()
+    file_open(viewer, qtbot, saved)
+    reopened = viewer.layers[-1]
+    assert type(reopened).__name__ == "Labels"
+    np.testing.assert_array_equal(reopened.data, labels.data)
