@@ -118,6 +118,7 @@ class VolumeActions:
         self.key_mode = False  # the next 3D run from a new box adds it to the last 3D object
         self.last_owner: int | None = None
         self.on_result: Callable[[int], None] = lambda owner: None  # after a 3D object's walk is committed
+        self.seconds_left: float | None = None  # the running walk's time estimate, read by on_progress
         self.results: dict[int, tuple[WalkResult, int]] = {}  # label id -> (last walk, image slicing axis)
         self.cancel_event: threading.Event | None = None
         self._job: VolumeJob | None = None
@@ -288,8 +289,10 @@ class VolumeActions:
 
     def _on_step(self, step) -> None:
         if isinstance(step, WalkProgress):
-            self.on_progress(step.done, step.total, step.seconds_left)
+            self.seconds_left = step.seconds_left
+            self.on_progress(step.done, step.total)
         else:
+            self.seconds_left = None
             self.on_progress(*step)
 
     def _on_error(self, exc: Exception) -> None:

@@ -66,8 +66,9 @@ class VolumePanel(QGroupBox):
         self.segment_btn.setEnabled(False)
         self.precompute_btn.setEnabled(False)
 
-    def _on_progress(self, done: int, total: int, seconds_left: float | None = None) -> None:
+    def _on_progress(self, done: int, total: int) -> None:
         total = max(int(total), 1)
+        seconds_left = self.actions.seconds_left
         self.progress.setRange(0, total)
         self.progress.setValue(min(int(done), total))
         left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"

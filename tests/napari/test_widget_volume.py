@@ -57,7 +57,9 @@ def test_segment_3d_in_a_worker_then_undo(open_widget, qtbot, stack):
     # the key box lies below the start slice: only the down side was walked again, the rest kept
     fixed = widget.volume.results[1][0]
     assert fixed.start == z and 2 in fixed.keys and 0 < fixed.rewalked < n_walked
-    assert "re-walked" in widget.status_label.text()
+    assert fixed.stops["up"] == stops["up"]  # the up side was kept, with its stop
+    assert [label.text() for label, _ in widget.volume_panel.stops.rows] == [
+        f"object 1 {d}: {fixed.stops[d]}" for d in ("up", "down")]
     assert set(np.unique(widget.labels_layer.data)) == {0, 1}
     assert dice(widget.labels_layer.data == 1, ref) >= 0.85
     assert len(widget.session.history) == 2
