@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import medsam_core  # noqa: E402
 from _machine import cpu_model  # noqa: E402
+
+import medsam_core  # noqa: E402
 from medsam_core import EmbeddingCache, Intensity, Predictor  # noqa: E402
 from medsam_core.metrics import dice  # noqa: E402
 
@@ -144,8 +145,34 @@ def parse_opts(items) -> dict:
     return opts
 
 
+def table(before_path: str, after_path: str) -> None:
+    """Print the markdown tables of docs/3d.md from two result files (before, after)."""
+    before, after = (json.loads(Path(p).read_text())["cases"] for p in (before_path, after_path))
+    print("| volume | before: Dice / oracle = ratio | after: Dice / oracle = ratio | after, one correction | "
+          "walk time (median) | encodes |")
+    print("|---|---|---|---|---|---|")
+    for case, a in after.items():
+        b, sa = before.get(case, {}).get("summary"), a["summary"]
+        old = f"{b['dice']:.3f} / {b['oracle']:.3f} = {b['ratio']:.2f}x" if b else "-"
+        print(f"| {case} | {old} | {sa['dice']:.3f} / {sa['oracle']:.3f} = **{sa['ratio']:.2f}x** (min "
+              f"{sa['min_ratio']:.2f}x) | {sa['dice_corrected']:.3f} | {sa['median_time_s']:.1f} s | "
+              f"{sa['encodes']} of {sa['slices']} slices |")
+    print("\n| volume | structure | ref slices | before Dice (x oracle) | after Dice (x oracle) | oracle | "
+          "stops (up / down) | corrected at slice: Dice | walk time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for case, a in after.items():
+        for name, r in a["structures"].items():
+            rb = before.get(case, {}).get("structures", {}).get(name)
+            old = f"{rb['dice']:.3f} ({rb['dice'] / rb['oracle']:.2f}x)" if rb else "-"
+            st = " / ".join(f"{s['reason']} @{s['slice']}" for s in (r["stops"]["up"], r["stops"]["down"]))
+            lo, hi = r["ref_slices"]
+            print(f"| {case} | {name} | {lo}-{hi} | {old} | {r['dice']:.3f} ({r['dice'] / r['oracle']:.2f}x) | "
+                  f"{r['oracle']:.3f} | {st} | {r['correction_slice']}: {r['dice_corrected']:.3f} | {r['time_s']:.1f} s |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table", nargs=2, metavar=("BEFORE", "AFTER"), help="print docs tables from two result files")
     ap.add_argument("--cases", nargs="*", default=list(CASES))
     ap.add_argument("--pad", type=float, default=3.0, help="box padding in px around the reference")
     ap.add_argument("--intensity", default="auto", help="Intensity mode made volume-wide (auto, percentile, minmax)")
@@ -153,6 +180,8 @@ def main() -> None:
     ap.add_argument("--walk", nargs="*", help="walk options key=value (JSON values)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
+    if args.table:
+        return table(*args.table)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     walk_opts = parse_opts(args.walk)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "

@@ -94,6 +94,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_boxes: Mapping[int, Sequence[float]] | None = None, spacing: Sequence[float] | None = None,
               margin: float = 2.0, growth: float = 1.0, min_iou: float = 0.5, min_area_ratio: float = 0.2,
               min_contrast: float = 0.15, iou_drop: float = 0.0, max_shift: float | None = None,
+              max_growth: float | None = None, box_rule: str = "mask",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
@@ -115,17 +116,19 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
             f"min_iou, min_area_ratio, min_contrast and iou_drop must lie in [0, 1], got {min_iou}, "
             f"{min_area_ratio}, {min_contrast}, {iou_drop}"
         )
-    if not (margin >= 0 and growth >= 0) or (max_shift is not None and not max_shift > 0):
-        raise PromptError(f"margin and growth must be numbers >= 0 and max_shift > 0 or None, got {margin}, "
-                          f"{growth}, {max_shift}")
+    if not (margin >= 0 and growth >= 0) or any(v is not None and not v > 0 for v in (max_shift, max_growth)):
+        raise PromptError(f"margin and growth must be numbers >= 0, max_shift and max_growth > 0 or None; got "
+                          f"{margin}, {growth}, {max_shift}, {max_growth}")
+    if box_rule not in ("mask", "track"):
+        raise PromptError(f"box_rule must be 'mask' or 'track', got {box_rule!r}")
     if not isinstance(z, (int, np.integer)):
         raise PromptError(f"z must be a slice index (int), got {z!r}")
     keys = _check_keys(box, z, key_boxes, n, slices.shape[1:])
     z = int(z)
     result, sides = _seed(previous, slices.shape, axis % 3, z, keys)
     if method is None:
-        method = BoxWalk(StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift), margin, growth,
-                         adaptive_margin, mask_prompt)
+        method = BoxWalk(StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth), margin,
+                         growth, adaptive_margin, mask_prompt, box_rule)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     return method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),

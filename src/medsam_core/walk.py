@@ -18,7 +18,8 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
   trips one is not kept. Each is calibrated from the start slice, where the user's box says the
   structure is: "vanished" (empty mask), "IoU fell to 0.31" (predicted IoU under ``min_iou`` or
   under ``iou_drop`` x the start's), "area collapsed" (under ``min_area_ratio`` x the previous
-  slice's area), "contrast faded" (mask-vs-surround contrast under ``min_contrast`` x the start's),
+  slice's area), "area grew" (over ``max_growth`` x the previous slice's: the mask leaked into a
+  neighbour), "contrast faded" (mask-vs-surround contrast under ``min_contrast`` x the start's),
   "intensity changed" (mean intensity inside the mask more than ``max_shift`` start-slice
   standard deviations from the start's mean: the walk slid onto a neighbour of another grey).
 
@@ -75,6 +76,7 @@ class StopRules:
     min_area_ratio: float = 0.2
     min_contrast: float = 0.15
     max_shift: float | None = None
+    max_growth: float | None = None
 
 
 @dataclass
@@ -185,6 +187,7 @@ class BoxWalk:
     growth: float = 1.0
     adaptive_margin: bool = True
     mask_prompt: bool = False
+    box_rule: str = "mask"
     max_slack: float = 8.0
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
@@ -244,17 +247,33 @@ class BoxWalk:
         my = self.margin + cal.slack[1] + self.growth * sz / sy
         return box_from_mask(prev, (mx, my))
 
+    def _next_box(self, prev, track, cal, spacing, size) -> np.ndarray:
+        """"mask": the neighbour mask's box plus margins. "track": the neighbour's box moved by how
+        the masks' boxes moved between the last two slices (a model that segments a structure too
+        large or too small by the same amount on every slice moves the box right all the same)."""
+        if self.box_rule == "mask" or track[-1][1] is None:
+            return self._box(prev, cal, spacing)
+        box = track[-1][0].copy()
+        if len(track) >= 2 and track[-2][1] is not None:
+            box += track[-1][1] - track[-2][1]
+        h, w = size
+        box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+        if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            return self._box(prev, cal, spacing)
+        return box
+
     def _walk(self, predictor, slices, result, z, step, end, cal, intensity, spacing, expect, cancel):
         """One direction from slice z to ``end`` inclusive; returns its Stop. ``expect``: (slices
         expected in this direction, in the directions after it), for the progress total."""
         last = z
         prev = result.masks[z]
+        track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
             key = interpolate(result.keys, zz)
             if key is None and not prev.any():
                 return Stop("vanished", zz)
-            box = key if key is not None else self._box(prev, cal, spacing)
+            box = key if key is not None else self._next_box(prev, track, cal, spacing, prev.shape)
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev)
             result.rewalked += 1
@@ -268,6 +287,7 @@ class BoxWalk:
             last = zz
             if result.masks[zz].any():
                 prev = result.masks[zz]
+                track.append((np.asarray(box, float), box_from_mask(prev)))
         if end in result.keys and end != z:
             return Stop("reached key slice", end)
         return Stop("end of volume", end)
@@ -281,6 +301,8 @@ class BoxWalk:
             return f"IoU fell to {f['score']:.2f}"
         if f["area"] < r.min_area_ratio * prev.sum():
             return "area collapsed"
+        if r.max_growth is not None and f["area"] > r.max_growth * prev.sum():
+            return "area grew"
         if cal.contrast and f["contrast"] / cal.contrast < r.min_contrast:
             return "contrast faded"
         if r.max_shift is not None and cal.std > 0 and abs(f["mean"] - cal.mean) > r.max_shift * cal.std:
