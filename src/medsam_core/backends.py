@@ -3,13 +3,16 @@
 The encoder decides how interactive the tool feels on a laptop: every new image or slice waits
 for it. ``make_encoder_backend(model, "auto")`` picks, for a model on the CPU, an OpenVINO
 engine exported from *this* model's weights (cached on disk under the encoder's weight hash,
-verified against PyTorch when it is made), and PyTorch eager everywhere else. Whatever goes
+verified against PyTorch when it is made), and PyTorch eager everywhere else. The first export
+runs in a separate process while eager serves (``_engine_build.py``), so nobody waits for it. Whatever goes
 wrong with the engine (not installed, export, compile or inference failing, verification
 refused) ends in a warning and PyTorch eager, never in a crash.
 
 Settings (environment, read when a backend is made):
 
 * ``MEDSAM_ENCODER_BACKEND``: ``auto`` (default), ``openvino`` or ``torch``.
+* ``MEDSAM_ENCODER_PRECISION``: ``auto`` (default: bf16 where the CPU has native bf16, else
+  f32), ``f32`` or ``bf16`` (OpenVINO engine only).
 * ``MEDSAM_NUM_THREADS``: intra-op threads for the encoder (both engines); unset = the engine's
   own default (all physical cores).
 * ``MEDSAM_CACHE_DIR``: root of the on-disk cache (default: the user cache dir,
@@ -33,8 +36,10 @@ BACKENDS = ("auto", "openvino", "torch")
 # Architectures for which "auto" tries the exported engine. ViT-B (1024) would export too, but
 # its export and verification take minutes: ask for it explicitly with backend="openvino".
 AUTO_ENGINE_ARCHS = frozenset({"tinyvit_256"})
+# bf16 inference where the CPU has it: set from the mask accuracy measured on every 2D sample
+# case (benchmarks/bench_encoder.py --precision; docs/engines.md, "Precision").
+BF16_BY_DEFAULT = False
 _warned_missing = False
-_warned_no_export = False
 
 
 class EngineError(MedSAMError):
@@ -223,6 +228,32 @@ def encoder_hash(model) -> str:
     return state_dict_sha256(model.state_dict(), prefix="image_encoder.")
 
 
+def import_openvino():
+    """``import openvino``, with OpenVINO's own telemetry stub in place of ``openvino-telemetry``.
+
+    ``import openvino`` loads its converter, which sends anonymous usage events unless the user
+    opted out; OpenVINO ships a no-op stub for installs without ``openvino-telemetry`` and we
+    make it use that, because the engine is built without the user asking. If the application
+    imported openvino before us, its own setting stands.
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        saved = sys.modules.get("openvino_telemetry", _MISSING)
+        sys.modules["openvino_telemetry"] = None  # "import openvino_telemetry" -> ImportError -> stub
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if saved is _MISSING:
+                sys.modules.pop("openvino_telemetry", None)
+            else:
+                sys.modules["openvino_telemetry"] = saved
+    return sys.modules["openvino"]
+
+
+_MISSING = object()
+
+
 def openvino_available() -> bool:
     """True when the ``openvino`` package can be found (not imported: it is heavy)."""
     import importlib.util
@@ -238,7 +269,7 @@ def openvino_available() -> bool:
 
 def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *,
                          cache_dir: str | os.PathLike | None = None, num_threads: int | None = None,
-                         precision: str = "f32") -> EncoderBackend:
+                         precision: str | None = None) -> EncoderBackend:
     """Choose and build the encoder backend for ``model``.
 
     backend: "auto" (OpenVINO for a registered small model on the CPU when installed and
@@ -246,9 +277,12 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
     as is), or None (``$MEDSAM_ENCODER_BACKEND``, default "auto").
     cache_dir: root of the engine cache (default ``default_cache_dir()``).
     num_threads: intra-op threads (default ``$MEDSAM_NUM_THREADS`` or the engine's own default).
-    precision: OpenVINO inference precision, "f32" (default; "bf16" changes the embeddings by
-    ~3e-2 and is refused by the verification unless thresholds are relaxed).
-    Never raises for engine trouble: it warns and returns a TorchEncoder.
+    precision: OpenVINO inference precision: "f32", "bf16" or "auto" (bf16 where the CPU computes
+    it natively, else f32; docs/engines.md says how bf16's masks were checked); None reads
+    ``$MEDSAM_ENCODER_PRECISION`` (default "auto").
+    Never raises for engine trouble: it warns and returns a TorchEncoder (for "auto" without an
+    export yet: a :class:`BackgroundEngineEncoder` that runs eager until a separate process has
+    exported the engine).
     """
     global _warned_missing
     if isinstance(backend, EncoderBackend):
@@ -274,7 +308,7 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
         if choice == "openvino" or not _warned_missing:
             _warned_missing = True
             warnings.warn("OpenVINO is not installed, so the image encoder runs in PyTorch eager (about "
-                          "3x slower on a CPU): pip install 'napari-medsam[fast]'",
+                          "3x slower on a CPU): pip install openvino",
                           RuntimeWarning, stacklevel=2)
         return eager
     from . import _openvino_engine
@@ -288,17 +322,11 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
                       RuntimeWarning, stacklevel=2)
         return eager
     root = Path(cache_dir) if cache_dir else default_cache_dir()
+    precision = _precision_setting(precision)
     if choice == "auto" and not _openvino_engine.has_export(model, root, precision):
-        # A first export takes 30 s to minutes: "auto" never makes the user wait for it (and a
-        # background export thread cannot be stopped safely when the process exits). Eager
-        # serves; `medsam export` (or backend="openvino") builds the engine once.
-        global _warned_no_export
-        if not _warned_no_export:
-            _warned_no_export = True
-            warnings.warn("no OpenVINO export of this encoder yet, so it runs in PyTorch eager; run "
-                          "'medsam export' once (about a minute) for a ~3x faster encoder",
-                          RuntimeWarning, stacklevel=2)
-        return eager
+        # A first export takes ~20-40 s: "auto" never makes the user wait for it. Eager serves
+        # while a separate process exports; later images use the engine once it is ready.
+        return _background(model, eager, root, precision)
     try:
         engine, info = _openvino_engine.load_or_export(model, root, eager.num_threads, precision)
     except Exception as exc:  # export, compile or verification: fall back, say why
@@ -306,3 +334,95 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
                       "using PyTorch eager", RuntimeWarning, stacklevel=2)
         return eager
     return EngineEncoder(engine, eager, info)
+
+
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX), as OpenVINO reports it."""
+    try:
+        ov = import_openvino()
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, or a plugin without the property
+        return False
+
+
+def _precision_setting(precision: str | None) -> str:
+    """"f32" or "bf16" from the argument, else ``$MEDSAM_ENCODER_PRECISION``, else "auto"."""
+    value = (precision or os.environ.get("MEDSAM_ENCODER_PRECISION") or "auto").strip().lower()
+    if value not in (*PRECISIONS, "f16"):
+        raise EngineError(f"encoder precision {value!r} is not one of {', '.join(PRECISIONS)}: "
+                          "set MEDSAM_ENCODER_PRECISION to one of them, or unset it")
+    if value == "auto":
+        return "bf16" if BF16_BY_DEFAULT and cpu_has_bf16() else "f32"
+    return value
+
+
+class BackgroundEngineEncoder(EncoderBackend):
+    """PyTorch eager until the engine exported by a separate process is ready, then the engine.
+
+    ``name`` is "torch" while the export runs and the engine's name afterwards; ``job`` is the
+    export process (``_engine_build.Job``), None once it has been collected.
+    """
+
+    def __init__(self, model, eager: TorchEncoder, root: Path, precision: str, job):
+        super().__init__()
+        self.model, self._eager, self._root, self.precision, self.job = model, eager, root, precision, job
+        self._engine: EncoderBackend | None = None
+        self._lock = threading.Lock()
+        self.name = "torch"
+        self.info = {"pending": True, "precision": precision}
+
+    def _collect(self, wait_s: float | None = 0.0) -> None:
+        job = self.job
+        if job is None:
+            return
+        state = job.state() if wait_s == 0.0 else job.wait(wait_s)
+        if state == "running":
+            return
+        self.job = None
+        try:
+            if state == "failed":
+                raise EngineError(f"the export process failed: {job.reason()}")
+            if encoder_hash(self.model) != self.model.encoder_id:
+                raise EngineError("the encoder weights changed while the engine was exported")
+            from . import _openvino_engine
+
+            engine, info = _openvino_engine.load_or_export(
+                self.model, self._root, self._eager.num_threads, self.precision)
+            self._engine = EngineEncoder(engine, self._eager, info)
+            self.name, self.info = self._engine.name, info
+        except Exception as exc:  # the user keeps eager
+            self.info = {"pending": False, "failed": f"{type(exc).__name__}: {exc}"}
+            warnings.warn(f"the OpenVINO encoder is not used ({type(exc).__name__}: {exc}); "
+                          "using PyTorch eager", RuntimeWarning, stacklevel=3)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` s for the export; True when the engine now serves."""
+        with self._lock:
+            self._collect(timeout)
+        return self._engine is not None
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._collect()
+            engine = self._engine
+        return (engine or self._eager).encode(batch)
+
+
+def _background(model, eager: TorchEncoder, root: Path, precision: str) -> EncoderBackend:
+    """Start the export in a separate process (or join a running one); eager serves meanwhile."""
+    from . import _engine_build, _openvino_engine
+    from .registry import get_spec
+
+    try:
+        get_spec(model.spec.name)  # the child rebuilds the model from the registry
+        folder = _openvino_engine.engine_dir(root, model.encoder_id, int(model.input_size), precision)
+        job = _engine_build.start(model, root, folder, precision)
+    except Exception as exc:  # unregistered model, unwritable cache, no process: eager only
+        warnings.warn(f"the OpenVINO encoder cannot be built in the background ({type(exc).__name__}: "
+                      f"{exc}); using PyTorch eager ('medsam export' builds it in the foreground)",
+                      RuntimeWarning, stacklevel=3)
+        return eager
+    return BackgroundEngineEncoder(model, eager, root, precision, job)

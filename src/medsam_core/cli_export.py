@@ -2,9 +2,11 @@
 
     medsam export [--model lite_medsam] [--checkpoint CKPT]
 
-The engine is cached by encoder weights (``$MEDSAM_CACHE_DIR`` or ~/.cache/napari-medsam), so a
-fine-tuned encoder needs its own export; the default "auto" backend uses an export when one
-exists and PyTorch eager otherwise, and never exports by itself (an export takes about a minute).
+Optional: the default "auto" backend builds the same engine by itself, in a separate process at
+the first image (eager PyTorch serves until it is ready). This command builds it in the
+foreground, e.g. in an install script, so that even the first image is fast. The engine is
+cached by encoder weights (``$MEDSAM_CACHE_DIR`` or ~/.cache/napari-medsam), so a fine-tuned
+encoder gets its own export (about 20-70 s).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def run(args) -> int:
     from .cli import load_from_args
 
     if not openvino_available():
-        print("medsam: error: OpenVINO is not installed: pip install 'napari-medsam[fast]'")
+        print("medsam: error: OpenVINO is not installed (a default dependency): pip install openvino")
         return 2
     # the engine goes there: a file in its place or no write permission is said now, not after a minute
     check_output_dir(default_cache_dir() / "engines", what="engine cache folder (set $MEDSAM_CACHE_DIR to move it)")

@@ -267,6 +267,7 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_autocast_masks_match_fp32(dsb2018):
     import medsam_core
@@ -289,16 +290,132 @@ def test_cuda_autocast_masks_match_fp32(dsb2018):
         assert _iou(a, b) >= 0.95
 
 
+def test_precision_setting(monkeypatch):
+    monkeypatch.delenv("MEDSAM_ENCODER_PRECISION", raising=False)
+    assert backends._precision_setting("bf16") == "bf16"
+    assert backends._precision_setting("f32") == "f32"
+    auto = "bf16" if backends.BF16_BY_DEFAULT and backends.cpu_has_bf16() else "f32"
+    assert backends._precision_setting(None) == auto
+    monkeypatch.setenv("MEDSAM_ENCODER_PRECISION", "int4")
+    with pytest.raises(backends.EngineError, match="MEDSAM_ENCODER_PRECISION"):
+        backends._precision_setting(None)
+
+
 @needs_openvino
-def test_auto_never_exports_and_uses_eager_until_an_export_exists(lite_model, monkeypatch, tmp_path):
-    """A first export takes minutes: "auto" must not block on it; it serves eager instead."""
-    monkeypatch.setattr(backends, "_warned_no_export", False)
+def test_auto_exports_in_a_separate_process_and_serves_eager_meanwhile(lite_model, monkeypatch, tmp_path):
+    """A first export takes tens of seconds: "auto" returns at once, encodes eagerly, and the
+    export runs in another process (never in this one)."""
+    import os
 
     def must_not_export(*args, **kwargs):
-        raise AssertionError("auto must not export")
+        raise AssertionError("auto must not export in the caller's process")
 
     monkeypatch.setattr(ove, "export_ir", must_not_export)
-    with pytest.warns(RuntimeWarning, match="medsam export"):
-        backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32")
+    try:
+        assert isinstance(backend, backends.BackgroundEngineEncoder) and backend.name == "torch"
+        assert backend.job.proc.pid != os.getpid() and backend.job.state() == "running"
+        again = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32")
+        assert again.job is backend.job  # one export per engine, however many predictors ask
+    finally:
+        backend.job.stop()
+    assert not list(tmp_path.rglob(".weights-*")) and not list(tmp_path.rglob("meta.json"))
+
+
+def test_failed_background_export_warns_and_stays_eager(lite_model, tmp_path):
+    import subprocess
+
+    from medsam_core import _engine_build
+
+    log = tmp_path / "log"
+    log.write_text("RuntimeError: converter crashed\n")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    job = _engine_build.Job(proc, tmp_path / "engine", log, tmp_path / ".weights-x.pt")
+    eager = TorchEncoder(lite_model)
+    backend = backends.BackgroundEngineEncoder(lite_model, eager, tmp_path, "f32", job)
+    with pytest.warns(RuntimeWarning, match="converter crashed"):
+        assert not backend.wait_ready(60)
+    x = np.zeros((1, 3, 256, 256), np.float32)
+    np.testing.assert_array_equal(backend.encode(x), eager.encode(x))
+    assert backend.name == "torch" and backend.job is None
+
+
+def test_export_child_reports_why_it_failed(tmp_path, capsys):
+    from medsam_core import _engine_build
+
+    rc = _engine_build.main(["no_such_model", str(tmp_path / "w.pt"), str(tmp_path), "f32", "0" * 64])
+    assert rc == 1 and "no_such_model" in capsys.readouterr().out
+
+
+def test_unregistered_model_is_not_exported_in_background(lite_model, monkeypatch, tmp_path):
+    import dataclasses
+
+    model = copy.deepcopy(lite_model)
+    model.spec = dataclasses.replace(lite_model.spec, name="my_private_model")
+    with pytest.warns(RuntimeWarning, match="cannot be built in the background"):
+        backend = make_encoder_backend(model, "auto", cache_dir=tmp_path, precision="f32")
     assert isinstance(backend, TorchEncoder)
-    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_background_engine_serves_once_ready_and_matches_eager(lite_model, tmp_path):
+    backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32")
+    x = ove.probe_input()[0]
+    first = backend.encode(x)  # eager, while the export runs
+    assert backend.wait_ready(600), backend.info
+    assert backend.name == "openvino" and backend.info["route"] == "torch.export"
+    np.testing.assert_allclose(backend.encode(x), first, atol=1e-3)
+    assert backends.make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32").name == "openvino"
+
+
+EXIT_SCRIPT = """
+import sys, numpy as np, medsam_core
+from medsam_core.backends import make_encoder_backend
+model = medsam_core.load_model("lite_medsam", device="cpu")
+backend = make_encoder_backend(model, "auto", cache_dir=sys.argv[1], precision="f32")
+backend.encode(np.zeros((1, 3, 256, 256), np.float32))
+print(backend.job.proc.pid, backend.job.state(), flush=True)
+"""
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_interpreter_exits_cleanly_while_the_export_runs(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    res = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for bad in ("Fatal", "Aborted", "terminate called", "Traceback"):
+        assert bad not in res.stderr
+    pid, state = res.stdout.split()
+    assert state == "running"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+            with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone too
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the export process outlived the interpreter")
+    assert not list(tmp_path.rglob(".weights-*")) and not list(tmp_path.rglob("meta.json"))
+
+
+@needs_openvino
+def test_openvino_is_imported_with_its_telemetry_stub():
+    """The engine is built without the user asking: OpenVINO's converter must not send usage events."""
+    import subprocess
+
+    code = ("import sys; from medsam_core.backends import import_openvino; import_openvino(); "
+            "import openvino.tools.ovc as o; print(type(o.telemetry).__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "openvino.tools.ovc.telemetry_stub"

@@ -1,0 +1,147 @@
+"""bfloat16 encoder inference against float32, judged by the masks, on every 2D sample case.
+
+Run: ``.venv/bin/python benchmarks/bench_precision.py [--threads 2] [--repeats 5] [--json PATH]``
+
+Cases (``/work/shared/data``): dsb2018 (all 125 nuclei, reference boxes pushed out 0-5 px per
+side, seeded), and for each 3D file every object on its largest axial slice (its reference box
+there, the same 0-5 px push). Both precisions run the same OpenVINO IR (exported once, cached),
+compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16; masks come from the same decoder.
+Per object: Dice of the bf16 mask against the f32 mask, and |predicted IoU change|.
+Gate (issue 16): mean Dice >= 0.995 and max |IoU change| < 0.01 on every case. Speed: both
+engines and PyTorch eager on the dsb2018 image, interleaved rounds, medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from _machine import cpu_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CASES = ["fluo_nuclei_dsb2018.npz", "confocal3d_nuclei_cells3d.npz", "mri_t1_colin27_aal_dev.npz",
+         "mri_t1_macaque_inia19_dev.npz"]
+MIN_MEAN_DICE, MAX_IOU_CHANGE = 0.995, 0.01
+
+
+def boxes_of(labels: np.ndarray, ids, rng) -> np.ndarray:
+    """(N, 4) XYXY reference boxes of ``ids``, each side pushed out 0-5 px (clipped)."""
+    h, w = labels.shape
+    out = []
+    for i in ids:
+        ys, xs = np.nonzero(labels == i)
+        pad = rng.integers(0, 6, 4)
+        out.append([max(0, xs.min() - pad[0]), max(0, ys.min() - pad[1]),
+                    min(w - 1, xs.max() + pad[2]), min(h - 1, ys.max() + pad[3])])
+    return np.asarray(out, np.float64)
+
+
+def slices_of(path: Path, rng) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(name, 2D image, (N, 4) boxes)]: the 2D image, or per 3D object its largest slice."""
+    with np.load(path) as d:
+        image, labels = d["image"], d["labels"]
+    if image.ndim == 2:
+        ids = [i for i in np.unique(labels) if i]
+        return [(path.stem, image, boxes_of(labels, ids, rng))]
+    by_slice: dict[int, list[int]] = {}
+    for i in (i for i in np.unique(labels) if i):
+        z = int(np.argmax((labels == i).sum(axis=(1, 2))))
+        by_slice.setdefault(z, []).append(int(i))
+    return [(f"{path.stem}[z={z}]", image[z], boxes_of(labels[z], ids, rng)) for z, ids in sorted(by_slice.items())]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def compare(model, engines: dict, cases: list[Path], seed: int = 0) -> dict:
+    """Per case: per-object Dice (bf16 vs f32) and |predicted IoU change|."""
+    from medsam_core import Predictor
+    from medsam_core.embeddings import EmbeddingCache
+
+    rng = np.random.default_rng(seed)
+    preds = {k: Predictor(model, cache=EmbeddingCache(), encoder_backend=e) for k, e in engines.items()}
+    report = {}
+    for path in cases:
+        dices, dious = [], []
+        for name, img, boxes in slices_of(path, rng):
+            out = {}
+            for k, p in preds.items():
+                p.set_image(img)
+                out[k] = p.predict(boxes=boxes)
+            dices += [dice(a, b) for a, b in zip(out["f32"].masks, out["bf16"].masks, strict=True)]
+            dious += np.abs(out["f32"].scores - out["bf16"].scores).tolist()
+            print(f"  {name}: {len(boxes)} objects, min Dice {min(dices[-len(boxes):]):.4f}", flush=True)
+        report[path.stem] = {"objects": len(dices), "mean_dice": float(np.mean(dices)),
+                             "min_dice": float(np.min(dices)), "max_iou_change": float(np.max(dious)),
+                             "mean_iou_change": float(np.mean(dious))}
+        r = report[path.stem]
+        r["passes"] = bool(r["mean_dice"] >= MIN_MEAN_DICE and r["max_iou_change"] < MAX_IOU_CHANGE)
+    return report
+
+
+def speed(engines: dict, x: np.ndarray, repeats: int) -> dict:
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for e in engines.values():
+        e.encode(x)
+    for r in range(repeats):
+        for k in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+            t0 = time.perf_counter()
+            engines[k].encode(x)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # paired: each round's bf16 time over the same round's f32 time
+    ratio = statistics.median(b / f for b, f in zip(times["bf16"], times["f32"], strict=True))
+    return {"median_s": med, "times": times, "bf16_over_f32_paired": ratio}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/medsam-bench-engines"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    import torch
+
+    import medsam_core
+    from medsam_core import _openvino_engine as ove
+    from medsam_core.backends import EngineEncoder, TorchEncoder, cpu_has_bf16, make_encoder_backend
+    from medsam_core.preprocess import prepare_image
+
+    torch.set_num_threads(args.threads)
+    model = medsam_core.load_model("lite_medsam", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        f32 = make_encoder_backend(model, "openvino", cache_dir=args.cache, num_threads=args.threads,
+                                   precision="f32")
+    eager = TorchEncoder(model, num_threads=args.threads)
+    folder = Path(f32.info["path"])
+    bf16 = EngineEncoder(ove.compile_engine(folder, args.threads, "bf16"), eager, dict(f32.info, precision="bf16"))
+    engines = {"f32": f32, "bf16": bf16}
+    report = {"machine": {"cpu": cpu_model(), "cpu_has_bf16": cpu_has_bf16(), "threads": args.threads}}
+    report["cases"] = compare(model, engines, [DATA / c for c in CASES])
+    with np.load(DATA / CASES[0]) as d:
+        x = prepare_image(d["image"], model.spec.preprocessing).tensor[None]
+    report["speed"] = speed(dict(engines, eager=eager), x, args.repeats)
+    report["passes_all"] = all(c["passes"] for c in report["cases"].values())
+    print("\n| case | objects | mean Dice bf16 vs f32 | min Dice | max abs IoU-prediction change | passes |")
+    print("|---|---|---|---|---|---|")
+    for k, c in report["cases"].items():
+        print(f"| {k} | {c['objects']} | {c['mean_dice']:.4f} | {c['min_dice']:.4f} | {c['max_iou_change']:.4f} "
+              f"| {'yes' if c['passes'] else 'no'} |")
+    s = report["speed"]
+    print("speed (medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in s["median_s"].items())
+          + f"; bf16/f32 paired {s['bf16_over_f32_paired']:.2f}; all pass: {report['passes_all']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Build the OpenVINO engine in a separate process while the caller keeps encoding eagerly.
+
+The first export of an encoder takes ~20-40 s. ``make_encoder_backend(model, "auto")`` starts
+:func:`start` and returns at once; the child process (``python -m medsam_core._engine_build``)
+rebuilds the model from the registry and the caller's weights, exports, verifies against PyTorch
+and writes the engine into the cache (``_openvino_engine.ensure_export``: atomic rename, file
+lock), then exits. A process, not a thread: a thread inside OpenVINO's converter cannot be
+stopped, and the interpreter aborts if it exits while such a thread runs. At the parent's exit
+the child is terminated (SIGTERM, then SIGKILL after a few seconds); it cleans its temp folder
+on SIGTERM and any left-over one is removed by the next export. On Linux the child also dies
+with its parent (PR_SET_PDEATHSIG), so a killed napari leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+_jobs: dict[str, Job] = {}
+_jobs_lock = threading.Lock()
+
+
+class Job:
+    """One export child process: ``state()`` is "running", "ready" or "failed"."""
+
+    def __init__(self, proc: subprocess.Popen, folder: Path, log: Path, weights: Path):
+        self.proc, self.folder, self.log, self.weights = proc, folder, log, weights
+
+    def state(self) -> str:
+        rc = self.proc.poll()
+        if rc is None:
+            return "running"
+        self.weights.unlink(missing_ok=True)
+        return "ready" if rc == 0 else "failed"
+
+    def reason(self) -> str:
+        """The last line the child wrote (why it failed)."""
+        try:
+            lines = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def wait(self, timeout: float | None = None) -> str:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.state()
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.weights.unlink(missing_ok=True)
+
+
+def start(model, cache_root: Path, folder: Path, precision: str) -> Job:
+    """Start (or join) the export of ``model``'s encoder into ``folder``; returns its Job."""
+    import torch
+
+    key = str(folder)
+    with _jobs_lock:
+        job = _jobs.get(key)
+        if job is not None and job.state() != "failed":
+            return job
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".weights-", suffix=".pt", dir=folder.parent)
+        os.close(fd)
+        weights = Path(name)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, weights)
+        log = folder.parent / f".export-{precision}.log"
+        cmd = [sys.executable, "-m", "medsam_core._engine_build", model.spec.name, str(weights),
+               str(cache_root), precision, model.encoder_id]
+        env = dict(os.environ, OMP_NUM_THREADS="1")  # leave the other cores to the user
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                    env=env, close_fds=True)
+        _jobs[key] = job = Job(proc, folder, log, weights)
+        return job
+
+
+@atexit.register
+def stop_all() -> None:
+    """Terminate running export children (the interpreter is exiting)."""
+    with _jobs_lock:
+        jobs = list(_jobs.values())
+    for job in jobs:
+        job.stop()
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def main(argv: list[str]) -> int:
+    """Child: ``spec_name weights cache_root precision encoder_id`` -> exit 0 when the export is
+    in the cache and accepted, 1 (with the reason as the last line) otherwise."""
+    spec_name, weights, cache_root, precision, encoder_id = argv
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: temp folders are removed
+    _die_with_parent()
+    try:
+        os.nice(10)
+    except (OSError, AttributeError):
+        pass
+    import torch
+
+    from . import _openvino_engine
+    from .checkpoint import finish_model, load_state_strict
+    from .modeling import build_model
+    from .registry import get_spec
+
+    torch.set_num_threads(1)
+    try:
+        spec = get_spec(spec_name)
+        model = build_model(spec.arch)
+        load_state_strict(model, torch.load(weights, map_location="cpu", weights_only=True), weights)
+        model = finish_model(model, spec, device="cpu")
+        if model.encoder_id != encoder_id:
+            raise RuntimeError("the weights handed to the export changed on the way")
+        meta, folder, _ = _openvino_engine.ensure_export(model, Path(cache_root), 1, precision)
+    except Exception as exc:  # noqa: BLE001 - the parent shows this line in its warning
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
+    print(f"exported {folder} in {meta.get('export_s', 0):.1f} s via {meta.get('route')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
