@@ -145,7 +145,7 @@ class ActiveActions(ProvenanceActions):
         from napari.layers import Image, Labels
 
         s = self.s
-        s._require_layers()
+        s.require_layers()
         views = [self._view(s.image_layer, s.labels_layer, s.settings.channel_axis)]
         if all_images:
             used = {s.labels_layer}
@@ -193,7 +193,7 @@ class ActiveActions(ProvenanceActions):
 
     def _predictor(self) -> Predictor:
         s = self.s
-        s._model_ready(blocking=True)
+        s.model_ready(blocking=True)
         return Predictor(s.model, cache=s.cache, intensity=s.intensity(), channel=s.settings.channel)
 
     def rank(self, source: str = "labels", top_k: int = 10, all_images: bool = False, n_jitter: int = 8) -> None:

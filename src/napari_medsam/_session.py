@@ -117,7 +117,7 @@ class Session:
         if not self._loading:  # a model was set while this one loaded: the user's choice wins
             return
         self.set_model(model)
-        self._safe(self.sync_shapes)
+        self.safe(self.sync_shapes)
 
     def _on_task_error(self, exc: Exception) -> None:
         self._loading = False
@@ -125,7 +125,7 @@ class Session:
         self.on_status(f"MedSAM: {exc}")
         self.on_error(exc)
 
-    def _safe(self, func, *args):
+    def safe(self, func, *args):
         try:
             return func(*args)
         except MedSAMError as exc:
@@ -170,7 +170,7 @@ class Session:
                 self.viewer.layers.remove(layer)
         return self.viewer.add_layer(make(name))
 
-    def _geometry(self):
+    def layer_geometry(self):
         img = self.image_layer
         return {"ndim": img.ndim, "scale": img.scale, "translate": img.translate}
 
@@ -179,14 +179,14 @@ class Session:
 
         return Shapes(name=name, edge_color="yellow", face_color="transparent", edge_width=2,
                       features={"label_id": np.zeros(0, int)}, feature_defaults={"label_id": 0},
-                      **self._geometry())
+                      **self.layer_geometry())
 
     def _new_points(self, name):
         from napari.layers import Points
 
         pts = Points(name=name, features={"positive": np.zeros(0, bool), "label_id": np.zeros(0, int)},
                      feature_defaults={"positive": True, "label_id": 0}, face_color=POSITIVE_COLOR,
-                     size=6, **self._geometry())
+                     size=6, **self.layer_geometry())
         return pts
 
     def _fitting_labels(self):
@@ -209,7 +209,7 @@ class Session:
         if self.points_layer is not None:
             self.points_layer.events.data.disconnect(self._on_points_data)
 
-    def _require_layers(self) -> None:
+    def require_layers(self) -> None:
         if self.image_layer is None or self.image_layer not in self.viewer.layers:
             raise MedSAMError("no image layer chosen: pick the image to segment in the MedSAM widget")
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
@@ -243,7 +243,7 @@ class Session:
         key = self.predictor.key_for(image2d, self.model_intensity(image2d), self.settings.channel)
         return key in self.cache
 
-    def _model_ready(self, blocking: bool) -> bool:
+    def model_ready(self, blocking: bool) -> bool:
         if self.predictor is not None:
             return True
         if blocking:
@@ -260,7 +260,7 @@ class Session:
         what (N, 4) XYXY ``boxes`` need under the ROI zoom setting (whole image and/or crops);
         otherwise encode it, inline (``blocking``) or in a worker (then False; the boxes are
         synced again when it is done)."""
-        if not self._model_ready(blocking):
+        if not self.model_ready(blocking):
             return False
         window, channel = self.model_intensity(image2d), self.settings.channel
         if boxes is None:
@@ -283,8 +283,8 @@ class Session:
     def _on_encode_done(self, _from_cache) -> None:
         self._encoding = None
         self.on_status("MedSAM: embedding ready")
-        self._safe(self.sync_shapes)
-        self._safe(self.prefetch)
+        self.safe(self.sync_shapes)
+        self.safe(self.prefetch)
 
     def prefetch(self) -> None:
         """Start encoding the slice on screen in the background, if it is not cached yet."""
@@ -314,7 +314,7 @@ class Session:
         if self._quiet or str(getattr(event, "action", "")) not in ("added", "changed", "removed"):
             return
         if self.settings.auto_segment or str(event.action) == "removed":
-            self._safe(self.sync_shapes)
+            self.safe(self.sync_shapes)
 
     def sync_shapes(self, blocking: bool = False) -> list[int]:
         """Segment new rectangles, follow moved ones, remove deleted ones. Returns the ids written.
@@ -327,7 +327,7 @@ class Session:
         if self._syncing:  # re-entered from a synchronous worker callback: the outer call loops again
             self._resync = True
             return []
-        self._require_layers()
+        self.require_layers()
         from ._sync import plan_sync, run_sync
 
         written, errors = [], []
@@ -353,7 +353,7 @@ class Session:
         non-displayed spatial axis) for 4D. ``boxes=None`` segments every pending rectangle.
         Blocks until done (encodes inline when needed). Returns the new label ids, in order.
         """
-        self._require_layers()
+        self.require_layers()
         if boxes is None:
             return self.sync_shapes(blocking=True)
         from ._sync import add_boxes
@@ -366,7 +366,7 @@ class Session:
             return
         from ._sync import refine_from_new_point
 
-        self._safe(refine_from_new_point, self)
+        self.safe(refine_from_new_point, self)
 
     def set_negative(self, negative: bool) -> None:
         self.settings.negative = bool(negative)
@@ -460,6 +460,13 @@ class Session:
 
     def update_record(self, rec: ObjectRecord, **changes) -> ObjectRecord:
         return replace(rec, **changes)
+
+
+    # the old private spellings, still used by _volume_session (the 3D helper's module)
+    _require_layers = require_layers
+    _model_ready = model_ready
+    _geometry = layer_geometry
+    _safe = safe
 
 
 class _Quiet:

@@ -37,6 +37,7 @@ from ._series_session import SeriesActions
 from ._session import Session
 from ._train_session import TrainActions
 from ._volume_session import VolumeActions
+from ._widget_actions import WorkflowMethods
 from ._widget_active import ActivePanel
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_train import TrainPanel
@@ -63,7 +64,7 @@ def _narrow(root: QWidget) -> None:
         edit.setMinimumWidth(60)
 
 
-class MedSAMWidget(QWidget):
+class MedSAMWidget(WorkflowMethods, QWidget):
     """Box-prompt segmentation of the chosen image layer into a Labels layer."""
 
     def __init__(self, napari_viewer, runner: Runner | None = None):
@@ -76,7 +77,7 @@ class MedSAMWidget(QWidget):
         prefer_own_writers()  # File > Save on labels: the plugin's writer (provenance sidecar) by default
         self.viewer = napari_viewer
         self.runner = runner or Runner()
-        self.session = Session(napari_viewer, self.runner, on_status=self._show_status, on_error=self._notify)
+        self.session = Session(napari_viewer, self.runner, on_status=self.show_status, on_error=self._notify)
         self.volume = VolumeActions(self.session)
         self.series = SeriesActions(self.session, self.set_image_layer)
         self.train = TrainActions(self.session, on_model=self.set_model)
@@ -202,41 +203,44 @@ class MedSAMWidget(QWidget):
 
     # -- wiring ---------------------------------------------------------------------------------
     def _wire(self) -> None:
-        self.image_combo.activated.connect(lambda _: self._try(self._on_image_chosen))
-        self.labels_combo.activated.connect(lambda _: self._try(self._on_labels_chosen))
-        self.channel_axis_combo.activated.connect(lambda _: self._try(self._on_channel_changed))
-        self.channel_combo.activated.connect(lambda _: self._try(self._on_channel_changed))
-        self.load_btn.clicked.connect(lambda: self._try(self._on_load_clicked))
+        self.image_combo.activated.connect(lambda _: self.try_action(self._on_image_chosen))
+        self.labels_combo.activated.connect(lambda _: self.try_action(self._on_labels_chosen))
+        self.channel_axis_combo.activated.connect(lambda _: self.try_action(self._on_channel_changed))
+        self.channel_combo.activated.connect(lambda _: self.try_action(self._on_channel_changed))
+        self.load_btn.clicked.connect(lambda: self.try_action(self._on_load_clicked))
         self.browse_btn.clicked.connect(self._browse_checkpoint)
-        self.intensity_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
-        self.window_combo.activated.connect(lambda _: self._try(self._on_intensity_changed))
-        self.preview_btn.clicked.connect(lambda: self._try(self.preview))
-        self.zoom_combo.activated.connect(lambda _: self._try(self.set_roi_zoom, self.zoom_combo.currentText()))
+        self.intensity_combo.activated.connect(lambda _: self.try_action(self._on_intensity_changed))
+        self.window_combo.activated.connect(lambda _: self.try_action(self._on_intensity_changed))
+        self.preview_btn.clicked.connect(lambda: self.try_action(self.preview))
+        self.zoom_combo.activated.connect(lambda _: self.try_action(self.set_roi_zoom, self.zoom_combo.currentText()))
         self.overwrite_check.toggled.connect(self.set_overwrite)
         self.delete_check.toggled.connect(lambda v: setattr(self.session.settings, "delete_removes", v))
         self.auto_check.toggled.connect(lambda v: setattr(self.session.settings, "auto_segment", v))
         self.negative_check.toggled.connect(self.session.set_negative)
-        self.segment_btn.clicked.connect(lambda: self._try(self.segment_all))
-        self.undo_btn.clicked.connect(lambda: self._try(self.undo))
+        self.segment_btn.clicked.connect(lambda: self.try_action(self.segment_all))
+        self.undo_btn.clicked.connect(lambda: self.try_action(self.undo))
         for _, qt_key, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
             sc = QShortcut(QKeySequence(qt_key), self)
-            sc.activated.connect(lambda m=method: self._try(getattr(self, m)))
+            sc.activated.connect(lambda m=method: self.try_action(getattr(self, m)))
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
 
-    def _try(self, func, *args):
+    def try_action(self, func, *args):
+        """Run a button's action: a MedSAMError becomes a notification and a status line."""
         try:
             return func(*args)
         except MedSAMError as exc:
             self._notify(exc)
 
+    _try = try_action  # the old spelling (used by _widget_volume)
+
     def _notify(self, exc: Exception) -> None:
         self.last_error = str(exc)
         show_error(f"MedSAM: {exc}")
-        self._show_status(f"MedSAM: {exc}")
+        self.show_status(f"MedSAM: {exc}")
 
-    def _show_status(self, text: str) -> None:
+    def show_status(self, text: str) -> None:
         self.status_label.setText(text)
         self.viewer.status = text
         if self.session.predictor is not None:
@@ -248,7 +252,7 @@ class MedSAMWidget(QWidget):
         if self.session.image_layer is None or self.session.image_layer not in self.viewer.layers:
             images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.name.startswith("MedSAM")]
             if images:
-                self._try(self.set_image_layer, images[-1])
+                self.try_action(self.set_image_layer, images[-1])
                 # napari selects the inserted layer after this handler: hand the focus back to the boxes
                 QTimer.singleShot(0, self._activate_boxes)
 
@@ -297,12 +301,12 @@ class MedSAMWidget(QWidget):
         self.set_intensity(self.intensity_combo.currentText(), self.window_combo.currentText())
 
     def _on_step(self, event=None) -> None:
-        self._try(self.session.prefetch)
+        self.try_action(self.session.prefetch)
 
     def _bind_layer_keys(self) -> None:
         for layer in (self.session.shapes_layer, self.session.points_layer):
             for napari_key, _, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
-                layer.bind_key(napari_key, lambda _layer, m=method: self._try(getattr(self, m)), overwrite=True)
+                layer.bind_key(napari_key, lambda _layer, m=method: self.try_action(getattr(self, m)), overwrite=True)
 
     # -- public API (scripts call these; they raise MedSAMError on bad input) ------------------
     def set_image_layer(self, layer, labels_layer=None) -> None:
@@ -310,7 +314,7 @@ class MedSAMWidget(QWidget):
         self.session.set_image_layer(layer, labels_layer)
         self._bind_layer_keys()
         self._refresh_layer_choices()
-        self._try(self.session.prefetch)
+        self.try_action(self.session.prefetch)
 
     def set_labels_layer(self, labels_layer) -> None:
         self.session.set_labels_layer(labels_layer)
@@ -341,7 +345,7 @@ class MedSAMWidget(QWidget):
         self.session.intensity()  # validates (e.g. contrast limits) before anything else happens
         self.intensity_combo.setCurrentText(mode)
         self.window_combo.setCurrentText(s.ct_window)
-        self._try(self.session.prefetch)
+        self.try_action(self.session.prefetch)
 
     def set_roi_zoom(self, setting: str = "auto") -> None:
         """ROI zoom for the next boxes: "auto" (small boxes on large images are segmented on an encoded
@@ -402,108 +406,6 @@ class MedSAMWidget(QWidget):
         self._activate_boxes()  # napari selects an inserted layer: the next drag must still draw a box
         QTimer.singleShot(0, self._activate_boxes)
         return layer
-
-    def segment_3d(self, box=None, z: int | None = None) -> None:
-        """Segment the selected box (or (4,) XYXY ``box`` on slice ``z``) through the 3D stack, from its
-        slice, in the background (``wait()`` for it); one label id, one undo step. A box on another
-        slice over a 3D object (or with the key-box toggle) becomes that object's key box."""
-        self.volume_panel.started()
-        try:
-            if box is None:
-                self.volume.segment_3d()
-            else:
-                self.volume.segment_box_3d(box, z)
-        except MedSAMError:
-            self.volume_panel._on_finished("error")
-            raise
-
-    def cancel_3d(self) -> None:
-        """Cancel the running 3D segmentation or precompute: labels stay as they were."""
-        self.volume.cancel()
-
-    def precompute_volume(self) -> None:
-        """Encode every slice of the 3D image into the embedding cache in the background."""
-        self.volume_panel.started()
-        try:
-            self.volume.precompute()
-        except MedSAMError:
-            self.volume_panel._on_finished("error")
-            raise
-
-    def recist_lines_layer(self):
-        """The "MedSAM lines" Shapes layer, active in line mode: each line drawn is a RECIST prompt."""
-        return self.volume.lines_layer()
-
-    def segment_recist(self, long_axis, short_axis=None, z: int | None = None) -> int:
-        """RECIST ((2, 2) XY pixel line(s)) -> box -> 2D object on slice ``z``; returns its label id."""
-        return self.volume.segment_recist(long_axis, short_axis, z)
-
-    def open_series(self, folder, out_dir, resume: bool = True) -> int:
-        """Annotate the images of ``folder`` one by one, labels saved to ``out_dir`` (never ``folder``);
-        shows the first image without labels (``resume``). Returns its index."""
-        i = self.series.open(folder, out_dir, resume)
-        self.series_panel.refresh()
-        return i
-
-    def next_image(self) -> int | None:
-        """Save the labels (atomically, when there are any) and show the next image; None at the end."""
-        return self._series_move(self.series.next)
-
-    def previous_image(self) -> int | None:
-        """Save the labels and show the previous image; None at the start."""
-        return self._series_move(self.series.previous)
-
-    def go_image(self, i: int) -> int:
-        """Save the labels and show image ``i`` of the series."""
-        return self._series_move(self.series.go, i)
-
-    def _series_move(self, move, *args):
-        out = move(*args)
-        self.series_panel.refresh()
-        return out
-
-    def add_training_pair(self, image, labels) -> int:
-        """Add an (image, labels) layer pair (layers or names) to the fine-tune list; returns its length."""
-        n = self.train.add_pair(image, labels)
-        self.train_panel.refresh()
-        return n
-
-    def remove_training_pair(self, index: int) -> None:
-        self.train.remove_pair(index)
-        self.train_panel.refresh()
-
-    def finetune(self, pairs=None, mode: str = "decoder", epochs: int = 20, holdout: float = 0.25,
-                 start: str = "base", force: bool = False) -> None:
-        """Fine-tune on [(image layer, labels layer), ...] (layers or names; None: the panel's list)
-        in the background (``wait()`` for it). mode: decoder | lora | full. The new model serves the
-        next boxes only if its held-out Dice beats the active model's (or ``force``); the result
-        is in ``train.last_round`` and the panel. Bad input raises before anything runs."""
-        self.train_panel.started()
-        try:
-            self.train.start(pairs, mode, epochs, holdout, start, force)
-        except MedSAMError:
-            self.train_panel.refresh()
-            raise
-
-    def cancel_finetune(self) -> None:
-        """Stop the running fine-tuning round; the active model is untouched."""
-        self.train.cancel()
-
-    def accept_model(self):
-        """Use the last refused round's model anyway ("Use anyway"); returns it."""
-        model = self.train.use_anyway()
-        self.train_panel.refresh()
-        return model
-
-    def rollback_model(self):
-        """Serve the model that was active before the last accepted round again; returns it."""
-        model = self.train.rollback()
-        self.train_panel.refresh()
-        return model
-
-    def save_model(self, path):
-        """Write the active model as a checkpoint with its metadata, atomically; returns the path."""
-        return self.train.save(path)
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block until background work (model loading, encoding) is done: for scripts."""

@@ -210,17 +210,17 @@ class ActivePanel(QGroupBox):
 
     def _wire(self) -> None:
         w, a = self.widget, self.actions
-        self.rank_btn.clicked.connect(lambda: w._try(self._on_rank))
-        self.table.cellClicked.connect(lambda row, _col: w._try(self._on_jump, row))
-        self.propose_btn.clicked.connect(lambda: w._try(self._started, a.propose))
+        self.rank_btn.clicked.connect(lambda: w.try_action(self._on_rank))
+        self.table.cellClicked.connect(lambda row, _col: w.try_action(self._on_jump, row))
+        self.propose_btn.clicked.connect(lambda: w.try_action(self._started, a.propose))
         self.cancel_btn.clicked.connect(a.cancel)
-        self.add_class_btn.clicked.connect(lambda: w._try(self._on_add_class))
-        self.class_edit.returnPressed.connect(lambda: w._try(self._on_add_class))
-        self.class_combo.activated.connect(lambda _: w._try(self._on_class_chosen))
-        self.assign_btn.clicked.connect(lambda: w._try(self._on_assign))
-        self.refresh_btn.clicked.connect(lambda: w._try(self.refresh_all))
-        self.save_btn.clicked.connect(lambda: w._try(self._on_save))
-        self.load_btn.clicked.connect(lambda: w._try(self._on_load))
+        self.add_class_btn.clicked.connect(lambda: w.try_action(self._on_add_class))
+        self.class_edit.returnPressed.connect(lambda: w.try_action(self._on_add_class))
+        self.class_combo.activated.connect(lambda _: w.try_action(self._on_class_chosen))
+        self.assign_btn.clicked.connect(lambda: w.try_action(self._on_assign))
+        self.refresh_btn.clicked.connect(lambda: w.try_action(self.refresh_all))
+        self.save_btn.clicked.connect(lambda: w.try_action(self._on_save))
+        self.load_btn.clicked.connect(lambda: w.try_action(self._on_load))
         a.on_progress = self._on_progress
         a.on_finished = self._on_finished
         a.on_changed = self.refresh
@@ -267,7 +267,7 @@ class ActivePanel(QGroupBox):
                                               "Labels (*.tif *.tiff *.nii *.nii.gz)")
         if path:
             out = self.actions.save_provenance(path)
-            self.widget._show_status(f"MedSAM: provenance saved to {out}")
+            self.widget.show_status(f"MedSAM: provenance saved to {out}")
 
     def _on_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Labels file whose provenance to load", "",

@@ -35,10 +35,10 @@ class SeriesPanel(QGroupBox):
         form.addRow(self.open_btn)
         form.addRow("Image", self.image_combo)
         form.addRow(row)
-        self.open_btn.clicked.connect(lambda: widget._try(self._on_open))
-        self.prev_btn.clicked.connect(lambda: widget._try(widget.previous_image))
-        self.next_btn.clicked.connect(lambda: widget._try(widget.next_image))
-        self.image_combo.activated.connect(lambda i: widget._try(widget.go_image, i))
+        self.open_btn.clicked.connect(lambda: widget.try_action(self._on_open))
+        self.prev_btn.clicked.connect(lambda: widget.try_action(widget.previous_image))
+        self.next_btn.clicked.connect(lambda: widget.try_action(widget.next_image))
+        self.image_combo.activated.connect(lambda i: widget.try_action(widget.go_image, i))
 
     def _browse(self, edit) -> None:
         path = QFileDialog.getExistingDirectory(self, "Folder", edit.text())

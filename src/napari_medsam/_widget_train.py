@@ -128,14 +128,14 @@ class TrainPanel(QGroupBox):
 
     def _wire(self) -> None:
         w = self.widget
-        self.add_btn.clicked.connect(lambda: w._try(self._on_add))
-        self.remove_btn.clicked.connect(lambda: w._try(self._on_remove))
-        self.train_btn.clicked.connect(lambda: w._try(self._on_train))
+        self.add_btn.clicked.connect(lambda: w.try_action(self._on_add))
+        self.remove_btn.clicked.connect(lambda: w.try_action(self._on_remove))
+        self.train_btn.clicked.connect(lambda: w.try_action(self._on_train))
         self.cancel_btn.clicked.connect(w.cancel_finetune)
-        self.force_btn.clicked.connect(lambda: w._try(w.accept_model))
-        self.rollback_btn.clicked.connect(lambda: w._try(w.rollback_model))
-        self.save_btn.clicked.connect(lambda: w._try(self._on_save))
-        self.load_btn.clicked.connect(lambda: w._try(self._on_load))
+        self.force_btn.clicked.connect(lambda: w.try_action(w.accept_model))
+        self.rollback_btn.clicked.connect(lambda: w.try_action(w.rollback_model))
+        self.save_btn.clicked.connect(lambda: w.try_action(self._on_save))
+        self.load_btn.clicked.connect(lambda: w.try_action(self._on_load))
         self.actions.on_progress = self._on_progress
         self.actions.on_finished = self._on_finished
 

@@ -66,7 +66,7 @@ def test_rank_labels_sorted_top_k_and_jump_to_a_row(open_widget, qtbot):
 
     sugg = widget.active.suggestions
     assert len(sugg) == 15 and panel.table.rowCount() == 15
-    scores = [float(panel.table.item(r, 3).text()) for r in range(15)]
+    scores = [float(panel.table.item(r, 4).text()) for r in range(15)]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
     assert [s.score for s in sugg] == sorted((s.score for s in sugg), reverse=True)
     assert {s.image_id for s in sugg} == {"nuclei", "other"} and all(s.z is None for s in sugg)
@@ -115,7 +115,8 @@ def test_jump_in_a_3d_stack_goes_to_the_slice(open_widget, qtbot):
     _done(widget, qtbot)
     sugg = widget.active.suggestions
     assert len(sugg) == 3 and all(s.z == 1 for s in sugg)
-    assert [panel.table.item(r, 2).text() for r in range(3)] == ["1"] * 3
+    assert [panel.table.item(r, 3).text() for r in range(3)] == ["1"] * 3
+    assert [panel.table.item(r, 1).text() for r in range(3)] == ["-" if s.label is None else str(s.label) for s in sugg]
 
     _click_row(qtbot, panel.table, 2)
     assert widget.last_error is None

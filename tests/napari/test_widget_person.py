@@ -108,8 +108,9 @@ def test_switching_labels_layer_does_not_resegment_old_boxes(make_napari_viewer,
 def test_file_save_picks_the_medsam_writer_and_adds_tif(make_napari_viewer, qtbot, lite_model, crop, tmp_path):
     """Bug 5: File > Save Selected Layer on the MedSAM labels preselects the plugin's writer; the
     suggested name has no extension and gets .tif; the sidecar is written; reopening gives Labels."""
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication, QFileDialog
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtTest import QTest
+    from qtpy.QtWidgets import QApplication, QFileDialog, QLineEdit
 
     image, ref = crop
     viewer = make_napari_viewer(show=True)
@@ -117,7 +118,8 @@ def test_file_save_picks_the_medsam_writer_and_adds_tif(make_napari_viewer, qtbo
     viewer.add_image(image, name="nuclei")
     widget.segment_boxes(ref_box(ref, big_objects(ref, 1)[0], 3))
     labels = widget.labels_layer
-    viewer.layers.selection.active = labels
+    qtbot.waitUntil(lambda: same(viewer.layers.selection.active, widget.shapes_layer), timeout=2000)
+    viewer.layers.selection.active = labels  # the person clicks the labels layer, then File > Save
     seen = {}
 
     def answer():
@@ -127,8 +129,9 @@ def test_file_save_picks_the_medsam_writer_and_adds_tif(make_napari_viewer, qtbo
             return
         dlg = dialogs[0]
         seen["filter"], seen["name"] = dlg.selectedNameFilter(), dlg.selectedFiles()[0]
-        dlg.selectFile(str(tmp_path / "MedSAM labels"))  # the suggested name, in a folder of ours
-        dlg.accept()
+        name_edit = dlg.findChild(QLineEdit)  # the dialog is Qt's own (getSaveFileName): type and press Enter
+        name_edit.setText(str(tmp_path / "MedSAM labels"))  # the suggested name, in a folder of ours
+        QTest.keyClick(name_edit, Qt.Key.Key_Return)
 
     QTimer.singleShot(50, answer)
     viewer.window._qt_viewer._save_layers_dialog(selected=True)
