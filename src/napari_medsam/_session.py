@@ -118,6 +118,7 @@ class Session:
             return
         self.set_model(model)
         self.safe(self.sync_shapes)
+        self.safe(self.prefetch)  # the image on screen is encoded right away, before the first box
 
     def _on_task_error(self, exc: Exception) -> None:
         self._loading = False

@@ -1,0 +1,77 @@
+"""The Qt-free Session on napari.components.ViewerModel with synchronous work (no Xvfb, no QWidget):
+boxes, ROI zoom, switching the Labels layer, undo wording, cancel as a normal outcome."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from medsam_core.errors import CancelledError
+
+from .conftest import big_objects, ref_box
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def session(lite_model, dsb2018):
+    from napari.components import ViewerModel
+
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+
+    image, ref = dsb2018
+    viewer = ViewerModel()
+    statuses = []
+    s = Session(viewer, Runner(synchronous=True), on_status=statuses.append)
+    s.set_model(lite_model)
+    s.set_image_layer(viewer.add_image(image[:256, :256], name="nuclei"))
+    s.statuses = statuses
+    return s, ref[:256, :256]
+
+
+def test_boxes_switch_labels_and_undo_wording(session):
+    s, ref = session
+    a, b, c = big_objects(ref, 3)
+    assert s.segment_boxes([ref_box(ref, a, 3), ref_box(ref, b, 3)]) == [1, 2]
+    first = s.labels_layer
+    kept = np.array(first.data)
+    other = s.viewer.add_labels(np.zeros(ref.shape, np.int32), name="second")
+    s.set_labels_layer(other)
+    assert s.shapes_layer.nshapes == 0  # the old boxes belong to the old layer's objects
+    assert s.segment_boxes([ref_box(ref, c, 3)]) == [1]
+    assert set(np.unique(other.data).tolist()) == {0, 1}
+    np.testing.assert_array_equal(first.data, kept)
+    assert s.undo() == "1 box" and "undid 1 box" in s.statuses[-1]
+    assert not other.data.any()
+
+
+def test_roi_zoom_setting_is_validated_first(session):
+    from medsam_core import MedSAMError
+
+    s, _ = session
+    s.settings.roi_zoom = "sideways"
+    with pytest.raises(MedSAMError, match="ROI zoom"):
+        s.roi_mode()
+
+
+def test_a_cancelled_job_ends_in_on_cancel_not_on_error():
+    from napari_medsam._workers import Runner
+
+    def job(event):
+        yield 1
+        if event.is_set():
+            raise CancelledError("cancelled by the user; nothing was changed")
+        yield 2
+        return "done"
+
+    event, seen = threading.Event(), []
+    runner = Runner(synchronous=True)
+    runner.run_steps(job, event, on_step=lambda v: (seen.append(v), event.set()), on_done=seen.append,
+                     on_error=lambda e: seen.append(("error", e)), on_cancel=lambda e: seen.append(("cancel", str(e))))
+    assert seen == [1, ("cancel", "cancelled by the user; nothing was changed")]
+    seen.clear()
+    runner.run(lambda: "ok", on_done=seen.append, on_error=seen.append)
+    assert seen == ["ok"]
