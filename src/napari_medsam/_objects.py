@@ -8,6 +8,8 @@ import numpy as np
 
 from . import _layers as L
 
+POSITIVE_COLOR, NEGATIVE_COLOR = "#33ff33", "#ff3333"  # the Points layer's positive / negative prompts
+
 
 @dataclass(eq=False)
 class ObjectRecord:

@@ -21,10 +21,9 @@ from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, Promp
 
 from . import _layers as L
 from . import _zoom as Z
-from ._objects import Commit, ObjectRecord, PlaneEditor
+from ._objects import NEGATIVE_COLOR, POSITIVE_COLOR, Commit, ObjectRecord, PlaneEditor
 
 BOXES, POINTS, LABELS = "MedSAM boxes", "MedSAM points", "MedSAM labels"
-POSITIVE_COLOR, NEGATIVE_COLOR = "#33ff33", "#ff3333"
 
 
 @dataclass

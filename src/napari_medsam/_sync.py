@@ -14,7 +14,7 @@ from medsam_core import MedSAMError, PromptError
 from medsam_core.preprocess import check_boxes
 
 from . import _layers as L
-from ._objects import ObjectRecord
+from ._objects import NEGATIVE_COLOR, POSITIVE_COLOR, ObjectRecord
 
 
 @dataclass
@@ -216,8 +216,6 @@ def _add_points(s, coords, lid, labels) -> None:
 
 
 def set_point_features(s, feats) -> None:
-    from ._session import NEGATIVE_COLOR, POSITIVE_COLOR
-
     pts = s.points_layer
     defaults = dict(pts.feature_defaults.iloc[0]) if hasattr(pts.feature_defaults, "iloc") else None
     pts.features = feats
