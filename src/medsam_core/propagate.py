@@ -92,9 +92,9 @@ def _seed(previous: WalkResult | None, shape, axis: int, z: int, keys: dict) -> 
 
 def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_boxes: Mapping[int, Sequence[float]] | None = None, spacing: Sequence[float] | None = None,
-              margin: float = 2.0, growth: float = 1.0, min_iou: float = 0.5, min_area_ratio: float = 0.2,
-              min_contrast: float = 0.15, iou_drop: float = 0.0, max_shift: float | None = None,
-              max_growth: float | None = None, box_rule: str = "mask",
+              margin: float = 0.0, growth: float = 0.0, min_iou: float = 0.3, min_area_ratio: float = 0.2,
+              min_contrast: float = 0.3, iou_drop: float = 0.7, max_shift: float | None = None,
+              max_growth: float | None = 1.5, box_rule: str = "mask",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:

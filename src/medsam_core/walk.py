@@ -71,12 +71,12 @@ class Stop:
 class StopRules:
     """When a direction ends (see module docstring); a rule at 0 (``max_shift`` None) is off."""
 
-    min_iou: float = 0.5
-    iou_drop: float = 0.0
+    min_iou: float = 0.3
+    iou_drop: float = 0.7
     min_area_ratio: float = 0.2
-    min_contrast: float = 0.15
+    min_contrast: float = 0.3
     max_shift: float | None = None
-    max_growth: float | None = None
+    max_growth: float | None = 1.5
 
 
 @dataclass
@@ -183,8 +183,8 @@ class BoxWalk:
     """The default Propagator: box (+ mask prompt) from the neighbour slice, StopRules."""
 
     rules: StopRules = StopRules()
-    margin: float = 2.0
-    growth: float = 1.0
+    margin: float = 0.0
+    growth: float = 0.0
     adaptive_margin: bool = True
     mask_prompt: bool = False
     box_rule: str = "mask"
@@ -271,13 +271,14 @@ class BoxWalk:
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
             key = interpolate(result.keys, zz)
-            if key is None and not prev.any():
+            guided = key is not None  # between or on key slices: the user says the object is there
+            if not guided and not prev.any():
                 return Stop("vanished", zz)
             box = key if key is not None else self._next_box(prev, track, cal, spacing, prev.shape)
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev)
             result.rewalked += 1
-            if key is None and (why := self.stop_reason(result.features[zz], prev, cal)):
+            if not guided and (why := self.stop_reason(result.features[zz], prev, cal)):
                 for d in (result.masks, result.scores, result.boxes, result.logits):
                     d.pop(zz, None)
                 return Stop(why, zz)

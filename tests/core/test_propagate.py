@@ -59,8 +59,11 @@ def test_stops_when_predicted_iou_drops():
     out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.5)
     zs = np.flatnonzero(out.any(axis=(1, 2)))
     assert zs[-1] == 23 and zs[0] == np.flatnonzero(truth.any(axis=(1, 2)))[0]
-    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2)
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.0)
     np.testing.assert_array_equal(out, truth)
+    # relative to the start slice's predicted IoU (0.9): 0.3 is under 0.7 x 0.9
+    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.7)
+    assert np.flatnonzero(out.any(axis=(1, 2)))[-1] == 23
 
 
 def test_stops_when_area_collapses():
@@ -122,7 +125,7 @@ def test_key_on_one_side_leaves_the_other_side_free():
 def test_margin_is_physical(spacing, grow_xy):
     truth = _cylinder()
     pred = FakePredictor()
-    results = list(propagate(pred, render(truth), bbox(truth[20], 0), 20, spacing=spacing, margin=2.0))
+    results = list(propagate(pred, render(truth), bbox(truth[20], 0), 20, spacing=spacing, margin=2.0, growth=1.0))
     gx, gy = (2 + g for g in grow_xy)
     tight = bbox(truth[20])
     expect = np.clip(tight + [-gx, -gy, gx, gy], 0, 63)
@@ -368,7 +371,7 @@ def test_real_model_on_a_small_mri_crop(lite_model):
         vol, ref = np.ascontiguousarray(d["image"][crop]), ref[crop]
     pred = Predictor(lite_model)
     res = walk_volume(pred, vol, box_from_mask(ref[4], 3), 4)
-    reasons = {"vanished", "area collapsed", "contrast faded", "end of volume"}
+    reasons = {"vanished", "area collapsed", "area grew", "contrast faded", "end of volume"}
     for d, stop in res.stops.items():
         assert stop.reason in reasons or stop.reason.startswith("IoU fell to "), stop
         assert (stop.slice > 4) if d == "up" else (stop.slice < 4)
