@@ -176,7 +176,8 @@ class ImageSeries:
         predictor's cache in a background thread, so ``load`` and ``predictor.set_image`` are
         instant later. Cancels an earlier prefetch. The predictor's current image is not changed.
         Returns the Future (result: (array, ImageMeta)), or None when there is no such image.
-        3D and very large images are read but not embedded.
+        3D and very large images are read but not embedded. ``intensity`` may be a function of
+        the image returning an Intensity (e.g. ``roi.global_intensity``, as the widget decodes).
         """
         i = self.index + 1 if i is None else i
         if not 0 <= i < len(self):
@@ -211,6 +212,8 @@ def _read_and_embed(path: Path, predictor, intensity, channel, stop: threading.E
         raise CancelledError("prefetch cancelled")
     spatial = meta.shape or image.shape[:2]
     if predictor is not None and len(spatial) == 2 and spatial[0] * spatial[1] <= PREFETCH_MAX_PIXELS:
+        if callable(intensity):  # an intensity that depends on the pixels (e.g. roi.global_intensity)
+            intensity = intensity(image)
         embed_into_cache(predictor, image, intensity, channel)
     return image, meta
 

@@ -121,7 +121,14 @@ class SeriesActions:
             return
         if self._prefetcher is None or self._prefetcher.model is not self.s.model:
             self._prefetcher = Predictor(self.s.model, cache=self.s.cache)
-        series.prefetch(self._prefetcher, intensity=self.s.intensity(), channel=self.s.settings.channel)
+        base, channel = self.s.intensity(), self.s.settings.channel
+
+        def window(image):  # the key the widget decodes under (roi.predict_boxes' whole-image mode)
+            from medsam_core.roi import global_intensity
+
+            return global_intensity(image, base, channel)
+
+        series.prefetch(self._prefetcher, intensity=window, channel=channel)
 
     def wait_prefetch(self) -> None:
         """Block until the background prefetch is done (scripts, tests)."""

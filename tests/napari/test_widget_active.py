@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 from napari.layers import Labels
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QPoint, Qt
 
 from medsam_core.provenance import sidecar_path
 from medsam_core.samples import nuclei
@@ -59,7 +59,7 @@ def test_rank_labels_sorted_top_k_and_jump_to_a_row(open_widget, qtbot):
     panel = widget.active_panel
     assert panel.source_combo.currentData() == "labels" and panel.topk_spin.value() == 10
     panel.topk_spin.setValue(15)  # of 2 x 12 objects: both images are in the list
-    qtbot.mouseClick(panel.all_check, LEFT)
+    qtbot.mouseClick(panel.all_check, LEFT, pos=QPoint(8, panel.all_check.height() // 2))  # on its box
     assert panel.all_check.isChecked()
     qtbot.mouseClick(panel.rank_btn, LEFT)
     _done(widget, qtbot)
