@@ -71,7 +71,7 @@ def main() -> None:
     x = prepare_image(image, model.spec.preprocessing).tensor[None]
     rows = {}
     batch = np.repeat(x, nb, axis=0)
-    for mode in ("off", "auto"):
+    for mode in ("off", "auto") if device == "cuda" else ("off",):  # autocast is CUDA-only
         enc = TorchEncoder(model, autocast=mode)
         label = "fp32" if mode == "off" or enc.autocast_dtype() is None else str(enc.autocast_dtype()).split(".")[-1]
         rows[f"encoder, 1 image, {label}"] = median_time(lambda e=enc: e.encode(x), repeats, sync)

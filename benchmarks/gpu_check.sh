@@ -35,11 +35,11 @@ PY
 
 say "GPU tests (pytest -m gpu; they skip without CUDA)"
 rc=0
-timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/core/test_gpu.py \
+timeout 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/core/test_gpu.py \
   "tests/core/test_backends.py::test_cuda_autocast_masks_match_fp32" || rc=$?
 
 say "timings"
-timeout 90 "$PY" benchmarks/bench_gpu.py --repeats 20 || rc=$?
+timeout 120 "$PY" benchmarks/bench_gpu.py --repeats 20 || rc=$?
 
 say "done, exit status $rc"
 exit $rc

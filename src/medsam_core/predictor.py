@@ -45,9 +45,9 @@ class Predictor:
 
     model: from ``medsam_core.load_model``. cache: shared EmbeddingCache (one is made if None).
     intensity / channel: defaults for ``set_image`` (see preprocess.Intensity, to_grey_or_rgb).
-    encoder_backend: "auto" (exported OpenVINO engine on the CPU when installed and verified,
-    else PyTorch eager), "openvino", "torch" or an ``backends.EncoderBackend``; None reads
-    $MEDSAM_ENCODER_BACKEND (default "auto").
+    encoder_backend: "auto" (the verified OpenVINO engine on the CPU; at the first image it is
+    built in a separate process while PyTorch eager serves), "openvino", "torch" or an
+    ``backends.EncoderBackend``; None reads $MEDSAM_ENCODER_BACKEND (default "auto").
     """
 
     def __init__(self, model, cache: EmbeddingCache | None = None, intensity: Intensity | None = None,

@@ -211,6 +211,17 @@ def test_engine_masks_equal_pytorch_masks_on_real_boxes(ov_backend, lite_model, 
 
 
 @pytest.mark.slow
+def test_engine_batch_runs_parallel_requests_with_the_single_image_result(ov_backend, dsb2018):
+    image, _ = dsb2018
+    from medsam_core import registry
+
+    pre = registry.get_spec("lite_medsam").preprocessing
+    x = np.stack([prepare_image(np.roll(image, 40 * k, axis=1), pre).tensor for k in range(3)])
+    one = np.concatenate([ov_backend.encode(x[k:k + 1]) for k in range(3)])
+    np.testing.assert_allclose(ov_backend.encode(x), one, atol=1e-5)  # slices stay in order
+
+
+@pytest.mark.slow
 def test_disk_cache_reused_across_predictors(ov_backend, lite_model, ov_cache, monkeypatch):
     exports = _CountExports(monkeypatch)
     monkeypatch.setenv("MEDSAM_CACHE_DIR", str(ov_cache))
