@@ -130,8 +130,8 @@ def compile_engine(folder: Path, num_threads: int | None, precision: str, stream
     """Compile ``folder/encoder.xml`` for the CPU -> callable (B, 3, S, S) -> (B, 256, 64, 64).
 
     One image runs as one latency-mode request on all threads. A batch of several images runs
-    as parallel requests on ``streams`` streams (default: one per physical core, at most B),
-    (at most MAX_STREAMS), each with its share of the threads: the encoder's small per-image operations scale badly
+    as parallel requests on ``streams`` streams (default: one per thread, at most MAX_STREAMS),
+    each with its share of the threads: the encoder's small per-image operations scale badly
     over threads, so images side by side encode more slices per second (docs/engines.md).
     """
     return _Engine(folder, num_threads, precision, streams)
