@@ -377,7 +377,7 @@ def test_real_model_on_a_small_mri_crop(lite_model):
         assert (stop.slice > 4) if d == "up" else (stop.slice < 4)
     d3 = dice(res.volume(), ref)
     print(f"amygdala crop: 3D Dice {d3:.3f}, {res.describe()}")
-    assert d3 >= 0.3  # the per-slice oracle reaches about 0.55 on this structure (docs/3d.md)
+    assert d3 >= 0.55  # measured 0.70 on this crop; the per-slice oracle gets 0.58 on the whole structure
     fixed = walk_volume(pred, vol, box_from_mask(ref[4], 3), 4, key_boxes={1: box_from_mask(ref[1], 3)},
                         previous=res, bound_by_keys=False)
     assert all(fixed.masks[z] is res.masks[z] for z in res.masks if z >= 4)
