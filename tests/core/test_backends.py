@@ -348,8 +348,11 @@ def test_failed_background_export_warns_and_stays_eager(lite_model, tmp_path):
     backend = backends.BackgroundEngineEncoder(lite_model, eager, tmp_path, "f32", job)
     with pytest.warns(RuntimeWarning, match="converter crashed"):
         assert not backend.wait_ready(60)
-    x = np.zeros((1, 3, 256, 256), np.float32)
-    np.testing.assert_array_equal(backend.encode(x), eager.encode(x))
+    calls = []
+    real = eager.encode
+    eager.encode = lambda batch: calls.append(len(batch)) or real(batch)
+    out = backend.encode(np.zeros((1, 3, 256, 256), np.float32))
+    assert calls == [1] and out.shape == (1, 256, 64, 64) and np.isfinite(out).all()
     assert backend.name == "torch" and backend.job is None
 
 
