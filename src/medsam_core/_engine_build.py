@@ -131,7 +131,9 @@ def main(argv: list[str]) -> int:
     try:
         spec = get_spec(spec_name)
         model = build_model(spec.arch)
-        load_state_strict(model, torch.load(weights, map_location="cpu", weights_only=True), weights)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        Path(weights).unlink(missing_ok=True)  # read: not left behind if the parent is killed
+        load_state_strict(model, state, weights)
         model = finish_model(model, spec, device="cpu")
         if model.encoder_id != encoder_id:
             raise RuntimeError("the weights handed to the export changed on the way")
