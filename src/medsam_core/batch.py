@@ -16,6 +16,7 @@ roi.segment_large, 3D volumes via segment.segment_boxes.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -49,6 +50,7 @@ class ImageResult:
     objects: int = 0
     message: str = ""
     seconds: float = 0.0
+    retries: int = 0  # Dask: times the unit was run again because its worker died
 
 
 @dataclass
@@ -136,6 +138,14 @@ class BoxSource:
             raise ImageError(f"labels {lab_path.name} have shape {labels.shape}, the image {tuple(shape)}")
         return boxes_from_labels(labels, self.margin)
 
+    def for_image(self, image: Path) -> BoxSource:
+        """A copy holding only what ``image`` needs (what one Dask unit carries)."""
+        part = copy.copy(self)
+        part._index = {}
+        if self.table is not None:
+            part.table = {k: v for k, v in self.table.items() if k == image.name}
+        return part
+
 
 def _table_from_dict(boxes: dict, images: list[Path]) -> dict:
     by_name = {p.name: p.name for p in images} | {split_name(p)[0]: p.name for p in images}
@@ -195,7 +205,8 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
                    margin: float = 0.0, roi: str = "auto", predictor=None, model: str = "lite_medsam",
                    checkpoint=None, device=None, intensity: Intensity | None = None, channel=None,
                    overwrite: bool = False, patterns: list[str] | None = None,
-                   on_progress: Callable[[int, int, str], None] | None = None, cancel=None) -> BatchReport:
+                   on_progress: Callable[[int, int, str], None] | None = None, cancel=None,
+                   client=None, encoder_backend=None) -> BatchReport:
     """Segment every image in the folder ``images`` into ``out`` (created if missing) -> BatchReport.
 
     boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], a folder of <stem>.csv box
@@ -204,21 +215,20 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     "roi" (per slice for 3D). predictor: a Predictor, or a zero-argument factory of one; default: one
     made from model/checkpoint/device. The model is loaded only when the first image needs it. on_progress(done, total, image name) after each image;
     cancel: a callable or threading.Event checked between images and crops.
+    encoder_backend: for the predictor made here or on the workers (see Predictor).
+    client: a ``dask.distributed.Client``: one unit per image on its workers (distributed.py; same
+    outputs, resume rule and report; predictor must then be None or a picklable factory). Blocks;
+    ``distributed.submit_folder`` does not.
     Bad arguments raise a MedSAMError before anything is written.
     """
-    if roi not in ROI_MODES:
-        raise PromptError(f"unknown ROI mode {roi!r}: use auto, whole or roi")
-    files = list_images(images, patterns)
-    if not files:
-        raise ImageError(f"no images found in {images}; supported: {', '.join(READ_SUFFIXES)}")
-    out = check_output_dir(out, inputs=(images, boxes_from_labels, boxes if isinstance(boxes, str | os.PathLike)
-                                        else None))
-    _refuse_shared_stems(files)
-    outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
-    _check_outputs_are_not_inputs(outputs)
-    source = BoxSource(files, boxes, boxes_from_labels, margin)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)  # temp files of a run killed earlier (ours only, old)
+    if client is not None:
+        from .distributed import submit_folder
+
+        handle = submit_folder(client, images, out, boxes, boxes_from_labels, margin, roi, model, checkpoint,
+                               device, predictor, encoder_backend, intensity, channel, overwrite, patterns,
+                               on_progress)
+        return handle.report(cancel)
+    files, out, outputs, source = prepare_folder(images, out, boxes, boxes_from_labels, margin, roi, patterns)
     holder: dict = {"p": predictor}
 
     def get_predictor():
@@ -226,7 +236,8 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
             from .checkpoint import load_model
             from .predictor import Predictor
 
-            holder["p"] = Predictor(load_model(model, checkpoint=checkpoint, device=device))
+            holder["p"] = Predictor(load_model(model, checkpoint=checkpoint, device=device),
+                                      encoder_backend=encoder_backend)
         elif not hasattr(holder["p"], "set_image"):  # a factory
             holder["p"] = holder["p"]()
         return holder["p"]
@@ -256,6 +267,27 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
         report.encoder_calls = getattr(p, "encoder_calls", 0) - (calls0 if p is predictor else 0)
         _atomic_json(out / REPORT_NAME, report.to_dict())
     return report
+
+
+def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: float = 0.0, roi: str = "auto",
+                   patterns: list[str] | None = None) -> tuple[list[Path], Path, dict[Path, Path], BoxSource]:
+    """Every check of segment_folder before any model work -> (image files, out folder (created),
+    {image: output path}, BoxSource). Raises a MedSAMError saying what to fix; writes nothing else."""
+    if roi not in ROI_MODES:
+        raise PromptError(f"unknown ROI mode {roi!r}: use auto, whole or roi")
+    files = list_images(images, patterns)
+    if not files:
+        raise ImageError(f"no images found in {images}; supported: {', '.join(READ_SUFFIXES)}")
+    out = check_output_dir(out, inputs=(images, boxes_from_labels, boxes if isinstance(boxes, str | os.PathLike)
+                                        else None))
+    _refuse_shared_stems(files)
+    outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
+    _check_outputs_are_not_inputs(outputs)
+    source = BoxSource(files, boxes, boxes_from_labels, margin)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # temp files of a run killed earlier (ours only, old)
+    return files, out, outputs, source
+
 
 
 def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: str, intensity, channel,
