@@ -1,0 +1,112 @@
+"""The session's commits and undo: every change is one ``Commit`` that ``undo`` reverts exactly
+(labels pixels, objects, prompt rectangles and points). Mixed into ``_session.Session``, whose
+state (``labels_layer``, ``shapes_layer``, ``objects``, ``history``, ``settings``) it uses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from medsam_core import MedSAMError, PromptError
+
+from . import _layers as L
+from ._objects import Commit, ObjectRecord, PlaneEditor
+
+
+class History:
+    """Commit, undo and the prompt-rectangle bookkeeping of a Session."""
+
+    def editor(self) -> PlaneEditor:
+        return PlaneEditor(self.labels_layer, self.settings.channel_axis, self.settings.overwrite)
+
+    def next_id(self) -> int:
+        top = int(np.max(self.labels_layer.data)) if self.labels_layer.data.size else 0
+        return max([top, *self.objects]) + 1
+
+    def commit(self, editor: PlaneEditor, objects: dict[int, ObjectRecord], description: str,
+               points_before=None) -> Commit | None:
+        """Write the editor's changes into the Labels layer as one undoable step."""
+        edits = editor.edits()
+        if not edits and objects == self.objects and points_before is None:
+            return None
+        commit = Commit(edits, dict(self.objects), description, points_before)
+        for edit in edits:
+            L.apply_edit(self.labels_layer, edit)
+        self.objects = objects
+        self.history.append(commit)
+        self._hook(self.on_commit, commit)
+        return commit
+
+    def _hook(self, hook, commit: Commit) -> None:
+        if hook is None:
+            return
+        try:
+            hook(commit)
+        except Exception as exc:  # noqa: BLE001 - the labels are written; only the bookkeeping failed
+            import warnings
+
+            warnings.warn(f"MedSAM: provenance not recorded for {commit.description}: {exc}", stacklevel=2)
+            self.on_status(f"MedSAM: provenance not recorded ({exc})")
+
+    def undo(self) -> str:
+        """Revert the last commit exactly: pixels, objects and prompt rectangles."""
+        if not self.history:
+            raise MedSAMError("nothing to undo: no MedSAM change has been made yet")
+        commit = self.history.pop()
+        for edit in reversed(commit.edits):
+            L.apply_edit(self.labels_layer, edit.inverse())
+        self.objects = commit.objects_before
+        self._hook(self.on_undo, commit)
+        self.rebuild_shapes()
+        if commit.points_before is not None:
+            from ._sync import restore_points
+
+            restore_points(self, commit.points_before)
+        self.on_status(f"MedSAM: undid {commit.description}")
+        return commit.description
+
+    def rebuild_shapes(self) -> None:
+        """Make the prompt rectangles exactly the objects' boxes (after undo)."""
+        with self.quiet():
+            recs = list(self.objects.values())
+            boxes = [(r.vertices, r.label_id) for r in recs]
+            boxes += [(v, -r.label_id) for r in recs for v in getattr(r, "key_vertices", ())]  # 3D key boxes
+            self.shapes_layer.selected_data = set(range(self.shapes_layer.nshapes))
+            self.shapes_layer.remove_selected()  # unlike data = [], this also drops the features rows
+            if boxes:
+                self.shapes_layer.add([v for v, _ in boxes], shape_type="rectangle")
+            self.set_shape_ids(np.array([lid for _, lid in boxes], int))
+
+    def set_shape_ids(self, ids: np.ndarray) -> None:
+        feats = self.shapes_layer.features.copy()
+        feats["label_id"] = np.asarray(ids, int)
+        self.shapes_layer.features = feats
+        self.shapes_layer.feature_defaults = {"label_id": 0}
+
+    def quiet(self):
+        return _Quiet(self)
+
+    def object(self, label_id: int) -> ObjectRecord:
+        if label_id not in self.objects:
+            known = ", ".join(map(str, sorted(self.objects))) or "none yet"
+            raise PromptError(f"no MedSAM object with label {label_id} (objects: {known})")
+        return self.objects[label_id]
+
+    def update_record(self, rec: ObjectRecord, **changes) -> ObjectRecord:
+        return replace(rec, **changes)
+
+
+
+
+class _Quiet:
+    """Context manager: the session's own prompt-layer edits do not trigger syncing."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __enter__(self):
+        self.session._quiet += 1
+
+    def __exit__(self, *exc):
+        self.session._quiet -= 1
