@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medsam_core import CT_WINDOWS, MODELS, MedSAMError
+from medsam_core import CT_WINDOWS, MedSAMError
 
 from ._active_session import ActiveActions
 from ._series_session import SeriesActions
@@ -39,6 +39,7 @@ from ._train_session import TrainActions
 from ._volume_session import VolumeActions
 from ._widget_actions import WorkflowMethods
 from ._widget_active import ActivePanel
+from ._widget_model import INTENSITY_MODES, settings_page
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_train import TrainPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
@@ -51,7 +52,6 @@ SHORTCUTS = (  # (napari key, Qt key, action, method name)
     ("N", "N", "toggle negative points", "toggle_negative"),
     ("M", "M", "preview what the model sees", "preview"),
 )
-INTENSITY_MODES = ("auto", "percentile", "ct", "contrast", "minmax")
 NEW_LABELS = "(new labels layer)"
 
 
@@ -117,7 +117,7 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.volume_panel, self.series_panel = VolumePanel(self), SeriesPanel(self)
         self.train_panel, self.active_panel = TrainPanel(self), ActivePanel(self)
         self.tabs = QTabWidget()
-        for panel, name in ((self._boxes_page(), "Boxes"), (self._settings_page(), "Model"),
+        for panel, name in ((self._boxes_page(), "Boxes"), (settings_page(self), "Model"),
                             (self.volume_panel, "3D"), (self.series_panel, "Series"),
                             (self.train_panel, "Fine-tune"), (self.active_panel, "Active")):
             if isinstance(panel, QGroupBox):
@@ -153,53 +153,6 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.help_label.setWordWrap(True)
         lay.addWidget(self.help_label)
         return page
-
-    def _settings_page(self) -> QWidget:
-        page = QWidget()
-        lay = QVBoxLayout(page)
-        form = QFormLayout()
-        self.channel_axis_combo, self.channel_combo = QComboBox(), QComboBox()
-        self.channel_combo.addItems(["auto", "mean", "max", *map(str, range(8))])
-        form.addRow("Channel axis", self.channel_axis_combo)
-        form.addRow("Channels", self.channel_combo)
-        lay.addLayout(form)
-        lay.addWidget(self._model_box())
-        lay.addWidget(self._intensity_box())
-        return page
-
-    def _model_box(self) -> QGroupBox:
-        box = QGroupBox("Model")
-        form = QFormLayout(box)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(list(MODELS))
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("bundled weights (LiteMedSAM) or a checkpoint file")
-        self.browse_btn, self.load_btn = QPushButton("..."), QPushButton("Load")
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(self.browse_btn)
-        self.device_label = QLabel("not loaded (loads on first use)")
-        form.addRow("Model", self.model_combo)
-        form.addRow("Checkpoint", row)
-        form.addRow(self.load_btn, self.device_label)
-        return box
-
-    def _intensity_box(self) -> QGroupBox:
-        box = QGroupBox("What the model sees")
-        form = QFormLayout(box)
-        self.intensity_combo, self.window_combo = QComboBox(), QComboBox()
-        self.intensity_combo.addItems(INTENSITY_MODES)
-        self.window_combo.addItems(list(CT_WINDOWS))
-        self.preview_btn = QPushButton("Preview model input (M)")
-        self.zoom_combo = QComboBox()
-        self.zoom_combo.addItems(["auto", "on", "off"])
-        self.zoom_combo.setToolTip("auto: zoom in on boxes too small for the whole-image view (small objects on "
-                                   "large images); on: every box; off: never (whole-image embedding only)")
-        form.addRow("Intensity", self.intensity_combo)
-        form.addRow("CT window", self.window_combo)
-        form.addRow("ROI zoom", self.zoom_combo)
-        form.addRow(self.preview_btn)
-        return box
 
     # -- wiring ---------------------------------------------------------------------------------
     def _wire(self) -> None:
