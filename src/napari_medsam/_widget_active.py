@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -29,6 +27,7 @@ from qtpy.QtWidgets import (
 from medsam_core import MedSAMError
 
 from ._active_session import SOURCES
+from ._plot import LinePlots
 
 SUGGESTION_COLUMNS = ("#", "label", "image", "z", "score", "iou_pred", "stability", "agreement")
 EFFORT_COLUMNS = ("round", "objects", "s / object", "prompts / object", "accepted", "Dice")
@@ -67,52 +66,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
-class EffortPlot(QWidget):
-    """Four tiny plots (seconds and prompts per object, accepted share, Dice) over fine-tuning rounds."""
+class EffortPlot(LinePlots):
+    """Four panels (seconds and prompts per object, accepted share, Dice) over fine-tuning rounds."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(columns=2, min_height=120, markers=True)
         self.rows: list = []
-        self.setMinimumHeight(120)
+        self.set_rows([])
 
     def set_rows(self, rows) -> None:
         self.rows = [r for r in rows if r.round is not None]  # objects painted by hand have no round
-        self.update()
-
-    def cell(self, k: int) -> tuple[float, float, float, float]:
-        """(x, y, w, h) of plot ``k`` (2 x 2 grid) in widget pixels."""
-        w, h = self.width() / 2, self.height() / 2
-        return (k % 2) * w, (k // 2) * h, w, h
-
-    def points(self, k: int) -> list[tuple[float, float]]:
-        """Polyline of metric ``k`` in widget pixels: x grows with the round, y up with the value."""
-        name, _, top = METRICS[k]
-        vals = [(i, float(getattr(r, name))) for i, r in enumerate(self.rows)]
-        vals = [(i, v) for i, v in vals if math.isfinite(v)]
-        if not vals:
-            return []
-        x0, y0, w, h = self.cell(k)
-        m, head = 5.0, 16.0
-        hi = top if top is not None else max(v for _, v in vals) or 1.0
-        dx = (w - 2 * m) / max(len(self.rows) - 1, 1)
-        return [(x0 + m + i * dx, y0 + h - m - v / hi * (h - head - m)) for i, v in vals]
-
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        for k, (name, title, _) in enumerate(METRICS):
-            x0, y0, w, h = self.cell(k)
-            painter.setPen(QPen(Qt.GlobalColor.gray))
-            painter.drawRect(int(x0), int(y0), int(w) - 1, int(h) - 1)
-            last = _fmt(float(getattr(self.rows[-1], name))) if self.rows else "-"
-            painter.drawText(int(x0) + 4, int(y0) + 12, f"{title}: {last}")
-            pts = self.points(k)
-            painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
-            for x, y in pts:
-                painter.drawEllipse(QPointF(x, y), 2.0, 2.0)
-            if len(pts) > 1:
-                painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
-        painter.end()
+        self.set_panels([(title + ":", [float(getattr(r, name)) for r in self.rows], top if top is not None else 0.0)
+                         for name, title, top in METRICS])
 
 
 class ActivePanel(QGroupBox):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from napari.layers import Image, Labels
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,49 +16,23 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QWidget,
 )
 
 from medsam_core.training import MODES
 
+from ._plot import LinePlots
 
-class LossPlot(QWidget):
-    """A tiny live plot: the loss of each step as a polyline, scaled to the widget."""
+
+class LossPlot(LinePlots):
+    """The loss of each step of the running round (one panel of _plot.LinePlots)."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(columns=1, min_height=60)
         self.losses: list[float] = []
-        self.setMinimumHeight(60)
 
     def set_losses(self, losses) -> None:
         self.losses = [float(v) for v in losses]
-        self.update()
-
-    def points(self) -> list[tuple[float, float]]:
-        """The polyline in widget pixels (x grows with the step, y up with the loss)."""
-        n = len(self.losses)
-        if n == 0:
-            return []
-        w, h, m = self.width(), self.height(), 4.0
-        lo, hi = min(self.losses), max(self.losses)
-        span = (hi - lo) or 1.0
-        dx = (w - 2 * m) / max(n - 1, 1)
-        return [(m + i * dx, h - m - (v - lo) / span * (h - 2 * m)) for i, v in enumerate(self.losses)]
-
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setPen(QPen(Qt.GlobalColor.gray))
-        painter.drawRect(0, 0, self.width() - 1, self.height() - 1)
-        pts = self.points()
-        if pts:
-            painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
-            if len(pts) == 1:
-                painter.drawEllipse(QPointF(*pts[0]), 2.0, 2.0)
-            else:
-                painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
-            painter.drawText(6, 14, f"loss {self.losses[-1]:.3f}")
-        painter.end()
+        self.set_panels([("loss", self.losses, None)] if self.losses else [])
 
 
 class TrainPanel(QGroupBox):
