@@ -1,7 +1,7 @@
 """Build the OpenVINO engine in a separate process while the caller keeps encoding eagerly.
 
-The first export of an encoder takes ~20-40 s. ``make_encoder_backend(model, "auto")`` starts
-:func:`start` and returns at once; the child process (``python -m medsam_core._engine_build``)
+The first export of an encoder takes ~20 s to 2 minutes. ``make_encoder_backend(model, "auto")``
+calls :func:`start` and returns a :class:`BackgroundEngineEncoder` at once (eager until ready); the child process (``python -m medsam_core._engine_build``)
 rebuilds the model from the registry and the caller's weights, exports, verifies against PyTorch
 and writes the engine into the cache (``_openvino_engine.ensure_export``: atomic rename, file
 lock), then exits. A process, not a thread: a thread inside OpenVINO's converter cannot be
@@ -20,7 +20,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
+
+import numpy as np
+
+from . import backends
 
 _jobs: dict[str, Job] = {}
 _jobs_lock = threading.Lock()
@@ -89,6 +94,58 @@ def start(model, cache_root: Path, folder: Path, precision: str) -> Job:
                                     env=env, close_fds=True)
         _jobs[key] = job = Job(proc, folder, log, weights)
         return job
+
+
+class BackgroundEngineEncoder(backends.EncoderBackend):
+    """PyTorch eager until the engine exported by a separate process is ready, then the engine.
+
+    ``name`` is "torch" while the export runs and the engine's name afterwards; ``job`` is the
+    export process (``_engine_build.Job``), None once it has been collected.
+    """
+
+    def __init__(self, model, eager: backends.TorchEncoder, root: Path, precision: str, job: Job):
+        super().__init__()
+        self.model, self._eager, self._root, self.precision, self.job = model, eager, root, precision, job
+        self._engine: backends.EncoderBackend | None = None
+        self._lock = threading.Lock()
+        self.name = "torch"
+        self.info = {"pending": True, "precision": precision}
+
+    def _collect(self, wait_s: float | None = 0.0) -> None:
+        job = self.job
+        if job is None:
+            return
+        state = job.state() if wait_s == 0.0 else job.wait(wait_s)
+        if state == "running":
+            return
+        self.job = None
+        try:
+            if state == "failed":
+                raise backends.EngineError(f"the export process failed: {job.reason()}")
+            if backends.encoder_hash(self.model) != self.model.encoder_id:
+                raise backends.EngineError("the encoder weights changed while the engine was exported")
+            from . import _openvino_engine
+
+            engine, info = _openvino_engine.load_or_export(
+                self.model, self._root, self._eager.num_threads, self.precision)
+            self._engine = backends.EngineEncoder(engine, self._eager, info)
+            self.name, self.info = self._engine.name, info
+        except Exception as exc:  # the user keeps eager
+            self.info = {"pending": False, "failed": f"{type(exc).__name__}: {exc}"}
+            warnings.warn(f"the OpenVINO encoder is not used ({type(exc).__name__}: {exc}); "
+                          "using PyTorch eager", RuntimeWarning, stacklevel=3)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` s for the export; True when the engine now serves."""
+        with self._lock:
+            self._collect(timeout)
+        return self._engine is not None
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._collect()
+            engine = self._engine
+        return (engine or self._eager).encode(batch)
 
 
 @atexit.register

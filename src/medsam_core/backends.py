@@ -281,7 +281,7 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
     it natively, else f32; docs/engines.md says how bf16's masks were checked); None reads
     ``$MEDSAM_ENCODER_PRECISION`` (default "auto").
     Never raises for engine trouble: it warns and returns a TorchEncoder (for "auto" without an
-    export yet: a :class:`BackgroundEngineEncoder` that runs eager until a separate process has
+    export yet: an ``_engine_build.BackgroundEngineEncoder`` that runs eager until a separate process has
     exported the engine).
     """
     global _warned_missing
@@ -359,58 +359,6 @@ def _precision_setting(precision: str | None) -> str:
     return value
 
 
-class BackgroundEngineEncoder(EncoderBackend):
-    """PyTorch eager until the engine exported by a separate process is ready, then the engine.
-
-    ``name`` is "torch" while the export runs and the engine's name afterwards; ``job`` is the
-    export process (``_engine_build.Job``), None once it has been collected.
-    """
-
-    def __init__(self, model, eager: TorchEncoder, root: Path, precision: str, job):
-        super().__init__()
-        self.model, self._eager, self._root, self.precision, self.job = model, eager, root, precision, job
-        self._engine: EncoderBackend | None = None
-        self._lock = threading.Lock()
-        self.name = "torch"
-        self.info = {"pending": True, "precision": precision}
-
-    def _collect(self, wait_s: float | None = 0.0) -> None:
-        job = self.job
-        if job is None:
-            return
-        state = job.state() if wait_s == 0.0 else job.wait(wait_s)
-        if state == "running":
-            return
-        self.job = None
-        try:
-            if state == "failed":
-                raise EngineError(f"the export process failed: {job.reason()}")
-            if encoder_hash(self.model) != self.model.encoder_id:
-                raise EngineError("the encoder weights changed while the engine was exported")
-            from . import _openvino_engine
-
-            engine, info = _openvino_engine.load_or_export(
-                self.model, self._root, self._eager.num_threads, self.precision)
-            self._engine = EngineEncoder(engine, self._eager, info)
-            self.name, self.info = self._engine.name, info
-        except Exception as exc:  # the user keeps eager
-            self.info = {"pending": False, "failed": f"{type(exc).__name__}: {exc}"}
-            warnings.warn(f"the OpenVINO encoder is not used ({type(exc).__name__}: {exc}); "
-                          "using PyTorch eager", RuntimeWarning, stacklevel=3)
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block up to ``timeout`` s for the export; True when the engine now serves."""
-        with self._lock:
-            self._collect(timeout)
-        return self._engine is not None
-
-    def encode(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self._collect()
-            engine = self._engine
-        return (engine or self._eager).encode(batch)
-
-
 def _background(model, eager: TorchEncoder, root: Path, precision: str) -> EncoderBackend:
     """Start the export in a separate process (or join a running one); eager serves meanwhile."""
     from . import _engine_build, _openvino_engine
@@ -425,4 +373,4 @@ def _background(model, eager: TorchEncoder, root: Path, precision: str) -> Encod
                       f"{exc}); using PyTorch eager ('medsam export' builds it in the foreground)",
                       RuntimeWarning, stacklevel=3)
         return eager
-    return BackgroundEngineEncoder(model, eager, root, precision, job)
+    return _engine_build.BackgroundEngineEncoder(model, eager, root, precision, job)

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from medsam_core import Predictor, backends
+from medsam_core import Predictor, _engine_build, backends
 from medsam_core import _openvino_engine as ove
 from medsam_core.backends import EncoderBackend, EngineEncoder, TorchEncoder, make_encoder_backend
 from medsam_core.checkpoint import state_dict_sha256
@@ -326,7 +326,7 @@ def test_auto_exports_in_a_separate_process_and_serves_eager_meanwhile(lite_mode
         warnings.simplefilter("error", RuntimeWarning)
         backend = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32")
     try:
-        assert isinstance(backend, backends.BackgroundEngineEncoder) and backend.name == "torch"
+        assert isinstance(backend, _engine_build.BackgroundEngineEncoder) and backend.name == "torch"
         assert backend.job.proc.pid != os.getpid() and backend.job.state() == "running"
         again = make_encoder_backend(lite_model, "auto", cache_dir=tmp_path, precision="f32")
         assert again.job is backend.job  # one export per engine, however many predictors ask
@@ -338,14 +338,12 @@ def test_auto_exports_in_a_separate_process_and_serves_eager_meanwhile(lite_mode
 def test_failed_background_export_warns_and_stays_eager(lite_model, tmp_path):
     import subprocess
 
-    from medsam_core import _engine_build
-
     log = tmp_path / "log"
     log.write_text("RuntimeError: converter crashed\n")
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
     job = _engine_build.Job(proc, tmp_path / "engine", log, tmp_path / ".weights-x.pt")
     eager = TorchEncoder(lite_model)
-    backend = backends.BackgroundEngineEncoder(lite_model, eager, tmp_path, "f32", job)
+    backend = _engine_build.BackgroundEngineEncoder(lite_model, eager, tmp_path, "f32", job)
     with pytest.warns(RuntimeWarning, match="converter crashed"):
         assert not backend.wait_ready(60)
     calls = []
@@ -357,8 +355,6 @@ def test_failed_background_export_warns_and_stays_eager(lite_model, tmp_path):
 
 
 def test_export_child_reports_why_it_failed(tmp_path, capsys):
-    from medsam_core import _engine_build
-
     rc = _engine_build.main(["no_such_model", str(tmp_path / "w.pt"), str(tmp_path), "f32", "0" * 64])
     assert rc == 1 and "no_such_model" in capsys.readouterr().out
 
