@@ -252,3 +252,24 @@ def test_propose_objects_new_layer_user_labels_untouched(open_widget, qtbot):
     assert 10 <= n <= 40  # the sample has 25 nuclei
     text = widget.active_panel.propose_label.text()
     assert f"{n} proposals" in text and "mean predicted IoU" in text
+
+
+def test_cancel_propose_changes_nothing(open_widget, qtbot):
+    """Issue 15: "Propose objects" has a Cancel; a cancel is a status line, no layer, no error."""
+    viewer, widget = open_widget()
+    sample = nuclei()
+    viewer.add_image(sample.image, name="nuclei")
+    ids = big_objects(sample.labels, 10, min_area=60)
+    ref = viewer.add_labels(np.where(np.isin(sample.labels, ids), sample.labels, 0).astype(np.int32), name="mine")
+    widget.set_labels_layer(ref)
+    widget.wait(300_000)
+    names = [ly.name for ly in viewer.layers]
+    panel = widget.active_panel
+    assert not panel.cancel_btn.isEnabled()
+    qtbot.mouseClick(panel.propose_btn, LEFT)
+    assert panel.cancel_btn.isEnabled() and widget.active.running == "proposing"
+    qtbot.mouseClick(panel.cancel_btn, LEFT)
+    _done(widget, qtbot)  # no error either
+    assert [ly.name for ly in viewer.layers] == names  # no "MedSAM proposals"
+    assert "cancelled" in widget.status_label.text()
+    assert panel.propose_btn.isEnabled() and not panel.cancel_btn.isEnabled()
