@@ -80,8 +80,9 @@ def run_batch(args: argparse.Namespace) -> int:
     finally:
         if state.get("bar") is not None:
             state["bar"].close()
-    for r in report.failed:
-        print(f"medsam batch: {r.image}: {r.message}", file=sys.stderr)
+    for r in report.results:
+        if r.status == "failed" or r.retries:  # what failed and why; what a dead worker made us redo
+            print(f"medsam batch: {r.image}: {r.message}", file=sys.stderr)
     print(report.summary().split("\n")[0] + f"; report in {args.out}/{REPORT_NAME}")
     return 0 if report.ok else 1
 

@@ -158,6 +158,10 @@ def _segment_unit(plugin_name: str, path: str, out_path: str, source, roi, inten
     return result, calls
 
 
+def _has_plugin(name: str, dask_worker=None) -> bool:
+    return name in dask_worker.plugins
+
+
 def _involved_in_deaths(dask_scheduler, keys) -> dict:
     """Scheduler side: how many worker deaths each task saw while assigned to the dead worker."""
     return {k: dask_scheduler.tasks[k].suspicious for k in keys if k in dask_scheduler.tasks}
@@ -263,7 +267,9 @@ def submit_folder(client: Client, images, out, boxes=None, boxes_from_labels=Non
                           "or a picklable factory of a predictor, not a loaded Predictor")
     files, out, outputs, source = prepare_folder(images, out, boxes, boxes_from_labels, margin, roi, patterns)
     plugin = model_plugin(model, checkpoint, device, encoder_backend, factory=predictor)
-    client.register_plugin(plugin, name=plugin.name)
+    present = client.run(_has_plugin, plugin.name)
+    if not present or not all(present.values()):  # a second batch keeps the workers' loaded models
+        client.register_plugin(plugin, name=plugin.name)
     tag = uuid.uuid4().hex[:8]
     futures = {}
     for path in files:
