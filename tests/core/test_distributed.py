@@ -127,7 +127,7 @@ def test_a_bad_image_fails_alone_and_a_loaded_predictor_is_refused(tmp_path, cli
 
 
 @pytest.mark.slow
-def test_cancel_cancels_the_futures_and_reports_honestly(tmp_path, client):
+def test_cancel_and_ctrl_c_cancel_the_futures_and_report_honestly(tmp_path, client):
     from medsam_core.distributed import submit_folder
 
     images, csv = make_folder(tmp_path, n=4)
@@ -137,6 +137,16 @@ def test_cancel_cancels_the_futures_and_reports_honestly(tmp_path, client):
     assert saved["cancelled"] and not saved["ok"] and saved["total"] == 4
     assert saved["not_processed"] == report.not_processed and len(report.not_processed) == 4
     assert all(f.cancelled() or f.done() for f in handle.futures.values())
+
+
+    def interrupt(done, total, name):  # Ctrl-C while the first result is collected
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_folder(images, tmp_path / "out2", boxes=csv, client=client, encoder_backend=BACKEND,
+                       on_progress=interrupt)
+    saved = json.loads((tmp_path / "out2" / REPORT_NAME).read_text())
+    assert saved["cancelled"] and not saved["ok"] and len(saved["results"]) + len(saved["not_processed"]) == 4
 
 
 @pytest.mark.slow
