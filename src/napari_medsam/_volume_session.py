@@ -31,8 +31,7 @@ from medsam_core.volume import check_cancel
 
 from . import _layers as L
 from ._objects import ObjectRecord
-
-LINES = "MedSAM lines"
+from ._volume_recist import RecistLines
 
 
 @dataclass(eq=False)
@@ -108,7 +107,7 @@ def _embed(predictor, volume, intensity, cancel):
     return done
 
 
-class VolumeActions:
+class VolumeActions(RecistLines):
     """3D segmentation, key boxes, RECIST lines and volume precompute for one Session."""
 
     def __init__(self, session, on_progress: Callable[[int, int], None] | None = None):
@@ -377,77 +376,3 @@ class VolumeActions:
         self.cancel_event = None
         self.s.on_status(f"MedSAM: {n} slice embeddings ready")
         self.on_finished("done")
-
-    # -- RECIST lines -------------------------------------------------------------------------------
-    def lines_layer(self):
-        """The "MedSAM lines" Shapes layer (created on first use) in line mode."""
-        from napari.layers import Shapes
-
-        s = self.s
-        for layer in s.viewer.layers:
-            if layer.name == LINES and isinstance(layer, Shapes):
-                break
-        else:
-            layer = s.viewer.add_layer(Shapes(name=LINES, edge_color="cyan", edge_width=2, **s._geometry()))
-            layer.events.data.connect(self._on_lines_data)
-        s.viewer.layers.selection.active = layer
-        layer.mode = "add_line"
-        return layer
-
-    def _on_lines_data(self, event) -> None:
-        if str(getattr(event, "action", "")) != "added":
-            return
-        layer = event.source
-        if layer.nshapes and layer.shape_type[-1] == "line":
-            s = self.s
-            coords = L.to_image_data(s.image_layer, L.layer_to_world(layer, layer.data[-1], s.viewer.dims.point))
-            rows, cols = L.displayed_axes(s.image_layer, s.viewer.dims, s.settings.channel_axis)
-            plane = L.plane_of(s.image_layer, coords, rows, cols, s.settings.channel_axis)
-            s._safe(self.segment_recist, coords[:, [cols, rows]], None, plane)
-
-    def segment_recist(self, long_axis, short_axis=None, plane: L.Plane | int | None = None) -> int:
-        """A RECIST line ((2, 2) XY pixels) -> box prompt -> 2D object on ``plane`` (a Plane, a slice
-        index, or the current slice). A line crossing the previous line on the same slice is taken
-        as that lesion's short axis: its box is recomputed from both. Returns the label id."""
-        from medsam_core import box_from_recist
-
-        s = self.s
-        s._require_layers()
-        if plane is None or not isinstance(plane, L.Plane):
-            cur = s.current_plane()
-            if plane is not None:
-                if len(cur.index) != 1:
-                    raise PromptError("a slice index needs a 3D image")
-                cur = L.Plane(cur.rows, cur.cols, ((cur.index[0][0], int(plane)),))
-            plane = cur
-        size = L.plane_size(s.image_layer, plane)
-        line = np.asarray(long_axis, float).reshape(2, 2)
-        last = self._last_line
-        if short_axis is None and last is not None and last[0] == plane and _crosses(last[1], line):
-            lid = int(self._shape_ids()[last[2]]) if last[2] < s.shapes_layer.nshapes else 0
-            if lid > 0 and lid in s.objects:
-                box = box_from_recist(last[1], line, image_size=size)
-                verts = L.box_to_vertices(box, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point)
-                data = list(s.shapes_layer.data)
-                data[last[2]] = verts
-                s.shapes_layer.data = data  # the box sync follows the moved rectangle
-                s.sync_shapes(blocking=True)
-                self._last_line = None
-                return lid
-        box = box_from_recist(line, short_axis, image_size=size)
-        z = None if not plane.index else tuple(p for _, p in plane.index)
-        (lid,) = s.segment_boxes(box[None], z if z is None or len(z) > 1 else z[0])
-        i = int(np.flatnonzero(self._shape_ids() == lid)[-1])
-        s.shapes_layer.selected_data = {i}
-        self._last_line = (plane, line, i)
-        return lid
-
-
-def _crosses(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when 2D segments a and b ((2, 2) XY) intersect."""
-
-    def orient(p, q, r):
-        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
-
-    return bool(orient(a[0], a[1], b[0]) != orient(a[0], a[1], b[1])
-                and orient(b[0], b[1], a[0]) != orient(b[0], b[1], a[1]))
