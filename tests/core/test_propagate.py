@@ -383,3 +383,15 @@ def test_real_model_on_a_small_mri_crop(lite_model):
     assert all(fixed.masks[z] is res.masks[z] for z in res.masks if z >= 4)
     assert fixed.rewalked <= 4 and fixed.stops["up"] is res.stops["up"]
     assert pred.encoder_calls <= len(vol)  # every slice encoded at most once for both runs
+
+
+def test_uint8_volume_is_clipped_like_the_training_pipeline():
+    from medsam_core import volume_intensity
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(1, 255, (6, 32, 32)).astype(np.uint8)
+    vol[0, 0, :8] = 0  # background is left out of the percentiles
+    win = volume_intensity(vol)
+    lo, hi = np.percentile(vol[vol > 0], [0.5, 99.5])
+    assert win.mode == "range" and np.allclose(win.value_range, (lo, hi))
+    assert volume_intensity(vol, Intensity(mode="as_is")) == Intensity(mode="as_is")
