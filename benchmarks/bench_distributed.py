@@ -7,12 +7,9 @@ DSB2018 nuclei image, axial MRI slices (Colin27, INIA19), a (3, 128, 128) crop o
 volume (one unit whose slices share the encoder) and the DSB image tiled 4x4 to 2048 px (boxes
 small enough for ROI crops); boxes from the reference labels (up to 6 per image). Runs, in order:
 
-0. in-process ``segment_folder``, cold: every image encoded (1 torch thread: OMP_NUM_THREADS=1),
-   embeddings stored on disk (EmbeddingCache disk_dir; the helpers' rule on this shared machine);
-1. in-process again, warm (decoding only); 2. LocalCluster, 1 worker (1 torch thread) on
-127.0.0.1, warm; 3. the same with 2 workers; 4. fault run: 2 workers, one worker process
-SIGKILLed after 5 units are done. Warm runs compare Dask's overhead against decoding and I/O
-only: a stricter ratio than against real encoding (run 0 gives the encoding cost).
+1. in-process ``segment_folder`` (1 torch thread: OMP_NUM_THREADS=1);
+2. LocalCluster, 1 worker (1 torch thread) on 127.0.0.1; 3. the same with 2 workers;
+4. fault run: 2 workers, one worker process SIGKILLed after 5 units are done.
 
 Prints wall times (cluster start-up apart), the ratios, per-image medians, the load average, and
 whether every output of runs 2-4 equals run 1 byte for byte. PyTorch encoder everywhere (the
@@ -85,7 +82,7 @@ def kill_one_busy_worker(client) -> str:
     return victim
 
 
-def run_dask(images, boxes, out, workers, emb, kill_after=None) -> dict:
+def run_dask(images, boxes, out, workers, kill_after=None) -> dict:
     from medsam_core.distributed import local_client, submit_folder
 
     t0 = time.perf_counter()
@@ -99,7 +96,7 @@ def run_dask(images, boxes, out, workers, emb, kill_after=None) -> dict:
 
         t1 = time.perf_counter()
         report = submit_folder(client, images, out, boxes=boxes, encoder_backend=BACKEND,
-                               on_progress=progress, embedding_dir=emb).report()
+                               on_progress=progress).report()
         wall = time.perf_counter() - t1
     return {"report": report, "wall": wall, "start": start, "killed": killed}
 
@@ -123,20 +120,17 @@ def main() -> None:
     names = sorted(p.name for p in images.iterdir())
     print(f"CPU {cpu_model()}, {os.cpu_count()} cores; load average at start {os.getloadavg()}")
     print(f"{len(names)} images in {images} (boxes: {boxes})")
-    emb = root / "embeddings"
-    for label, out in (("in-process, cold", "cold"), ("in-process, warm", "inproc")):
-        t = time.perf_counter()
-        ref = segment_folder(images, root / out, boxes=boxes, encoder_backend=BACKEND, embedding_dir=emb)
-        base = time.perf_counter() - t
-        assert ref.ok, ref.summary()
-        med0 = statistics.median(r.seconds for r in ref.results)
-        print(f"{label:19s} wall {base:7.1f} s  median/image {med0:5.2f} s  encoder calls {ref.encoder_calls}",
-              flush=True)
-    print(f"  warm bytes differ from cold: {same_bytes(root / 'cold', root / 'inproc', names) or 'none'}")
+    t = time.perf_counter()
+    ref = segment_folder(images, root / "inproc", boxes=boxes, encoder_backend=BACKEND)
+    base = time.perf_counter() - t
+    assert ref.ok, ref.summary()
+    med0 = statistics.median(r.seconds for r in ref.results)
+    print(f"in-process          wall {base:7.1f} s  median/image {med0:5.2f} s  encoder calls {ref.encoder_calls}",
+          flush=True)
     for label, workers, kill in (("LocalCluster 1 wkr", 1, None), ("LocalCluster 2 wkr", 2, None),
                                  ("fault run 2 wkr", 2, 5)):
         out = root / label.split()[-2] + ("_fault" if kill else "")
-        r = run_dask(images, boxes, out, workers, emb, kill)
+        r = run_dask(images, boxes, out, workers, kill)
         rep = r["report"]
         med = statistics.median(x.seconds for x in rep.results if x.status == "done")
         diff = same_bytes(root / "inproc", out, [Path(x.output).name for x in ref.results])

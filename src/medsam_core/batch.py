@@ -206,7 +206,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
                    checkpoint=None, device=None, intensity: Intensity | None = None, channel=None,
                    overwrite: bool = False, patterns: list[str] | None = None,
                    on_progress: Callable[[int, int, str], None] | None = None, cancel=None,
-                   client=None, encoder_backend=None, embedding_dir=None) -> BatchReport:
+                   client=None, encoder_backend=None) -> BatchReport:
     """Segment every image in the folder ``images`` into ``out`` (created if missing) -> BatchReport.
 
     boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], a folder of <stem>.csv box
@@ -215,8 +215,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     "roi" (per slice for 3D). predictor: a Predictor, or a zero-argument factory of one; default: one
     made from model/checkpoint/device. The model is loaded only when the first image needs it. on_progress(done, total, image name) after each image;
     cancel: a callable or threading.Event checked between images and crops.
-    encoder_backend: for the predictor made here or on the workers (see Predictor). embedding_dir:
-    its embedding store on disk (embeddings.EmbeddingCache), so a rerun decodes only.
+    encoder_backend: for the predictor made here or on the workers (see Predictor).
     client: a ``dask.distributed.Client``: one unit per image on its workers (distributed.py; same
     outputs, resume rule and report; predictor must then be None or a picklable factory). Blocks;
     ``distributed.submit_folder`` does not.
@@ -227,7 +226,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
 
         handle = submit_folder(client, images, out, boxes, boxes_from_labels, margin, roi, model, checkpoint,
                                device, predictor, encoder_backend, intensity, channel, overwrite, patterns,
-                               on_progress, embedding_dir=embedding_dir)
+                               on_progress)
         return handle.report(cancel)
     files, out, outputs, source = prepare_folder(images, out, boxes, boxes_from_labels, margin, roi, patterns)
     holder: dict = {"p": predictor}
@@ -235,12 +234,10 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     def get_predictor():
         if holder["p"] is None:
             from .checkpoint import load_model
-            from .embeddings import EmbeddingCache
             from .predictor import Predictor
 
-            cache = EmbeddingCache(disk_dir=embedding_dir) if embedding_dir else None
-            holder["p"] = Predictor(load_model(model, checkpoint=checkpoint, device=device), cache=cache,
-                                    encoder_backend=encoder_backend)
+            holder["p"] = Predictor(load_model(model, checkpoint=checkpoint, device=device),
+                                      encoder_backend=encoder_backend)
         elif not hasattr(holder["p"], "set_image"):  # a factory
             holder["p"] = holder["p"]()
         return holder["p"]

@@ -88,11 +88,11 @@ class ModelPlugin(WorkerPlugin):
     """
 
     def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None, sha256: str | None = None,
-                 device=None, encoder_backend=None, factory=None, embedding_dir: str | None = None):
-        self.model, self.checkpoint, self.sha256, self.embedding_dir = model, checkpoint, sha256, embedding_dir
+                 device=None, encoder_backend=None, factory=None):
+        self.model, self.checkpoint, self.sha256 = model, checkpoint, sha256
         self.device, self.encoder_backend, self.factory = device, encoder_backend, factory
         key = sha256[:16] if sha256 else uuid.uuid4().hex[:16]
-        self.name = f"medsam-model-{model}-{key}-{device}-{encoder_backend}-{embedding_dir}"
+        self.name = f"medsam-model-{model}-{key}-{device}-{encoder_backend}"
         self._predictor = None
 
     def setup(self, worker) -> None:
@@ -110,7 +110,6 @@ class ModelPlugin(WorkerPlugin):
 
     def _load(self):
         from .checkpoint import load_model
-        from .embeddings import EmbeddingCache
         from .predictor import Predictor
 
         path = Path(self.checkpoint) if self.checkpoint else bundled_weights_path(get_spec(self.model))
@@ -123,12 +122,11 @@ class ModelPlugin(WorkerPlugin):
                 f"worker {self._where}: the weights {path} have sha256 {digest[:12]}..., the client's "
                 f"{self.sha256[:12]}...: the worker sees another file; copy the same weights there")
         model = load_model(self.model, checkpoint=path if self.checkpoint else None, device=self.device)
-        cache = EmbeddingCache(disk_dir=self.embedding_dir) if self.embedding_dir else None
-        return Predictor(model, cache=cache, encoder_backend=self.encoder_backend)
+        return Predictor(model, encoder_backend=self.encoder_backend)
 
 
 def model_plugin(model="lite_medsam", checkpoint=None, device=None, encoder_backend=None,
-                 factory=None, embedding_dir=None) -> ModelPlugin:
+                 factory=None) -> ModelPlugin:
     """The plugin for this client: weights located and hashed here, verified again on each worker."""
     if factory is not None:
         return ModelPlugin(model, factory=factory)
@@ -142,7 +140,7 @@ def model_plugin(model="lite_medsam", checkpoint=None, device=None, encoder_back
     if not path.is_file():
         raise CheckpointError(f"the weights file {path} does not exist (check the path)")
     return ModelPlugin(model, str(path) if checkpoint is not None else None, file_sha256(path), device,
-                       encoder_backend, embedding_dir=str(embedding_dir) if embedding_dir else None)
+                       encoder_backend)
 
 
 def _segment_unit(plugin_name: str, path: str, out_path: str, source, roi, intensity, channel, overwrite):
@@ -257,19 +255,18 @@ def _remove_orphan_tmp(out: Path, names: list[str]) -> None:
 def submit_folder(client: Client, images, out, boxes=None, boxes_from_labels=None, margin: float = 0.0,
                   roi: str = "auto", model: str = "lite_medsam", checkpoint=None, device=None, predictor=None,
                   encoder_backend=None, intensity=None, channel=None, overwrite: bool = False,
-                  patterns=None, on_progress=None, retries: int = 1, embedding_dir=None) -> DistributedBatch:
+                  patterns=None, on_progress=None, retries: int = 1) -> DistributedBatch:
     """Check the arguments (as ``segment_folder``), submit one unit per image -> DistributedBatch at once.
 
     predictor: None (the model from model/checkpoint/device) or a picklable zero-argument factory,
     called once per worker. retries: Dask reruns of a unit that raised (worker deaths are counted
-    by the scheduler's allowed-failures instead). embedding_dir: an embedding store on disk that
-    every worker sees (a rerun then decodes only; see embeddings.EmbeddingCache). Non-blocking: safe to call from napari's GUI thread.
+    by the scheduler's allowed-failures instead). Non-blocking: safe to call from napari's GUI thread.
     """
     if predictor is not None and hasattr(predictor, "set_image"):
         raise PromptError("with a Dask client, give model/checkpoint (the weights travel by path and sha256) "
                           "or a picklable factory of a predictor, not a loaded Predictor")
     files, out, outputs, source = prepare_folder(images, out, boxes, boxes_from_labels, margin, roi, patterns)
-    plugin = model_plugin(model, checkpoint, device, encoder_backend, factory=predictor, embedding_dir=embedding_dir)
+    plugin = model_plugin(model, checkpoint, device, encoder_backend, factory=predictor)
     present = client.run(_has_plugin, plugin.name)
     if not present or not all(present.values()):  # a second batch keeps the workers' loaded models
         client.register_plugin(plugin, name=plugin.name)
