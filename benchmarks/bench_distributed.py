@@ -129,7 +129,7 @@ def main() -> None:
           flush=True)
     for label, workers, kill in (("LocalCluster 1 wkr", 1, None), ("LocalCluster 2 wkr", 2, None),
                                  ("fault run 2 wkr", 2, 5)):
-        out = root / label.split()[-2] + ("_fault" if kill else "")
+        out = root / (label.split()[-2] + ("_fault" if kill else ""))
         r = run_dask(images, boxes, out, workers, kill)
         rep = r["report"]
         med = statistics.median(x.seconds for x in rep.results if x.status == "done")
