@@ -106,7 +106,7 @@ class _Quiet:
         self.session = session
 
     def __enter__(self):
-        self.session._quiet += 1
+        self.session.quiet_depth += 1
 
     def __exit__(self, *exc):
-        self.session._quiet -= 1
+        self.session.quiet_depth -= 1

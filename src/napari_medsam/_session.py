@@ -82,7 +82,7 @@ class Session(History):
         self.windows = Z.WindowMemo()  # the fixed intensity window per plane image
         self._encoding = None  # the _zoom.Needs being encoded in a worker
         self._loading = False
-        self._quiet = 0  # > 0 while the session edits its own prompt layers
+        self.quiet_depth = 0  # > 0 while the session edits its own prompt layers
         self._syncing = self._resync = False
         # Bookkeeping after each commit / undo (provenance, effort: _provenance_hook.ProvenanceActions);
         # called with the Commit; a failure there warns and never costs the user a mask.
@@ -312,7 +312,7 @@ class Session(History):
 
     # -- boxes ----------------------------------------------------------------------------------
     def _on_shapes_data(self, event) -> None:
-        if self._quiet or str(getattr(event, "action", "")) not in ("added", "changed", "removed"):
+        if self.quiet_depth or str(getattr(event, "action", "")) not in ("added", "changed", "removed"):
             return
         if self.settings.auto_segment or str(event.action) == "removed":
             self.safe(self.sync_shapes)
@@ -363,7 +363,7 @@ class Session(History):
 
     # -- points ---------------------------------------------------------------------------------
     def _on_points_data(self, event) -> None:
-        if self._quiet or str(getattr(event, "action", "")) != "added":
+        if self.quiet_depth or str(getattr(event, "action", "")) != "added":
             return
         from ._sync import refine_from_new_point
 
@@ -381,9 +381,3 @@ class Session(History):
         from ._sync import refine
 
         return refine(self, int(label_id), points, labels)
-
-    # the old private spellings, still used by _volume_session (the 3D helper's module)
-    _require_layers = require_layers
-    _model_ready = model_ready
-    _geometry = layer_geometry
-    _safe = safe

@@ -27,7 +27,7 @@ class RecistLines:
             if layer.name == LINES and isinstance(layer, Shapes):
                 break
         else:
-            layer = s.viewer.add_layer(Shapes(name=LINES, edge_color="cyan", edge_width=2, **s._geometry()))
+            layer = s.viewer.add_layer(Shapes(name=LINES, edge_color="cyan", edge_width=2, **s.layer_geometry()))
             layer.events.data.connect(self._on_lines_data)
         s.viewer.layers.selection.active = layer
         layer.mode = "add_line"
@@ -42,7 +42,7 @@ class RecistLines:
             coords = L.to_image_data(s.image_layer, L.layer_to_world(layer, layer.data[-1], s.viewer.dims.point))
             rows, cols = L.displayed_axes(s.image_layer, s.viewer.dims, s.settings.channel_axis)
             plane = L.plane_of(s.image_layer, coords, rows, cols, s.settings.channel_axis)
-            s._safe(self.segment_recist, coords[:, [cols, rows]], None, plane)
+            s.safe(self.segment_recist, coords[:, [cols, rows]], None, plane)
 
     def segment_recist(self, long_axis, short_axis=None, plane: L.Plane | int | None = None) -> int:
         """A RECIST line ((2, 2) XY pixels) -> box prompt -> 2D object on ``plane`` (a Plane, a slice
@@ -51,7 +51,7 @@ class RecistLines:
         from medsam_core import box_from_recist
 
         s = self.s
-        s._require_layers()
+        s.require_layers()
         if plane is None or not isinstance(plane, L.Plane):
             cur = s.current_plane()
             if plane is not None:

@@ -180,7 +180,7 @@ class VolumeActions(RecistLines):
     def plan(self, i: int) -> VolumeJob:
         """Snapshot what a 3D run from rectangle ``i`` needs (GUI thread)."""
         s = self.s
-        s._require_layers()
+        s.require_layers()
         sid = int(self._shape_ids()[i])
         plane, box = self._box_of(i)
         perm = self._volume_axes(plane)
@@ -251,7 +251,7 @@ class VolumeActions(RecistLines):
             ids[job.shape] = -job.owner
             with s.quiet():
                 s.set_shape_ids(ids)
-        s._model_ready(blocking=True)
+        s.model_ready(blocking=True)
         img = L.image_data(s.image_layer)
         volume = np.ascontiguousarray(np.transpose(np.asarray(img), job.perm))
         spacing = tuple(float(s.image_layer.scale[a]) for a in job.perm)
@@ -266,7 +266,7 @@ class VolumeActions(RecistLines):
     def segment_box_3d(self, box, z: int) -> None:
         """Add (4,) XYXY ``box`` on slice ``z`` as a prompt rectangle and segment it in 3D (one undo step)."""
         s = self.s
-        s._require_layers()
+        s.require_layers()
         cur = s.current_plane()
         if len(cur.index) != 1:
             self._volume_axes(cur)  # raises the 3D-only message
@@ -299,7 +299,8 @@ class VolumeActions(RecistLines):
         if job is not None and job.added:
             self._remove_shape(job.shape)
         if isinstance(exc, CancelledError):
-            self.s.on_status("MedSAM: 3D run cancelled; nothing was changed")
+            what = "3D run" if job is not None else "precompute"  # precompute runs without a job
+            self.s.on_status(f"MedSAM: {what} cancelled; nothing was changed")
             self.on_finished("cancelled")
             return
         self.on_finished("error")
@@ -361,10 +362,10 @@ class VolumeActions(RecistLines):
         if self.running:
             raise MedSAMError("a 3D run is in progress: wait for it or cancel it first")
         s = self.s
-        s._require_layers()
+        s.require_layers()
         plane = s.current_plane()
         perm = self._volume_axes(plane)
-        s._model_ready(blocking=True)
+        s.model_ready(blocking=True)
         volume = np.ascontiguousarray(np.transpose(np.asarray(L.image_data(s.image_layer)), perm))
         self.cancel_event = threading.Event()
         s.on_status("MedSAM: precomputing the embeddings of all slices...")

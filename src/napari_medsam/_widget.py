@@ -186,8 +186,6 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         except MedSAMError as exc:
             self._notify(exc)
 
-    _try = try_action  # the old spelling (used by _widget_volume)
-
     def _notify(self, exc: Exception) -> None:
         self.last_error = str(exc)
         show_error(f"MedSAM: {exc}")

@@ -21,7 +21,7 @@ class WorkflowMethods:
             else:
                 self.volume.segment_box_3d(box, z)
         except MedSAMError:
-            self.volume_panel._on_finished("error")
+            self.volume_panel.finished("error")
             raise
 
     def cancel_3d(self) -> None:
@@ -34,7 +34,7 @@ class WorkflowMethods:
         try:
             self.volume.precompute()
         except MedSAMError:
-            self.volume_panel._on_finished("error")
+            self.volume_panel.finished("error")
             raise
 
     def recist_lines_layer(self):

@@ -49,13 +49,13 @@ class VolumePanel(QGroupBox):
         grid.addWidget(self.progress, 3, 0, 1, 2)
         self.stops = StopsView(self)
         grid.addWidget(self.stops, 4, 0, 1, 2)
-        self.segment_btn.clicked.connect(lambda: widget._try(widget.segment_3d))
+        self.segment_btn.clicked.connect(lambda: widget.try_action(widget.segment_3d))
         self.cancel_btn.clicked.connect(widget.cancel_3d)
-        self.precompute_btn.clicked.connect(lambda: widget._try(widget.precompute_volume))
-        self.recist_btn.clicked.connect(lambda: widget._try(widget.recist_lines_layer))
+        self.precompute_btn.clicked.connect(lambda: widget.try_action(widget.precompute_volume))
+        self.recist_btn.clicked.connect(lambda: widget.try_action(widget.recist_lines_layer))
         self.key_check.toggled.connect(lambda v: setattr(self.actions, "key_mode", bool(v)))
         self.actions.on_progress = self._on_progress
-        self.actions.on_finished = self._on_finished
+        self.actions.on_finished = self.finished
         self.actions.on_result = lambda owner: self.stops.refresh()
 
     def started(self) -> None:
@@ -74,7 +74,7 @@ class VolumePanel(QGroupBox):
         left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
         self.progress.setFormat(f"{int(done)} of ~{total} slices{left}")
 
-    def _on_finished(self, what: str) -> None:
+    def finished(self, what: str) -> None:
         if what == "done":
             self.progress.setValue(self.progress.maximum())
             self.progress.setFormat(f"{self.progress.maximum()} slices, done")
@@ -119,7 +119,7 @@ class StopsView(QWidget):
         label.setToolTip("why the 3D walk of this object ended in this direction; a key box there "
                          "re-walks only this side")
         button = QPushButton(f"Go to {stop.slice}")
-        button.clicked.connect(lambda _=False, o=owner, z=stop.slice: self.widget._try(self.actions.go_to_slice, o, z))
+        button.clicked.connect(lambda _=False, o=owner, z=stop.slice: self.widget.try_action(self.actions.go_to_slice, o, z))
         grid.addWidget(label, 0, 0)
         grid.addWidget(button, 0, 1)
         self._layout.addWidget(row)
