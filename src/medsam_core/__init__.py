@@ -11,14 +11,17 @@ Qt- and napari-free. torch is imported on first use, not at package import.
 
 from __future__ import annotations
 
+from ._paths import check_output
 from .batch import segment_folder
 from .checkpoint import load_model, save_checkpoint, select_device
 from .embeddings import EmbeddingCache
 from .errors import (
+    CacheError,
     CacheMismatchError,
     CheckpointError,
     ImageError,
     MedSAMError,
+    OutputError,
     PredictorStateError,
     PromptError,
     TrainingError,
@@ -37,17 +40,20 @@ __all__ = [
     "dice",
     "iou",
     "nsd",
+    "check_output",
     "read_image",
     "segment_folder",
     "write_labels",
     "CT_WINDOWS",
     "MODELS",
+    "CacheError",
     "CacheMismatchError",
     "CheckpointError",
     "EmbeddingCache",
     "ImageError",
     "Intensity",
     "MedSAMError",
+    "OutputError",
     "Prediction",
     "Predictor",
     "PredictorStateError",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam_core._paths import check_output
+from medsam_core import check_output
 from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
