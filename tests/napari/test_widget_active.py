@@ -232,7 +232,8 @@ def test_effort_table_has_one_row_per_round(sample_viewer, qtbot, lite_model, mo
     assert (widget.labels_layer.data == d).sum() > 50 and d not in widget.labels_layer.metadata[PROV_KEY]
 
 
-def test_propose_objects_new_layer_user_labels_untouched(open_widget, qtbot):
+def _nuclei_with_ten_labelled(open_widget):
+    """A viewer with the nuclei image and a Labels layer "mine" holding 10 of its objects, encoded."""
     viewer, widget = open_widget()
     sample = nuclei()
     viewer.add_image(sample.image, name="nuclei")
@@ -240,6 +241,11 @@ def test_propose_objects_new_layer_user_labels_untouched(open_widget, qtbot):
     ref = viewer.add_labels(np.where(np.isin(sample.labels, ids), sample.labels, 0).astype(np.int32), name="mine")
     widget.set_labels_layer(ref)
     widget.wait(300_000)
+    return viewer, widget, ref
+
+
+def test_propose_objects_new_layer_user_labels_untouched(open_widget, qtbot):
+    viewer, widget, ref = _nuclei_with_ten_labelled(open_widget)
     before = ref.data.tobytes()
     n_layers = len(viewer.layers)
     qtbot.mouseClick(widget.active_panel.propose_btn, LEFT)
@@ -256,13 +262,7 @@ def test_propose_objects_new_layer_user_labels_untouched(open_widget, qtbot):
 
 def test_cancel_propose_changes_nothing(open_widget, qtbot):
     """Issue 15: "Propose objects" has a Cancel; a cancel is a status line, no layer, no error."""
-    viewer, widget = open_widget()
-    sample = nuclei()
-    viewer.add_image(sample.image, name="nuclei")
-    ids = big_objects(sample.labels, 10, min_area=60)
-    ref = viewer.add_labels(np.where(np.isin(sample.labels, ids), sample.labels, 0).astype(np.int32), name="mine")
-    widget.set_labels_layer(ref)
-    widget.wait(300_000)
+    viewer, widget, ref = _nuclei_with_ten_labelled(open_widget)
     names = [ly.name for ly in viewer.layers]
     panel = widget.active_panel
     assert not panel.cancel_btn.isEnabled()
