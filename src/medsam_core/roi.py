@@ -71,7 +71,10 @@ class RoiGroup:
 
 # -- image access ---------------------------------------------------------------------------------
 def levels_of(image) -> list:
-    """An image or a multiscale pyramid (sequence of arrays, level 0 first) -> list of levels."""
+    """An image or a multiscale pyramid (sequence of arrays, level 0 first, or an object with a
+    ``levels`` list such as ``wsi.Pyramid``) -> list of levels."""
+    if isinstance(getattr(image, "levels", None), list):
+        image = image.levels
     if isinstance(image, Sequence) and not isinstance(image, str):
         levels = list(image)
         if not levels:
@@ -267,6 +270,16 @@ def box_margin(pre, encoded_shape: tuple[int, int]) -> tuple[float, float]:
     if getattr(pre, "resize", "longest_side") == "longest_side":
         return (BOX_SHIFT_FRACTION * max(h, w),) * 2
     return BOX_SHIFT_FRACTION * w, BOX_SHIFT_FRACTION * h
+
+
+def clip_box_mask(mask: np.ndarray, box: np.ndarray, margin: tuple[float, float]) -> np.ndarray:
+    """(h, w) bool ``mask`` with the pixels farther than ``margin`` (x, y) outside the XYXY
+    ``box`` (same pixel frame) removed, as predict_boxes' ``clip_to_box``."""
+    r = _box_mask(mask, 0.0, box, (0, 0), margin, True, False)
+    out = np.zeros_like(mask, dtype=bool)
+    y0, y1, x0, x1 = r.window
+    out[y0:y1, x0:x1] = r.mask
+    return out
 
 
 def _box_mask(mask: np.ndarray, score, box: np.ndarray, offset: tuple[int, int], margin, clip: bool,

@@ -1,0 +1,233 @@
+"""Instance labels <-> GeoJSON polygons with class names, in the form QuPath exports and imports.
+
+Coordinates are pixels of the full-resolution image with QuPath's convention: pixel (row r,
+column c) covers x in [c, c+1) and y in [r, r+1), so its centre is (c + 0.5, r + 0.5).
+``write_geojson`` traces each object's outline (marching squares at 0.5 on the object's own
+mask, holes kept as interior rings, disconnected parts as a MultiPolygon) and writes a
+FeatureCollection of ``objectType`` "annotation" features whose ``classification`` carries the
+class name (and colour); ``properties.medsam_label`` keeps the label id. ``read_geojson``
+rasterises Polygon/MultiPolygon features back (a pixel belongs to a polygon when its centre is
+inside), so written labels come back pixel for pixel for ordinary (4-connected) objects.
+
+Large label images (zarr, memmap) are read tile by tile: a first pass finds each object's
+bounding box, the second reads only that box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import mkstemp_readable
+from .errors import ImageError
+
+TILE = 4096
+
+
+@dataclass
+class GeoObjects:
+    """What ``read_geojson`` found: labels (H, W) uint32 (or the ``out`` array), class name per
+    label id, and how many features were skipped (not polygons) and why."""
+
+    labels: object
+    classes: dict[int, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _object_boxes(labels) -> dict[int, list[int]]:
+    """{id: [y0, y1, x0, x1]} over a possibly lazy (H, W) label image, tile by tile."""
+    from scipy import ndimage
+
+    h, w = labels.shape
+    boxes: dict[int, list[int]] = {}
+    for ty in range(0, h, TILE):
+        for tx in range(0, w, TILE):
+            tile = np.asarray(labels[ty : ty + TILE, tx : tx + TILE])
+            if not tile.any():
+                continue
+            ids = np.unique(tile)
+            ids = ids[ids > 0]
+            lut = np.zeros(int(ids.max()) + 1, np.int64)
+            lut[ids] = np.arange(1, len(ids) + 1)
+            for k, sl in enumerate(ndimage.find_objects(lut[tile])):
+                if sl is None:
+                    continue
+                lid = int(ids[k])
+                b = [sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx]
+                old = boxes.get(lid)
+                boxes[lid] = b if old is None else [min(old[0], b[0]), max(old[1], b[1]),
+                                                   min(old[2], b[2]), max(old[3], b[3])]
+    return boxes
+
+
+def _ring(contour: np.ndarray, oy: int, ox: int) -> list[list[float]]:
+    """find_contours (row, col) on a 1-px padded crop at (oy, ox) -> closed [[x, y], ...] ring."""
+    ring = [[float(c + ox - 1 + 0.5), float(r + oy - 1 + 0.5)] for r, c in contour]
+    if ring[0] != ring[-1]:
+        ring.append(ring[0])
+    return ring
+
+
+def mask_polygons(mask: np.ndarray, oy: int = 0, ox: int = 0) -> list[list[list[list[float]]]]:
+    """(h, w) bool mask whose top-left pixel is image pixel (oy, ox) -> list of polygons, each
+    [exterior ring, hole rings...] in image x, y (QuPath convention). One polygon per 4-connected part."""
+    from scipy import ndimage
+    from skimage.measure import find_contours
+
+    parts, n = ndimage.label(mask)
+    polys = []
+    for k in range(1, n + 1):
+        part = parts == k
+        filled = ndimage.binary_fill_holes(part)
+        outer = find_contours(np.pad(filled, 1).astype(np.float32), 0.5)
+        if not outer:
+            continue
+        rings = [_ring(max(outer, key=len), oy, ox)]
+        holes, nh = ndimage.label(filled & ~part)
+        for j in range(1, nh + 1):
+            for c in find_contours(np.pad(holes == j, 1).astype(np.float32), 0.5)[:1]:
+                rings.append(_ring(c, oy, ox))
+        polys.append(rings)
+    return polys
+
+
+def labels_to_features(labels, classes: dict[int, str] | None = None,
+                       colors: dict[str, tuple[int, int, int]] | None = None) -> list[dict]:
+    """GeoJSON Feature dicts for every object of (H, W) ``labels`` (numpy or lazy), in id order."""
+    classes, colors = classes or {}, colors or {}
+    feats = []
+    for lid, (y0, y1, x0, x1) in sorted(_object_boxes(labels).items()):
+        mask = np.asarray(labels[y0:y1, x0:x1]) == lid
+        polys = mask_polygons(mask, y0, x0)
+        if not polys:
+            continue
+        geom = ({"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
+                else {"type": "MultiPolygon", "coordinates": polys})
+        props: dict = {"objectType": "annotation", "name": f"label {lid}", "medsam_label": int(lid)}
+        name = classes.get(lid)
+        if name:
+            props["classification"] = {"name": name, "color": list(colors.get(name, _colour(name)))}
+        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": geom, "properties": props})
+    return feats
+
+
+def _colour(name: str) -> tuple[int, int, int]:
+    import hashlib
+
+    d = hashlib.md5(name.encode()).digest()
+    return int(d[0]), int(d[1]), int(d[2])
+
+
+def write_geojson(path: str | os.PathLike, labels, classes: dict[int, str] | None = None,
+                  colors: dict[str, tuple[int, int, int]] | None = None) -> Path:
+    """Write (H, W) instance ``labels`` as a GeoJSON FeatureCollection (QuPath-style), atomically.
+
+    classes: {label id: class name} (objects without one are unclassified); colors: {class
+    name: (r, g, b)}. Returns the path written.
+    """
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in (".geojson", ".json"):
+        raise ImageError(f"cannot write GeoJSON to {path.name}: use a .geojson (or .json) file name")
+    if len(getattr(labels, "shape", ())) != 2:
+        raise ImageError(f"GeoJSON export takes a 2D (Y, X) label image; got shape {getattr(labels, 'shape', None)}")
+    if np.dtype(labels.dtype).kind not in "uib":
+        raise ImageError(f"labels of dtype {labels.dtype} cannot be exported; pass an integer array")
+    if not path.parent.is_dir():
+        raise ImageError(f"folder {path.parent} does not exist; create it first")
+    text = json.dumps({"type": "FeatureCollection", "features": labels_to_features(labels, classes, colors)})
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _features(doc) -> list[dict]:
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        return list(doc.get("features") or [])
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        return [doc]
+    raise ImageError("not GeoJSON: expected a FeatureCollection, a Feature or a list of Features")
+
+
+def _class_name(props: dict) -> str | None:
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        return cls.get("name")
+    if isinstance(cls, str):
+        return cls
+    return props.get("class") or props.get("classification_name")
+
+
+def _fill(out, rings: list, lid: int, shape: tuple[int, int]) -> bool:
+    """Rasterise one polygon (exterior + holes) into ``out`` (pixel centres inside) region-wise."""
+    from skimage.draw import polygon
+
+    ext = np.asarray(rings[0], np.float64)
+    if ext.ndim != 2 or ext.shape[0] < 3 or ext.shape[1] < 2 or not np.isfinite(ext).all():
+        raise ImageError("a polygon ring needs at least 3 finite [x, y] points")
+    x0, y0 = (max(0, int(np.floor(v - 0.5))) for v in ext[:, :2].min(axis=0))
+    x1, y1 = (int(np.ceil(v - 0.5)) + 1 for v in ext[:, :2].max(axis=0))
+    x1, y1 = min(x1, shape[1]), min(y1, shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return False
+    region = np.asarray(out[y0:y1, x0:x1]).copy()
+    inside = np.zeros(region.shape, bool)
+    for k, ring in enumerate(rings):
+        r = np.asarray(ring, np.float64)
+        rr, cc = polygon(r[:, 1] - 0.5 - y0, r[:, 0] - 0.5 - x0, region.shape)
+        inside[rr, cc] = k == 0
+    region[inside & (region == 0)] = lid  # earlier objects keep overlapping pixels
+    out[y0:y1, x0:x1] = region
+    return True
+
+
+def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> GeoObjects:
+    """Rasterise the Polygon/MultiPolygon features of a GeoJSON file (QuPath, ours, ...) into
+    (H, W) labels -> GeoObjects. Label ids: ``properties.medsam_label`` when every feature has a
+    distinct one, else 1, 2, ... in file order. out: a writable (H, W) integer array (e.g. zarr)
+    filled region by region; default a new uint32 array. Other geometry types are skipped and
+    listed in ``skipped``; a malformed feature raises ImageError (into a given ``out``, the
+    features before it are drawn already)."""
+    path = Path(path).expanduser()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImageError(f"cannot read GeoJSON {path}: {exc}") from None
+    feats = _features(doc)
+    shape = (int(shape[0]), int(shape[1]))
+    given = [(f.get("properties") or {}).get("medsam_label") for f in feats]
+    keep_ids = all(isinstance(g, int) and g > 0 for g in given) and len(set(given)) == len(given)
+    labels = np.zeros(shape, np.uint32) if out is None else out
+    result = GeoObjects(labels)
+    for k, feat in enumerate(feats):
+        geom = feat.get("geometry") or {}
+        kind = geom.get("type")
+        if kind not in ("Polygon", "MultiPolygon"):
+            result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
+            continue
+        lid = int(given[k]) if keep_ids else k + 1
+        polys = geom.get("coordinates") or []
+        polys = [polys] if kind == "Polygon" else polys
+        try:
+            drawn = [_fill(labels, rings, lid, shape) for rings in polys if rings]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ImageError(f"{path.name}: feature {k} has malformed coordinates ({exc})") from None
+        if not any(drawn):
+            result.skipped.append(f"feature {k}: lies outside the {shape[1]} x {shape[0]} image")
+            continue
+        name = _class_name(feat.get("properties") or {})
+        if name:
+            result.classes[lid] = str(name)
+    return result
