@@ -311,8 +311,11 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
     """
     path = Path(path).expanduser()
     suffix = _suffix(path)
+    if suffix in (".zarr", ".geojson"):  # OME-Zarr labels / QuPath polygons (chunk- or object-wise)
+        return _write_slide_labels(path, labels, meta)
     if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
-        raise ImageError(f"cannot write labels to {path.name}: use a .tif, .tiff, .nii or .nii.gz file name")
+        raise ImageError(f"cannot write labels to {path.name}: use a .tif, .tiff, .nii, .nii.gz, .zarr or "
+                         ".geojson name")
     arr = check_labels(labels)
     meta = ImageMeta.from_dict(meta) if meta is not None else None
     spacing = _labels_spacing(arr, meta)
@@ -332,6 +335,20 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_slide_labels(path: Path, labels, meta) -> Path:
+    """2D labels (numpy or zarr, never loaded whole) -> an NGFF image-label or a GeoJSON file."""
+    meta = ImageMeta.from_dict(meta) if meta is not None else None
+    if path.suffix.lower() == ".geojson":
+        from .geojson import write_geojson
+
+        return write_geojson(path, labels)
+    from .ngff import write_ngff_labels
+
+    spacing = tuple(meta.spacing[-2:]) if meta and len(meta.spacing) >= 2 else (1.0, 1.0)
+    unit = {"um": "micrometer", "mm": "millimeter"}.get(meta.unit, meta.unit) if meta else ""
+    return write_ngff_labels(path, labels, spacing=spacing, unit=unit, overwrite=True)
 
 
 def _labels_spacing(arr: np.ndarray, meta: ImageMeta | None) -> tuple[float, ...]:

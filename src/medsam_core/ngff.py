@@ -229,10 +229,10 @@ def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spa
     if not name or "/" in name or name.startswith("."):
         raise ImageError(f"label name {name!r} must be a plain folder name")
     version = "0.4"
-    if is_ngff(dest):
-        image = open_ngff(dest)
-        if image.is_label:
-            raise ImageError(f"{dest} is itself a label image; write into the image it belongs to or a new path")
+    image = open_ngff(dest) if is_ngff(dest) else None
+    if image is not None and image.is_label and not overwrite:
+        raise ImageError(f"{dest} is a label image already; pass overwrite=True to replace it")
+    if image is not None and not image.is_label:
         yx = (image.axes.index("y"), image.axes.index("x"))
         want = tuple(int(image.levels[0].shape[a]) for a in yx)
         if want != shape:

@@ -37,7 +37,7 @@ class ChannelsLast:
 
     def __init__(self, array, axes: str, fixed: dict[str, int] | None = None):
         self.array, self.src_axes, self.fixed = array, axes, dict(fixed or {})
-        self.axes = "yx" + ("c" if "c" in axes else "")
+        self.axes = "yx" + ("c" if "c" in axes and "c" not in self.fixed else "")
         shape = dict(zip(axes, (int(s) for s in array.shape), strict=True))
         self.shape = tuple(shape[a] for a in self.axes)
         self.dtype = np.dtype(array.dtype)
@@ -226,6 +226,20 @@ def _open_zarr(path: Path, label: str | None) -> Pyramid:
     rgb = _is_rgb(levels[0].shape, levels[0].dtype)
     return Pyramid(levels, (img.spacing[yx[0]], img.spacing[yx[1]]), unit, rgb, img.channel_names, str(img.path),
                    "ome-zarr")
+
+
+def channel_view(level: ChannelsLast, index: int) -> ChannelsLast:
+    """One channel of a (Y, X, C) level as a lazy (Y, X) view (napari shows channels as layers)."""
+    return ChannelsLast(level.array, level.src_axes, {**level.fixed, "c": int(index)})
+
+
+def pyramid_meta(pyramid: Pyramid):
+    """An ``io.ImageMeta`` for a Pyramid (spacing (y, x), unit, axes, source, level-0 shape)."""
+    from .io import ImageMeta
+
+    return ImageMeta(spacing=tuple(pyramid.spacing), axes=pyramid.axes, unit=pyramid.unit, source=pyramid.source,
+                     shape=pyramid.shape[:2], extra={"pyramid": pyramid.kind, "levels": len(pyramid.levels),
+                                                     "channel_names": list(pyramid.channel_names)})
 
 
 def intensity_window(pyramid, intensity=None, channel=None):

@@ -6,6 +6,13 @@ channels last; NIfTI volumes are transposed from nibabel's (x, y, z) to (z, y, x
 ``scale`` is the spacing, and ``metadata["medsam_io_meta"]`` holds ``ImageMeta.to_dict()`` (the
 NIfTI affine and header included) so the labels writer can write labels that overlay the file.
 
+Whole-slide images open lazily as napari multiscale layers (only what is on screen is read):
+pyramidal TIFF (OME-TIFF, SVS, NDPI, tiled BigTIFF; tifffile's zarr store) and OME-Zarr folders
+(NGFF multiscales; ``medsam_core.wsi``). 8-bit RGB stays one RGB layer; other channels become
+one layer each, named after the channel. The label images of an OME-Zarr's ``labels/`` group
+(and a store that is itself an NGFF image-label) open as multiscale Labels layers, with their
+provenance sidecar when there is one. ``metadata["medsam_pyramid"]`` holds the ``Pyramid``.
+
 A file with a provenance sidecar beside it (``labels.provenance.json``, see
 ``medsam_core.provenance``) is a labels file: it opens as a Labels layer whose
 ``metadata["medsam_provenance"]`` holds the loaded ``Provenance``. A corrupt sidecar is skipped
@@ -18,6 +25,8 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from medsam_core.errors import MedSAMError
 from medsam_core.io import NIFTI_SUFFIXES, TIFF_SUFFIXES, ImageMeta, read_image
 
@@ -26,7 +35,9 @@ log = logging.getLogger(__name__)
 META_KEY = "medsam_io_meta"
 PROV_KEY = "medsam_provenance"  # a Labels layer's medsam_core.provenance.Provenance
 EVENTS_KEY = "medsam_effort_events"  # a Labels layer's list of medsam_core.effort.Event (saved in the sidecar)
+PYRAMID_KEY = "medsam_pyramid"  # an image layer's medsam_core.wsi.Pyramid (lazy levels)
 SUFFIXES = TIFF_SUFFIXES + NIFTI_SUFFIXES
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif")
 
 
 def _suffix(path: str) -> str:
@@ -61,9 +72,67 @@ def napari_get_reader(path):
     if not paths:
         return None
     paths = [str(p) for p in paths]
+    if all(_is_slide(p) for p in paths):
+        return _make_slide_reader(paths)
     if not all(_suffix(p) in SUFFIXES and Path(p).is_file() and _openable(p) for p in paths):
         return None
     return _make_reader(paths)
+
+
+def _is_slide(path: str) -> bool:
+    """An OME-Zarr folder or a pyramidal/huge tiled TIFF (metadata only; never raises)."""
+    from medsam_core.wsi import is_pyramid_path
+
+    return is_pyramid_path(path)
+
+
+def _make_slide_reader(paths: list[str]):
+    def reader(_path=None):
+        layers = []
+        for p in paths:
+            try:
+                layers += slide_layers(p)
+            except MedSAMError as exc:
+                log.warning("napari-medsam could not read %s: %s", p, exc)
+                return None
+        return layers
+
+    return reader
+
+
+def slide_layers(path: str) -> list[tuple]:
+    """Layer data tuples for a pyramidal TIFF or an OME-Zarr (image + its labels), all lazy."""
+    from medsam_core.ngff import label_names, open_ngff
+    from medsam_core.wsi import channel_view, open_pyramid, pyramid_meta
+
+    p = Path(path)
+    name = p.name.split(".")[0] or p.name
+    if p.is_dir() and open_ngff(p).is_label:
+        return [_slide_labels(p, None, name)]
+    pyr = open_pyramid(p)
+    meta = pyramid_meta(pyr)
+    base = {"multiscale": True, "scale": list(pyr.spacing), "metadata": {META_KEY: meta.to_dict(), PYRAMID_KEY: pyr}}
+    if pyr.rgb or len(pyr.shape) == 2:
+        layers = [(pyr.levels, {**base, "name": name, "rgb": pyr.rgb}, "image")]
+    else:
+        names = pyr.channel_names if len(pyr.channel_names) == pyr.shape[2] else [str(c) for c in range(pyr.shape[2])]
+        layers = [([channel_view(lv, c) for lv in pyr.levels], {**base, "name": f"{name} [{names[c]}]",
+                                                                "blending": "additive"}, "image")
+                  for c in range(pyr.shape[2])]
+    if p.is_dir():
+        layers += [_slide_labels(p, lab, f"{name} {lab}") for lab in label_names(p)]
+    return layers
+
+
+def _slide_labels(path: Path, label: str | None, name: str) -> tuple:
+    from medsam_core.wsi import open_pyramid
+
+    pyr = open_pyramid(path, label)
+    kwargs = {"name": name, "multiscale": True, "scale": list(pyr.spacing), "metadata": {PYRAMID_KEY: pyr}}
+    label_dir = path if label is None else path / "labels" / label
+    small = pyr.shape[0] * pyr.shape[1] <= 4096 * 4096  # provenance checks ids against the pixels
+    kwargs["metadata"].update(read_provenance(label_dir, np.asarray(pyr.levels[0]) if small else None))
+    return (pyr.levels, kwargs, "labels")
 
 
 def _make_reader(paths: list[str]):

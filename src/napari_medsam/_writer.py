@@ -102,6 +102,66 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     return _write(path, data, meta, (".tif", ".tiff"))
 
 
+def _level0(data):
+    """A Labels layer's full-resolution data (level 0 of a multiscale layer), not copied."""
+    return data[0] if isinstance(data, list | tuple) else data
+
+
+def _layer_name(meta: dict | None) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str((meta or {}).get("name") or "medsam")).strip("._") or "medsam"
+    return name
+
+
+def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer as an NGFF image-label: into ``path/labels/<layer name>`` when
+    ``path`` is an OME-Zarr image (the slide the labels were drawn on), else as a new store at
+    ``path`` (``.zarr`` added when missing). Chunk-wise (a zarr-backed layer is never loaded whole),
+    atomic per label image; the provenance sidecar is written beside it. Returns the paths written."""
+    from medsam_core.ngff import is_ngff, write_ngff_labels
+
+    arr = _level0(data)
+    if len(arr.shape) != 2:
+        raise ImageError(f"OME-Zarr labels are written from 2D (Y, X) labels; got shape {tuple(arr.shape)}")
+    if not str(path).lower().endswith(".zarr"):
+        path = str(path) + ".zarr"
+    stored = ((meta or {}).get("metadata") or {}).get(META_KEY) or {}
+    spacing = list((meta or {}).get("scale") or [])[-2:] or list(stored.get("spacing") or [1.0, 1.0])[-2:]
+    unit = {"um": "micrometer", "mm": "millimeter"}.get(stored.get("unit", ""), stored.get("unit", ""))
+    dest = Path(path)
+    if is_ngff(dest):
+        out = write_ngff_labels(dest, arr, name=_layer_name(meta), overwrite=True)
+    else:
+        source = stored.get("source") if isinstance(stored, dict) else None
+        if dest.is_dir():  # an earlier labels store of ours: replaced atomically, never an input
+            if source and dest.resolve() == Path(source).resolve():
+                raise ImageError(f"{dest.name} is the image these labels were drawn on: choose another name")
+        else:
+            check_output(path, inputs=(source,), what="labels store")
+        out = write_ngff_labels(dest, arr, name=_layer_name(meta), spacing=spacing, unit=unit, overwrite=True)
+    small = arr.shape[0] * arr.shape[1] <= 4096 * 4096  # provenance syncs with the pixels in memory
+    side = write_provenance(out, np.asarray(arr), (meta or {}).get("metadata")) if small else []
+    return [str(out), *side]
+
+
+def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer as a GeoJSON FeatureCollection of polygons (QuPath), class names from
+    the layer's provenance when it has one. Returns the paths written."""
+    from medsam_core.geojson import write_geojson
+
+    arr = _level0(data)
+    if not str(path).lower().endswith((".geojson", ".json")):
+        path = str(path) + ".geojson"
+    check_output(path, what="GeoJSON file")
+    prov = ((meta or {}).get("metadata") or {}).get(PROV_KEY)
+    classes = {}
+    if prov is not None and hasattr(prov, "records"):
+        names = prov.classes.names
+        classes = {lid: names.get(rec.class_id, "") for lid, rec in prov.records.items()}
+    return [str(write_geojson(path, arr, classes))]
+
+
 def write_labels_nifti(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer to NIfTI (affine/header of the source image if known). Returns the paths."""
     return _write(path, data, meta, (".nii", ".nii.gz"))
