@@ -151,18 +151,19 @@ def _copy_bands(src, dst, chunk: int, step: int = 1) -> None:
             dst[y:y1, x:x1] = block[::step, ::step] if step > 1 else block
 
 
-def _write_label_group(tmp: Path, labels, dtype, spacing, unit: str, version: str, chunk: int,
+def _write_label_group(tmp: Path, labels, shape: tuple[int, int], dtype, spacing, unit: str, version: str, chunk: int,
                        n_levels: int | None, name: str, colors: dict[int, tuple] | None, source: str | None):
     import zarr
 
     zarr_format = 3 if version == "0.5" else 2
     root = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
-    shapes = _level_shapes(tuple(int(s) for s in labels.shape), chunk, n_levels)
+    shapes = _level_shapes(shape, chunk, n_levels)
     datasets, prev = [], labels
     for k, shp in enumerate(shapes):
         arr = root.create_array(str(k), shape=shp, chunks=(min(chunk, shp[0]), min(chunk, shp[1])),
                                 dtype=dtype, fill_value=0)
-        _copy_bands(prev, arr, chunk, 1 if k == 0 else 2)
+        if labels is not None:  # None: an empty label image (labelstore.LabelStore fills it region-wise)
+            _copy_bands(prev, arr, chunk, 1 if k == 0 else 2)
         prev = arr
         f = 2.0**k
         datasets.append({"path": str(k), "coordinateTransformations": [
@@ -204,7 +205,8 @@ def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
 
 def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spacing=(1.0, 1.0), unit: str = "",
                       overwrite: bool = False, chunk: int = LABEL_CHUNK, n_levels: int | None = None,
-                      colors: dict[int, tuple] | None = None, provenance=None) -> Path:
+                      colors: dict[int, tuple] | None = None, provenance=None,
+                      empty: tuple[tuple[int, int], object] | None = None) -> Path:
     """Write (Y, X) integer ``labels`` (numpy, zarr, dask, memmap: read band by band) as an NGFF
     image-label -> the path of the label image written.
 
@@ -213,14 +215,19 @@ def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spa
     root is the label image, NGFF 0.4). spacing: (y, x) level-0 pixel size (ignored when the
     image gives one). Levels: halved (nearest) until the longest side fits one ``chunk``, or
     ``n_levels``. provenance: a ``Provenance`` saved beside the label image (``<name>.provenance.json``).
+    empty: ((H, W), dtype) with ``labels=None``: an all-zero label image, no chunk written
+    (``labelstore.LabelStore.create`` then fills it region by region).
     """
     from .io import check_labels
 
     dest = Path(dest).expanduser()
-    shape = tuple(int(s) for s in getattr(labels, "shape", ()))
+    if labels is None and empty is not None:
+        shape, kind = tuple(int(s) for s in empty[0]), np.dtype(empty[1])
+    else:
+        shape, kind = tuple(int(s) for s in getattr(labels, "shape", ())), None
     if len(shape) != 2:
         raise ImageError(f"OME-Zarr labels are written from a 2D (Y, X) label image; got shape {shape}")
-    kind = np.dtype(getattr(labels, "dtype", np.int64))
+    kind = kind or np.dtype(getattr(labels, "dtype", np.int64))
     if kind.kind not in "uib":
         raise ImageError(f"labels of dtype {kind} cannot be written; pass an integer array")
     dtype = np.dtype(np.uint32) if kind.itemsize > 4 or kind.kind in "ib" else kind
@@ -248,7 +255,7 @@ def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spa
     parent.mkdir(exist_ok=True)
     tmp = parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        _write_label_group(tmp, labels, dtype, spacing, unit, version, chunk, n_levels, name, colors, source)
+        _write_label_group(tmp, labels, shape, dtype, spacing, unit, version, chunk, n_levels, name, colors, source)
         _swap_in(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

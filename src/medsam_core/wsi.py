@@ -42,7 +42,7 @@ class ChannelsLast:
         self.shape = tuple(shape[a] for a in self.axes)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
-        self.chunks = None
+        self.size = int(np.prod(self.shape, dtype=np.int64))
 
     def __len__(self) -> int:
         return self.shape[0]
