@@ -12,6 +12,7 @@ from medsam_core import MedSAMError, PromptError
 
 from . import _layers as L
 from ._objects import Commit, ObjectRecord, PlaneEditor
+from ._prompt_kinds import kind_of, rebuild_layers
 
 
 class History:
@@ -58,7 +59,7 @@ class History:
             L.apply_edit(self.labels_layer, edit.inverse())
         self.objects = commit.objects_before
         self._hook(self.on_undo, commit)
-        self.rebuild_shapes()
+        rebuild_layers(self)  # every prompt kind's layer shows the objects' prompts again
         if commit.points_before is not None:
             from ._sync import restore_points
 
@@ -67,9 +68,9 @@ class History:
         return commit.description
 
     def rebuild_shapes(self) -> None:
-        """Make the prompt rectangles exactly the objects' boxes (after undo)."""
+        """Make the prompt rectangles exactly the boxes of the objects that have one (after undo)."""
         with self.quiet():
-            recs = list(self.objects.values())
+            recs = [r for r in self.objects.values() if kind_of(r).in_boxes_layer]
             boxes = [(r.vertices, r.label_id) for r in recs]
             boxes += [(v, -r.label_id) for r in recs for v in getattr(r, "key_vertices", ())]  # 3D key boxes
             self.shapes_layer.selected_data = set(range(self.shapes_layer.nshapes))
@@ -95,9 +96,6 @@ class History:
 
     def update_record(self, rec: ObjectRecord, **changes) -> ObjectRecord:
         return replace(rec, **changes)
-
-
-
 
 class _Quiet:
     """Context manager: the session's own prompt-layer edits do not trigger syncing."""

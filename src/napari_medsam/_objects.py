@@ -13,14 +13,18 @@ POSITIVE_COLOR, NEGATIVE_COLOR = "#33ff33", "#ff3333"  # the Points layer's posi
 
 @dataclass(eq=False)
 class ObjectRecord:
-    """One segmented object: its label id, plane, (4,) XYXY box in plane pixels, the prompt
-    rectangle's vertices (Shapes data coordinates) and the decoder's (1, 256, 256) low-res logits."""
+    """One segmented object: its label id, plane, (4,) XYXY box in plane pixels, its prompt shape's
+    vertices in its layer's data coordinates (the rectangle on "MedSAM boxes", or the polygon), the
+    decoder's (1, 256, 256) low-res logits, the prompt kind that made it (``_prompt_kinds.KINDS``)
+    and that kind's own geometry in plane XY pixels (a RECIST line (2, 2), a polygon (V, 2))."""
 
     label_id: int
     plane: L.Plane
     box: tuple[float, float, float, float]
     vertices: np.ndarray
     logits: np.ndarray | None = None
+    kind: str = "box"
+    source: np.ndarray | None = None
 
 
 @dataclass(eq=False)

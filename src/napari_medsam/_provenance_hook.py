@@ -22,10 +22,13 @@ import numpy as np
 
 from medsam_core import MedSAMError
 from medsam_core.effort import Event, attach_events, round_table, saved_events
-from medsam_core.provenance import Prompt, Provenance
+from medsam_core.provenance import Provenance
 
-from . import _layers as L
+from ._prompt_kinds import plane_z, provenance_prompts
 from ._reader import EVENTS_KEY, PROV_KEY
+
+KINDS_KEY = "medsam_prompt_kinds"
+__all__ = ["KINDS_KEY", "ProvenanceActions", "kinds_of", "plane_z", "provenance_of"]
 
 
 def provenance_of(labels_layer) -> Provenance:
@@ -42,6 +45,12 @@ def provenance_of(labels_layer) -> Provenance:
 
 def events_of(labels_layer) -> list[Event]:
     return labels_layer.metadata.setdefault(EVENTS_KEY, [])
+
+
+def kinds_of(labels_layer) -> dict[int, str]:
+    """label id -> the prompt kind that made it ("box", "recist", "polygon"; ``_prompt_kinds.KINDS``),
+    in ``labels_layer.metadata["medsam_prompt_kinds"]``."""
+    return labels_layer.metadata.setdefault(KINDS_KEY, {})
 
 
 def model_round(model) -> int:
@@ -77,17 +86,20 @@ class ProvenanceActions:
         before = commit.objects_before
         changed = [lid for lid, rec in self.s.objects.items() if before.get(lid) is not rec]
         commit.extra["provenance_before"] = {lid: copy.deepcopy(prov.records.get(lid)) for lid in changed}
-        data, now = np.asarray(lab.data), time.time()
-        model = self.s.model
+        kinds = kinds_of(lab)
+        commit.extra["kinds_before"] = {lid: kinds.get(lid) for lid in changed}
+        data, now, s = np.asarray(lab.data), time.time(), self.s
+        model = s.model
         for lid in changed:
-            rec, old = self.s.objects[lid], before.get(lid)
-            prompts = self._prompts(rec)
+            rec, old = s.objects[lid], before.get(lid)
+            prompts = provenance_prompts(s, rec)
             points = sum(p.kind == "point" for p in prompts)
             n_new = 1  # a new or moved box
             if old is not None and old.plane == rec.plane and np.allclose(old.box, rec.box):  # a refinement
                 had = sum(p.kind == "point" for p in prov.records[lid].prompts) if lid in prov else 0
                 n_new = max(1, points - had)
             prov.record_model_mask(lid, data == lid, prompts, model, model_round(model))
+            kinds[lid] = rec.kind
             events += [Event(now, "prompt", lid)] * n_new + [Event(now, "commit", lid)]
         self.on_changed()
 
@@ -96,29 +108,18 @@ class ProvenanceActions:
         saved = commit.extra.get("provenance_before")
         if saved is None or self.s.labels_layer is None:
             return
-        prov = provenance_of(self.s.labels_layer)
+        prov, kinds = provenance_of(self.s.labels_layer), kinds_of(self.s.labels_layer)
         for lid, rec in saved.items():
             if rec is None:
                 prov.records.pop(lid, None)
             else:
                 prov.records[lid] = rec
+        for lid, kind in commit.extra.get("kinds_before", {}).items():
+            if kind is None:
+                kinds.pop(lid, None)
+            else:
+                kinds[lid] = kind
         self.on_changed()
-
-    def _prompts(self, rec) -> list[Prompt]:
-        s = self.s
-        z = plane_z(rec.plane)
-        out = [Prompt("box", rec.box, z)]
-        for verts in getattr(rec, "key_vertices", ()):  # key boxes of a 3D object
-            plane, box = L.vertices_to_box(s.shapes_layer, verts, s.image_layer, s.viewer.dims, s.settings.channel_axis)
-            out.append(Prompt("key_box", box, plane_z(plane)))
-        pts = s.points_layer
-        if pts is not None and len(pts.data):
-            feats = pts.features
-            for k in np.flatnonzero(feats["label_id"].to_numpy() == rec.label_id):
-                plane, xy = L.point_to_xy(pts, int(k), s.image_layer, s.viewer.dims, s.settings.channel_axis)
-                if plane == rec.plane:
-                    out.append(Prompt("point", xy, z, bool(feats["positive"].iloc[k])))
-        return out
 
     # -- classes ---------------------------------------------------------------------------------
     @property
@@ -183,7 +184,3 @@ class ProvenanceActions:
         lab.metadata[EVENTS_KEY] = saved_events(prov)
         return prov
 
-
-def plane_z(plane: L.Plane) -> int | None:
-    """The slice of a plane of a 2D image (None) or 3D stack; 4D planes keep their last position."""
-    return int(plane.index[-1][1]) if plane.index else None

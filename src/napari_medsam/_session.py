@@ -13,37 +13,21 @@ a cached embedding is a few tens of ms and runs where it is called.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 
 import numpy as np
 
-from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor
+from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, PromptError
 
 from . import _layers as L
 from . import _zoom as Z
 from ._history import History
-from ._objects import NEGATIVE_COLOR, POSITIVE_COLOR, Commit, ObjectRecord
+from ._objects import Commit, ObjectRecord
+from ._prompt_kinds import BOXES, POINTS, BoxKind, PointKind, kinds
+from ._settings import Settings, SettingsActions, intensity_of
 
-BOXES, POINTS, LABELS = "MedSAM boxes", "MedSAM points", "MedSAM labels"
-
-
-@dataclass
-class Settings:
-    """User choices that change what the model sees or how masks are written."""
-
-    intensity_mode: str = "auto"  # auto | percentile | ct | contrast | minmax
-    ct_window: str = "soft_tissue"
-    low: float = 0.5
-    high: float = 99.5
-    channel: int | str = "auto"  # how (H, W, C) becomes grey/RGB: auto, mean, max or an index
-    channel_axis: int | None = None  # data axis holding channels for non-RGB nD layers
-    overwrite: bool = False
-    delete_removes: bool = True
-    auto_segment: bool = True
-    prefetch: bool = True
-    negative: bool = False
-    roi_zoom: str = "auto"  # auto | on | off: zoom in on small boxes (medsam_core.roi.predict_boxes)
-    extra: dict = field(default_factory=dict)
+LABELS = "MedSAM labels"
+__all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
 
 
 def avoid_triton_clash() -> None:
@@ -61,8 +45,12 @@ def avoid_triton_clash() -> None:
         sys.modules["triton"] = None  # import triton -> ImportError -> torch treats it as absent
 
 
-class Session(History):
-    """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``)."""
+class Session(SettingsActions, History):
+    """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``).
+
+    The scripting API: every method here (and in SettingsActions / History) validates before it
+    changes anything and raises MedSAMError on bad input; the widget's controls call these.
+    """
 
     def __init__(self, viewer, runner, on_status: Callable[[str], None] | None = None,
                  on_error: Callable[[Exception], None] | None = None):
@@ -88,6 +76,17 @@ class Session(History):
         # called with the Commit; a failure there warns and never costs the user a mask.
         self.on_commit: Callable | None = None
         self.on_undo: Callable | None = None
+        self.new_kind, self.new_source = "box", None  # what the next new box-layer objects come from
+
+    @contextmanager
+    def making(self, kind: str, source=None):
+        """Objects the box sync creates inside this block were made by prompt kind ``kind`` (e.g. a
+        RECIST line: ``source`` its (2, 2) XY geometry), for their records and provenance."""
+        self.new_kind, self.new_source = kind, source
+        try:
+            yield
+        finally:
+            self.new_kind, self.new_source = "box", None
 
     # -- model --------------------------------------------------------------------------------
     def set_model(self, model) -> None:
@@ -96,6 +95,14 @@ class Session(History):
         self._encoder = Predictor(model, cache=self.cache)
         self._loading = False
         self.on_status(f"MedSAM: {model.spec.name} on {self.device}")
+
+    def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None):
+        """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread; returns it."""
+        from medsam_core import load_model
+
+        model = load_model(name, checkpoint=checkpoint, device=device)
+        self.set_model(model)
+        return model
 
     @property
     def device(self) -> str:
@@ -145,8 +152,11 @@ class Session(History):
         self._disconnect()
         self.image_layer, self.objects, self.history = layer, {}, []
         self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
-        self.shapes_layer = self._prompt_layer(BOXES, self._new_shapes)  # prompts above the labels
-        self.points_layer = self._prompt_layer(POINTS, self._new_points)
+        polygons = kinds()["polygon"].find_layer(self)
+        if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
+            self.viewer.layers.remove(polygons)
+        self.shapes_layer = self._prompt_layer(BOXES, BoxKind.make_layer)  # prompts above the labels
+        self.points_layer = self._prompt_layer(POINTS, PointKind.make_layer)
         self.shapes_layer.events.data.connect(self._on_shapes_data)
         self.points_layer.events.data.connect(self._on_points_data)
         self.viewer.layers.selection.active = self.shapes_layer
@@ -159,7 +169,7 @@ class Session(History):
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
         with self.quiet():
-            for layer in (self.shapes_layer, self.points_layer):
+            for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
                 if layer is not None and len(layer.data):
                     layer.selected_data = set(range(len(layer.data)))
                     layer.remove_selected()  # unlike data = [], this also drops the features rows
@@ -169,26 +179,11 @@ class Session(History):
         for layer in list(self.viewer.layers):
             if layer.name == name:
                 self.viewer.layers.remove(layer)
-        return self.viewer.add_layer(make(name))
+        return self.viewer.add_layer(make(self))
 
     def layer_geometry(self):
         img = self.image_layer
         return {"ndim": img.ndim, "scale": img.scale, "translate": img.translate}
-
-    def _new_shapes(self, name):
-        from napari.layers import Shapes
-
-        return Shapes(name=name, edge_color="yellow", face_color="transparent", edge_width=2,
-                      features={"label_id": np.zeros(0, int)}, feature_defaults={"label_id": 0},
-                      **self.layer_geometry())
-
-    def _new_points(self, name):
-        from napari.layers import Points
-
-        pts = Points(name=name, features={"positive": np.zeros(0, bool), "label_id": np.zeros(0, int)},
-                     feature_defaults={"positive": True, "label_id": 0}, face_color=POSITIVE_COLOR,
-                     size=6, **self.layer_geometry())
-        return pts
 
     def _fitting_labels(self):
         lab = self.labels_layer
@@ -218,13 +213,7 @@ class Session(History):
 
     # -- settings -------------------------------------------------------------------------------
     def intensity(self) -> Intensity:
-        s = self.settings
-        if s.intensity_mode == "contrast":
-            lo, hi = (float(v) for v in self.image_layer.contrast_limits)
-            return Intensity(mode="range", value_range=(lo, hi))
-        if s.intensity_mode == "ct":
-            return Intensity(mode="ct", window=s.ct_window)
-        return Intensity(mode=s.intensity_mode, low=s.low, high=s.high)
+        return intensity_of(self.settings, self.image_layer)
 
     # -- images and embeddings ----------------------------------------------------------------
     def plane_image(self, plane) -> np.ndarray:
@@ -232,6 +221,21 @@ class Session(History):
 
     def current_plane(self):
         return L.current_plane(self.image_layer, self.viewer.dims, self.settings.channel_axis)
+
+    def plane_at(self, z=None) -> L.Plane:
+        """The current plane, or the one at slice ``z`` (an int for 3D, a tuple for 4D), checked."""
+        plane = self.current_plane()
+        if z is None:
+            return plane
+        pos = (z,) if np.isscalar(z) else tuple(z)
+        if len(pos) != len(plane.index):
+            raise PromptError(f"z={z!r} gives {len(pos)} position(s) but the image has {len(plane.index)} slice axes")
+        plane = L.Plane(plane.rows, plane.cols, tuple((a, int(p)) for (a, _), p in zip(plane.index, pos, strict=True)))
+        shape = L.labels_geometry(self.image_layer, None)[0]
+        for a, p in plane.index:
+            if not 0 <= p < shape[a]:
+                raise PromptError(f"slice {p} on axis {a} is outside the image (0..{shape[a] - 1})")
+        return plane
 
     def model_intensity(self, image2d) -> Intensity:
         """The fixed window the whole plane and its ROI crops are normalised with (roi.global_intensity)."""
@@ -285,6 +289,7 @@ class Session(History):
         self._encoding = None
         self.on_status("MedSAM: embedding ready")
         self.safe(self.sync_shapes)
+        self.safe(kinds()["polygon"].sync, self)
         self.safe(self.prefetch)
 
     def prefetch(self) -> None:
@@ -369,15 +374,19 @@ class Session(History):
 
         self.safe(refine_from_new_point, self)
 
-    def set_negative(self, negative: bool) -> None:
-        self.settings.negative = bool(negative)
-        if self.points_layer is not None:
-            self.points_layer.feature_defaults = {"positive": not negative, "label_id": 0}
-            self.points_layer.current_face_color = NEGATIVE_COLOR if negative else POSITIVE_COLOR
-
     def refine(self, label_id: int, points=None, labels=None) -> int:
         """Refine object ``label_id`` with its box, its points (plus ``points`` (P, 2) XY pixels with
         ``labels`` (P,) 1/0 given here) and its last low-res logits. Returns ``label_id``."""
         from ._sync import refine
 
         return refine(self, int(label_id), points, labels)
+
+    # -- polygons (_polygon.PolygonKind) ---------------------------------------------------------
+    def polygon_layer(self):
+        """The "MedSAM polygons" Shapes layer, active in lasso mode: each polygon drawn becomes an object."""
+        self.require_layers()
+        return kinds()["polygon"].layer(self)
+
+    def segment_polygon(self, xy, z=None) -> int:
+        """Segment the (V, 2) XY pixel polygon ``xy`` on the current slice (or slice ``z``); returns its label id."""
+        return kinds()["polygon"].segment_polygon(self, xy, z)

@@ -15,6 +15,7 @@ from medsam_core.preprocess import check_boxes
 
 from . import _layers as L
 from ._objects import NEGATIVE_COLOR, POSITIVE_COLOR, ObjectRecord
+from ._prompt_kinds import kind_of
 
 
 @dataclass
@@ -33,17 +34,21 @@ class SyncPlan:
     ids: np.ndarray  # label_id per shape after de-duplication
 
 
-def _shape_ids(shapes) -> np.ndarray:
+def shape_ids(shapes) -> np.ndarray:
+    """(nshapes,) ``label_id`` feature of a prompt Shapes layer (0: not segmented yet)."""
     feats = shapes.features
     if "label_id" in feats and len(feats) == shapes.nshapes:
         return feats["label_id"].to_numpy().astype(int)
     return np.zeros(shapes.nshapes, int)
 
 
+_shape_ids = shape_ids  # the name _volume_session imports (see the report's patch)
+
+
 def plan_sync(s) -> SyncPlan:
     """Compare the prompt rectangles with the session's objects."""
     shapes, ca = s.shapes_layer, s.settings.channel_axis
-    ids = _shape_ids(shapes)
+    ids = shape_ids(shapes)
     jobs, errors, seen = [], [], set()
     for i in range(shapes.nshapes):
         if shapes.shape_type[i] != "rectangle":
@@ -64,7 +69,8 @@ def plan_sync(s) -> SyncPlan:
         if rec is not None and rec.plane == plane and np.allclose(rec.box, box):
             continue
         jobs.append(Job(i, lid, plane, box))
-    removed = [lid for lid in s.objects if lid not in seen]
+    # objects of kinds without a rectangle here (polygons) are not this layer's to remove
+    removed = [lid for lid, rec in s.objects.items() if lid not in seen and kind_of(rec).in_boxes_layer]
     return SyncPlan(jobs, removed, errors, ids)
 
 
@@ -83,12 +89,16 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
             lid = job.label_id
             if lid:
                 editor.clear(objects[lid].plane, lid)
+                old = objects[lid]  # a moved box keeps its kind; a RECIST short axis brings both lines
+                kind = old.kind
+                source = s.new_source if s.new_kind == kind and s.new_source is not None else old.source
             else:
                 lid = max([next_id, *(k + 1 for k in objects)])
                 plan.ids[job.index] = lid
+                kind, source = s.new_kind, s.new_source
             editor.write(plane, mask, lid)
             verts = np.array(s.shapes_layer.data[job.index], copy=True)
-            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts)
+            objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, kind=kind, source=source)
             written.append(lid)
     for lid in plan.removed:
         if s.settings.delete_removes:
@@ -136,15 +146,7 @@ def add_boxes(s, boxes, z=None) -> list[int]:
     """Add (N, 4) XYXY boxes (image pixels) as prompt rectangles on the current slice or slice z; segment them."""
     arr = np.asarray(boxes, dtype=float)
     arr = arr[None] if arr.ndim == 1 else arr
-    plane = s.current_plane()
-    if z is not None:
-        pos = (z,) if np.isscalar(z) else tuple(z)
-        if len(pos) != len(plane.index):
-            raise PromptError(f"z={z!r} gives {len(pos)} position(s) but the image has {len(plane.index)} slice axes")
-        plane = L.Plane(plane.rows, plane.cols, tuple((a, int(p)) for (a, _), p in zip(plane.index, pos, strict=True)))
-        for a, p in plane.index:
-            if not 0 <= p < s.image_layer.data.shape[a]:
-                raise PromptError(f"slice {p} on axis {a} is outside the image (0..{s.image_layer.data.shape[a] - 1})")
+    plane = s.plane_at(z)
     check_boxes(arr, L.plane_size(s.image_layer, plane))
     verts = [L.box_to_vertices(b, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point) for b in arr]
     n0 = s.shapes_layer.nshapes
@@ -157,7 +159,7 @@ def add_boxes(s, boxes, z=None) -> list[int]:
             s.shapes_layer.selected_data = set(range(n0, s.shapes_layer.nshapes))
             s.shapes_layer.remove_selected()
         raise
-    return [int(v) for v in _shape_ids(s.shapes_layer)[n0:]]
+    return [int(v) for v in shape_ids(s.shapes_layer)[n0:]]
 
 
 def _object_points(s, lid: int, plane: L.Plane):
@@ -226,7 +228,7 @@ def set_point_features(s, feats) -> None:
 
 def _target_of_point(s, plane: L.Plane, xy) -> int:
     for i in s.shapes_layer.selected_data:
-        lid = int(_shape_ids(s.shapes_layer)[i])
+        lid = int(shape_ids(s.shapes_layer)[i])
         if lid in s.objects:
             return lid
     x, y = int(round(xy[0])), int(round(xy[1]))

@@ -1,7 +1,9 @@
-"""RECIST lines for the 3D panel: a lesion's long axis (and a crossing short axis) -> box -> 2D object.
+"""RECIST lines (prompt kind "recist", ``_prompt_kinds.RecistKind``): a lesion's long axis (and a
+crossing short axis) -> box -> 2D object, recorded with kind "recist" and its line(s).
 
 A mixin of ``_volume_session.VolumeActions`` (it uses the session ``self.s``, ``self._shape_ids()``
-and ``self._last_line``), kept apart so each module stays about one action.
+and ``self._last_line``), kept apart so each module stays about one action. The kind's layer and
+provenance live in the registry; the box it makes is then an ordinary rectangle of the box sync.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import numpy as np
 from medsam_core import PromptError
 
 from . import _layers as L
+from ._prompt_kinds import LINES, kinds
 
-LINES = "MedSAM lines"
+__all__ = ["LINES", "RecistLines"]
 
 
 class RecistLines:
@@ -20,17 +23,13 @@ class RecistLines:
 
     def lines_layer(self):
         """The "MedSAM lines" Shapes layer (created on first use) in line mode."""
-        from napari.layers import Shapes
-
-        s = self.s
-        for layer in s.viewer.layers:
-            if layer.name == LINES and isinstance(layer, Shapes):
-                break
-        else:
-            layer = s.viewer.add_layer(Shapes(name=LINES, edge_color="cyan", edge_width=2, **s.layer_geometry()))
+        s, kind = self.s, kinds()["recist"]
+        layer = kind.find_layer(s)
+        if layer is None:
+            layer = s.viewer.add_layer(kind.make_layer(s))
             layer.events.data.connect(self._on_lines_data)
         s.viewer.layers.selection.active = layer
-        layer.mode = "add_line"
+        layer.mode = kind.draw_mode
         return layer
 
     def _on_lines_data(self, event) -> None:
@@ -68,14 +67,15 @@ class RecistLines:
                 box = box_from_recist(last[1], line, image_size=size)
                 verts = L.box_to_vertices(box, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point)
                 data = list(s.shapes_layer.data)
-                data[last[2]] = verts
-                s.shapes_layer.data = data  # the box sync follows the moved rectangle
-                s.sync_shapes(blocking=True)
+                with s.making("recist", np.stack([last[1], line])):
+                    s.shapes_layer.data = data[: last[2]] + [verts] + data[last[2] + 1 :]
+                    s.sync_shapes(blocking=True)  # the box sync follows the moved rectangle
                 self._last_line = None
                 return lid
         box = box_from_recist(line, short_axis, image_size=size)
         z = None if not plane.index else tuple(p for _, p in plane.index)
-        (lid,) = s.segment_boxes(box[None], z if z is None or len(z) > 1 else z[0])
+        with s.making("recist", line[None] if short_axis is None else np.stack([line, np.reshape(short_axis, (2, 2))])):
+            (lid,) = s.segment_boxes(box[None], z if z is None or len(z) > 1 else z[0])
         i = int(np.flatnonzero(self._shape_ids() == lid)[-1])
         s.shapes_layer.selected_data = {i}
         self._last_line = (plane, line, i)

@@ -1,10 +1,9 @@
 """MedSAM dock widget: layout and signal wiring; state and actions live in _session.Session.
 
-Every button has a public method (``set_image_layer``, ``segment_boxes``, ``segment_all``,
-``undo``, ``refine``, ``load_model``, ``set_intensity``, ``set_channel``, ``preview``, ``finetune``,
-``cancel_finetune``, ``accept_model``, ``rollback_model``, ``save_model``, ...) that
-scripts call directly; those raise ``MedSAMError`` on bad input, while the buttons and keys
-show the same message as a napari notification.
+The scripting API is the Qt-free ``widget.session`` (_session.Session and its action classes);
+the widget's public methods (``set_image_layer``, ``segment_boxes``, ``set_intensity``, ...) are
+thin delegates that also show the new state in the dock. They raise ``MedSAMError`` on bad input
+and change nothing then; the buttons and keys show the same message as a napari notification.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medsam_core import CT_WINDOWS, MedSAMError
+from medsam_core import MedSAMError
 
 from ._active_session import ActiveActions
 from ._series_session import SeriesActions
@@ -39,7 +38,7 @@ from ._train_session import TrainActions
 from ._volume_session import VolumeActions
 from ._widget_actions import WorkflowMethods
 from ._widget_active import ActivePanel
-from ._widget_model import INTENSITY_MODES, settings_page
+from ._widget_model import settings_page
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_train import TrainPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
@@ -143,7 +142,9 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.auto_check = QCheckBox("Segment each box as it is drawn")
         self.auto_check.setChecked(True)
         self.negative_check = QCheckBox("Negative points (N)")
-        for w in (self.overwrite_check, self.delete_check, self.auto_check, self.negative_check):
+        self.polygon_btn = QPushButton("Polygon / lasso prompt")
+        self.polygon_btn.setToolTip("Draw around an object on 'MedSAM polygons' (lasso mode): it becomes a label")
+        for w in (self.overwrite_check, self.delete_check, self.auto_check, self.negative_check, self.polygon_btn):
             lay.addWidget(w)
         keys = "<br>".join(f"<b>{qt}</b>: {what}" for _, qt, what, _ in SHORTCUTS)
         self.help_label = QLabel(
@@ -166,10 +167,11 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.window_combo.activated.connect(lambda _: self.try_action(self._on_intensity_changed))
         self.preview_btn.clicked.connect(lambda: self.try_action(self.preview))
         self.zoom_combo.activated.connect(lambda _: self.try_action(self.set_roi_zoom, self.zoom_combo.currentText()))
-        self.overwrite_check.toggled.connect(self.set_overwrite)
-        self.delete_check.toggled.connect(lambda v: setattr(self.session.settings, "delete_removes", v))
-        self.auto_check.toggled.connect(lambda v: setattr(self.session.settings, "auto_segment", v))
-        self.negative_check.toggled.connect(self.session.set_negative)
+        self.overwrite_check.toggled.connect(lambda v: self.try_action(self.session.set_overwrite, v))
+        self.delete_check.toggled.connect(lambda v: self.try_action(self.session.set_delete_removes, v))
+        self.auto_check.toggled.connect(lambda v: self.try_action(self.session.set_auto_segment, v))
+        self.negative_check.toggled.connect(lambda v: self.try_action(self.session.set_negative, v))
+        self.polygon_btn.clicked.connect(lambda: self.try_action(self.polygon_layer))
         self.segment_btn.clicked.connect(lambda: self.try_action(self.segment_all))
         self.undo_btn.clicked.connect(lambda: self.try_action(self.undo))
         for _, qt_key, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
@@ -263,6 +265,9 @@ class MedSAMWidget(WorkflowMethods, QWidget):
     def set_image_layer(self, layer, labels_layer=None) -> None:
         """Segment image ``layer``; prompt layers are (re)created, labels go to ``labels_layer`` or a new one."""
         self.session.set_image_layer(layer, labels_layer)
+        self._image_set()
+
+    def _image_set(self) -> None:
         self._bind_layer_keys()
         self._refresh_layer_choices()
         self.try_action(self.session.prefetch)
@@ -278,59 +283,48 @@ class MedSAMWidget(WorkflowMethods, QWidget):
 
     def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None) -> None:
         """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread."""
-        from medsam_core import load_model
+        self.set_model(self.session.load_model(name, checkpoint=checkpoint, device=device))
 
-        self.set_model(load_model(name, checkpoint=checkpoint, device=device))
-
+    # Settings: the session validates before it changes anything (_settings.SettingsActions); the
+    # widget then shows the values it took.
     def set_intensity(self, mode: str = "auto", window: str | None = None, low: float = 0.5,
                       high: float = 99.5) -> None:
-        """mode: auto | percentile | ct (with a CT_WINDOWS ``window``) | contrast (the layer's
-        contrast limits) | minmax. Changes the embedding key: slices are re-encoded on next use."""
-        if mode not in INTENSITY_MODES:
-            raise MedSAMError(f"unknown intensity mode {mode!r}: use one of {', '.join(INTENSITY_MODES)}")
-        if window is not None and window not in CT_WINDOWS:
-            raise MedSAMError(f"unknown CT window {window!r}: use one of {', '.join(CT_WINDOWS)}")
-        s = self.session.settings
-        s.intensity_mode, s.low, s.high = mode, float(low), float(high)
-        s.ct_window = window or s.ct_window
-        self.session.intensity()  # validates (e.g. contrast limits) before anything else happens
-        self.intensity_combo.setCurrentText(mode)
-        self.window_combo.setCurrentText(s.ct_window)
-        self.try_action(self.session.prefetch)
+        """See ``Session.set_intensity``: auto | percentile | ct (+ CT window) | contrast | minmax."""
+        self.session.set_intensity(mode, window, low, high)
+        self._show_settings()
 
     def set_roi_zoom(self, setting: str = "auto") -> None:
-        """ROI zoom for the next boxes: "auto" (small boxes on large images are segmented on an encoded
-        crop around them, others on the cached whole-image embedding), "on" (every box) or "off"."""
-        from ._zoom import roi_mode
-
-        roi_mode(setting)  # validates before anything changes
-        self.session.settings.roi_zoom = setting
-        self.zoom_combo.setCurrentText(setting)
+        """See ``Session.set_roi_zoom``: "auto", "on" or "off"."""
+        self.session.set_roi_zoom(setting)
+        self._show_settings()
 
     def set_channel(self, channel_axis: int | None = None, channel: int | str = "auto") -> None:
-        """Channel axis of a non-RGB nD image layer (None: no channel axis), and how channels
-        become the model's grey/RGB input: "auto", "mean", "max" or a channel index."""
-        from . import _layers as L
-
-        if isinstance(channel, str) and channel.lstrip("-").isdigit():
-            channel = int(channel)
-        image = self.session.image_layer
-        if image is not None:
-            L.check_channel_axis(image, channel_axis)
-        s = self.session.settings
-        s.channel_axis, s.channel = channel_axis, channel
-        if image is not None:
-            self.set_image_layer(image)
+        """See ``Session.set_channel``: channel axis (None: none) and "auto" / "mean" / "max" / an index."""
+        self.session.set_channel(channel_axis, channel)
+        if self.session.image_layer is not None:
+            self._image_set()
 
     def set_overwrite(self, overwrite: bool) -> None:
-        self.session.settings.overwrite = bool(overwrite)
-        self.overwrite_check.setChecked(bool(overwrite))
+        self.session.set_overwrite(overwrite)
+        self._show_settings()
 
     def toggle_overwrite(self) -> None:
         self.set_overwrite(not self.session.settings.overwrite)
 
     def toggle_negative(self) -> None:
-        self.negative_check.setChecked(not self.session.settings.negative)
+        self.session.set_negative(not self.session.settings.negative)
+        self._show_settings()
+
+    def _show_settings(self) -> None:
+        s = self.session.settings
+        for box, value in ((self.overwrite_check, s.overwrite), (self.negative_check, s.negative),
+                           (self.delete_check, s.delete_removes), (self.auto_check, s.auto_segment)):
+            box.blockSignals(True)
+            box.setChecked(value)
+            box.blockSignals(False)
+        self.intensity_combo.setCurrentText(s.intensity_mode)
+        self.window_combo.setCurrentText(s.ct_window)
+        self.zoom_combo.setCurrentText(s.roi_zoom)
 
     def segment_boxes(self, boxes=None, z=None) -> list[int]:
         """Segment (N, 4) XYXY boxes in image pixels on the current slice (or slice ``z``); they are
@@ -348,6 +342,14 @@ class MedSAMWidget(WorkflowMethods, QWidget):
     def refine(self, label_id: int, points=None, labels=None) -> int:
         """Refine object ``label_id`` with (P, 2) XY pixel ``points`` and (P,) 1/0 ``labels``."""
         return self.session.refine(label_id, points, labels)
+
+    def polygon_layer(self):
+        """Activate "MedSAM polygons" in lasso mode: each polygon drawn becomes an object."""
+        return self.session.polygon_layer()
+
+    def segment_polygon(self, xy, z=None) -> int:
+        """Segment the (V, 2) XY pixel polygon ``xy`` (current slice or slice ``z``); returns its label id."""
+        return self.session.segment_polygon(xy, z)
 
     def preview(self):
         """Add or update the image layer "MedSAM model input": what the model sees for the current slice."""

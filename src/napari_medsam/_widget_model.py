@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from medsam_core import CT_WINDOWS, MODELS
 
-INTENSITY_MODES = ("auto", "percentile", "ct", "contrast", "minmax")
+from ._settings import INTENSITY_MODES, ROI_ZOOM
 
 
 def settings_page(self) -> QWidget:
@@ -61,7 +61,7 @@ def _intensity_box(self) -> QGroupBox:
     self.window_combo.addItems(list(CT_WINDOWS))
     self.preview_btn = QPushButton("Preview model input (M)")
     self.zoom_combo = QComboBox()
-    self.zoom_combo.addItems(["auto", "on", "off"])
+    self.zoom_combo.addItems(list(ROI_ZOOM))
     self.zoom_combo.setToolTip("auto: zoom in on boxes too small for the whole-image view (small objects on "
                                "large images); on: every box; off: never (whole-image embedding only)")
     form.addRow("Intensity", self.intensity_combo)

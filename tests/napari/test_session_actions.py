@@ -1,0 +1,156 @@
+"""The Qt-free scripting API on napari.components.ViewerModel (no Xvfb, synchronous work):
+settings validated before anything changes, and the prompt kinds (box, polygon, RECIST) as one
+concept: each object records its kind, undo puts every kind's layer back, a polygon is a label."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from medsam_core import MedSAMError
+
+from .conftest import big_objects, dice, ref_box
+
+
+def _contour(mask: np.ndarray, n: int = 10) -> np.ndarray:
+    """(n, 2) XY polygon: n points evenly along the mask's outer contour (a person's lasso)."""
+    from skimage.measure import find_contours
+
+    c = max(find_contours(np.pad(mask, 1).astype(float), 0.5), key=len) - 1
+    return c[np.linspace(0, len(c) - 1, n, endpoint=False).astype(int)][:, ::-1]
+
+
+@pytest.fixture
+def bare_session():
+    """A Session on an image, without a model: settings checks need none."""
+    from napari.components import ViewerModel
+
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+
+    viewer = ViewerModel()
+    s = Session(viewer, Runner(synchronous=True))
+    s.settings.prefetch = False
+    s.set_image_layer(viewer.add_image(np.random.default_rng(0).random((2, 40, 50)), name="stack"))
+    return s
+
+
+def _state(s):
+    return asdict(s.settings), [ly.name for ly in s.viewer.layers], s.shapes_layer, s.labels_layer
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.set_intensity("banana"),
+    lambda s: s.set_intensity("ct", window="no_such_window"),
+    lambda s: s.set_intensity("percentile", low=99, high=5),  # changed the settings before the check
+    lambda s: s.set_intensity("percentile", low="x"),
+    lambda s: s.set_roi_zoom("sideways"),
+    lambda s: s.set_channel(7),
+    lambda s: s.set_channel(0, "brightest"),
+    lambda s: s.set_channel("0"),
+    lambda s: s.set_overwrite("yes"),
+    lambda s: s.set_negative(2),
+])
+def test_a_bad_setting_changes_nothing(bare_session, call):
+    s = bare_session
+    before = _state(s)
+    with pytest.raises(MedSAMError):
+        call(s)
+    after = _state(s)
+    assert after[0] == before[0] and after[1] == before[1]
+    assert after[2] is before[2] and after[3] is before[3]  # no prompt or labels layer was remade
+
+
+def test_good_settings_take_effect(bare_session):
+    s = bare_session
+    assert s.set_intensity("percentile", low=1, high=99).mode == "percentile"
+    assert (s.settings.low, s.settings.high) == (1.0, 99.0)
+    s.set_intensity("ct", "lung")
+    assert s.intensity().window == "lung"
+    s.set_roi_zoom("off")
+    assert s.roi_mode() == "whole"
+    s.set_channel(0, "1")
+    assert (s.settings.channel_axis, s.settings.channel) == (0, 1)
+    assert s.labels_layer.data.shape == (40, 50)  # the labels follow the spatial axes
+
+
+@pytest.fixture
+def session(lite_model, dsb2018):
+    from napari.components import ViewerModel
+
+    from napari_medsam._provenance_hook import ProvenanceActions
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+
+    image, ref = dsb2018
+    viewer = ViewerModel()
+    s = Session(viewer, Runner(synchronous=True))
+    s.set_model(lite_model)
+    s.set_image_layer(viewer.add_image(image[:256, :256], name="nuclei"))
+    ProvenanceActions(s)
+    return s, ref[:256, :256]
+
+
+@pytest.mark.slow
+def test_polygon_prompt_undo_and_provenance(session):
+    from napari_medsam._provenance_hook import kinds_of, provenance_of
+
+    s, ref = session
+    a, b = big_objects(ref, 2)
+    assert s.segment_boxes([ref_box(ref, a, 3)]) == [1]
+    lid = s.segment_polygon(_contour(ref == b))
+    assert lid == 2 and dice(s.labels_layer.data == lid, ref == b) > 0.8
+    poly = s.polygon_layer()
+    assert poly.nshapes == 1 and int(poly.features["label_id"][0]) == lid
+    assert kinds_of(s.labels_layer) == {1: "box", 2: "polygon"}
+    assert provenance_of(s.labels_layer).records[lid].prompts[0].kind == "box"  # the polygon's box
+    assert s.objects[lid].kind == "polygon" and s.objects[lid].source.shape == (10, 2)
+    assert s.sync_shapes(blocking=True) == [] and lid in s.objects  # the box sync leaves polygons alone
+
+    before = np.array(s.labels_layer.data)
+    for bad in ([[1, 1], [5, 5]], [[300, 300], [320, 300], [310, 330]], [[np.nan, 1], [5, 5], [1, 9]]):
+        with pytest.raises(MedSAMError):
+            s.segment_polygon(bad)
+        np.testing.assert_array_equal(s.labels_layer.data, before)
+        assert poly.nshapes == 1 and len(s.history) == 2
+
+    assert s.undo() == "1 polygon"
+    assert poly.nshapes == 0 and not (s.labels_layer.data == lid).any() and lid not in s.objects
+    assert 2 not in kinds_of(s.labels_layer) and lid not in provenance_of(s.labels_layer).records
+    assert s.shapes_layer.nshapes == 1  # the box object and its rectangle stay
+
+
+@pytest.mark.slow
+def test_polygon_layer_edits_follow_the_object(session):
+    s, ref = session
+    (b,) = big_objects(ref, 1)
+    poly = s.polygon_layer()
+    poly.add(_contour(ref == b)[:, ::-1], shape_type="polygon")  # as a drawn polygon arrives: data event
+    assert s.objects and list(s.objects.values())[0].kind == "polygon"
+    lid = next(iter(s.objects))
+    moved = np.array(poly.data[0]) + [0, 40]  # dragged 40 px to the right: re-segmented, same id
+    poly.data = [moved]
+    assert list(s.objects) == [lid] and np.allclose(s.objects[lid].vertices, moved)
+    assert dice(s.labels_layer.data == lid, ref == b) < 0.2
+    poly.selected_data = {0}
+    poly.remove_selected()
+    assert not s.objects and not s.labels_layer.data.any()
+    s.undo()
+    assert poly.nshapes == 1 and np.allclose(poly.data[0], moved) and (s.labels_layer.data == lid).any()
+
+
+@pytest.mark.slow
+def test_recist_objects_record_their_kind(session):
+    from napari_medsam._provenance_hook import kinds_of
+    from napari_medsam._volume_session import VolumeActions
+
+    s, ref = session
+    (a,) = big_objects(ref, 1)
+    x0, y0, x1, y1 = ref_box(ref, a, 0)
+    lid = VolumeActions(s).segment_recist([[x0, y0], [x1, y1]])
+    assert s.objects[lid].kind == "recist" and kinds_of(s.labels_layer)[lid] == "recist"
+    assert s.objects[lid].source.shape == (1, 2, 2)
+    s.undo()
+    assert s.shapes_layer.nshapes == 0 and lid not in kinds_of(s.labels_layer)
