@@ -6,6 +6,12 @@
 --workers N runs the images on a Dask LocalCluster of N processes on this machine (127.0.0.1);
 --scheduler ADDRESS on an existing Dask scheduler (docs/scaling.md). Without either: in this process.
 
+    medsam slide --image SLIDE --boxes CSV|GEOJSON [--out LABELS.zarr] [--geojson OUT.geojson] [--roi ...]
+
+``medsam slide`` segments boxes on one whole slide (pyramidal TIFF/SVS/NDPI or OME-Zarr) without
+loading it: labels go chunk by chunk into an NGFF label image (the slide's labels/ for an OME-Zarr,
+or --out), optionally also GeoJSON polygons for QuPath (docs/pathology.md).
+
 Exit codes: 0 every image done (or skipped because its output exists), 1 some images failed (see
 stderr, the summary and DIR/batch_report.json), 2 bad arguments (nothing written), 130 interrupted.
 """
@@ -46,6 +52,56 @@ def register(sub) -> None:
     p.add_argument("--intensity", default="auto", help="auto, as_is (8-bit already windowed), percentile, minmax or ct:<window>")
     p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
     p.set_defaults(func=run_batch)
+    register_slide(sub)
+
+
+def register_slide(sub) -> None:
+    p = sub.add_parser(
+        "slide", help="segment boxes on one whole slide (pyramidal TIFF/SVS/NDPI, OME-Zarr) without loading it",
+        description="Boxes are level-0 pixels. Labels are written chunk by chunk into an OME-Zarr label image: "
+        "the slide's labels/NAME for an OME-Zarr slide, or --out LABELS.zarr.")
+    p.add_argument("--image", required=True, help="slide: .svs, .ndpi, pyramidal .tif/.ome.tif or an .ome.zarr folder")
+    p.add_argument("--boxes", required=True, help="box CSV (x_min,y_min,x_max,y_max) or GeoJSON (feature bounding "
+                   "boxes; class names kept)")
+    p.add_argument("--out", default=None, help="new .zarr for the labels (default: the OME-Zarr slide's labels/)")
+    p.add_argument("--name", default="medsam", help="label image name inside labels/ (default medsam)")
+    p.add_argument("--geojson", default=None, help="also write the objects as GeoJSON polygons (QuPath)")
+    p.add_argument("--roi", choices=("auto", "whole", "roi"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing label image of that name")
+    add_model_options(p)
+    p.add_argument("--intensity", default="auto", help="auto, as_is, percentile, minmax or ct:<window>")
+    p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
+    p.set_defaults(func=run_slide)
+
+
+def run_slide(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .predictor import Predictor
+    from .segment import parse_channel, parse_intensity, read_boxes_csv
+    from .slide import boxes_from_geojson, segment_slide
+
+    classes: dict[int, str] = {}
+    if args.boxes.lower().endswith((".geojson", ".json")):
+        boxes, classes = boxes_from_geojson(args.boxes)
+    else:
+        boxes, _ = read_boxes_csv(args.boxes)
+    bar = tqdm(total=None, desc="crops", unit="crop", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = segment_slide(Predictor(load_from_args(args)), args.image, boxes, out=args.out, name=args.name,
+                               roi_mode=args.roi, intensity=parse_intensity(args.intensity),
+                               channel=parse_channel(args.channel), geojson=args.geojson, classes=classes,
+                               overwrite=args.overwrite, progress=progress)
+    finally:
+        bar.close()
+    print(f"medsam slide: {len(result.objects)} objects from {result.encodes} crop(s) in {result.seconds:.1f} s; "
+          f"labels in {result.labels}" + (f"; GeoJSON {result.geojson}" if result.geojson else ""))
+    return 0
 
 
 def run_batch(args: argparse.Namespace) -> int:

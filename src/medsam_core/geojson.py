@@ -39,29 +39,35 @@ class GeoObjects:
     skipped: list[str] = field(default_factory=list)
 
 
-def _object_boxes(labels) -> dict[int, list[int]]:
-    """{id: [y0, y1, x0, x1]} over a possibly lazy (H, W) label image, tile by tile."""
+def _tiles(shape, regions):
+    if regions is None:
+        return [(ty, min(ty + TILE, shape[0]), tx, min(tx + TILE, shape[1]))
+                for ty in range(0, shape[0], TILE) for tx in range(0, shape[1], TILE)]
+    return [tuple(int(v) for v in r) for r in regions]
+
+
+def _object_boxes(labels, regions=None) -> dict[int, list[int]]:
+    """{id: [y0, y1, x0, x1]} over a possibly lazy (H, W) label image, tile by tile (or only in
+    ``regions``, (y0, y1, x0, x1) windows known to hold every object)."""
     from scipy import ndimage
 
-    h, w = labels.shape
     boxes: dict[int, list[int]] = {}
-    for ty in range(0, h, TILE):
-        for tx in range(0, w, TILE):
-            tile = np.asarray(labels[ty : ty + TILE, tx : tx + TILE])
-            if not tile.any():
+    for ty, ty1, tx, tx1 in _tiles(labels.shape, regions):
+        tile = np.asarray(labels[ty:ty1, tx:tx1])
+        if not tile.any():
+            continue
+        ids = np.unique(tile)
+        ids = ids[ids > 0]
+        lut = np.zeros(int(ids.max()) + 1, np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        for k, sl in enumerate(ndimage.find_objects(lut[tile])):
+            if sl is None:
                 continue
-            ids = np.unique(tile)
-            ids = ids[ids > 0]
-            lut = np.zeros(int(ids.max()) + 1, np.int64)
-            lut[ids] = np.arange(1, len(ids) + 1)
-            for k, sl in enumerate(ndimage.find_objects(lut[tile])):
-                if sl is None:
-                    continue
-                lid = int(ids[k])
-                b = [sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx]
-                old = boxes.get(lid)
-                boxes[lid] = b if old is None else [min(old[0], b[0]), max(old[1], b[1]),
-                                                   min(old[2], b[2]), max(old[3], b[3])]
+            lid = int(ids[k])
+            b = [sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx]
+            old = boxes.get(lid)
+            boxes[lid] = b if old is None else [min(old[0], b[0]), max(old[1], b[1]),
+                                               min(old[2], b[2]), max(old[3], b[3])]
     return boxes
 
 
@@ -97,11 +103,12 @@ def mask_polygons(mask: np.ndarray, oy: int = 0, ox: int = 0) -> list[list[list[
 
 
 def labels_to_features(labels, classes: dict[int, str] | None = None,
-                       colors: dict[str, tuple[int, int, int]] | None = None) -> list[dict]:
-    """GeoJSON Feature dicts for every object of (H, W) ``labels`` (numpy or lazy), in id order."""
+                       colors: dict[str, tuple[int, int, int]] | None = None, regions=None) -> list[dict]:
+    """GeoJSON Feature dicts for every object of (H, W) ``labels`` (numpy or lazy), in id order;
+    regions: (y0, y1, x0, x1) windows holding every object (a slide is then not scanned whole)."""
     classes, colors = classes or {}, colors or {}
     feats = []
-    for lid, (y0, y1, x0, x1) in sorted(_object_boxes(labels).items()):
+    for lid, (y0, y1, x0, x1) in sorted(_object_boxes(labels, regions).items()):
         mask = np.asarray(labels[y0:y1, x0:x1]) == lid
         polys = mask_polygons(mask, y0, x0)
         if not polys:
@@ -124,7 +131,7 @@ def _colour(name: str) -> tuple[int, int, int]:
 
 
 def write_geojson(path: str | os.PathLike, labels, classes: dict[int, str] | None = None,
-                  colors: dict[str, tuple[int, int, int]] | None = None) -> Path:
+                  colors: dict[str, tuple[int, int, int]] | None = None, regions=None) -> Path:
     """Write (H, W) instance ``labels`` as a GeoJSON FeatureCollection (QuPath-style), atomically.
 
     classes: {label id: class name} (objects without one are unclassified); colors: {class
@@ -139,7 +146,7 @@ def write_geojson(path: str | os.PathLike, labels, classes: dict[int, str] | Non
         raise ImageError(f"labels of dtype {labels.dtype} cannot be exported; pass an integer array")
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
-    text = json.dumps({"type": "FeatureCollection", "features": labels_to_features(labels, classes, colors)})
+    text = json.dumps({"type": "FeatureCollection", "features": labels_to_features(labels, classes, colors, regions)})
     fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -1,0 +1,129 @@
+"""Segment boxes on a whole slide without loading it: the job behind ``medsam slide``.
+
+    from medsam_core.slide import segment_slide
+    result = segment_slide(predictor, "case.svs", boxes, out="case_labels.ome.zarr", geojson="case.geojson")
+
+The slide (pyramidal TIFF / SVS / NDPI or OME-Zarr) is opened lazily (``wsi.open_pyramid``);
+boxes are level-0 pixels. Every box goes through ``roi.iter_box_masks`` (the one entry point;
+on a slide larger than ``roi.MAX_WHOLE_PIXELS`` auto mode crops every box), each crop's masks
+are pasted into an on-disk NGFF label image (``labelstore.LabelStore``: the image's
+``labels/<name>`` for an OME-Zarr slide, or a new ``.zarr``), so memory stays at one crop.
+Optionally the objects go to a GeoJSON FeatureCollection (QuPath) with class names. Boxes can
+come from a GeoJSON file too (each feature's bounding box; its class name is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, PromptError
+from .preprocess import check_boxes
+
+
+@dataclass
+class SlideResult:
+    """labels: path of the NGFF label image; geojson: path or None; objects: ids written;
+    encodes: crops encoded; seconds: wall time; classes: {id: class name}."""
+
+    labels: Path
+    geojson: Path | None
+    objects: list[int]
+    encodes: int
+    seconds: float
+    classes: dict[int, str] = field(default_factory=dict)
+
+
+def boxes_from_geojson(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]]:
+    """(N, 4) XYXY pixel boxes (the bounding box of each Polygon/MultiPolygon feature, QuPath's
+    pixel-corner coordinates -> pixel indices) and {box index + 1: class name}."""
+    from .geojson import _class_name, _features
+
+    try:
+        doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptError(f"cannot read boxes from {path}: {exc}") from None
+    boxes, classes = [], {}
+    for feat in _features(doc):
+        geom = feat.get("geometry") or {}
+        if geom.get("type") not in ("Polygon", "MultiPolygon"):
+            continue
+        pts = np.asarray([p[:2] for ring in _rings(geom) for p in ring], np.float64)
+        if len(pts) < 3:
+            continue
+        x0, y0 = np.floor(pts.min(axis=0))
+        x1, y1 = np.ceil(pts.max(axis=0)) - 1
+        boxes.append([x0, y0, max(x0, x1), max(y0, y1)])
+        name = _class_name(feat.get("properties") or {})
+        if name:
+            classes[len(boxes)] = str(name)
+    return np.array(boxes, np.float64).reshape(-1, 4), classes
+
+
+def _rings(geom: dict) -> list:
+    coords = geom.get("coordinates") or []
+    return coords if geom["type"] == "Polygon" else [r for poly in coords for r in poly]
+
+
+def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.PathLike | None = None,
+                  name: str = "medsam", roi_mode: str = "auto", intensity=None, channel=None,
+                  geojson: str | os.PathLike | None = None, classes: dict[int, str] | None = None,
+                  overwrite: bool = False, progress=None, cancel=None) -> SlideResult:
+    """Segment (N, 4) XYXY level-0 ``boxes`` on the slide ``image`` -> SlideResult; box i gets id i+1.
+
+    out: a new ``.zarr`` path for the labels, or None to write into the OME-Zarr slide's
+    ``labels/<name>``. geojson: also write the objects there (class names from ``classes``).
+    progress(done, total) after each crop; cancel: callable or Event, checked before each crop
+    (the label image then holds the crops done so far). Bad arguments raise before anything is written.
+    """
+    from . import roi, wsi
+    from .labelstore import LabelStore
+
+    t0 = time.perf_counter()
+    pyr = wsi.open_pyramid(image)
+    try:
+        shape = pyr.shape[:2]
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            raise PromptError("no boxes given: nothing to segment")
+        boxes = check_boxes(boxes, shape)  # before anything is written
+        roi.choose_roi(boxes, shape, roi_mode)  # validates the mode
+        if out is None:
+            if pyr.kind != "ome-zarr":
+                raise ImageError(f"{Path(image).name} is not an OME-Zarr: give --out NAME.zarr for the labels")
+            dest = Path(image)
+        else:
+            dest = Path(out).expanduser()
+            if dest.suffix.lower() != ".zarr":
+                raise ImageError(f"labels go to an OME-Zarr store: {dest.name} must end in .zarr")
+            if dest.resolve() == Path(image).expanduser().resolve():
+                raise ImageError(f"{dest.name} is the slide itself: give another name, or none to use its labels/")
+        if geojson is not None and Path(geojson).suffix.lower() not in (".geojson", ".json"):
+            raise ImageError(f"GeoJSON output {Path(geojson).name} must end in .geojson")
+        window = wsi.intensity_window(pyr, intensity, channel)
+        store = LabelStore.create(dest, shape, name=name, spacing=pyr.spacing,
+                                  unit={"um": "micrometer"}.get(pyr.unit, pyr.unit), overwrite=overwrite)
+        total = roi.count_encodes(boxes, shape, roi_mode, predictor.spec.preprocessing.input_size)
+        done, windows = 0, []
+        for idx, results in roi.iter_box_masks(predictor, pyr, boxes, roi_mode, window, channel, cancel=cancel):
+            for i, r in zip(idx, results, strict=True):
+                store.paste(r.window, r.mask[None], np.array([i + 1], np.uint32))
+                windows.append(r.window)
+            done += 1
+            if progress:
+                progress(done, total)
+        store.update_levels()
+    finally:
+        pyr.close()
+    gj = None
+    if geojson is not None:
+        from .geojson import write_geojson
+
+        gj = write_geojson(geojson, store.level0, classes, regions=windows)
+    return SlideResult(store.path, gj, list(range(1, len(boxes) + 1)), done, time.perf_counter() - t0,
+                       dict(classes or {}))

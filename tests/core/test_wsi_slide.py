@@ -1,0 +1,93 @@
+"""``segment_slide`` / ``medsam slide``: boxes on a slide, labels chunk by chunk into OME-Zarr, GeoJSON out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medsam_core import ImageError, PromptError, ngff
+from medsam_core.geojson import read_geojson, write_geojson
+from medsam_core.labelstore import LabelStore
+from medsam_core.slide import boxes_from_geojson, segment_slide
+
+from .roi_fakes import BoxFillPredictor
+
+
+@pytest.fixture
+def slide(tmp_path):
+    from skimage.data import immunohistochemistry
+
+    data = np.ascontiguousarray(np.tile(immunohistochemistry(), (2, 3, 1)))  # 1024 x 1536 RGB
+    path = ngff.write_ngff_image(tmp_path / "slide.ome.zarr", [data, data[::2, ::2]], axes="yxc", spacing=(0.5, 0.5),
+                                 chunk=256)
+    return path, data
+
+
+def test_boxes_go_into_the_slides_labels_and_geojson(slide, tmp_path):
+    path, data = slide
+    boxes = np.array([[100, 100, 130, 140], [1000, 700, 1040, 730], [1500, 1000, 1535, 1023]], float)
+    pred = BoxFillPredictor()
+    res = segment_slide(pred, path, boxes, roi_mode="roi", geojson=tmp_path / "o.geojson",
+                        classes={1: "Tumor", 2: "Stroma"})
+    assert res.labels == path / "labels" / "medsam" and ngff.label_names(path) == ["medsam"]
+    labels = np.asarray(ngff.open_ngff(path, label="medsam").levels[0][:])
+    for i, (x0, y0, x1, y1) in enumerate(boxes.astype(int), start=1):
+        assert (labels == i).sum() == (x1 - x0 + 1) * (y1 - y0 + 1)
+        assert labels[y0, x0] == i and labels[y1, x1] == i
+    assert all(s[0] <= 256 and s[1] <= 256 for s in pred.shapes)  # crops only
+    back = read_geojson(res.geojson, labels.shape)
+    assert np.array_equal(back.labels, labels) and back.classes == {1: "Tumor", 2: "Stroma"}
+    level1 = np.asarray(ngff.open_ngff(path, label="medsam").levels[1][:])
+    assert np.array_equal(level1, labels[::2, ::2])  # the coarser level follows
+
+
+def test_bad_arguments_write_nothing(slide, tmp_path):
+    path, _ = slide
+    with pytest.raises(ImageError, match=".zarr"):
+        segment_slide(BoxFillPredictor(), path, [[1, 1, 5, 5]], out=tmp_path / "x.tif")
+    with pytest.raises(ImageError, match="slide itself"):
+        segment_slide(BoxFillPredictor(), path, [[1, 1, 5, 5]], out=path)
+    with pytest.raises(PromptError, match="outside"):
+        segment_slide(BoxFillPredictor(), path, [[10, 10, 20, 20], [3000, 3000, 3100, 3100]])
+    assert ngff.label_names(path) == [] and not (tmp_path / "x.tif").exists()
+
+
+def test_boxes_from_qupath_geojson_keep_classes(tmp_path):
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:20, 5:25], labels[30:55, 40:70] = 1, 2
+    write_geojson(tmp_path / "a.geojson", labels, {1: "Tumor", 2: "Immune cells"})
+    boxes, classes = boxes_from_geojson(tmp_path / "a.geojson")
+    assert boxes.tolist() == [[5, 10, 24, 19], [40, 30, 69, 54]]
+    assert classes == {1: "Tumor", 2: "Immune cells"}
+
+
+def test_label_store_pastes_regions_and_keeps_the_smaller_id(tmp_path):
+    store = LabelStore.create(tmp_path / "l.zarr", (3000, 2000), chunk=512)
+    m = np.ones((1, 10, 10), bool)
+    store.paste((100, 110, 100, 110), m, np.array([5]))
+    store.paste((105, 115, 105, 115), m, np.array([3]))
+    store.paste((105, 115, 105, 115), m, np.array([9]))
+    region = store.read_region((100, 115, 100, 115))
+    assert region[0, 0] == 5 and region[7, 7] == 3 and region[14, 14] == 3 and (region == 9).sum() == 0
+    assert store.update_levels() == 3
+    assert LabelStore(tmp_path / "l.zarr").levels[1][53, 53] == 3  # level 0 (106, 106)
+    files = [p for p in (tmp_path / "l.zarr" / "0").iterdir() if not p.name.startswith(".")]
+    assert len(files) == 1  # one 512 px chunk written, the rest never stored
+    with pytest.raises(ImageError, match="outside"):
+        store.write_region((2990, 3010, 0, 5), np.zeros((20, 5)))
+
+
+@pytest.mark.slow
+def test_medsam_slide_cli_real_model(slide, tmp_path, capsys):
+    from medsam_core.cli import main
+
+    path, _ = slide
+    (tmp_path / "boxes.csv").write_text("x_min,y_min,x_max,y_max\n300,200,340,236\n900,600,940,650\n")
+    rc = main(["slide", "--image", str(path), "--boxes", str(tmp_path / "boxes.csv"), "--out",
+               str(tmp_path / "lab.zarr"), "--geojson", str(tmp_path / "lab.geojson")])
+    assert rc == 0 and "2 objects" in capsys.readouterr().out
+    labels = np.asarray(ngff.open_ngff(tmp_path / "lab.zarr").levels[0][:])
+    assert set(np.unique(labels)) == {0, 1, 2} and 50 < (labels == 1).sum() < 41 * 37
+    assert len(json.loads((tmp_path / "lab.geojson").read_text())["features"]) >= 2
