@@ -17,6 +17,11 @@ import numpy as np
 
 from medsam_core.errors import ImageError, PromptError
 
+#: Largest plane (H * W) the widget segments: it holds the plane and an int32 Labels plane in
+#: memory. A whole slide (100,000^2) is opened lazily for viewing; segment it with ``medsam slide``
+#: or ``medsam_core.slide.segment_slide`` (labels chunk by chunk on disk, docs/pathology.md).
+MAX_PLANE_PIXELS = 16384 * 16384
+
 
 @dataclass(frozen=True)
 class Plane:
@@ -51,12 +56,28 @@ def image_data(layer) -> np.ndarray:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def check_plane_size(layer, rows: int, cols: int) -> None:
+    """Refuse, before anything is allocated, a plane too large to hold in memory (a whole slide)."""
+    shape = layer.level_shapes[0] if getattr(layer, "multiscale", False) else layer.data.shape
+    h, w = int(shape[rows]), int(shape[cols])
+    if h * w > MAX_PLANE_PIXELS:
+        raise ImageError(
+            f"layer {layer.name!r} is {w} x {h} pixels: too large for the MedSAM widget, which keeps a plane and its "
+            f"labels in memory (up to {MAX_PLANE_PIXELS:,} pixels). Segment whole slides with `medsam slide` or "
+            "medsam_core.slide.segment_slide (labels written chunk by chunk to OME-Zarr), then open the labels here"
+        )
+
+
 def spatial_axes(layer, channel_axis: int | None) -> list[int]:
     """Data axes of ``layer`` (RGB axis excluded by napari already) other than the channel axis."""
     return [a for a in range(layer.ndim) if a != channel_axis]
 
 
 def check_channel_axis(layer, channel_axis: int | None) -> int | None:
+    """Validate the channel axis for ``layer`` (and that its planes fit in memory, check_plane_size)."""
+    axes = [a for a in range(layer.ndim) if a != channel_axis]
+    if len(axes) >= 2:
+        check_plane_size(layer, axes[-2], axes[-1])
     if channel_axis is None or channel_axis < 0:
         return None
     if getattr(layer, "rgb", False):
@@ -190,6 +211,7 @@ def plane_size(image_layer, plane: Plane) -> tuple[int, int]:
 
 def extract_plane(image_layer, plane: Plane, channel_axis: int | None) -> np.ndarray:
     """The plane's pixels as (H, W) grey or (H, W, C) channels-last (RGB or the channel axis)."""
+    check_plane_size(image_layer, plane.rows, plane.cols)
     data = image_data(image_layer)
     pos = dict(plane.index)
     key = tuple(pos.get(a, slice(None)) for a in range(image_layer.ndim))
