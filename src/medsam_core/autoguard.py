@@ -1,0 +1,217 @@
+"""The automatic head's guard: rounds that never make the active automatic model worse.
+
+Like ``guard.FineTuneSession`` for the decoder: ``HeadSession.run_round`` keeps a share of the
+labelled objects out of training (their known region too), trains a new head on the rest
+(``autohead.train_head``), fits its post-processing on the training objects, then scores the new
+head and the active automatic model on the held-out objects (F1 at IoU 0.5, Dice / 100 breaks
+ties). Before any head is active, the active model is the threshold detector
+(``auto.AutoModel(split=True)`` + the decoder). The new head becomes active only if it scores
+higher (or ``force``); ``rollback`` restores the previous one.
+
+The head travels inside the fine-tuned checkpoint: ``save_with_model(path, model, head)`` stores it
+as the checkpoint extra ``"auto_head"`` and ``head_from_model(load_model(...))`` gives it back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .auto import AutoModel, DetectorParams
+from .autohead import (
+    AutoHead,
+    HeadConfig,
+    HeadFit,
+    check_pairs,
+    fit_post,
+    known_region,
+    match_in_region,
+    segment_everything,
+    train_head,
+)
+from .errors import PromptError, TrainingError
+
+EXTRA = "auto_head"
+MIN_OBJECTS = 5
+
+
+def head_from_model(model) -> AutoHead | None:
+    """The automatic head stored in a loaded model's checkpoint extras, or None."""
+    extras = getattr(model, "extras", None) or {}
+    if EXTRA not in extras:
+        return None
+    head = AutoHead.from_dict(dict(extras[EXTRA]))
+    head.check_model(model)
+    return head
+
+
+def save_with_model(path: str | os.PathLike, model, head: AutoHead | None, meta: dict | None = None) -> Path:
+    """Write ``model`` (its other extras kept) with ``head`` as extra "auto_head" (atomic)."""
+    from .checkpoint import save_checkpoint
+
+    extras = {k: v for k, v in (getattr(model, "extras", None) or {}).items() if k != EXTRA}
+    if head is not None:
+        head.check_model(model)
+        extras[EXTRA] = head.to_dict()
+    return save_checkpoint(path, model, dict(meta if meta is not None else getattr(model, "meta", {}) or {}),
+                           extras=extras)
+
+
+def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0) -> list[np.ndarray]:
+    """Per image, the label ids held out (about ``holdout`` of all objects, at least 1)."""
+    ids = [(i, int(k)) for i, lab in enumerate(labels) for k in np.unique(lab) if k != 0]
+    if len(ids) < MIN_OBJECTS:
+        raise TrainingError(f"label at least {MIN_OBJECTS} objects to train the automatic head "
+                            f"(the guard keeps some of them to check the result); got {len(ids)}")
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(holdout * len(ids))))
+    chosen = [ids[j] for j in rng.choice(len(ids), n, replace=False)]
+    return [np.asarray(sorted(k for i, k in chosen if i == im), np.int64) for im in range(len(labels))]
+
+
+@dataclass
+class Part:
+    """Labelled images cut into a training part and a held-out part (known regions per image)."""
+
+    images: list
+    train_labels: list
+    train_known: list
+    held_labels: list
+    held_known: list
+
+
+def split_part(images, labels, known, holdout: float, seed: int, context: float, min_context: int) -> Part:
+    held = split_objects(labels, holdout, seed)
+    part = Part([], [], [], [], [])
+    for img, lab, kn, ids in zip(images, labels, known, held, strict=True):
+        lab = np.asarray(lab)
+        is_held = np.isin(lab, ids)
+        hk = known_region(np.where(is_held, lab, 0), context, min_context) & kn if len(ids) else np.zeros(lab.shape, bool)
+        part.images.append(img)
+        part.train_labels.append(np.where(hk, 0, lab))
+        part.train_known.append(kn & ~hk)
+        part.held_labels.append(np.where(hk, lab, 0))  # every labelled object seen in the held-out region
+        part.held_known.append(hk)
+    return part
+
+
+def heldout_score(propose, part: Part) -> tuple[float, float, float]:
+    """(score, F1, mean Dice) of a proposer ``image -> Proposals`` on the held-out regions."""
+    tp = n_pred = n_ref = 0
+    dices = []
+    for img, lab, kn in zip(part.images, part.held_labels, part.held_known, strict=True):
+        if not kn.any():
+            continue
+        r = match_in_region(propose(img).masks, lab, kn)
+        tp, n_pred, n_ref = tp + r.matched, n_pred + r.n_pred, n_ref + r.n_ref
+        if r.matched:
+            dices += [r.mean_dice] * r.matched
+    f1 = 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0
+    dice = float(np.mean(dices)) if dices else 0.0
+    return f1 + dice / 100, f1, dice
+
+
+@dataclass
+class HeadRound:
+    number: int
+    fit: HeadFit
+    f1: float  # held-out, new head
+    dice: float
+    f1_active: float  # held-out, the automatic model active before the round
+    dice_active: float
+    accepted: bool
+    forced: bool
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def head(self) -> AutoHead:
+        return self.fit.head
+
+
+class HeadSession:
+    """Active automatic head (None: the threshold detector) + rounds, accept/refuse, rollback."""
+
+    def __init__(self, head: AutoHead | None = None):
+        self.active: AutoHead | None = head
+        self.rounds: list[HeadRound] = []
+        self._previous: list[AutoHead | None] = []
+
+    def active_proposer(self, predictor):
+        if self.active is not None:
+            return lambda img: segment_everything(predictor, self.active, img)
+        threshold = AutoModel(DetectorParams(split=True))
+        return lambda img: threshold.propose(predictor, img)
+
+    def run_round(self, predictor, images: Sequence, labels: Sequence, known: Sequence | None = None,
+                  config: HeadConfig | None = None, force: bool = False, cancel=None):
+        """Generator: yields ``autohead.HeadStep``s, returns the HeadRound (see the module docstring).
+        On cancel or error nothing changes."""
+        config = (config or HeadConfig()).validate()
+        check_pairs(images, labels, known)
+        labels = [np.asarray(lab) for lab in labels]
+        if known is None:
+            known = [known_region(lab, config.context, config.min_context) for lab in labels]
+        known = [np.asarray(k, bool) for k in known]
+        part = split_part(list(images), labels, known, config.holdout, config.seed, config.context, config.min_context)
+        fit = yield from train_head(predictor, part.images, part.train_labels, part.train_known, config, cancel)
+        post, _ = fit_post(predictor, fit.head, part.images, part.train_labels, part.train_known)
+        fit.head.post = post
+        _, f1, dice = heldout_score(lambda img: segment_everything(predictor, fit.head, img), part)
+        _, f1_a, dice_a = heldout_score(self.active_proposer(predictor), part)
+        accepted = (f1, dice) > (f1_a, dice_a) or force
+        number = len(self.rounds) + 1
+        meta = {"round": number, "heldout_f1": f1, "heldout_dice": dice, "active_f1": f1_a, "active_dice": dice_a,
+                "accepted": bool(accepted), "forced": bool(force and (f1, dice) <= (f1_a, dice_a)),
+                "active_was": "head" if self.active is not None else "threshold detector"}
+        fit.head.meta.update(meta)
+        rnd = HeadRound(number, fit, f1, dice, f1_a, dice_a, bool(accepted), meta["forced"], meta)
+        self.rounds.append(rnd)
+        if accepted:
+            self._previous.append(self.active)
+            self.active = fit.head
+        return rnd
+
+    def accept(self, rnd: HeadRound) -> HeadRound:
+        """Make a refused round's head active all the same; ``rollback`` undoes it."""
+        if rnd.accepted:
+            raise TrainingError(f"automatic round {rnd.number} is already active")
+        self._previous.append(self.active)
+        self.active = rnd.head
+        rnd.accepted = rnd.forced = True
+        rnd.meta.update(accepted=True, forced=True)
+        rnd.head.meta.update(accepted=True, forced=True)
+        return rnd
+
+    @property
+    def can_rollback(self) -> bool:
+        return bool(self._previous)
+
+    def rollback(self) -> AutoHead | None:
+        if not self._previous:
+            raise TrainingError("nothing to roll back: no automatic round was made active")
+        self.active = self._previous.pop()
+        return self.active
+
+
+def train_and_guard(predictor, images, labels, known=None, config: HeadConfig | None = None, force=False,
+                    head: AutoHead | None = None):
+    """Run one guarded round to the end (no progress) -> (HeadSession, HeadRound)."""
+    session = HeadSession(head)
+    gen = session.run_round(predictor, images, labels, known, config, force)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return session, stop.value
+
+
+def with_post(head: AutoHead, **changes) -> AutoHead:
+    """A copy of ``head`` sharing its module, with post-processing settings changed."""
+    try:
+        return replace(head, post=replace(head.post, **changes).validate())
+    except TypeError as exc:
+        raise PromptError(f"unknown post-processing setting: {exc}") from exc
