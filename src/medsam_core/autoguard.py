@@ -22,17 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .auto import AutoModel, DetectorParams
-from .autohead import (
-    AutoHead,
-    HeadConfig,
-    HeadFit,
-    check_pairs,
-    fit_post,
-    known_region,
-    match_in_region,
-    segment_everything,
-    train_head,
-)
+from .autohead import AutoHead, HeadConfig, HeadFit, check_pairs, known_region, train_head
+from .autoseg import fit_post, match_in_region, segment_everything
 from .errors import PromptError, TrainingError
 
 EXTRA = "auto_head"

@@ -26,7 +26,9 @@ import numpy as np
 from .errors import ImageError, MedSAMError
 
 #: Modules providing ``register(subparsers)``, in the order their commands appear in --help.
-SUBCOMMAND_MODULES: list[str] = ["medsam_core.cli_train", "medsam_core.cli_batch", "medsam_core.cli_export"]
+SUBCOMMAND_MODULES: list[str] = [
+    "medsam_core.cli_train", "medsam_core.cli_batch", "medsam_core.cli_export", "medsam_core.cli_auto",
+]
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz")
 

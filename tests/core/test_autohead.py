@@ -22,13 +22,11 @@ from medsam_core.autohead import (
     dihedral,
     distance_target,
     from_map,
-    head_instances,
     known_region,
-    match_in_region,
-    segment_everything,
     to_map,
     train_head,
 )
+from medsam_core.autoseg import head_instances, match_in_region, segment_everything
 from medsam_core.embeddings import EmbeddingCache
 from medsam_core.errors import CancelledError, ImageError, PromptError, TrainingError
 from medsam_core.preprocess import Intensity, prepare_image
