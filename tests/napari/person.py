@@ -58,3 +58,22 @@ def file_open(viewer, qtbot, path, plugin_text: str = "MedSAM") -> None:
     QTimer.singleShot(50, answer)
     viewer.window._qt_viewer._qt_open([str(path)], stack=False)
     qtbot.wait(50)
+
+
+def lasso(viewer, qtbot, xy_points, steps: int = 3) -> None:
+    """Draw a polygon through (V, 2) XY pixel vertices as a person does with napari's lasso tool:
+    press at the first vertex, move through the others (napari adds a vertex every 10 screen px),
+    release back at the first one."""
+    native = viewer.window._qt_viewer.canvas.native
+    pts = [canvas_point(viewer, (y, x)) for x, y in np.asarray(xy_points, float)]
+    pts.append(pts[0])
+    QTest.mouseMove(native, pts[0])
+    qtbot.wait(20)
+    QTest.mousePress(native, LEFT, Qt.KeyboardModifier.NoModifier, pts[0])
+    for a, b in zip(pts[:-1], pts[1:], strict=True):
+        for k in range(1, steps + 1):
+            t = k / steps
+            QTest.mouseMove(native, QPoint(int(a.x() + t * (b.x() - a.x())), int(a.y() + t * (b.y() - a.y()))))
+            qtbot.wait(10)
+    QTest.mouseRelease(native, LEFT, Qt.KeyboardModifier.NoModifier, pts[-1])
+    qtbot.wait(30)
