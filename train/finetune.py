@@ -179,7 +179,7 @@ class Trainable(nn.Module):
         return torch.cat(logits), torch.cat(ious)
 
 
-work = copy.deepcopy(model).eval()  # eval: BatchNorm keeps its statistics (few images per batch)
+work = copy.deepcopy(model.module).eval()  # the nn.Module; eval: BatchNorm keeps its statistics (few images per batch)
 params = set_trainable(work, TrainConfig(mode=cfg.mode, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha))
 net = Trainable(work).to(device)
 if ddp:

@@ -29,10 +29,11 @@ import numpy as np
 from ._atomic import clean_stale_tmp, mkstemp_readable
 from ._paths import check_not_input, check_output_dir
 from .boxsources import boxes_from_labels, find_paired, read_any_boxes, read_table
+from .cancel import check_cancel
 from .errors import CancelledError, CheckpointError, ImageError, ModelNotFoundError, PromptError
 from .io import READ_SUFFIXES, probe_spatial_shape, read_image, write_labels
 from .preprocess import Intensity
-from .roi import ROI_MODES, _check_cancel, segment_large
+from .roi import ROI_MODES, segment_large
 from .segment import check_boxes_for_image, segment_boxes
 from .series import check_outputs, list_images, split_name
 
@@ -247,7 +248,7 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     try:
         for k, path in enumerate(files):
             try:
-                _check_cancel(cancel)
+                check_cancel(cancel, "batch cancelled")
             except CancelledError:
                 report.cancelled = True
                 break

@@ -2,19 +2,23 @@
 
 Lifecycle as in segment-anything: ``set_image(image)`` -> ``predict(...)`` many times ->
 ``reset_image()``. Embeddings come from an EmbeddingCache, so setting an image that was seen
-before (same content, model, preprocessing) does not run the encoder again.
+before (same content, model, preprocessing) does not run the encoder again. ``embed(images)``
+(and its generator form ``embed_steps``) is the one way an image gets into that cache: set_image,
+volumes (``embed_volume``), series prefetch and fine-tuning all call it.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backends import EncoderBackend, make_encoder_backend
-from .embeddings import EmbeddingCache, EmbeddingKey, content_hash
-from .errors import PredictorStateError, PromptError
+from .cancel import Cancel, check_cancel
+from .embeddings import CacheEntry, EmbeddingCache, EmbeddingKey, content_hash
+from .errors import MedSAMError, PredictorStateError, PromptError
 from .preprocess import (
     Intensity,
     PreparedImage,
@@ -25,6 +29,19 @@ from .preprocess import (
     points_to_model,
     prepare_image,
 )
+
+#: Images per encoder call in ``Predictor.embed`` (volumes, folders, training variants).
+ENCODE_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One image's result of ``Predictor.embed``: its cache ``key``, the cache ``entry``
+    (``.embedding`` (256, 64, 64), ``.meta`` geometry) and whether it was ``cached`` already."""
+
+    key: EmbeddingKey
+    entry: CacheEntry
+    cached: bool
 
 
 class Prediction(tuple):
@@ -43,7 +60,8 @@ class Prediction(tuple):
 class Predictor:
     """Box/point-prompted segmentation of one image at a time.
 
-    model: from ``medsam_core.load_model``. cache: shared EmbeddingCache (one is made if None).
+    model: a ``LoadedModel`` from ``medsam_core.load_model`` (anything with ``spec``,
+    ``encoder_id``, ``decode`` and ``parameters()`` works, e.g. a test double). cache: shared EmbeddingCache (one is made if None).
     intensity / channel: defaults for ``set_image`` (see preprocess.Intensity, to_grey_or_rgb).
     encoder_backend: "auto" (the verified OpenVINO engine on the CPU; at the first image it is
     built in a separate process while PyTorch eager serves), "openvino", "torch" or an
@@ -98,27 +116,91 @@ class Predictor:
         Runs the encoder unless the cache holds this image's embedding. Returns True when the
         embedding came from the cache. On error the previous image stays set.
         """
-        intensity = intensity or self.intensity
-        channel = self.channel if channel is None else channel
-        check_whole_image_size(np.shape(image))  # before anything is read or allocated
-        image = check_image(image)
-        key = self.key_for(image, intensity, channel)
-        entry = self.cache.get(key)
-        prepared = self._usable(entry, image.shape[:2]) if entry is not None else None
-        cached = prepared is not None
-        if cached:
-            embedding = entry.embedding
-        else:
-            prepared = prepare_image(image, self.spec.preprocessing, intensity, channel)
-            embedding = self.encode(prepared.tensor[None])[0]
-            entry = self.cache.put(key, embedding, _geometry_meta(prepared))
-            embedding = entry.embedding
+        (done,) = self.embed([image], intensity, channel)
         import torch
 
-        self._embedding = torch.from_numpy(np.asarray(embedding, np.float32))[None].to(self.device)
-        self._prepared = replace(prepared, tensor=np.empty(0, np.float32))
-        self.image_key = key
-        return cached
+        self._embedding = torch.from_numpy(np.asarray(done.entry.embedding, np.float32))[None].to(self.device)
+        self._prepared = _geometry_from_meta(done.entry.meta)
+        self.image_key = done.key
+        return done.cached
+
+    # -- encoding into the cache: the one way ----------------------------------------------------
+    def embed(self, images, intensity: Intensity | None = None, channel=None, *,
+              batch_size: int = ENCODE_BATCH, cancel: Cancel = None, skip_blank: bool = False) -> list:
+        """Put the embeddings of ``images`` in ``self.cache`` -> one ``Embedded`` (key, cache
+        entry, whether it was cached already) per image.
+
+        images: a sequence of 2D images, each (H, W) or (H, W, C) channels-last (a list, or a
+        (Z, Y, X) array whose slices are the images); one image is ``[image]``.
+        Cached images (memory or disk) cost nothing; identical images are encoded once; the rest
+        are encoded ``batch_size`` per encoder call. A cached entry whose geometry cannot belong
+        to its image is warned about and encoded again. ``cancel`` is checked before each batch
+        (CancelledError; batches already encoded stay cached: entries are keyed by content).
+        skip_blank: constant images get None instead of an ImageError.
+        The current image (``set_image``) is not changed; safe to call from a prefetch thread.
+        """
+        entries: list = [None] * len(images)
+        for _ in self._embed(images, intensity, channel, batch_size, cancel, skip_blank, entries):
+            pass
+        return entries
+
+    def embed_steps(self, images, intensity: Intensity | None = None, channel=None, *,
+                    batch_size: int = ENCODE_BATCH, cancel: Cancel = None,
+                    skip_blank: bool = False) -> Iterator[tuple[int, int]]:
+        """``embed`` as a generator that only fills the cache: yields ``(done, total)`` images,
+        first after checking the cache, then after each encoder batch. Checks only that cached
+        files exist (reads none); raises MedSAMError before any encoding when a memory-only cache
+        cannot hold the images to encode (they would evict each other), and CacheMismatchError
+        when its disk store belongs to another model or preprocessing."""
+        return self._embed(images, intensity, channel, batch_size, cancel, skip_blank, None)
+
+    def _embed(self, images, intensity, channel, batch_size, cancel, skip_blank, entries):
+        if batch_size < 1:
+            raise MedSAMError(f"batch_size must be >= 1, got {batch_size}")
+        intensity = intensity or self.intensity
+        channel = self.channel if channel is None else channel
+        todo: dict[str, tuple[list[int], EmbeddingKey, np.ndarray]] = {}
+        checked = False
+        for i in range(len(images)):
+            image = images[i]
+            check_whole_image_size(np.shape(image))  # before anything is read or allocated
+            if skip_blank and np.ndim(image) >= 2 and np.min(image) == np.max(image):
+                continue
+            image = check_image(image)
+            key = self.key_for(image, intensity, channel)
+            if not checked:
+                self.cache.check_store(key)
+                checked = True
+            if key.digest in todo:
+                todo[key.digest][0].append(i)
+                continue
+            if entries is None:
+                if key in self.cache:
+                    continue
+            else:
+                entry = self.cache.get(key)
+                if entry is not None and self._usable(entry, image.shape[:2]) is not None:
+                    entries[i] = Embedded(key, entry, True)
+                    continue
+            todo[key.digest] = ([i], key, image)
+        if len(todo) > 1:
+            _check_room(self.cache, len(todo))
+        total = len(images)
+        done = total - len(todo)  # blank, cached and duplicate images cost nothing
+        yield done, total
+        pending = list(todo.values())
+        for start in range(0, len(pending), batch_size):
+            check_cancel(cancel)
+            chunk = pending[start:start + batch_size]
+            prepared = [prepare_image(image, self.spec.preprocessing, intensity, channel) for _, _, image in chunk]
+            embeddings = self.encode(np.stack([p.tensor for p in prepared]))
+            for (where, key, _), prep, emb in zip(chunk, prepared, embeddings, strict=True):
+                entry = self.cache.put(key, emb, _geometry_meta(prep))
+                if entries is not None:
+                    for i in where:
+                        entries[i] = Embedded(key, entry, False)
+            done += len(chunk)
+            yield done, total
 
     def _usable(self, entry, size: tuple[int, int]) -> PreparedImage | None:
         """The geometry of a cached entry, or None (warned) when it cannot belong to this image and
@@ -138,7 +220,7 @@ class Predictor:
             return prepared
         import warnings
 
-        warnings.warn(f"a cached embedding is not used: {problem}; encoding the image again", stacklevel=3)
+        warnings.warn(f"a cached embedding is not used: {problem}; encoding the image again", stacklevel=5)
         return None
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
@@ -266,6 +348,20 @@ def check_whole_image_size(shape: tuple[int, ...]) -> None:
             f"{MAX_WHOLE_PIXELS:,} pixels; it would need ~{int(shape[0]) * int(shape[1]) * 16 / 2**30:.0f} GiB): "
             "segment it in ROI mode (medsam batch/segment --roi roi, or medsam_core.roi.segment_large), "
             "which encodes only crops around the boxes, or open a lower-resolution pyramid level"
+        )
+
+
+def _check_room(cache, n_new: int) -> None:
+    """Refuse, before encoding, more new embeddings than a memory-only cache holds."""
+    if cache.disk_dir is not None or n_new == 0:
+        return
+    need = n_new * 256 * 64 * 64 * cache.dtype.itemsize
+    if need > cache.max_bytes:
+        raise MedSAMError(
+            f"precomputing {n_new} slices needs {need / 2**20:.0f} MiB of embeddings but the cache "
+            f"holds {cache.max_bytes / 2**20:.0f} MiB: later slices would evict earlier ones. Give "
+            "EmbeddingCache a larger max_bytes, dtype='float16', or a disk_dir; or skip precomputing "
+            "(segment_volume encodes the slices it needs)"
         )
 
 

@@ -220,17 +220,6 @@ def _read_and_embed(path: Path, predictor, intensity, channel, stop: threading.E
 
 def embed_into_cache(predictor, image, intensity=None, channel=None) -> bool:
     """Put the embedding of a 2D ``image`` in ``predictor.cache`` without making it the current
-    image. Returns True when it was cached already. Thread-safe against the GUI using the predictor."""
-    from .predictor import _geometry_meta
-    from .preprocess import check_image, prepare_image
-
-    intensity = intensity or predictor.intensity
-    channel = predictor.channel if channel is None else channel
-    image = check_image(image)
-    key = predictor.key_for(image, intensity, channel)
-    if key in predictor.cache:
-        return True
-    prepared = prepare_image(image, predictor.spec.preprocessing, intensity, channel)
-    embedding = predictor.encode(prepared.tensor[None])[0]
-    predictor.cache.put(key, embedding, _geometry_meta(prepared))
-    return False
+    image (``Predictor.embed``). Returns True when it was cached already. Thread-safe against the
+    GUI using the predictor."""
+    return predictor.embed([image], intensity, channel)[0].cached

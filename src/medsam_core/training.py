@@ -28,14 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cancel import check_cancel
 from .checkpoint import finish_model
 from .data import TrainingData, Variant, jitter_boxes, prepare_variant, split_holdout
-from .errors import CancelledError, TrainingError
+from .errors import TrainingError
 from .lora import add_lora, lora_parameters, merge_lora
 from .losses import DiceCELoss, IoURegressionLoss
 from .metrics import dice
 from .modeling.train_decoder import decode_for_training, supports_training
-from .predictor import Predictor, _geometry_meta
+from .predictor import Predictor
 from .preprocess import boxes_to_model
 
 MODES = ("decoder", "full", "lora")
@@ -237,14 +238,6 @@ class FitResult:
         return self.dice_after > self.dice_before
 
 
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 class _Source:
     """Per-image training material: variants (image x flip) with embeddings (decoder mode)."""
 
@@ -257,19 +250,12 @@ class _Source:
         pre = model.spec.preprocessing
         for image_index, idx in data.by_image().items():
             for flip in flips:
-                v = prepare_variant(data, image_index, idx, pre, flip, intensity, channel)
-                self.variants[(image_index, flip)] = v
-                if config.mode == "decoder":
-                    self.embeddings[(image_index, flip)] = self._embedding(v)
-
-    def _embedding(self, v: Variant) -> np.ndarray:
-        """(256, 64, 64) from the cache, or encoded once and stored there."""
-        p = self.predictor
-        key = p.key_for(v.image)
-        entry = p.cache.get(key)
-        if entry is None:
-            entry = p.cache.put(key, p.encode(v.prepared.tensor[None])[0], _geometry_meta(v.prepared))
-        return np.asarray(entry.embedding, np.float32)
+                self.variants[(image_index, flip)] = prepare_variant(data, image_index, idx, pre, flip,
+                                                                     intensity, channel)
+        if config.mode == "decoder":  # (256, 64, 64) each, from the cache or encoded (batched) once
+            keys = list(self.variants)
+            done = self.predictor.embed([self.variants[k].image for k in keys])
+            self.embeddings = {k: np.asarray(d.entry.embedding, np.float32) for k, d in zip(keys, done, strict=True)}
 
     def plan(self, rng: np.random.Generator) -> list[tuple[tuple[int, tuple[bool, bool]], list[int]]]:
         """One epoch: batches of up to batch_size objects of one image (and one random flip)."""
@@ -314,7 +300,7 @@ def fit(model, data: TrainingData, config: TrainConfig | None = None, on_step: S
     device = torch.device(config.device) if config.device else next(model.parameters()).device
     before = evaluate(model, heldout, cache, intensity, channel)
     source = _Source(model, data, config, cache, intensity, channel)
-    work = copy.deepcopy(model).to(device).eval()
+    work = copy.deepcopy(model).to(device).eval()  # a LoadedModel copy: forward() reads its spec
     with torch.random.fork_rng(devices=[]):  # LoRA adapters start from config.seed, not the caller's RNG state
         torch.manual_seed(config.seed)
         params = set_trainable(work, config)
@@ -326,8 +312,7 @@ def fit(model, data: TrainingData, config: TrainConfig | None = None, on_step: S
     total, step, losses = config.epochs * per_epoch, 0, []
     for _epoch in range(config.epochs):
         for key, local in source.plan(rng):
-            if _is_cancelled(cancel):
-                raise CancelledError(f"fine-tuning cancelled after {step} of {total} steps; the model is unchanged")
+            check_cancel(cancel, f"fine-tuning cancelled after {step} of {total} steps; the model is unchanged")
             lr = lr_at(step, total, config.lr, config.warmup_ratio, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -338,8 +323,7 @@ def fit(model, data: TrainingData, config: TrainConfig | None = None, on_step: S
             step += 1
             if on_step is not None:
                 on_step(step, total, loss, {**info, "lr": lr, "epoch": _epoch + 1})
-    if _is_cancelled(cancel):
-        raise CancelledError("fine-tuning cancelled before export; the model is unchanged")
+    check_cancel(cancel, "fine-tuning cancelled before export; the model is unchanged")
     new = export_model(work, model, config)
     after = evaluate(new, heldout, cache, intensity, channel)
     result = FitResult(

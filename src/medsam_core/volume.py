@@ -12,7 +12,7 @@ A MedSAM-family model sees one 2D slice at a time. Three rules make a volume wor
   volumes are clipped too (on the Colin27 T1, uint8 0..254, the window is 10..188). "ct",
   "range" and "as_is" (8-bit data already windowed, used unchanged) pass unchanged.
 * **Each slice is encoded once**, whatever the number of objects: slices go through
-  ``Predictor.set_image``, whose EmbeddingCache is keyed by the slice's content hash, the model
+  ``Predictor.embed`` (``set_image`` uses it too), whose EmbeddingCache is keyed by the slice's content hash, the model
   and the (volume-wide) intensity window. ``embed_volume`` fills that cache ahead of time in
   batches; with ``EmbeddingCache(disk_dir=...)`` reopening the volume costs no encoder run.
 * **Any axis can be the slicing axis**: ``as_slices`` moves it to the front (a view, no copy).
@@ -20,32 +20,21 @@ A MedSAM-family model sees one 2D slice at a time. Three rules make a volume wor
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import CancelledError, ImageError, MedSAMError
-from .predictor import _geometry_meta
-from .preprocess import Intensity, prepare_image
+from .cancel import Cancel, check_cancel
+from .errors import ImageError
+from .predictor import ENCODE_BATCH
+from .preprocess import Intensity
 
-__all__ = ["as_slices", "check_cancel", "embed_volume", "volume_intensity"]
+# Cancel and check_cancel live in cancel.py; walk.py, propagate.py and the GUI import them from here.
+__all__ = ["Cancel", "as_slices", "check_cancel", "embed_volume", "volume_intensity"]
 
 #: Voxels sampled (evenly strided) to estimate the volume's percentiles: exact enough, and a
 #: 512 x 512 x 600 CT does not need a full sort.
 _PERCENTILE_SAMPLE = 1 << 22
-
-Cancel = Callable[[], bool] | threading.Event | None
-
-
-def check_cancel(cancel: Cancel) -> None:
-    """Raise CancelledError if ``cancel`` (a callable returning True, or a set Event) says so."""
-    if cancel is None:
-        return
-    stop = cancel.is_set() if isinstance(cancel, threading.Event) else cancel()
-    if stop:
-        raise CancelledError("cancelled by the user; nothing was changed")
-
 
 def as_slices(volume, axis: int = 0) -> np.ndarray:
     """(Z, Y, X) volume -> view with the slicing ``axis`` first; checks it is a 3D numeric array."""
@@ -96,7 +85,7 @@ def is_blank(image: np.ndarray) -> bool:
 
 
 def embed_volume(predictor, volume, axis: int = 0, intensity: Intensity | None = None,
-                 batch_size: int = 4, cancel: Cancel = None) -> Iterator[tuple[int, int]]:
+                 batch_size: int = ENCODE_BATCH, cancel: Cancel = None) -> Iterator[tuple[int, int]]:
     """Encode every slice of ``volume`` (Z, Y, X) along ``axis`` into ``predictor.cache``.
 
     A generator: yields ``(done, total)`` slices, first after checking the cache, then after
@@ -107,52 +96,10 @@ def embed_volume(predictor, volume, axis: int = 0, intensity: Intensity | None =
     batches and raises CancelledError; batches already encoded stay cached (that is harmless:
     entries are keyed by content).
 
-    Raises MedSAMError before any work when a memory-only cache cannot hold the slices to
+    The work is ``Predictor.embed_steps``. Raises MedSAMError before any work when a memory-only cache cannot hold the slices to
     encode (they would evict each other), and CacheMismatchError when the disk store belongs
     to another model or preprocessing.
     """
-    if batch_size < 1:
-        raise MedSAMError(f"batch_size must be >= 1, got {batch_size}")
     slices = as_slices(volume, axis)
     intensity = volume_intensity(slices, intensity)
-    cache = predictor.cache
-    total = len(slices)
-    todo: dict[str, tuple[int, object]] = {}
-    checked = False
-    for z in range(total):
-        sl = slices[z]
-        if is_blank(sl):
-            continue
-        key = predictor.key_for(sl, intensity)
-        if not checked:
-            cache.check_store(key)
-            checked = True
-        if key.digest not in todo and key not in cache:
-            todo[key.digest] = (z, key)
-    _check_room(cache, len(todo))
-    done = total - len(todo)  # blank, cached and duplicate slices cost nothing
-    yield done, total
-    pending = list(todo.values())
-    for start in range(0, len(pending), batch_size):
-        check_cancel(cancel)
-        chunk = pending[start:start + batch_size]
-        prepared = [prepare_image(slices[z], predictor.spec.preprocessing, intensity, predictor.channel)
-                    for z, _ in chunk]
-        embeddings = predictor.encode(np.stack([p.tensor for p in prepared]))
-        for (_, key), prep, emb in zip(chunk, prepared, embeddings, strict=True):
-            cache.put(key, emb, _geometry_meta(prep))
-        done += len(chunk)
-        yield done, total
-
-
-def _check_room(cache, n_new: int) -> None:
-    if cache.disk_dir is not None or n_new == 0:
-        return
-    need = n_new * 256 * 64 * 64 * cache.dtype.itemsize
-    if need > cache.max_bytes:
-        raise MedSAMError(
-            f"precomputing {n_new} slices needs {need / 2**20:.0f} MiB of embeddings but the cache "
-            f"holds {cache.max_bytes / 2**20:.0f} MiB: later slices would evict earlier ones. Give "
-            "EmbeddingCache a larger max_bytes, dtype='float16', or a disk_dir; or skip precomputing "
-            "(segment_volume encodes the slices it needs)"
-        )
+    yield from predictor.embed_steps(slices, intensity, batch_size=batch_size, cancel=cancel, skip_blank=True)

@@ -162,3 +162,83 @@ def test_disk_store_survives_restart_and_refuses_other_model(tmp_path):
     assert entry.meta == {"original_size": [2, 3]} and fresh.disk_hits == 1
     with pytest.raises(CacheMismatchError, match="different encoder_id"):
         EmbeddingCache(disk_dir=tmp_path).get(EmbeddingKey("img", "encB", "pre"))
+
+
+def _counting_backend(model):
+    """An encoder backend for the fake model that records each call's batch size."""
+    from medsam_core.backends import EncoderBackend
+
+    class Counting(EncoderBackend):
+        name = "counting"
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def encode(self, batch):
+            import torch
+
+            self.calls.append(len(batch))
+            with torch.no_grad():
+                return model.encode(torch.from_numpy(batch)).numpy()
+
+    return Counting()
+
+
+def _embed_predictor(cache=None):
+    from tests.core.volume_fakes import fake_model
+
+    model = fake_model()
+    backend = _counting_backend(model)
+    return Predictor(model, cache=cache, encoder_backend=backend), backend
+
+
+def test_embed_batches_skips_cached_and_duplicates():
+    """Predictor.embed is the one "encode into the cache": batched, cached and repeated images
+    cost nothing, keys are exactly ``key_for``'s, and set_image afterwards runs no encoder."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (256, 256), dtype=np.uint8) for _ in range(5)]
+    p, backend = _embed_predictor()
+    p.set_image(images[0])  # cached before the batch
+    backend.calls.clear()
+    done = p.embed([images[0], images[1], images[2], images[1], images[3], images[4]], batch_size=2)
+    assert backend.calls == [2, 2]  # 4 new distinct images, 2 per call
+    assert [d.cached for d in done] == [True, False, False, False, False, False]
+    assert [d.key for d in done] == [p.key_for(im) for im in (images[0], images[1], images[2], images[1],
+                                                            images[3], images[4])]
+    assert done[1].entry is done[3].entry and done[1].entry.embedding.shape == (256, 64, 64)
+    assert all(p.set_image(im) for im in images) and backend.calls == [2, 2]
+    assert p.embed([]) == [] and backend.calls == [2, 2]
+
+
+def test_embed_steps_progress_cancel_and_blank():
+    import threading
+
+    from medsam_core.errors import CancelledError
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (256, 256), dtype=np.uint8) for _ in range(5)] + [np.zeros((256, 256))]
+    p, backend = _embed_predictor()
+    stop = threading.Event()
+    steps = p.embed_steps(images, batch_size=2, cancel=stop, skip_blank=True)
+    assert next(steps) == (1, 6)  # the blank image costs nothing
+    assert next(steps) == (3, 6)
+    stop.set()
+    with pytest.raises(CancelledError):
+        next(steps)
+    assert backend.calls == [2]  # the first batch stays cached, nothing more was encoded
+    assert list(p.embed_steps(images, batch_size=2, skip_blank=True)) == [(3, 6), (5, 6), (6, 6)]
+    assert p.embed(images[-1:], skip_blank=True) == [None]
+    with pytest.raises(ImageError, match="constant"):
+        p.embed(images[-1:])
+    with pytest.raises(medsam_core.MedSAMError, match="batch_size"):
+        p.embed(images, batch_size=0)
+
+
+def test_embed_refuses_more_than_a_memory_cache_holds():
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (256, 256), dtype=np.uint8) for _ in range(3)]
+    p, backend = _embed_predictor(EmbeddingCache(max_bytes=2 * 256 * 64 * 64 * 4))
+    with pytest.raises(medsam_core.MedSAMError, match="evict"):
+        p.embed(images)
+    assert backend.calls == []

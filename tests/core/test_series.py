@@ -3,40 +3,40 @@
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 
-from medsam_core.embeddings import EmbeddingCache, EmbeddingKey, content_hash
+from medsam_core.embeddings import EmbeddingCache
 from medsam_core.errors import ImageError
 from medsam_core.io import read_image
-from medsam_core.preprocess import Intensity
-from medsam_core.registry import get_spec
 from medsam_core.series import ImageSeries, list_images, output_path, split_name
 
 
-class StubPredictor:
-    """What prefetch needs from a Predictor; encode blocks until ``release`` is set."""
+def StubPredictor():
+    """A real Predictor over the fake model (tests/core/volume_fakes.py) whose encoder blocks
+    until ``release`` is set and signals ``entered``: prefetch goes through ``Predictor.embed``."""
+    from medsam_core.backends import EncoderBackend
+    from medsam_core.predictor import Predictor
 
-    def __init__(self):
-        self.intensity, self.channel = Intensity(), "auto"
-        self.cache = EmbeddingCache()
-        self.spec = SimpleNamespace(preprocessing=get_spec("lite_medsam").preprocessing)
-        self.encoder_calls = 0
-        self.release, self.entered = threading.Event(), threading.Event()
-        self.release.set()
+    from .volume_fakes import fake_model
 
-    def key_for(self, image, intensity=None, channel=None):
-        return EmbeddingKey(content_hash(np.asarray(image)), "stub", repr((intensity, channel)))
+    release, entered = threading.Event(), threading.Event()
+    release.set()
 
-    def encode(self, batch):
-        self.entered.set()
-        self.release.wait(10)
-        self.encoder_calls += len(batch)
-        return np.zeros((len(batch), 256, 64, 64), np.float32)
+    class Blocking(EncoderBackend):
+        name = "blocking"
+
+        def encode(self, batch):
+            entered.set()
+            release.wait(10)
+            return np.zeros((len(batch), 256, 64, 64), np.float32)
+
+    pred = Predictor(fake_model("stub"), cache=EmbeddingCache(), encoder_backend=Blocking())
+    pred.release, pred.entered = release, entered
+    return pred
 
 
 def make_folder(tmp_path, n=3):
