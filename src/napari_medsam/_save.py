@@ -1,11 +1,20 @@
 """File > Save on a Labels layer offers the plugin's writers first (provenance sidecar, spacing).
 
-napari's save dialog lists the compatible npe2 writers in registration order and preselects the
-first; napari's own labels writer registers before any plugin, so a person saving MedSAM labels
-would get a plain TIFF without the provenance sidecar (reopened as an Image layer). npe2 has no
-public priority for writers, so once the MedSAM widget is opened its writer contributions are
-moved to the front of npe2's writer index. If npe2's internals change, nothing breaks: the
-plugin's writers stay listed (second), and a debug message says so.
+napari's save dialog lists the compatible npe2 writers (``PluginManager.iter_compatible_writers``)
+and preselects the first; napari's own labels writer registers before any plugin, and npe2 sorts
+writers only by "has extensions" and "how many layer types", then by registration order. So a person
+saving MedSAM labels would get a plain TIFF without the provenance sidecar (reopened as an Image
+layer).
+
+No public route exists (checked on npe2 0.10.0 / napari 0.9.2): npe2 has no writer priority in
+the manifest or the API (npe2 issue 129 only fixed the order *within* one plugin's manifest);
+napari's ``settings.plugins.extension2writer`` is defined but never read by the save dialog;
+unregistering and re-registering napari's own manifest would move its readers and commands too.
+So, once the MedSAM widget is opened, this module moves the plugin's writer entries to the front
+of npe2's private writer index (``PluginManager.instance()._contrib._writers``), the one private
+name used, only here. If npe2's internals change, nothing breaks: the plugin's writers stay
+listed (second), ``prefer_own_writers`` returns False and a debug message says so;
+tests/napari/test_widget_person.py checks the real dialog's preselected filter.
 """
 
 from __future__ import annotations
