@@ -59,29 +59,43 @@ def _filter_area(lab: np.ndarray, min_area: int) -> np.ndarray:
 def segment_everything(predictor, head: AutoHead, image, post: PostParams | None = None, cancel=None,
                        on_progress=None, chunk: int = 32) -> Proposals:
     """Every object of an (H, W[, C]) image: head maps -> watershed instances -> each instance's
-    box to the decoder (``refine="decoder"``) -> score filter -> NMS. on_progress(done, total):
-    per decoded chunk of boxes; cancel (Event or callable) raises CancelledError between chunks."""
+    box to the decoder (``refine="decoder"``) -> score filter -> NMS -> Proposals (best first).
+    on_progress(done, total): see ``segment_steps``; cancel (Event or callable) raises
+    CancelledError between steps."""
+    gen = segment_steps(predictor, head, image, post, chunk)
+    while True:
+        check_cancel(cancel)
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(*step)
+
+
+def segment_steps(predictor, head: AutoHead, image, post: PostParams | None = None, chunk: int = 32):
+    """Generator behind ``segment_everything``: yields (done, total) after the head's instances (step
+    1) and after each chunk of ``chunk`` decoded boxes; returns the Proposals. Closing it between two
+    steps (a cancel) leaves nothing behind."""
     post = (post or head.post).validate()
     inst = head_instances(predictor, head, image, post)
     h, w = inst.shape
     boxes = label_boxes(inst)
+    n_chunks = -(-len(boxes) // chunk) if post.refine == "decoder" else 0
+    yield 1, 1 + n_chunks
     if len(boxes) == 0:
         return Proposals(np.zeros((0, h, w), bool), boxes, np.zeros(0, np.float32))
     own = np.stack([inst == k for k in range(1, len(boxes) + 1)])
     if post.refine == "head":
-        if on_progress is not None:
-            on_progress(1, 1)
         return _finish(own, boxes, np.ones(len(own), np.float32), post)
     grown = boxes + np.array([-post.margin, -post.margin, post.margin, post.margin])
     grown = np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1])
     masks, scores = [], []
-    for s in range(0, len(grown), chunk):
-        check_cancel(cancel)
+    for k, s in enumerate(range(0, len(grown), chunk), start=2):
         m, sc = predictor.predict(boxes=grown[s: s + chunk])
         masks.append(np.asarray(m, bool))
         scores.append(np.asarray(sc, np.float32).reshape(-1))
-        if on_progress is not None:
-            on_progress(min(s + chunk, len(grown)), len(grown))
+        yield k, 1 + n_chunks
     masks = np.concatenate(masks)
     yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
     for i, (x0, y0, x1, y1) in enumerate(grown):  # a mask that leaks out of its box is clipped to it

@@ -29,6 +29,7 @@ from medsam_core.active import (
 )
 
 from . import _layers as L
+from ._auto_session import AutoActions
 from ._provenance_hook import ProvenanceActions, plane_z
 
 SUGGESTIONS, PROPOSALS = "MedSAM suggestions", "MedSAM proposals"
@@ -132,6 +133,12 @@ class ActiveActions(ProvenanceActions):
         self.proposal_status = "no proposals yet"
         self.on_progress: Callable = lambda done, total: None
         self.on_finished: Callable = lambda what: None
+        self.auto = AutoActions(session, self)  # "Segment everything": the learned automatic head
+
+    def _check_idle(self) -> None:
+        busy = self.running or self.auto.running
+        if busy:
+            raise MedSAMError(f"{busy} is running: wait for it to finish")
 
     # -- suggestions -----------------------------------------------------------------------------
     def _view(self, layer, labels, channel_axis) -> View:
@@ -191,7 +198,7 @@ class ActiveActions(ProvenanceActions):
             return None
         return guard.previous_model
 
-    def _predictor(self) -> Predictor:
+    def predictor(self) -> Predictor:
         s = self.s
         s.model_ready(blocking=True)
         return Predictor(s.model, cache=s.cache, intensity=s.intensity(), channel=s.settings.channel)
@@ -200,15 +207,14 @@ class ActiveActions(ProvenanceActions):
         """Score the candidates of ``source`` (see SOURCES) in the background; the ``top_k`` most
         uncertain go to ``suggestions`` and the "MedSAM suggestions" layer. ``all_images``: every
         open image layer (with a Labels layer of its shape for "labels"), else the widget's image."""
-        if self.running:
-            raise MedSAMError(f"{self.running} is running: wait for it to finish")
+        self._check_idle()
         if source not in SOURCES:
             raise MedSAMError(f"unknown candidate source {source!r}: use one of {', '.join(SOURCES)}")
         views = self._views(all_images)
         cands, auto = self._candidates(source, views)
         if not cands and not auto:
             raise MedSAMError(f"no candidates: there are no {SOURCES[source]} to rank")
-        predictor = self._predictor()
+        predictor = self.predictor()
         prev = self.previous_model()
         prev = previous_predictor(predictor, prev) if prev is not None else None
         images = {v.name: v.image() for v in views}
@@ -294,7 +300,7 @@ class ActiveActions(ProvenanceActions):
         return layer
 
     # -- automatic proposals ---------------------------------------------------------------------
-    def _fit_pairs(self) -> tuple[list, list]:
+    def fit_pairs(self) -> tuple[list, list]:
         images, labels = [], []
         for v in self._views(all_images=True):
             if v.labels is None:
@@ -316,13 +322,12 @@ class ActiveActions(ProvenanceActions):
     def propose(self) -> None:
         """Fit the automatic model on every open image with labelled objects (in the background) and
         write its proposals for the current image (slice) into the Labels layer "MedSAM proposals"."""
-        if self.running:
-            raise MedSAMError(f"{self.running} is running: wait for it to finish")
-        images, labels = self._fit_pairs()
+        self._check_idle()
+        images, labels = self.fit_pairs()
         s = self.s
         plane = s.current_plane()
         target = s.plane_image(plane)
-        predictor = self._predictor()
+        predictor = self.predictor()
         self.running = "proposing"
         s.on_status(f"MedSAM: fitting the automatic model on {len(images)} labelled image(s)...")
         self.task = s.runner.run(_fit_and_propose, predictor, images, labels, target,

@@ -28,6 +28,7 @@ from medsam_core import MedSAMError
 
 from ._active_session import SOURCES
 from ._plot import LinePlots
+from ._widget_auto import AutoTab
 
 SUGGESTION_COLUMNS = ("#", "label", "image", "z", "score", "iou_pred", "stability", "agreement")
 EFFORT_COLUMNS = ("round", "objects", "s / object", "prompts / object", "accepted", "Dice")
@@ -91,6 +92,8 @@ class ActivePanel(QGroupBox):
         lay = QVBoxLayout(self)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._suggest_tab(), "Suggest")
+        self.auto_tab = AutoTab(widget)
+        self.tabs.addTab(self.auto_tab, "Automatic")
         self.tabs.addTab(self._classes_tab(), "Classes")
         self.tabs.addTab(self._effort_tab(), "Effort")
         lay.addWidget(self.tabs)

@@ -165,6 +165,10 @@ def test_segment_everything_decoder_refine_and_cancel(trained):
     with pytest.raises(CancelledError):
         segment_everything(pred, fit.head, img, PostParams(refine="decoder"), cancel=ev, on_progress=done.append)
     assert done == []
+    steps = []
+    segment_everything(pred, fit.head, img, PostParams(refine="decoder"), chunk=4,
+                       on_progress=lambda d, t: steps.append((d, t)))
+    assert steps[0][0] == 1 and steps[-1][0] == steps[-1][1] >= 3 and len(steps) == steps[-1][1]
 
 
 def test_partial_labels_only_learn_inside_the_known_region():

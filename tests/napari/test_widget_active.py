@@ -273,3 +273,68 @@ def test_cancel_propose_changes_nothing(open_widget, qtbot):
     assert [ly.name for ly in viewer.layers] == names  # no "MedSAM proposals"
     assert "cancelled" in widget.status_label.text()
     assert panel.propose_btn.isEnabled() and not panel.cancel_btn.isEnabled()
+
+
+def _auto_done(widget, qtbot) -> None:
+    qtbot.waitUntil(lambda: widget.active.auto.running is None and not widget.runner.busy, timeout=600_000)
+    assert widget.last_error is None
+
+
+def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget, qtbot):
+    """Issue 19: Train the automatic head on 12 labelled nuclei, Segment everything into its own layer,
+    accept one object (provenance "automatic, round 1") and all; Cancel is a status line, no error."""
+    from dataclasses import replace
+
+    from medsam_core.autoguard import with_post
+
+    viewer, widget = open_widget()
+    sample = nuclei()
+    viewer.add_image(sample.image, name="nuclei")
+    ids = big_objects(sample.labels, 12, min_area=60)
+    mine = viewer.add_labels(np.where(np.isin(sample.labels, ids), sample.labels, 0).astype(np.int32), name="mine")
+    widget.set_labels_layer(mine)
+    widget.wait(300_000)
+    tab, auto = widget.active_panel.auto_tab, widget.active.auto
+    assert widget.active_panel.tabs.tabText(1) == "Automatic" and not tab.cancel_btn.isEnabled()
+    qtbot.mouseClick(tab.segment_btn, LEFT)  # no head yet: a notification, nothing runs
+    assert auto.running is None and tab.segment_btn.isEnabled() and "no automatic head" in widget.last_error
+    widget.last_error = None
+    auto.config = replace(auto.config, views=1)
+    tab.epochs_spin.setValue(25)
+    qtbot.mouseClick(tab.train_btn, LEFT)
+    assert auto.running and tab.cancel_btn.isEnabled()
+    _auto_done(widget, qtbot)
+    assert "round 1: held-out F1" in tab.status_label.text()
+    if auto.heads.active is None:  # the guard refused it: the person keeps it all the same
+        qtbot.mouseClick(tab.keep_btn, LEFT)
+    assert auto.heads.active is auto.heads.rounds[-1].head and auto.round == 1
+
+    before = mine.data.copy()
+    qtbot.mouseClick(tab.segment_btn, LEFT)
+    _auto_done(widget, qtbot)
+    layer = viewer.layers["MedSAM automatic"]
+    assert layer is not mine and np.array_equal(mine.data, before)
+    n = len(np.unique(layer.data)) - 1
+    assert n >= 8 and f"{n} objects" in tab.status_label.text()
+
+    layer.selected_label = int(np.unique(layer.data)[1])
+    picked = layer.data == layer.selected_label
+    qtbot.mouseClick(tab.accept_btn, LEFT)
+    (lid,) = [k for k in np.unique(mine.data) if k not in np.unique(before)]
+    assert not (layer.data == layer.selected_label).any()  # moved out of the automatic layer
+    assert ((mine.data == lid) == (picked & (before == 0))).all()
+    rec = mine.metadata[PROV_KEY].records[lid]
+    assert rec.model == "automatic:lite_medsam" and rec.round == 1 and rec.prompts[0].kind == "box"
+    qtbot.mouseClick(tab.accept_all_btn, LEFT)
+    assert not layer.data.any() and len(np.unique(mine.data)) > len(np.unique(before)) + 1
+    widget.undo()  # one commit per accept: the last one goes back
+    assert lid in np.unique(mine.data)
+
+    names = [ly.name for ly in viewer.layers]
+    layer_before = layer.data.copy()
+    auto.heads.active = with_post(auto.heads.active, refine="decoder")  # a few steps to cancel between
+    qtbot.mouseClick(tab.segment_btn, LEFT)
+    qtbot.mouseClick(tab.cancel_btn, LEFT)
+    _auto_done(widget, qtbot)
+    assert "cancelled" in widget.status_label.text() and [ly.name for ly in viewer.layers] == names
+    assert np.array_equal(layer.data, layer_before) and tab.segment_btn.isEnabled()
