@@ -316,6 +316,14 @@ def _decode_on(predictor, image, window, boxes: np.ndarray, intensity: Intensity
     return out
 
 
+def decode_crop(predictor, image, window: tuple[int, int, int, int], boxes: np.ndarray, intensity: Intensity,
+                channel=None, clip_to_box: bool = True) -> list[BoxMask]:
+    """ROI mode for one planned crop (a ``plan_rois`` group): encode ``image[window]`` and decode
+    its (n, 4) XYXY image-pixel boxes -> n BoxMasks, each inside ``window``."""
+    return _decode_on(predictor, image, window, np.asarray(boxes, np.float64).reshape(-1, 4), intensity, channel,
+                      clip_to_box, roi=True)
+
+
 def iter_box_masks(predictor, image, boxes, mode: str = "auto", intensity: Intensity | None = None,
                    channel=None, clip_to_box: bool = True, cancel=None, min_side: int = ROI_MIN_SIDE,
                    factor: float = ROI_FACTOR) -> Iterator[tuple[np.ndarray, list[BoxMask]]]:

@@ -73,13 +73,14 @@ def _rings(geom: dict) -> list:
 def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.PathLike | None = None,
                   name: str = "medsam", roi_mode: str = "auto", intensity=None, channel=None,
                   geojson: str | os.PathLike | None = None, classes: dict[int, str] | None = None,
-                  overwrite: bool = False, progress=None, cancel=None) -> SlideResult:
+                  overwrite: bool = False, progress=None, cancel=None, ids=None) -> SlideResult:
     """Segment (N, 4) XYXY level-0 ``boxes`` on the slide ``image`` -> SlideResult; box i gets id i+1.
 
     out: a new ``.zarr`` path for the labels, or None to write into the OME-Zarr slide's
     ``labels/<name>``. geojson: also write the objects there (class names from ``classes``).
     progress(done, total) after each crop; cancel: callable or Event, checked before each crop
-    (the label image then holds the crops done so far). Bad arguments raise before anything is written.
+    (the label image then holds the crops done so far). ids: (N,) label id per box instead of i+1
+    (e.g. the ids of the label image the boxes came from). Bad arguments raise before anything is written.
     """
     from . import roi, wsi
     from .labelstore import LabelStore
@@ -93,6 +94,9 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
             raise PromptError("no boxes given: nothing to segment")
         boxes = check_boxes(boxes, shape)  # before anything is written
         roi.choose_roi(boxes, shape, roi_mode)  # validates the mode
+        ids = np.arange(1, len(boxes) + 1) if ids is None else np.asarray(ids, np.int64).reshape(-1)
+        if len(ids) != len(boxes) or (ids <= 0).any() or ids.max() > np.iinfo(np.uint32).max:
+            raise PromptError(f"{len(ids)} ids for {len(boxes)} boxes: give one id > 0 (uint32) per box")
         if out is None:
             if pyr.kind != "ome-zarr":
                 raise ImageError(f"{Path(image).name} is not an OME-Zarr: give --out NAME.zarr for the labels")
@@ -112,7 +116,7 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
         done, windows = 0, []
         for idx, results in roi.iter_box_masks(predictor, pyr, boxes, roi_mode, window, channel, cancel=cancel):
             for i, r in zip(idx, results, strict=True):
-                store.paste(r.window, r.mask[None], np.array([i + 1], np.uint32))
+                store.paste(r.window, r.mask[None], np.array([ids[i]], np.uint32))
                 windows.append(r.window)
             done += 1
             if progress:
@@ -125,5 +129,5 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
         from .geojson import write_geojson
 
         gj = write_geojson(geojson, store.level0, classes, regions=windows)
-    return SlideResult(store.path, gj, list(range(1, len(boxes) + 1)), done, time.perf_counter() - t0,
+    return SlideResult(store.path, gj, [int(i) for i in ids], done, time.perf_counter() - t0,
                        dict(classes or {}))
