@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import PromptError
 
-COMPONENTS = ("iou_pred", "stability", "agreement")
+COMPONENTS = ("iou_pred", "stability", "agreement", "flip", "contrast", "head")
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,12 @@ class Weights:
     iou_pred: float = 1.0
     stability: float = 1.0
     agreement: float = 1.0
+    flip: float = 0.0  # the signals of signals.py: off unless asked for (and measured)
+    contrast: float = 0.0
+    head: float = 0.0
 
     def check(self) -> Weights:
-        vals = (self.iou_pred, self.stability, self.agreement)
+        vals = (self.iou_pred, self.stability, self.agreement, self.flip, self.contrast, self.head)
         if any(not np.isfinite(v) or v < 0 for v in vals) or self.iou_pred + self.stability <= 0:
             raise PromptError(f"weights must be >= 0 and iou_pred + stability > 0; got {self}")
         return self
@@ -75,7 +78,7 @@ class Weights:
 
 def combine(components: Mapping[str, float], weights: Weights = Weights()) -> float:
     """Uncertainty score from confidence components (missing ``agreement`` -> weight 0)."""
-    w = {"iou_pred": weights.iou_pred, "stability": weights.stability, "agreement": weights.agreement}
+    w = {k: getattr(weights, k) for k in COMPONENTS}
     total = sum(w[k] for k in COMPONENTS if k in components)
     if total <= 0:
         raise PromptError("no weighted component to combine: give iou_pred or stability a weight > 0")
@@ -126,7 +129,7 @@ def _group(candidates: Sequence[Candidate]) -> dict[tuple, list[int]]:
 
 
 def _score_plane(predictor, previous, plane, cands: list[Candidate], n_jitter: int, jitter: float,
-                 rng: np.random.Generator) -> list[dict[str, float]]:
+                 rng: np.random.Generator, signals: Sequence[str] = (), head=None) -> list[dict[str, float]]:
     """Components of the candidates of one (H, W) plane: one predict call (boxes + jitters)."""
     predictor.set_image(plane)
     boxes = np.asarray([c.box for c in cands], np.float64).reshape(-1, 4)
@@ -149,12 +152,17 @@ def _score_plane(predictor, previous, plane, cands: list[Candidate], n_jitter: i
         if prev_masks is not None:
             comp["agreement"] = float(mask_iou_many(masks[i], prev_masks[i: i + 1])[0])
         out.append(comp)
+    if signals:
+        from .signals import extra_signals
+
+        for comp, extra in zip(out, extra_signals(predictor, plane, boxes, masks[:n], signals, head), strict=True):
+            comp.update(extra)
     return out
 
 
 def score_candidates(predictor, images: Mapping[Hashable, Any], candidates: Sequence[Candidate],
                      previous=None, n_jitter: int = 8, jitter: float = 0.1, weights: Weights = Weights(),
-                     seed: int = 0, on_progress=None) -> list[Suggestion]:
+                     seed: int = 0, on_progress=None, signals: Sequence[str] = (), head=None) -> list[Suggestion]:
     """Uncertainty of every candidate, in candidate order (see ``rank`` / ``suggest``).
 
     predictor: a ``Predictor`` of the current model (anything with ``set_image`` and
@@ -162,7 +170,10 @@ def score_candidates(predictor, images: Mapping[Hashable, Any], candidates: Sequ
     image or (Z, H, W) volume (for candidates with a ``z``). previous: a predictor of the
     previous model, or None; make it with ``previous_predictor`` so it shares the cache.
     n_jitter: jittered boxes per candidate (0 turns stability off); jitter: fraction of the
-    box side. on_progress(done, total): after each image/slice. Raises PromptError on bad input.
+    box side. on_progress(done, total): after each image/slice. signals: extra components of
+    ``signals.SIGNALS`` ("flip", "contrast", "head"; the last needs ``head``, an ``autohead.AutoHead``),
+    weighted by ``weights`` (0 by default: give them weights, e.g. ``signals.fit_weights``).
+    Raises PromptError on bad input.
     """
     weights = weights.check()
     if n_jitter < 0 or not 0 <= jitter < 1:
@@ -174,7 +185,8 @@ def score_candidates(predictor, images: Mapping[Hashable, Any], candidates: Sequ
     rng = np.random.default_rng(seed)
     results: list[Suggestion | None] = [None] * len(candidates)
     for done, (key, idx) in enumerate(groups.items(), start=1):
-        comps = _score_plane(predictor, previous, planes[key], [candidates[i] for i in idx], n_jitter, jitter, rng)
+        comps = _score_plane(predictor, previous, planes[key], [candidates[i] for i in idx], n_jitter, jitter, rng,
+                             signals, head)
         for i, comp in zip(idx, comps, strict=True):
             c = candidates[i]
             results[i] = Suggestion(c.image_id, c.z, np.asarray(c.box, np.float64), combine(comp, weights),
