@@ -25,6 +25,8 @@ import numpy as np
 
 from .errors import ImageError
 
+#: A single-plane TIFF larger than this (pixels) is opened lazily too (e.g. a 40,000^2 stitched scan).
+LAZY_PIXELS = 8192 * 8192
 PYRAMID_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif")
 
 
@@ -116,8 +118,8 @@ def _is_rgb(shape: Sequence[int], dtype) -> bool:
 
 
 def is_pyramid_path(path: str | os.PathLike) -> bool:
-    """True for an OME-Zarr folder or a tiled TIFF that has pyramid levels or is tiled and large
-    (> 8192 px per side): what ``open_pyramid`` is for. Metadata only; never raises."""
+    """True for an OME-Zarr folder, a TIFF with pyramid levels, or a single-plane TIFF larger than
+    ``LAZY_PIXELS``: what ``open_pyramid`` is for. Metadata only; never raises."""
     from .ngff import is_ngff
 
     p = Path(path)
@@ -130,7 +132,11 @@ def is_pyramid_path(path: str | os.PathLike) -> bool:
 
         with tifffile.TiffFile(p) as tif:
             s = tif.series[0]
-            return len(s.levels) > 1 or (s.pages[0].is_tiled and max(s.shape[-3:]) > 8192)
+            if len(s.levels) > 1:
+                return True
+            dims = dict(zip(s.axes.upper(), s.shape, strict=True))
+            plane = all(n == 1 for a, n in dims.items() if a not in "YXS")
+            return plane and dims.get("Y", 0) * dims.get("X", 0) > LAZY_PIXELS  # one huge plane, tiled or not
     except Exception:  # noqa: BLE001 - a probe answers False for what it cannot read
         return False
 

@@ -210,3 +210,19 @@ def test_refining_one_imported_object_changes_only_that_object(lite_model, dsb20
         return 2 * (a & b).sum() / (a.sum() + b.sum())
 
     assert dice(imported == lid, ref == lid) > dice(before == lid, ref == lid) + 0.1
+
+
+def test_a_huge_single_plane_tiff_opens_lazily_and_a_stack_does_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(wsi, "LAZY_PIXELS", 100 * 100)
+    plane = np.zeros((300, 200), np.uint16)
+    plane[10:20, 30:50] = 7
+    tifffile.imwrite(tmp_path / "strips.tif", plane)  # stripped, not tiled, one level
+    tifffile.imwrite(tmp_path / "small.tif", plane[:50, :50])
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane] * 3), photometric="minisblack")
+    assert wsi.is_pyramid_path(tmp_path / "strips.tif")
+    assert not wsi.is_pyramid_path(tmp_path / "small.tif") and not wsi.is_pyramid_path(tmp_path / "stack.tif")
+    with wsi.open_pyramid(tmp_path / "strips.tif") as pyr:
+        assert pyr.level_shapes() == [(300, 200)] and not pyr.rgb
+        assert np.array_equal(pyr.read_region((0, 40, 0, 60)), plane[:40, :60])
+    with pytest.raises(ImageError, match="Z axis|stack|plane"):
+        wsi.open_pyramid(tmp_path / "stack.tif")
