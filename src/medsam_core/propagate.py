@@ -93,8 +93,9 @@ def _seed(previous: WalkResult | None, shape, axis: int, z: int, keys: dict) -> 
 def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_boxes: Mapping[int, Sequence[float]] | None = None, spacing: Sequence[float] | None = None,
               margin: float = 0.0, growth: float = 0.0, min_iou: float = 0.3, min_area_ratio: float = 0.2,
-              min_contrast: float = 0.3, iou_drop: float = 0.7, max_shift: float | None = None,
-              max_growth: float | None = 1.5, box_rule: str = "mask",
+              min_contrast: float = 0.2, iou_drop: float = 0.6, max_shift: float | None = None,
+              max_growth: float | None = 2.0, min_agree: float = 0.3, patience: int = 2,
+              contrast_noise: float = 2.0, anchor: float = 1.0, box_rule: str = "mask",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
@@ -111,11 +112,13 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     """
     slices = as_slices(volume, axis)
     n = len(slices)
-    if not all(0.0 <= v <= 1.0 for v in (min_iou, min_area_ratio, min_contrast, iou_drop)):
+    if not all(0.0 <= v <= 1.0 for v in (min_iou, min_area_ratio, min_contrast, iou_drop, min_agree, anchor)):
         raise PromptError(
-            f"min_iou, min_area_ratio, min_contrast and iou_drop must lie in [0, 1], got {min_iou}, "
-            f"{min_area_ratio}, {min_contrast}, {iou_drop}"
+            f"min_iou, min_area_ratio, min_contrast, iou_drop, min_agree and anchor must lie in [0, 1], got "
+            f"{min_iou}, {min_area_ratio}, {min_contrast}, {iou_drop}, {min_agree}, {anchor}"
         )
+    if not isinstance(patience, (int, np.integer)) or patience < 1 or not contrast_noise >= 0:
+        raise PromptError(f"patience must be an int >= 1 and contrast_noise >= 0, got {patience!r}, {contrast_noise!r}")
     if not (margin >= 0 and growth >= 0) or any(v is not None and not v > 0 for v in (max_shift, max_growth)):
         raise PromptError(f"margin and growth must be numbers >= 0, max_shift and max_growth > 0 or None; got "
                           f"{margin}, {growth}, {max_shift}, {max_growth}")
@@ -127,8 +130,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     z = int(z)
     result, sides = _seed(previous, slices.shape, axis % 3, z, keys)
     if method is None:
-        method = BoxWalk(StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth), margin,
-                         growth, adaptive_margin, mask_prompt, box_rule)
+        rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
+                          int(patience), contrast_noise)
+        method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     return method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),

@@ -72,11 +72,14 @@ class StopRules:
     """When a direction ends (see module docstring); a rule at 0 (``max_shift`` None) is off."""
 
     min_iou: float = 0.3
-    iou_drop: float = 0.7
+    iou_drop: float = 0.6
     min_area_ratio: float = 0.2
-    min_contrast: float = 0.3
+    min_contrast: float = 0.2
     max_shift: float | None = None
-    max_growth: float | None = 1.5
+    max_growth: float | None = 2.0
+    min_agree: float = 0.3  # IoU between the mask and the cross-check walk's mask
+    patience: int = 2  # consecutive slices that must trip a rule (the first is the Stop's slice)
+    contrast_noise: float = 2.0  # contrast rule only if the start's contrast >= this x its inside std
 
 
 @dataclass
@@ -189,6 +192,7 @@ class BoxWalk:
     mask_prompt: bool = False
     box_rule: str = "mask"
     max_slack: float = 8.0
+    anchor: float = 1.0  # weight of the last key box passed in each prompt box (0: the mask's box only)
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -216,6 +220,8 @@ class BoxWalk:
         window = intensity.value_range
         if window is not None and abs(c0) < 0.01 * (window[1] - window[0]):
             c0 = 0.0  # no measurable contrast at the start: the contrast rule cannot tell anything
+        if abs(c0) < self.rules.contrast_noise * f.get("std", 0.0):
+            c0 = 0.0  # an edge within the structure's own noise (deep brain structures): no signal either
         slack = (0.0, 0.0)
         if self.adaptive_margin and mask.any():
             tight = box_from_mask(mask)
@@ -247,7 +253,15 @@ class BoxWalk:
         my = self.margin + cal.slack[1] + self.growth * sz / sy
         return box_from_mask(prev, (mx, my))
 
-    def _next_box(self, prev, track, cal, spacing, size) -> np.ndarray:
+    def _next_box(self, prev, track, cal, spacing, size, key_box) -> np.ndarray:
+        """The prompt off key spans: ``anchor`` x the last key box passed + (1 - anchor) x the
+        neighbour rule's box (``_rule_box``)."""
+        if self.anchor >= 1.0:
+            return np.asarray(key_box, float)
+        box = self._rule_box(prev, track, cal, spacing, size)
+        return box if self.anchor <= 0.0 else self.anchor * np.asarray(key_box, float) + (1 - self.anchor) * box
+
+    def _rule_box(self, prev, track, cal, spacing, size) -> np.ndarray:
         """"mask": the neighbour mask's box plus margins. "track": the neighbour's box moved by how
         the masks' boxes moved between the last two slices (a model that segments a structure too
         large or too small by the same amount on every slice moves the box right all the same)."""
@@ -264,34 +278,73 @@ class BoxWalk:
 
     def _walk(self, predictor, slices, result, z, step, end, cal, intensity, spacing, expect, cancel):
         """One direction from slice z to ``end`` inclusive; returns its Stop. ``expect``: (slices
-        expected in this direction, in the directions after it), for the progress total."""
-        last = z
-        prev = result.masks[z]
+        expected in this direction, in the directions after it), for the progress total.
+
+        A slice that trips a rule is held; the walk goes on from it, keeps it when a later slice
+        passes, and stops at the first held slice once ``patience`` slices in a row trip (an
+        empty mask stops at once). ``shadow`` is the cross-check walk's mask (see ``_check``)."""
+        last, held = z, []
+        prev = shadow = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
             key = interpolate(result.keys, zz)
             guided = key is not None  # between or on key slices: the user says the object is there
             if not guided and not prev.any():
-                return Stop("vanished", zz)
-            box = key if key is not None else self._next_box(prev, track, cal, spacing, prev.shape)
+                return self._drop(result, held) or Stop("vanished", zz)
+            passed = [k for k in result.keys if (k - zz) * step < 0 and (k - z) * step >= 0]
+            anchor_box = result.keys[max(passed) if step > 0 else min(passed)]
+            box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev)
             result.rewalked += 1
-            if not guided and (why := self.stop_reason(result.features[zz], prev, cal)):
-                for d in (result.masks, result.scores, result.boxes, result.logits):
-                    d.pop(zz, None)
-                return Stop(why, zz)
-            ahead = min(max(expect[0] - abs(zz - z), 1), abs(end - zz))
-            total = result.rewalked + ahead + expect[1]
-            yield SliceResult(zz, result.masks[zz], result.scores[zz], box, total)
+            mask = result.masks[zz]
+            if guided:
+                shadow = mask if mask.any() else shadow
+            elif self.rules.min_agree:
+                shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, result.features[zz])
+            why = None if guided else self.stop_reason(result.features[zz], prev, cal)
+            if why:
+                held.append((zz, why))
+                if not mask.any() or len(held) >= self.rules.patience:
+                    return self._drop(result, held)
+            else:
+                for zh, _ in held:  # a held slice between two good ones is kept
+                    yield SliceResult(zh, result.masks[zh], result.scores[zh], result.boxes[zh], result.rewalked)
+                held = []
+                ahead = min(max(expect[0] - abs(zz - z), 1), abs(end - zz))
+                yield SliceResult(zz, mask, result.scores[zz], box, result.rewalked + ahead + expect[1])
             last = zz
-            if result.masks[zz].any():
-                prev = result.masks[zz]
+            if mask.any():
+                prev = mask
                 track.append((np.asarray(box, float), box_from_mask(prev)))
+        if held:
+            return self._drop(result, held)
         if end in result.keys and end != z:
             return Stop("reached key slice", end)
         return Stop("end of volume", end)
+
+    @staticmethod
+    def _drop(result, held) -> Stop | None:
+        """Forget the held slices; the Stop is the first one's (None when nothing was held)."""
+        for zh, _ in held:
+            for d in (result.masks, result.scores, result.boxes, result.logits):
+                d.pop(zh, None)
+        return Stop(held[0][1], held[0][0]) if held else None
+
+    def _check(self, predictor, image, shadow, box, mask, cal, spacing, f) -> np.ndarray:
+        """The cross-check: a second walk whose box is only its own neighbour mask's box (+ slack),
+        decoded on the same slice (no encoder work). Inside the structure both prompts find the
+        same object; past its end the anchored box still holds something while the mask-box walk
+        shrinks or slides away, so their IoU (``f["agree"]``) falls. Returns its new mask."""
+        if not shadow.any() or is_blank(image):
+            f["agree"] = 0.0
+            return shadow
+        own = self._rule_box(shadow, [(None, None)], cal, spacing, shadow.shape)
+        other = mask if np.allclose(own, box) else predictor.predict(boxes=own[None])[0][0]
+        union = (mask | other).sum()
+        f["agree"] = float((mask & other).sum() / union) if union else 0.0
+        return other if other.any() else shadow
 
     def stop_reason(self, f: dict, prev: np.ndarray, cal: _Calibration) -> str | None:
         """The rule ``f`` (a slice's features) trips, as a short user-readable reason, or None."""
@@ -304,8 +357,10 @@ class BoxWalk:
             return "area collapsed"
         if r.max_growth is not None and f["area"] > r.max_growth * prev.sum():
             return "area grew"
-        if cal.contrast and f["contrast"] / cal.contrast < r.min_contrast:
+        if r.min_contrast and cal.contrast and f["contrast"] / cal.contrast < r.min_contrast:
             return "contrast faded"
         if r.max_shift is not None and cal.std > 0 and abs(f["mean"] - cal.mean) > r.max_shift * cal.std:
             return "intensity changed"
+        if r.min_agree and f.get("agree", 1.0) < r.min_agree:
+            return f"lost track ({f['agree']:.2f})"
         return None

@@ -73,7 +73,7 @@ def test_stops_when_area_collapses():
     truth[5:20] = disk
     truth[20:26, 23:25, 23:25] = True  # a thin stalk: 4 px after ~300 px
     vol = render(truth)
-    out = segment_volume(FakePredictor(), vol, bbox(disk, 2), 12, min_area_ratio=0.2)
+    out = segment_volume(FakePredictor(), vol, bbox(disk, 2), 12, min_area_ratio=0.2, patience=1)
     assert np.flatnonzero(out.any(axis=(1, 2))).tolist() == list(range(5, 20))
     out = segment_volume(FakePredictor(), vol, bbox(disk, 2), 12, min_area_ratio=0.0)
     np.testing.assert_array_equal(out, truth)
@@ -125,7 +125,8 @@ def test_key_on_one_side_leaves_the_other_side_free():
 def test_margin_is_physical(spacing, grow_xy):
     truth = _cylinder()
     pred = FakePredictor()
-    results = list(propagate(pred, render(truth), bbox(truth[20], 0), 20, spacing=spacing, margin=2.0, growth=1.0))
+    results = list(propagate(pred, render(truth), bbox(truth[20], 0), 20, spacing=spacing, margin=2.0, growth=1.0,
+                             anchor=0.0))
     gx, gy = (2 + g for g in grow_xy)
     tight = bbox(truth[20])
     expect = np.clip(tight + [-gx, -gy, gx, gy], 0, 63)
@@ -274,7 +275,7 @@ def test_stop_reasons_say_which_rule_and_where():
     stalk[5:26, 18:30, 18:30] = True
     stalk[22:26] = False
     stalk[22:26, 23:25, 23:25] = True
-    res = walk_volume(FakePredictor(), render(stalk), bbox(stalk[12], 2), 12, min_area_ratio=0.2)
+    res = walk_volume(FakePredictor(), render(stalk), bbox(stalk[12], 2), 12, min_area_ratio=0.2, patience=1)
     assert res.stops["up"] == Stop("area collapsed", 22)
     tube = _cylinder()
     res = _walk(tube, key_boxes={30: bbox(tube[30], 2)})
@@ -299,7 +300,7 @@ def test_walk_result_holds_masks_scores_boxes_keys_in_the_volume_axes():
 def test_mask_prompt_carries_the_neighbours_logits():
     truth = ellipsoid()
     pred = FakePredictor()
-    res = _walk(truth, pred=pred, min_area_ratio=0.0, mask_prompt=True)
+    res = _walk(truth, pred=pred, min_area_ratio=0.0, mask_prompt=True, anchor=0.0, min_agree=0.0)
     order = [20] + list(range(21, max(res.masks) + 1)) + list(range(19, min(res.masks) - 1, -1))
     call = {z: i + 1 for i, z in enumerate(order)}  # the fake's logits hold their call number
     assert pred.mask_inputs[0] is None  # the start slice: the user's box only
@@ -314,9 +315,10 @@ def test_start_box_slack_widens_every_later_box():
     tube = _cylinder()
     tight = bbox(tube[20])
     loose = tight + [-6, -4, 6, 4]  # the user's box left 6 px (x) and 4 px (y) around the object
-    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0)
+    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0, anchor=0.0)
     np.testing.assert_allclose(res.boxes[21], tight + [-8, -6, 8, 6])
-    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0, adaptive_margin=False)
+    res = walk_volume(FakePredictor(), render(tube), loose, 20, margin=2.0, growth=0.0, adaptive_margin=False,
+                      anchor=0.0)
     np.testing.assert_allclose(res.boxes[21], tight + [-2, -2, 2, 2])
 
 
@@ -332,7 +334,7 @@ def test_a_key_box_rewalks_only_its_side():
     fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0,
                         bound_by_keys=False)
     up = [z for z in fixed.masks if z > 20]
-    assert pred.images - n_before == fixed.rewalked == len(up) + 1  # + the slice that stopped it
+    assert pred.images - n_before == fixed.rewalked == len(up) + 2  # + the two slices that stopped it (patience)
     for z in first.masks:  # the start slice and the down side are kept, not decoded again
         if z <= 20:
             assert fixed.masks[z] is first.masks[z]
@@ -344,7 +346,7 @@ def test_a_key_box_rewalks_only_its_side():
                        bound_by_keys=False)
     assert same.rewalked == 0 and set(same.masks) == set(fixed.masks)
     moved = walk_volume(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0)
-    assert moved.rewalked == len(moved.masks) + 2  # + the slice that ended each direction
+    assert moved.rewalked == len(moved.masks) + 3  # up: the two slices that tripped (patience); down: the empty one
     with pytest.raises(PromptError, match="previous walk"):
         walk_volume(pred, vol[:, :, :60], bbox(truth[20], 2), 20, previous=fixed)
 
