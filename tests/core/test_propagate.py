@@ -397,3 +397,51 @@ def test_uint8_volume_is_clipped_like_the_training_pipeline():
     lo, hi = np.percentile(vol[vol > 0], [0.5, 99.5])
     assert win.mode == "range" and np.allclose(win.value_range, (lo, hi))
     assert volume_intensity(vol, Intensity(mode="as_is")) == Intensity(mode="as_is")
+
+
+def test_anchored_box_stops_where_the_cross_check_loses_the_object():
+    """The prompt is the user's box on every slice; past the object's end it still holds a decoy
+    in its corner, while the cross-check walk (box from its own neighbour mask) finds nothing
+    there: the walk stops with "lost track" on the first decoy slice and keeps none of them."""
+    truth = ellipsoid()
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    box = bbox(truth[20], 2)
+    vol = render(truth)
+    x0, y0 = int(box[0]), int(box[1])
+    vol[zs[-1] + 1:, y0:y0 + 3, x0:x0 + 3] = 200  # a bright decoy inside the start box's corner
+    res = walk_volume(FakePredictor(), vol, box, 20, min_area_ratio=0.0, max_growth=None)
+    assert res.stops["up"] == Stop("lost track (0.00)", zs[-1] + 1)
+    assert max(res.slices) == zs[-1] and all(np.array_equal(res.masks[z], truth[z]) for z in res.slices)
+    assert res.features[zs[-1] + 1]["agree"] == 0.0
+    np.testing.assert_array_equal(res.boxes[zs[-1]], box)  # anchored: the user's box on every slice
+    off = walk_volume(FakePredictor(), vol, box, 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
+                      patience=1)
+    assert max(off.slices) == len(vol) - 1  # without the cross-check the decoy is walked to the end
+
+
+def test_patience_keeps_one_bad_slice_between_good_ones():
+    truth = ellipsoid()
+    vol = render(truth)
+    vol[24][truth[24]] = 150  # one slice the model is unsure of
+    pred = FakePredictor(score_fn=lambda im: 0.2 if im.max() == 150 else 0.9)
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    assert 24 in res.slices and res.stops["up"].reason == "vanished"
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=1)
+    assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23
+    vol[25][truth[25]] = 150  # two in a row: the walk stops at the first, keeping neither
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23 and 25 not in res.masks
+
+
+def test_contrast_rule_is_off_for_a_start_edge_within_the_noise():
+    """A dark structure whose start contrast is within its own noise (deep brain structures) must
+    not be stopped by the contrast rule when the sign of that weak edge flips."""
+    truth = ellipsoid()
+    rng = np.random.default_rng(1)
+    vol = (rng.normal(100, 10, truth.shape) + np.where(truth, -3.0, 0.0)).astype(np.float32)
+    pred = FakePredictor(threshold=-1)  # the fake segments the whole box: masks follow the box only
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0)
+    assert all(s.reason != "contrast faded" for s in res.stops.values())
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
+                      contrast_noise=0.0, min_contrast=0.9)
+    assert "contrast faded" in {s.reason for s in res.stops.values()}
