@@ -5,14 +5,20 @@ nucleus' reference contour (skimage find_contours) simplified to 6-12 vertices
 (approximate_polygon, tolerance raised until at most 12), every vertex moved by Gaussian noise of
 sigma 1 px or 2.5 px (--seeds each; a seeded sample of --n nuclei): a person's quick lasso around the nucleus.
 
-Variants (napari_medsam._polygon_prompts.decode_polygon, what the widget runs): box from the
-polygon; that box + 3 px; box + the polygon as mask_input (logits +-4, +-16); box + the most
-interior pixel as a positive point; + up to 2 negative points in the box's corners outside the
-polygon; the polygon itself; the box's mask clipped to the polygon grown by 3 px. ROI zoom "auto"
-(the widget's default: nuclei here are segmented on 128 px crops) and "off" (whole image).
+Conditions: polygons on the reference edge with sigma 1 / 2.5 px, and "around": the contour of
+the reference grown by 2 px (a lasso drawn around the nucleus), sigma 1.5 px.
+
+Variants (MEASURED; napari_medsam._polygon_prompts.decode_polygon, what the widget runs): box
+from the polygon; box + the polygon as mask_input (logits +-4, +-16); box + the most interior
+pixel as a positive point + up to 2 negative points in the box's corners outside the polygon; the
+polygon itself; the box's mask clipped to the polygon grown by 3 px; the band rule (the polygon
+shrunk by 3 px, plus the box's mask within 3 px of the polygon's edge). A first run also had box
++ 3 px and box + positive point only (both no better than box alone: docs/napari.md). ROI zoom "auto"
+(the widget's default: nuclei here are segmented on 128 px crops) and, with --modes auto,whole,
+"off" (whole image).
 Dice against the reference mask; mean and median over objects x polygons.
 
-Run: .venv/bin/python benchmarks/bench_polygon_prompt.py [--n 30] [--seeds 1] [--out results/polygon.json]
+Run: .venv/bin/python benchmarks/bench_polygon_prompt.py [--n 16] [--seeds 1] [--modes auto,whole] [--out results/polygon.json]
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_medsam._polygon_prompts import grow
+
 REPO = Path(__file__).resolve().parents[1]
+#: condition -> (px the reference mask is grown by before its contour is taken, vertex noise sigma in px)
+CONDITIONS = {"on_edge_s1": (0, 1.0), "on_edge_s2.5": (0, 2.5), "around_s1.5": (2, 1.5)}
+MEASURED = ("box", "box_mask16", "box_pos_neg", "polygon", "box_clip3", "box_band3")
 DATA = REPO.parent / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
 
 
@@ -49,12 +60,13 @@ def dice(a, b) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--modes", default="auto", help="ROI zoom modes, comma separated: auto, whole")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "polygon_prompt.json"))
     args = ap.parse_args()
     from medsam_core import Predictor, load_model, roi
-    from napari_medsam._polygon_prompts import VARIANTS, decode_polygon, grow, polygon_mask
+    from napari_medsam._polygon_prompts import combine, decode_polygon, polygon_mask
 
     d = np.load(DATA)
     image, labels = d["image"], d["labels"]
@@ -65,20 +77,20 @@ def main() -> None:
     rows, t0 = [], time.perf_counter()
     for k, lid in enumerate(ids):
         ref = labels == lid
-        base = simplified_contour(ref)
-        for sigma in (1.0, 2.5):
+        for cond, (grown, sigma) in CONDITIONS.items():
+            base = simplified_contour(grow(ref, grown))
             for seed in range(args.seeds):
                 rng = np.random.default_rng(1000 * int(lid) + 10 * seed + int(sigma * 2))
                 xy = base + rng.normal(0, sigma, base.shape)
-                for mode in ("auto", "whole"):
+                for mode in args.modes.split(","):
                     box_mask = None
-                    for v in VARIANTS:
-                        if v == "box_clip3":  # the box's decode again, clipped: not decoded twice
-                            mask = box_mask & grow(polygon_mask(xy, image.shape), 3)
+                    for v in MEASURED:
+                        if v in ("box_clip3", "box_band3"):  # rules on the box's decode: not decoded again
+                            mask = combine(box_mask, polygon_mask(xy, image.shape), v)  # = decode_polygon(v)
                         else:
-                            mask, _ = decode_polygon(predictor, image, xy, mode, window, None, v)
+                            mask = decode_polygon(predictor, image, xy, mode, window, None, v).full(image.shape)
                         box_mask = mask if v == "box" else box_mask
-                        rows.append({"id": int(lid), "vertices": len(base), "sigma": sigma, "seed": seed,
+                        rows.append({"id": int(lid), "vertices": len(base), "sigma": cond, "seed": seed,
                                      "mode": mode, "variant": v, "dice": dice(mask, ref)})
         print(f"{k + 1}/{len(ids)} objects, {time.perf_counter() - t0:.0f} s", flush=True)
         write(args.out, rows, ids, t0)  # after every object: a cut-short run still reports
@@ -89,7 +101,7 @@ def write(out, rows, ids, t0) -> None:
 
     summary = {}
     for mode in ("auto", "whole"):
-        for sigma in (1.0, 2.5):
+        for sigma in CONDITIONS:
             for v in dict.fromkeys(r["variant"] for r in rows):
                 ds = [r["dice"] for r in rows if r["mode"] == mode and r["sigma"] == sigma and r["variant"] == v]
                 if ds:

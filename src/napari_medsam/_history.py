@@ -12,7 +12,7 @@ from medsam_core import MedSAMError, PromptError
 
 from . import _layers as L
 from ._objects import Commit, ObjectRecord, PlaneEditor
-from ._prompt_kinds import kind_of, rebuild_layers
+from ._prompt_kinds import kind_of, rebuild_layers, set_shape_ids
 
 
 class History:
@@ -80,10 +80,7 @@ class History:
             self.set_shape_ids(np.array([lid for _, lid in boxes], int))
 
     def set_shape_ids(self, ids: np.ndarray) -> None:
-        feats = self.shapes_layer.features.copy()
-        feats["label_id"] = np.asarray(ids, int)
-        self.shapes_layer.features = feats
-        self.shapes_layer.feature_defaults = {"label_id": 0}
+        set_shape_ids(self.shapes_layer, ids)
 
     def quiet(self):
         return _Quiet(self)

@@ -18,7 +18,7 @@ from medsam_core import MedSAMError
 from . import _layers as L
 from ._objects import ObjectRecord
 from ._polygon_prompts import DEFAULT_VARIANT, check_polygon, decode_polygon, polygon_box
-from ._prompt_kinds import POLYGONS, PromptKind, plane_z
+from ._prompt_kinds import POLYGONS, PromptKind, plane_z, set_shape_ids, shape_ids
 
 
 class PolygonKind(PromptKind):
@@ -49,19 +49,6 @@ class PolygonKind(PromptKind):
         if session.quiet_depth or str(getattr(event, "action", "")) not in ("added", "changed", "removed"):
             return
         session.safe(self.sync, session)
-
-    @staticmethod
-    def _ids(layer) -> np.ndarray:
-        feats = layer.features
-        if "label_id" in feats and len(feats) == layer.nshapes:
-            return feats["label_id"].to_numpy().astype(int)
-        return np.zeros(layer.nshapes, int)
-
-    def _set_ids(self, layer, ids) -> None:
-        feats = layer.features.copy()
-        feats["label_id"] = np.asarray(ids, int)
-        layer.features = feats
-        layer.feature_defaults = {"label_id": 0}
 
     # -- conversion -----------------------------------------------------------------------------
     def to_plane(self, session, vertices) -> tuple[L.Plane, np.ndarray]:
@@ -125,7 +112,7 @@ class PolygonKind(PromptKind):
             del self._busy[key]
 
     def _sync_once(self, s, layer, blocking: bool) -> list[int]:
-        ids, objects, editor = self._ids(layer), dict(s.objects), s.editor()
+        ids, objects, editor = shape_ids(layer), dict(s.objects), s.editor()
         seen, written, bad, error = set(), [], [], None
         for i in range(layer.nshapes):
             lid = int(ids[i])
@@ -143,8 +130,9 @@ class PolygonKind(PromptKind):
                 box = polygon_box(xy)
                 if not s.ensure_embedding(image2d, blocking, box[None]):
                     continue  # encoding in the background: synced again when it is done
-                mask, _ = decode_polygon(s.predictor, image2d, xy, s.roi_mode(), s.model_intensity(image2d),
-                                         s.settings.channel, self.variant)
+                res = decode_polygon(s.predictor, image2d, xy, s.roi_mode(), s.model_intensity(image2d),
+                                     s.settings.channel, self.variant)
+                mask = res.full(image2d.shape[:2])  # the plane editor works on whole planes (_objects)
             except MedSAMError as exc:
                 bad.append((i, rec))
                 error = error or exc
@@ -166,7 +154,7 @@ class PolygonKind(PromptKind):
         what = f"{n} polygon{'s' if n != 1 else ''}" if n else f"removing {len(removed)} polygon(s)"
         s.commit(editor, objects, what + (f", {len(removed)} removed" if n and removed else ""))
         with s.quiet():
-            self._set_ids(layer, ids)
+            set_shape_ids(layer, ids)
         self._take_back(s, layer, [i for i, rec in bad if rec is None], [(i, rec) for i, rec in bad if rec])
         if written:
             s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))})")
@@ -196,5 +184,5 @@ class PolygonKind(PromptKind):
             layer.remove_selected()
             if recs:
                 layer.add([r.vertices for r in recs], shape_type="polygon")
-            self._set_ids(layer, [r.label_id for r in recs])
+            set_shape_ids(layer, [r.label_id for r in recs])
 

@@ -15,9 +15,11 @@ import numpy as np
 from medsam_core import PromptError, roi
 from medsam_core.preprocess import check_boxes
 
-#: how a polygon is prompted: box only, box + mask_input (logit magnitude), box + points, the polygon itself,
-#: or the box mask clipped to the polygon grown by 3 px
-VARIANTS = ("box", "box_pad3", "box_mask4", "box_mask16", "box_pos", "box_pos_neg", "polygon", "box_clip3")
+#: how a polygon is prompted: box only (or + 3 px), box + mask_input (logit magnitude), box + points, the
+#: polygon itself, the box's mask clipped to the polygon grown by 3 px, or the band rule: inside the polygon
+#: shrunk by 3 px is object, outside it grown by 3 px background, the model's box mask decides in between
+VARIANTS = ("box", "box_pad3", "box_mask4", "box_mask16", "box_pos", "box_pos_neg", "polygon", "box_clip3",
+            "box_band3")
 DEFAULT_VARIANT = "box_clip3"
 
 
@@ -51,13 +53,25 @@ def polygon_mask(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def grow(mask: np.ndarray, px: int) -> np.ndarray:
-    """``mask`` dilated by a disk of radius ``px`` pixels."""
+    """``mask`` dilated (``px`` > 0) or eroded (``px`` < 0) by a disk of radius ``|px|`` pixels."""
     from scipy import ndimage
 
-    if px <= 0:
+    if px == 0:
         return mask
-    yy, xx = np.mgrid[-px : px + 1, -px : px + 1]
-    return ndimage.binary_dilation(mask, structure=(yy**2 + xx**2) <= px * px)
+    r = abs(px)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (yy**2 + xx**2) <= r * r
+    return ndimage.binary_dilation(mask, disk) if px > 0 else ndimage.binary_erosion(mask, disk)
+
+
+def combine(box_mask: np.ndarray, poly: np.ndarray, variant: str) -> np.ndarray:
+    """The polygon rules applied to the box's mask: ``box_clip3`` (mask within 3 px of the polygon),
+    ``box_band3`` (shrunk polygon | mask within the 3 px band around its edge); others: the mask."""
+    if variant == "box_clip3":
+        return box_mask & grow(poly, 3)
+    if variant == "box_band3":
+        return grow(poly, -3) | (box_mask & grow(poly, 3))
+    return box_mask
 
 
 def inside_outside_points(mask: np.ndarray, box: np.ndarray, n_negative: int = 2):
@@ -105,42 +119,51 @@ def polygon_logits(xy: np.ndarray, encoded_shape: tuple[int, int], pre, magnitud
     return np.where(inside, magnitude, -magnitude).astype(np.float32)[None, None]
 
 
-def decode_polygon(predictor, image2d, xy, mode: str, intensity, channel, variant: str = DEFAULT_VARIANT):
-    """(H, W) bool mask and predicted IoU for polygon ``xy`` on ``image2d``, prompted as ``variant``.
+def _local_polygon(xy: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The polygon's mask inside ``window`` (y0, y1, x0, x1): (y1 - y0, x1 - x0) bool."""
+    y0, y1, x0, x1 = window
+    return polygon_mask(np.asarray(xy, float) - [x0, y0], (y1 - y0, x1 - x0))
+
+
+def decode_polygon(predictor, image2d, xy, mode: str, intensity, channel,
+                   variant: str = DEFAULT_VARIANT) -> roi.BoxMask:
+    """Segment polygon ``xy`` ((V, 2) XY pixels) on ``image2d`` prompted as ``variant``: a
+    ``medsam_core.roi.BoxMask`` (window (y0, y1, x0, x1), the mask inside it, predicted IoU).
 
     The box (the polygon's extent) goes through ``roi.predict_boxes`` like any box (``mode``:
     auto / roi / whole, the widget's ROI zoom); variants with points or a mask prompt decode on the
-    same embedding (whole image or the box's crop) with those prompts added. Never encodes what
-    ``predictor.cache`` lacks for the box unless the predictor does so itself (set_image).
+    same embedding (whole image or the box's crop) with those prompts added, clipped to the box plus
+    the training margin as predict_boxes clips. Only the window around the polygon is rasterised and
+    returned, so a polygon on a large (lazy) image never makes an image-sized array (whole-image
+    mode aside). Encodes through ``predictor.set_image`` (its cache serves what is encoded already).
     """
     if variant not in VARIANTS:
         raise PromptError(f"unknown polygon variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    shape = image2d.shape[:2]
+    shape = roi.image_shape(image2d)
     xy = check_polygon(xy, shape)
     box = check_boxes(polygon_box(xy, 3.0 if variant == "box_pad3" else 0.0)[None], shape)[0]
-    poly = polygon_mask(xy, shape)
     if variant == "polygon":
-        return poly, float("nan")
-    if variant in ("box", "box_pad3", "box_clip3"):
+        win = (int(box[1]), int(np.floor(box[3])) + 1, int(box[0]), int(np.floor(box[2])) + 1)
+        return roi.BoxMask(win, _local_polygon(xy, win), float("nan"), False)
+    if variant in ("box", "box_pad3", "box_clip3", "box_band3"):
         (res,) = roi.predict_boxes(predictor, image2d, box[None], mode=mode, intensity=intensity, channel=channel)
-        mask = res.full(shape)
-        return (mask & grow(poly, 3) if variant == "box_clip3" else mask), res.score
+        mask = combine(res.mask, _local_polygon(xy, res.window), variant)
+        return roi.BoxMask(res.window, mask, res.score, res.roi, res.clipped)
     use_roi = roi.choose_roi(box[None], shape, mode, predictor.spec.preprocessing.input_size)[0]
     y0, y1, x0, x1 = roi.plan_rois(box[None], shape)[0].window if use_roi else (0, shape[0], 0, shape[1])
     predictor.set_image(roi.read_crop(image2d, (y0, y1, x0, x1)), intensity=intensity, channel=channel)
-    local_box = box - [x0, y0, x0, y0]
     kw = {}
     if variant.startswith("box_mask"):
         kw["mask_input"] = polygon_logits(xy - [x0, y0], (y1 - y0, x1 - x0), predictor.spec.preprocessing,
                                           float(variant[len("box_mask"):]))
     else:
-        pts, labels = inside_outside_points(poly, box, 0 if variant == "box_pos" else 2)
-        kw.update(points=(pts - [x0, y0])[None], point_labels=labels[None])
-    pred = predictor.predict(boxes=local_box[None], **kw)
+        bw = (int(box[1]), int(np.floor(box[3])) + 1, int(box[0]), int(np.floor(box[2])) + 1)
+        pts, labels = inside_outside_points(_local_polygon(xy, bw), box - [bw[2], bw[0]] * 2,
+                                            0 if variant == "box_pos" else 2)
+        kw.update(points=(pts + [bw[2] - x0, bw[0] - y0])[None], point_labels=labels[None])
+    pred = predictor.predict(boxes=(box - [x0, y0, x0, y0])[None], **kw)
     mx, my = roi.box_margin(predictor.spec.preprocessing, (y1 - y0, x1 - x0))  # as predict_boxes clips
-    keep = np.zeros(shape, bool)
-    keep[max(int(np.ceil(box[1] - my)), 0): int(np.floor(box[3] + my)) + 1,
-         max(int(np.ceil(box[0] - mx)), 0): int(np.floor(box[2] + mx)) + 1] = True
-    mask = np.zeros(shape, bool)
-    mask[y0:y1, x0:x1] = pred.masks[0]
-    return mask & keep, float(pred.scores[0])
+    win = (max(int(np.ceil(box[1] - my)), y0), min(int(np.floor(box[3] + my)) + 1, y1),
+           max(int(np.ceil(box[0] - mx)), x0), min(int(np.floor(box[2] + mx)) + 1, x1))
+    mask = pred.masks[0][win[0] - y0 : win[1] - y0, win[2] - x0 : win[3] - x0]
+    return roi.BoxMask(win, np.ascontiguousarray(mask), float(pred.scores[0]), bool(use_roi))

@@ -28,6 +28,22 @@ from ._objects import POSITIVE_COLOR
 BOXES, POINTS, LINES, POLYGONS = "MedSAM boxes", "MedSAM points", "MedSAM lines", "MedSAM polygons"
 
 
+def shape_ids(layer) -> np.ndarray:
+    """(nshapes,) ``label_id`` feature of a prompt Shapes layer: the object each shape made (0: none yet)."""
+    feats = layer.features
+    if "label_id" in feats and len(feats) == layer.nshapes:
+        return feats["label_id"].to_numpy().astype(int)
+    return np.zeros(layer.nshapes, int)
+
+
+def set_shape_ids(layer, ids) -> None:
+    """Set the ``label_id`` feature of every shape of a prompt Shapes layer (new shapes get 0)."""
+    feats = layer.features.copy()
+    feats["label_id"] = np.asarray(ids, int)
+    layer.features = feats
+    layer.feature_defaults = {"label_id": 0}
+
+
 def plane_z(plane) -> int | None:
     """The slice of a plane of a 2D image (None) or 3D stack; 4D planes keep their last position."""
     return int(plane.index[-1][1]) if plane.index else None

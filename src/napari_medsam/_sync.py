@@ -15,7 +15,7 @@ from medsam_core.preprocess import check_boxes
 
 from . import _layers as L
 from ._objects import NEGATIVE_COLOR, POSITIVE_COLOR, ObjectRecord
-from ._prompt_kinds import kind_of
+from ._prompt_kinds import kind_of, shape_ids
 
 
 @dataclass
@@ -32,14 +32,6 @@ class SyncPlan:
     removed: list[int]
     errors: list[tuple[int, int, MedSAMError]]
     ids: np.ndarray  # label_id per shape after de-duplication
-
-
-def shape_ids(shapes) -> np.ndarray:
-    """(nshapes,) ``label_id`` feature of a prompt Shapes layer (0: not segmented yet)."""
-    feats = shapes.features
-    if "label_id" in feats and len(feats) == shapes.nshapes:
-        return feats["label_id"].to_numpy().astype(int)
-    return np.zeros(shapes.nshapes, int)
 
 
 _shape_ids = shape_ids  # the name _volume_session imports (see the report's patch)

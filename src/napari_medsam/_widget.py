@@ -15,7 +15,6 @@ from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -38,7 +37,7 @@ from ._train_session import TrainActions
 from ._volume_session import VolumeActions
 from ._widget_actions import WorkflowMethods
 from ._widget_active import ActivePanel
-from ._widget_model import settings_page
+from ._widget_model import ask_checkpoint, settings_page
 from ._widget_series import SERIES_SHORTCUTS, SeriesPanel
 from ._widget_train import TrainPanel
 from ._widget_volume import VOLUME_SHORTCUTS, VolumePanel
@@ -246,7 +245,7 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.session.load_model_async(self.model_combo.currentText(), path)
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "MedSAM checkpoint", "", "Checkpoints (*.pth *.pt *.ckpt)")
+        path = ask_checkpoint(self)
         if path:
             self.checkpoint_edit.setText(path)
 

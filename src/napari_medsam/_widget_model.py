@@ -22,6 +22,14 @@ from medsam_core import CT_WINDOWS, MODELS
 from ._settings import INTENSITY_MODES, ROI_ZOOM
 
 
+def ask_checkpoint(parent, caption: str = "MedSAM checkpoint") -> str:
+    """A checkpoint file chosen in a file dialog ("" when cancelled): the Model tab and Fine-tune's Load."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(parent, caption, "", "Checkpoints (*.pth *.pt *.ckpt)")
+    return path
+
+
 def settings_page(self) -> QWidget:
     """The Model tab: channels, model + checkpoint, intensity, ROI zoom, preview (attributes set on ``self``, the widget)."""
     page = QWidget()

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 from medsam_core.training import MODES
 
 from ._plot import LinePlots
+from ._widget_model import ask_checkpoint
 
 
 class LossPlot(LinePlots):
@@ -135,7 +136,7 @@ class TrainPanel(QGroupBox):
             self.widget.save_model(path)
 
     def _on_load(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load MedSAM model", "", "Checkpoints (*.pth *.pt *.ckpt)")
+        path = ask_checkpoint(self, "Load MedSAM model")
         if path:
             self.widget.load_model(self.widget.model_combo.currentText(), path)
             self.refresh()

@@ -154,3 +154,31 @@ def test_recist_objects_record_their_kind(session):
     assert s.objects[lid].source.shape == (1, 2, 2)
     s.undo()
     assert s.shapes_layer.nshapes == 0 and lid not in kinds_of(s.labels_layer)
+
+
+@pytest.mark.slow
+def test_the_documented_session_flow(lite_model):
+    """docs/scripting.md, "The napari widget from a script: the session", headless on ViewerModel."""
+    from napari.components import ViewerModel
+
+    from medsam_core.samples import nuclei
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+
+    sample = nuclei()
+    viewer = ViewerModel()
+    s = Session(viewer, Runner(synchronous=True))
+    s.set_model(lite_model)
+    s.set_image_layer(viewer.add_image(sample.image, scale=(0.5, 0.5)))
+    ids = s.segment_boxes([[20, 30, 48, 60], [100, 90, 130, 125]])
+    assert ids == [1, 2]
+    s.refine(ids[0], points=[[34, 45]], labels=[0])
+    lid = s.segment_polygon([[58, 22], [69, 26], [73, 36], [69, 47], [58, 51], [48, 47], [44, 36], [48, 26]])
+    ref = sample.labels == 5  # the nucleus of sample box [44, 22, 73, 51]
+    assert lid == 3 and dice(s.labels_layer.data == lid, ref) > 0.8
+    s.undo()
+    assert set(np.unique(s.labels_layer.data).tolist()) == {0, 1, 2}
+    before = asdict(s.settings)
+    with pytest.raises(MedSAMError, match="0 <= low < high <= 100"):
+        s.set_intensity("percentile", low=99, high=5)
+    assert asdict(s.settings) == before

@@ -211,7 +211,10 @@ def test_screenshot_of_widget_segmenting_real_data(open_widget, qtbot, dsb2018):
     widget.runner.synchronous = True
     viewer.add_image(image, name="DSB 2018 nuclei", contrast_limits=(0, float(np.percentile(image, 99.5))))
     ids = nuclei(ref, 5)
-    widget.segment_boxes([ref_box(ref, i) for i in ids])
+    widget.segment_boxes([ref_box(ref, i) for i in ids[:-1]])
+    from .test_session_actions import _contour
+
+    widget.segment_polygon(_contour(ref == ids[-1], 10))  # one object from a polygon (magenta)
     viewer.layers.selection.active = widget.shapes_layer
     qtbot.waitUntil(widget.isVisible)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
