@@ -338,3 +338,26 @@ def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget
     _auto_done(widget, qtbot)
     assert "cancelled" in widget.status_label.text() and [ly.name for ly in viewer.layers] == names
     assert np.array_equal(layer.data, layer_before) and tab.segment_btn.isEnabled()
+
+
+def test_automatic_tab_fits_a_1280_window(make_napari_viewer, qtbot, lite_model, tmp_path):
+    """Every control of Active > Automatic is whole at 1280 x 800 (picture in tmp_path to look at)."""
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
+    widget.set_model(lite_model)
+    win = viewer.window._qt_window
+    win.showNormal()
+    win.resize(1280, 800)
+    widget.tabs.setCurrentIndex(next(i for i in range(widget.tabs.count()) if widget.tabs.tabText(i) == "Active"))
+    widget.active_panel.tabs.setCurrentWidget(widget.active_panel.auto_tab)
+    qtbot.wait(300)
+    tab = widget.active_panel.auto_tab
+    clipped = []
+    for c in tab.findChildren(QAbstractButton) + tab.findChildren(QAbstractSpinBox):
+        seen = c.visibleRegion().boundingRect()
+        if c.isVisibleTo(widget) and seen.height() > 0 and seen.width() < c.width():
+            clipped.append(c.text() if hasattr(c, "text") else type(c).__name__)
+    win.grab().save(str(tmp_path / "automatic_1280.png"))
+    assert not clipped, clipped
