@@ -17,6 +17,7 @@ Reported: open time, per-box read / encode / "after encode" (decode + paste) tim
 max), peak RSS (ru_maxrss), the label pyramid update and a GeoJSON export.
 
 Run: .venv/bin/python benchmarks/bench_wsi.py [--side 100000] [--boxes 100] [--viewer --screenshot PNG]
+     xvfb-run -a .venv/bin/python benchmarks/bench_wsi.py --shot docs/images/pathology_slide.png   (the docs picture)
 """
 
 from __future__ import annotations
@@ -236,6 +237,49 @@ def measure(slide: Path, n_boxes: int, viewer: bool, screenshot: str | None) -> 
     return res
 
 
+def screenshot(png: str, side: int) -> None:
+    """The docs picture: the slide in napari (1280 x 800 window) zoomed in on one tissue tile, with 12
+    boxes around the largest haematoxylin blobs, their MedSAM labels (contours) and the boxes."""
+    import napari
+    from skimage import color, measure
+
+    from medsam_core import Predictor, load_model, roi, wsi
+    from medsam_core.labelstore import LabelStore
+    from napari_medsam._reader import napari_get_reader
+
+    with tempfile.TemporaryDirectory(prefix="bench_wsi_shot_") as tmp:
+        slide = Path(tmp) / "slide.ome.zarr"
+        build_slide(slide, side)
+        v = napari.Viewer(show=True)
+        v.window._qt_window.resize(1280, 800)
+        for data, kw, kind in napari_get_reader(str(slide))(str(slide)):
+            getattr(v, f"add_{kind}")(data, **kw)
+        pyr = v.layers[0].metadata["medsam_pyramid"]
+        tissue = np.argwhere(np.load(Path(tmp) / "grid.npy") < 23)
+        ci, cj = tissue[len(tissue) // 2]
+        y0, x0 = ci * CHUNK + 256, cj * CHUNK + 256
+        hema = color.rgb2hed(pyr.read_region((y0, y0 + 512, x0, x0 + 512)))[..., 0]
+        blobs = [p for p in measure.regionprops(measure.label(hema > np.percentile(hema, 90))) if p.area > 60]
+        blobs = sorted(blobs, key=lambda p: -p.area)[:12]
+        boxes = np.array([[x0 + p.bbox[1] - 3, y0 + p.bbox[0] - 3, x0 + p.bbox[3] + 2, y0 + p.bbox[2] + 2]
+                          for p in blobs], float)
+        pred = Predictor(load_model("lite_medsam", device="cpu"))
+        store = LabelStore.create(Path(tmp) / "labels.ome.zarr", pyr.shape[:2], spacing=pyr.spacing)
+        for i, r in enumerate(roi.predict_boxes(pred, pyr, boxes, intensity=wsi.intensity_window(pyr))):
+            store.paste(r.window, r.mask[None], np.array([i + 1]))
+        store.update_levels()
+        lab = v.add_labels(store.levels, multiscale=True, name="MedSAM labels", scale=pyr.spacing, opacity=0.9)
+        lab.contour = 2
+        v.add_shapes([[[b[1], b[0]], [b[1], b[2]], [b[3], b[2]], [b[3], b[0]]] for b in boxes],
+                     shape_type="rectangle", edge_color="yellow", face_color="transparent", edge_width=1.5,
+                     name="MedSAM boxes", scale=pyr.spacing)
+        v.camera.center = ((y0 + 256) * pyr.spacing[0], (x0 + 256) * pyr.spacing[1])
+        v.camera.zoom = 1.6 / pyr.spacing[0]
+        _process(v, 4.0)
+        v.window._qt_window.grab().save(png)
+        v.close()
+
+
 def _process(viewer, seconds: float = 1.0) -> None:
     from qtpy.QtWidgets import QApplication
 
@@ -251,11 +295,15 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, default=100)
     ap.add_argument("--viewer", action="store_true", help="open and segment inside a napari viewer (needs a display)")
     ap.add_argument("--screenshot", default=None, help="with --viewer: save the 1280x800 window here")
+    ap.add_argument("--shot", default=None, help="only make the docs screenshot (needs a display) into this PNG")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: the measuring subprocess
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_wsi.json"))
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.boxes, args.viewer, args.screenshot)))
+        return
+    if args.shot:
+        screenshot(args.shot, args.side)
         return
     from _machine import cpu_model
 
