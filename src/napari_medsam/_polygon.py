@@ -4,8 +4,9 @@ The layer is a Shapes layer in ``add_polygon_lasso`` mode (napari's polygon and 
 give polygons); each polygon's ``label_id`` feature names its object, as the boxes' does. Drawing
 segments it, editing its vertices re-segments it under the same id, deleting it removes the object
 (unless "Deleting a box removes its object" is off). The decoder gets what measured best
-(``_polygon_prompts.DEFAULT_VARIANT``: the polygon's box through the usual ROI-zoom path, the mask
-kept where it lies within 3 px of the polygon). Each change is one commit; undo puts the layer
+(``_polygon_prompts.DEFAULT_VARIANT``: the polygon's box through the usual ROI-zoom path; inside the
+polygon shrunk by 3 px is object, outside it grown by 3 px background, and in that band along the
+drawn edge the model's mask decides). Each change is one commit; undo puts the layer
 back from the objects (``rebuild``), and provenance records the polygon's box and its kind.
 """
 

@@ -14,7 +14,7 @@ and the provenance hook ask the registry and need no edit. The kinds' actions:
 | box | MedSAM boxes (rectangles) | box sync (``_sync``) | box, ROI zoom |
 | point | MedSAM points | refinement (``_sync.refine``) | box + points + previous logits |
 | recist | MedSAM lines | ``_volume_recist.RecistLines`` | box from the line(s) |
-| polygon | MedSAM polygons | ``_polygon.PolygonKind`` | box, mask clipped to the polygon |
+| polygon | MedSAM polygons | ``_polygon.PolygonKind`` | box; the model decides near the drawn edge |
 """
 
 from __future__ import annotations
