@@ -337,14 +337,14 @@ class VolumeActions(RecistLines):
             ids[job.shape] = -job.owner  # a key box of an existing 3D object
             key_verts = [np.array(s.shapes_layer.data[k], copy=True) for k in np.flatnonzero(ids == -job.owner)]
             objects[job.owner] = VolumeRecord(rec.label_id, rec.plane, rec.box, rec.vertices, rec.logits,
-                                              tuple(key_verts))
+                                              key_vertices=tuple(key_verts))
             if job.shape_id > 0:
                 objects.pop(job.shape_id, None)
         else:
             ids[job.shape] = job.owner
             key_verts = [np.array(s.shapes_layer.data[k], copy=True) for k in np.flatnonzero(ids == -job.owner)]
             objects[job.owner] = VolumeRecord(job.owner, job.plane, tuple(map(float, job.box)), verts, None,
-                                              tuple(key_verts))
+                                              key_vertices=tuple(key_verts))
         n = int(out.any(axis=(1, 2)).sum())
         s.commit(_Edits([edit]), objects, f"3D object {job.owner}")
         with s.quiet():
