@@ -15,6 +15,8 @@ key box, re-walks only the side(s) of the start slice where the keys changed and
 Key boxes ``{z: box}`` guide and bound the object (see walk.py); with ``bound_by_keys`` (default)
 the walk does not go past a key slice beyond the start in its direction.
 
+Prompt: ``anchor`` x the last key box passed + (1 - anchor) x the neighbour mask's box; a
+cross-check walk (mask boxes only) ends a direction where the two disagree (``min_agree``).
 Margin: ``margin`` px plus the start slice's box slack plus ``growth`` slice spacings in physical
 units, converted to each in-plane axis's pixels; ``spacing`` (z, y, x) refers to the volume's own
 axes, whatever the slicing axis. Boxes are XYXY pixels in the slice plane: for ``axis=0`` x is the

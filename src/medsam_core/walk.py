@@ -6,10 +6,14 @@ API and the widget only see ``SliceResult`` steps and the ``WalkResult`` at the 
 
 One step (slice ``z`` after slice ``p`` in the walk's direction):
 
-* box: the bounding box of ``p``'s mask grown by a margin: ``margin`` px plus the slack the model
-  left on the start slice between the user's box and its mask (the user's box says how loose a box
-  this structure wants), plus ``growth`` slice spacings in physical units (a surface at 45 degrees
-  grows the cross-section by one spacing per slice);
+* box: ``anchor`` (default 1) x the last key box passed (the user's start box) + (1 - anchor) x the
+  bounding box of ``p``'s mask grown by a margin: ``margin`` px plus the slack the model left on
+  the start slice between the user's box and its mask, plus ``growth`` slice spacings in physical
+  units. The anchored box carries no mask error from slice to slice (on MRI atlas structures the
+  model's mask and the structure differ, and a box from the last mask drifts; docs/3d.md);
+* cross-check: a second walk, prompted only by its own neighbour mask's box (+ slack), is decoded
+  on the same slice; the IoU of the two masks ("lost track") ends the walk where a fixed box would
+  still find something past the structure's end;
 * mask prompt: with ``mask_prompt`` the decoder also gets ``p``'s low-resolution logits as
   SAM's ``mask_input``. Off by default: LiteMedSAM was not trained with mask prompts and its masks
   leak into the surroundings with one (cells3d nuclei: 3D Dice 0.04-0.63 instead of 0.79-0.91;
@@ -21,7 +25,9 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
   slice's area), "area grew" (over ``max_growth`` x the previous slice's: the mask leaked into a
   neighbour), "contrast faded" (mask-vs-surround contrast under ``min_contrast`` x the start's),
   "intensity changed" (mean intensity inside the mask more than ``max_shift`` start-slice
-  standard deviations from the start's mean: the walk slid onto a neighbour of another grey).
+  standard deviations from the start's mean: the walk slid onto a neighbour of another grey),
+  "lost track (0.21)" (cross-check IoU under ``min_agree``). A slice that trips a rule is held
+  and kept if a later one passes; ``patience`` slices in a row end the direction.
 
 Key boxes: on a key slice the prompt is its key box; strictly between two keys (the start box is
 one) it is their linear blend and the stop rules are off (the user says the object is there).
