@@ -309,6 +309,7 @@ def _loss(torch, logits, fg, dist, weight):
 
 
 VIEWS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+MIN_BATCHES = 3
 
 
 def _crop(sample: Sample, crop: int, rng: np.random.Generator) -> tuple:
@@ -357,22 +358,25 @@ def train_head(predictor, images: Sequence, labels: Sequence, known: Sequence | 
     embed_dim = samples[0].embedding.shape[0]
     module = build_head(embed_dim, config.channels, config.fine)
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    n_batches = -(-len(samples) // config.batch_size)
+    bs = config.batch_size
+    n_batches = max(-(-len(samples) // bs), MIN_BATCHES)  # one image still gets a few steps per epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * n_batches, pct_start=0.1)
     losses, t0, stopped, epoch = [], time.perf_counter(), "done", 0
     module.train()
     for epoch in range(1, config.epochs + 1):
-        order, total_loss = rng.permutation(len(samples)), 0.0
-        for s in range(0, len(samples), config.batch_size):
+        reps = -(-n_batches * bs // len(samples))
+        order = np.concatenate([rng.permutation(len(samples)) for _ in range(reps)])[: n_batches * bs]
+        total_loss = 0.0
+        for s in range(0, len(order), bs):
             check_cancel(cancel)
-            emb, img, fg, dist, weight = _stack(torch, samples, order[s: s + config.batch_size], config.crop, rng)
+            emb, img, fg, dist, weight = _stack(torch, samples, order[s: s + bs], config.crop, rng)
             loss = _loss(torch, module(emb, img), fg, dist, weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total_loss += float(loss.detach()) * len(emb)
-        losses.append(total_loss / len(samples))
+        losses.append(total_loss / len(order))
         yield HeadStep("train", epoch, config.epochs, losses[-1])
         if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
             stopped = "time limit"

@@ -103,7 +103,7 @@ def _train(pred, pairs, epochs=40, **kw):
 @pytest.fixture(scope="module")
 def trained():
     pred = FakePredictor()
-    fit, steps = _train(pred, [_disks(0, dark=True), _disks(1, dark=True)], epochs=50, views=4, batch_size=8)
+    fit, steps = _train(pred, [_disks(0, dark=True), _disks(1, dark=True)], epochs=20, views=4, batch_size=8)
     return pred, fit, steps
 
 
@@ -211,7 +211,7 @@ def test_dict_round_trip_and_encoder_check(trained):
 def test_guard_accepts_better_refuses_worse_and_rolls_back():
     pred = FakePredictor()
     pairs = [_disks(0, dark=True), _disks(1, dark=True)]
-    cfg = HeadConfig(epochs=50, views=4, batch_size=8, holdout=0.3, **FAST)
+    cfg = HeadConfig(epochs=20, views=4, batch_size=8, holdout=0.3, **FAST)
     session, rnd = train_and_guard(pred, [p[0] for p in pairs], [p[1] for p in pairs], config=cfg)
     # the threshold detector finds the bright background on dark objects: the head beats it
     assert rnd.accepted and rnd.f1 > rnd.f1_active and session.active is rnd.head
@@ -243,7 +243,7 @@ def test_real_weights_head_in_checkpoint_extras(tmp_path):
     pred = Predictor(model)
     left, right = (img[:, :128], lab[:, :128]), (img[:, 128:], lab[:, 128:])
     session, rnd = train_and_guard(pred, [left[0]], [left[1]], known=[np.ones_like(left[1], bool)],
-                                   config=HeadConfig(epochs=30, views=4), force=True)
+                                   config=HeadConfig(epochs=60, views=4), force=True)
     head = session.active
     props = segment_everything(pred, head, right[0])
     r = match(props.masks, right[1])

@@ -51,7 +51,7 @@ def test_auto_train_then_auto_on_the_other_half(tmp_path, monkeypatch, lite_mode
     images, labels, img, lab = _folders(tmp_path)
     ckpt = tmp_path / "auto.pt"
     code = cli.main(["auto-train", "--images", str(images), "--labels", str(labels), "--out", str(ckpt),
-                     "--epochs", "30", "--force"])
+                     "--epochs", "60", "--force"])
     assert code == 0 and ckpt.is_file()
     assert "held-out F1" in capsys.readouterr().out
     from medsam_core.checkpoint import load_model
