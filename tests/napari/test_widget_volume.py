@@ -117,3 +117,24 @@ def test_recist_line_gives_an_object(open_widget, stack):
     assert np.flatnonzero((labels > 0).any(axis=(1, 2))).tolist() == [z]
     d = dice(labels[z] == 1, ref[z])
     assert d >= 0.8, d
+
+
+def test_synthetic_ball_stops_shown_with_go_to_buttons(open_widget):
+    """A bright ball in a small synthetic stack (9 slices of 64 x 64): the walk covers the ball and
+    the panel shows each direction's stop as the API returns it, with a button to its slice."""
+    zz, yy, xx = np.ogrid[:9, :64, :64]
+    ball = ((zz - 4) / 3.5) ** 2 + ((yy - 32) / 14) ** 2 + ((xx - 32) / 14) ** 2 <= 1
+    vol = np.where(ball, 1800, 300).astype(np.uint16)
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(vol)
+    widget.segment_3d(ref_box(ball[4], True), z=4)
+    labels = widget.labels_layer.data
+    assert dice(labels == 1, ball) >= 0.8
+    stops = widget.volume.stops(1)
+    assert set(stops) == {"up", "down"} and stops["up"].slice > 4 > stops["down"].slice
+    rows = widget.volume_panel.stops.rows
+    assert [label.text() for label, _ in rows] == [f"object 1 {d}: {stops[d]}" for d in ("up", "down")]
+    for (_, button), d in zip(rows, ("up", "down"), strict=True):
+        button.click()
+        assert viewer.dims.current_step[0] == stops[d].slice
