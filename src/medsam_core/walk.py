@@ -315,11 +315,12 @@ class BoxWalk:
                 if not mask.any() or len(held) >= self.rules.patience:
                     return self._drop(result, held)
             else:
-                for zh, _ in held:  # a held slice between two good ones is kept
-                    yield SliceResult(zh, result.masks[zh], result.scores[zh], result.boxes[zh], result.rewalked)
-                held = []
                 ahead = min(max(expect[0] - abs(zz - z), 1), abs(end - zz))
-                yield SliceResult(zz, mask, result.scores[zz], box, result.rewalked + ahead + expect[1])
+                total = result.rewalked + ahead + expect[1]
+                for zh, _ in held:  # a held slice between two good ones is kept
+                    yield SliceResult(zh, result.masks[zh], result.scores[zh], result.boxes[zh], total)
+                held = []
+                yield SliceResult(zz, mask, result.scores[zz], box, total)
             last = zz
             if mask.any():
                 prev = mask
