@@ -29,7 +29,7 @@ from .errors import MedSAMError
 
 FORMAT = "napari-medsam-provenance"
 VERSION = 1
-PROMPT_KINDS = ("box", "point", "key_box")
+PROMPT_KINDS = ("box", "point", "key_box", "recist", "polygon")
 
 
 class ProvenanceError(MedSAMError, ValueError):
@@ -97,8 +97,9 @@ def decode_mask(rle: dict | None, shape: tuple[int, ...]) -> np.ndarray:
 # -- records ---------------------------------------------------------------------------------------
 @dataclass
 class Prompt:
-    """One prompt: kind "box" (data [x0, y0, x1, y1]), "point" (data [x, y], ``positive``) or
-    "key_box" (a 3D key slice box); ``z`` the slice (None in 2D)."""
+    """One prompt: kind "box" (data [x0, y0, x1, y1]), "point" (data [x, y], ``positive``),
+    "key_box" (a 3D key slice box), "recist" (a line [x0, y0, x1, y1], or long + short axis: 8
+    numbers) or "polygon" ([x0, y0, x1, y1, ...], at least 3 vertices); ``z`` the slice (None in 2D)."""
 
     kind: str
     data: list[float]
@@ -109,8 +110,11 @@ class Prompt:
         if self.kind not in PROMPT_KINDS:
             raise ProvenanceError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}; got {self.kind!r}")
         self.data = [float(v) for v in self.data]
-        if len(self.data) != (2 if self.kind == "point" else 4):
-            raise ProvenanceError(f"a {self.kind} prompt needs {2 if self.kind == 'point' else 4} numbers")
+        n = len(self.data)
+        ok = {"point": n == 2, "recist": n in (4, 8), "polygon": n >= 6 and n % 2 == 0}.get(self.kind, n == 4)
+        if not ok:
+            need = {"point": "2", "recist": "4 or 8", "polygon": "an even number (at least 6) of"}.get(self.kind, "4")
+            raise ProvenanceError(f"a {self.kind} prompt needs {need} numbers, got {n}")
 
 
 @dataclass
