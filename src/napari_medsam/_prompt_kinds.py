@@ -134,7 +134,7 @@ class RecistKind(PromptKind):
         return Shapes(name=LINES, edge_color="cyan", edge_width=2, **session.layer_geometry())
 
     def provenance(self, session, rec) -> list[Prompt]:
-        line = rec.source
+        line = rec.source if rec.kind == "recist" else None
         if "recist" in PROMPT_KINDS and line is not None:  # medsam_core records the line itself
             return [Prompt("recist", np.asarray(line, float).ravel(), plane_z(rec.plane))]
         return []
