@@ -429,3 +429,35 @@ def test_openvino_is_imported_with_its_telemetry_stub():
             "import openvino.tools.ovc as o; print(type(o.telemetry).__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
+
+
+# -- int8 (opt-in, needs nncf) ----------------------------------------------------------------------
+def test_int8_backend_needs_calibration_images(lite_model, tmp_path):
+    from medsam_core.engine_int8 import int8_backend
+    from medsam_core.errors import MedSAMError
+
+    with pytest.raises(MedSAMError, match="calibration images"):
+        int8_backend(lite_model, [], cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_int8_backend_quantises_verifies_and_serves(lite_model, ov_backend, ov_cache, dsb2018):
+    """Opt-in int8: quantised from the cached f32 export on the caller's images, checked on the
+    probe, cached beside the f32 export (a second call reuses it); masks stay close to f32."""
+    pytest.importorskip("nncf")
+    from medsam_core.engine_int8 import int8_backend
+
+    img, lab = dsb2018
+    calib = [img[:128, :128], img[128:256, 128:256]]  # two crops: a quick calibration
+    backend = int8_backend(lite_model, calib, cache_dir=ov_cache)
+    assert backend.info["precision"] == "int8" and backend.info["verification"]["accepted"]
+    again = int8_backend(lite_model, calib, cache_dir=ov_cache)
+    assert again.info["path"] == backend.info["path"]
+    assert len(list(ov_cache.rglob("*-int8-*/encoder.xml"))) == 1
+    boxes = _boxes_from_labels(lab)
+    p32, p8 = Predictor(lite_model, encoder_backend=ov_backend), Predictor(lite_model, encoder_backend=backend)
+    p32.set_image(img)
+    p8.set_image(img)
+    m32, _ = p32.predict(boxes=boxes)
+    m8, _ = p8.predict(boxes=boxes)
+    assert backend.name == "openvino" and min(_iou(a, b) for a, b in zip(m32, m8, strict=True)) > 0.8
