@@ -34,7 +34,6 @@ class SyncPlan:
     ids: np.ndarray  # label_id per shape after de-duplication
 
 
-_shape_ids = shape_ids  # the name _volume_session imports (see the report's patch)
 
 
 def plan_sync(s) -> SyncPlan:

@@ -134,9 +134,9 @@ class VolumeActions(RecistLines):
 
     # -- which box, which object ------------------------------------------------------------------
     def _shape_ids(self) -> np.ndarray:
-        from ._sync import _shape_ids
+        from ._prompt_kinds import shape_ids
 
-        return _shape_ids(self.s.shapes_layer)
+        return shape_ids(self.s.shapes_layer)
 
     def selected_shape(self) -> int:
         shapes = self.s.shapes_layer
