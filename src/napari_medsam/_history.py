@@ -19,9 +19,17 @@ class History:
     """Commit, undo and the prompt-rectangle bookkeeping of a Session."""
 
     def editor(self) -> PlaneEditor:
+        slide = getattr(self, "slide", None)
+        if slide is not None:  # a whole slide: windows of its labels on disk
+            from ._slide_plane import SlideEditor
+
+            return SlideEditor(slide, self.settings.overwrite)
         return PlaneEditor(self.labels_layer, self.settings.channel_axis, self.settings.overwrite)
 
     def next_id(self) -> int:
+        slide = getattr(self, "slide", None)
+        if slide is not None:  # never scan a slide's labels: ids come from what this session wrote
+            return max([slide.top_id(), *self.objects]) + 1
         top = int(np.max(self.labels_layer.data)) if self.labels_layer.data.size else 0
         return max([top, *self.objects]) + 1
 
@@ -36,8 +44,13 @@ class History:
             L.apply_edit(self.labels_layer, edit)
         self.objects = objects
         self.history.append(commit)
-        self._hook(self.on_commit, commit)
+        self._provenance_hook(self.on_commit, commit)
         return commit
+
+    def _provenance_hook(self, hook, commit: Commit) -> None:
+        if getattr(self, "slide", None) is not None:  # provenance compares whole label planes: not on a slide
+            return
+        self._hook(hook, commit)
 
     def _hook(self, hook, commit: Commit) -> None:
         if hook is None:
@@ -58,7 +71,7 @@ class History:
         for edit in reversed(commit.edits):
             L.apply_edit(self.labels_layer, edit.inverse())
         self.objects = commit.objects_before
-        self._hook(self.on_undo, commit)
+        self._provenance_hook(self.on_undo, commit)
         rebuild_layers(self)  # every prompt kind's layer shows the objects' prompts again
         if commit.points_before is not None:
             from ._sync import restore_points

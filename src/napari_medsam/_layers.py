@@ -17,9 +17,9 @@ import numpy as np
 
 from medsam_core.errors import ImageError, PromptError
 
-#: Largest plane (H * W) the widget segments: it holds the plane and an int32 Labels plane in
-#: memory. A whole slide (100,000^2) is opened lazily for viewing; segment it with ``medsam slide``
-#: or ``medsam_core.slide.segment_slide`` (labels chunk by chunk on disk, docs/pathology.md).
+#: Largest plane (H * W) the widget holds in memory (the plane and an int32 Labels plane). A larger
+#: plane of a 2D multiscale layer (a whole slide) is a slide plane (``is_slide``): boxes segment on
+#: level 0 crop by crop into labels on disk (_slide_plane); any other larger plane is refused.
 MAX_PLANE_PIXELS = 16384 * 16384
 
 
@@ -56,6 +56,14 @@ def image_data(layer) -> np.ndarray:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def is_slide(layer, channel_axis: int | None = None) -> bool:
+    """A 2D multiscale layer (grey or RGB) whose plane exceeds MAX_PLANE_PIXELS: segmented as a slide."""
+    if not getattr(layer, "multiscale", False) or layer.ndim != 2 or (channel_axis or -1) >= 0:
+        return False
+    h, w = (int(v) for v in layer.level_shapes[0][:2])
+    return h * w > MAX_PLANE_PIXELS
+
+
 def check_plane_size(layer, rows: int, cols: int) -> None:
     """Refuse, before anything is allocated, a plane too large to hold in memory (a whole slide)."""
     shape = layer.level_shapes[0] if getattr(layer, "multiscale", False) else layer.data.shape
@@ -76,7 +84,7 @@ def spatial_axes(layer, channel_axis: int | None) -> list[int]:
 def check_channel_axis(layer, channel_axis: int | None) -> int | None:
     """Validate the channel axis for ``layer`` (and that its planes fit in memory, check_plane_size)."""
     axes = [a for a in range(layer.ndim) if a != channel_axis]
-    if len(axes) >= 2:
+    if len(axes) >= 2 and not is_slide(layer, channel_axis):
         check_plane_size(layer, axes[-2], axes[-1])
     if channel_axis is None or channel_axis < 0:
         return None
@@ -253,6 +261,10 @@ def _labels_key(plane: Plane, channel_axis: int | None, ndim: int):
 
 def read_labels_plane(labels_layer, plane: Plane, channel_axis: int | None) -> np.ndarray:
     """A copy of the labels on ``plane`` as (H, W) (rows, cols)."""
+    from ._slide_plane import ONLY_BOXES, slide_labels_of
+
+    if slide_labels_of(labels_layer) is not None:  # never read a slide's labels whole
+        raise PromptError(ONLY_BOXES)
     key, _ = _labels_key(plane, channel_axis, labels_layer.ndim)
     arr = np.array(labels_layer.data[key])
     return arr.T if labels_axis(plane.rows, channel_axis) > labels_axis(plane.cols, channel_axis) else arr
@@ -271,5 +283,7 @@ def make_edit(plane: Plane, before: np.ndarray, after: np.ndarray, channel_axis:
 
 def apply_edit(labels_layer, edit: Edit) -> None:
     """Write an Edit into the Labels layer, refreshing only the changed region."""
-    if edit.size:
+    if hasattr(edit, "apply"):  # _slide_plane.WindowEdit: a window of labels on disk
+        edit.apply(labels_layer)
+    elif edit.size:
         labels_layer.data_setitem(edit.indices, edit.new)

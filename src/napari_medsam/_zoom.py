@@ -21,6 +21,8 @@ import numpy as np
 from medsam_core import roi
 from medsam_core.preprocess import Intensity
 
+from ._slide_plane import SlidePlane
+
 #: widget setting -> predict_boxes mode
 ZOOM_MODES = {"auto": "auto", "on": "roi", "off": "whole"}
 
@@ -55,6 +57,11 @@ class WindowMemo:
     def window(self, image2d: np.ndarray, intensity: Intensity, channel) -> Intensity:
         import hashlib
 
+        if isinstance(image2d, SlidePlane):  # from the coarsest level only; keyed by the level-0 array
+            key = ("slide", id(image2d.levels[0]), image2d.shape, repr(intensity), repr(channel))
+            if key not in self._memo:
+                self._memo[key] = roi.global_intensity(image2d.levels, intensity, channel)
+            return self._memo[key]
         arr = np.ascontiguousarray(image2d)
         key = (hashlib.blake2b(arr.data, digest_size=16).hexdigest(), arr.shape, arr.dtype.str,
                repr(intensity), repr(channel))
@@ -95,7 +102,10 @@ def encode(predictor, image2d, needs: Needs, window: Intensity, channel) -> int:
 
 
 def decode(predictor, image2d, boxes: np.ndarray, mode: str, window: Intensity, channel) -> list[np.ndarray]:
-    """(H, W) bool mask per box through ``roi.predict_boxes`` (cache hits when ``missing`` is empty)."""
+    """(H, W) bool mask per box through ``roi.predict_boxes`` (cache hits when ``missing`` is empty);
+    on a ``SlidePlane`` the ``roi.BoxMask`` per box (its window and the mask inside it)."""
     shape = image2d.shape[:2]
     results = roi.predict_boxes(predictor, image2d, boxes, mode=mode, intensity=window, channel=channel)
+    if isinstance(image2d, SlidePlane):
+        return results
     return [r.full(shape) for r in results]

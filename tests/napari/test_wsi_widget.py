@@ -1,0 +1,105 @@
+"""A whole-slide plane in the MedSAM widget (issue 17): a box drawn with the mouse on a multiscale
+layer larger than the widget keeps in memory segments on level 0, crop by crop, into labels kept on
+disk (an NGFF image-label shown as a multiscale Labels layer); undo writes back only the window the
+box changed; the image plane is never read whole. The slide threshold is lowered so that a small
+pyramid (1024 x 1536 RGB, made here) is such a slide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsam_core import MedSAMError, Predictor, roi
+from napari_medsam import _layers
+
+from .person import drag_box
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+WAIT = 300_000
+
+
+class GuardedLevel:
+    """Level 0 of the slide: counts reads and fails on any read of more than a quarter of the plane."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        self.shape, self.dtype, self.ndim, self.size = array.shape, array.dtype, array.ndim, array.size
+
+    def __getitem__(self, key):
+        out = np.asarray(self.array[key])
+        self.reads.append(out.shape)
+        if out.shape[0] * out.shape[1] > self.shape[0] * self.shape[1] // 4:
+            raise AssertionError(f"level 0 read whole-ish: {out.shape}")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("level 0 materialised whole")
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def _tissue(h=1024, w=1536):
+    from skimage.data import immunohistochemistry
+
+    return np.ascontiguousarray(np.tile(immunohistochemistry(), (-(-h // 512), -(-w // 512), 1))[:h, :w])
+
+
+@pytest.fixture
+def slide(monkeypatch):
+    monkeypatch.setattr(_layers, "MAX_PLANE_PIXELS", 512 * 512)  # 1024 x 1536 counts as a whole slide
+    data = _tissue()
+    return data, [GuardedLevel(data), data[::2, ::2].copy(), data[::4, ::4].copy()]
+
+
+def test_box_drawn_on_a_slide_segments_at_full_resolution_into_chunked_labels(make_napari_viewer, qtbot,
+                                                                              lite_model, slide):
+    from napari_medsam._slide_plane import slide_labels_of
+
+    data, levels = slide
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
+    widget.set_model(lite_model)
+    viewer.add_image(levels, multiscale=True, rgb=True, name="slide")
+    widget.wait(WAIT)
+    s = widget.session
+    lab = widget.labels_layer
+    store = slide_labels_of(lab).store
+    assert lab.multiscale and tuple(lab.level_shapes[0]) == (1024, 1536) and s.slide is not None
+    assert s.encoder_calls == 0  # no whole-plane embedding is prefetched on a slide
+    viewer.camera.center, viewer.camera.zoom = (230, 330), 3.0  # zoomed in, as a person draws a small box
+    qtbot.wait(100)
+    drag_box(viewer, qtbot, (300, 200, 340, 236))
+    widget.wait(WAIT)
+    viewer.camera.center, viewer.camera.zoom = (512, 768), 0.4  # zoomed out: a second box elsewhere
+    qtbot.wait(100)
+    drag_box(viewer, qtbot, (1000, 700, 1060, 760))
+    widget.wait(WAIT)
+    assert sorted(s.objects) == [1, 2]
+    drawn = np.array([s.objects[i].box for i in (1, 2)])
+    np.testing.assert_allclose(drawn, [(300, 200, 340, 236), (1000, 700, 1060, 760)], atol=3)
+    # the scripting API on the same pyramid and boxes, pasted in drawing order
+    predictor, expected = Predictor(lite_model), np.zeros(data.shape[:2], np.uint32)
+    for lid, box in enumerate(drawn, start=1):
+        (m,) = roi.predict_boxes(predictor, [data, *levels[1:]], box[None], mode="roi")
+        roi.paste_min_id(expected, m.window, m.mask[None], np.array([lid], np.uint32))
+    got = np.asarray(store.level0[:])
+    assert (got == 1).sum() > 50 and (got == 2).sum() > 50
+    np.testing.assert_array_equal(got, expected)  # full resolution, in the chunked store
+    assert np.array_equal(np.asarray(lab.data[0][:]), expected)  # the layer shows the store
+    assert np.asarray(store.levels[1][:]).max() == 2  # coarser label levels follow
+    assert max(r[0] * r[1] for r in levels[0].reads) < 1024 * 1536 // 4
+    # undo: only the second box's window is written back, the first object keeps every pixel
+    edits = s.history[-1].edits  # one window per label tile it touched (this box straddles x = 1024)
+    sizes = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in (e.window for e in edits)]
+    assert sum(sizes) < 80 * 80 and sum(e.old.size for e in edits) == sum(sizes)
+    s.undo()
+    after = np.asarray(store.level0[:])
+    np.testing.assert_array_equal(after, np.where(expected == 2, 0, expected))
+    assert sorted(s.objects) == [1]
+    # points and polygons are refused with a message, and change nothing
+    with pytest.raises(MedSAMError, match="whole-slide"):
+        s.refine(1, points=[[320, 218]], labels=[1])
+    with pytest.raises(MedSAMError, match="whole-slide"):
+        s.polygon_layer()
+    np.testing.assert_array_equal(np.asarray(store.level0[:]), after)
