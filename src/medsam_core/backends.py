@@ -238,20 +238,28 @@ def import_openvino():
     """
     import sys
 
-    if "openvino" not in sys.modules:
-        saved = sys.modules.get("openvino_telemetry", _MISSING)
-        sys.modules["openvino_telemetry"] = None  # "import openvino_telemetry" -> ImportError -> stub
-        try:
-            import openvino  # noqa: F401
-        finally:
-            if saved is _MISSING:
-                sys.modules.pop("openvino_telemetry", None)
-            else:
-                sys.modules["openvino_telemetry"] = saved
-    return sys.modules["openvino"]
+    # One thread at a time: a second thread that found "openvino" in sys.modules while the first
+    # was still importing it got a half-initialised module ("no attribute 'get_version'", seen when
+    # the 3D worker and the background encode started together). The import statement below
+    # also waits for an import that another thread (not through this function) has under way.
+    with _IMPORT_LOCK:
+        if "openvino" not in sys.modules:
+            saved = sys.modules.get("openvino_telemetry", _MISSING)
+            sys.modules["openvino_telemetry"] = None  # "import openvino_telemetry" -> ImportError -> stub
+            try:
+                import openvino  # noqa: F401
+            finally:
+                if saved is _MISSING:
+                    sys.modules.pop("openvino_telemetry", None)
+                else:
+                    sys.modules["openvino_telemetry"] = saved
+        import openvino
+
+    return openvino
 
 
 _MISSING = object()
+_IMPORT_LOCK = threading.Lock()
 
 
 def openvino_available() -> bool:

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CancelledError, ImageError, PromptError
+from .cancel import check_cancel
+from .errors import ImageError, PromptError
 from .preprocess import Intensity, check_boxes, to_grey_or_rgb
 
 #: A box goes to ROI mode when whole-image mode would shrink its longest side below this many
@@ -337,7 +338,7 @@ def iter_box_masks(predictor, image, boxes, mode: str = "auto", intensity: Inten
     use_roi = choose_roi(boxes, shape, mode, predictor.spec.preprocessing.input_size, min_side=min_side)
     window = global_intensity(image, intensity, channel)
     if (~use_roi).any():
-        _check_cancel(cancel)
+        check_cancel(cancel, _CANCELLED)
         if shape[0] * shape[1] > MAX_WHOLE_PIXELS:
             raise ImageError(
                 f"the image is {shape[1]} x {shape[0]} pixels, too large for whole-image mode: use roi mode"
@@ -347,7 +348,7 @@ def iter_box_masks(predictor, image, boxes, mode: str = "auto", intensity: Inten
                               clip_to_box, roi=False)
     roi_idx = np.flatnonzero(use_roi)
     for group in plan_rois(boxes[roi_idx], shape, min_side, factor) if len(roi_idx) else []:
-        _check_cancel(cancel)
+        check_cancel(cancel, _CANCELLED)
         idx = roi_idx[group.indices]
         yield idx, _decode_on(predictor, image, group.window, boxes[idx], window, channel, clip_to_box, roi=True)
 
@@ -396,9 +397,7 @@ def paste_min_id(labels, window: tuple[int, int, int, int], masks: np.ndarray, i
     labels[y0:y1, x0:x1] = region
 
 
-def _check_cancel(cancel) -> None:
-    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise CancelledError("segmentation cancelled; no labels were returned (an ``out`` array may be partly filled)")
+_CANCELLED = "segmentation cancelled; no labels were returned (an ``out`` array may be partly filled)"
 
 
 def count_encodes(boxes, shape: tuple[int, int], mode: str = "auto", input_size: int = 256,
