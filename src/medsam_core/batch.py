@@ -180,6 +180,8 @@ def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi:
     predictor: a Predictor, or a zero-argument callable returning one (made only when needed).
     """
     t0 = time.perf_counter()
+    if out_path.name.endswith(".zarr"):  # a whole slide (series.output_path): never loaded whole
+        return _segment_slide_file(predictor, path, out_path, source, roi, intensity, channel, cancel, t0)
     image, meta = read_image(path)
     if any(a not in "ZYXC" for a in meta.axes):
         raise ImageError(f"{path.name} has axes {meta.axes}; batch takes (Y, X[, C]) or (Z, Y, X[, C]) images")
@@ -200,6 +202,26 @@ def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi:
     write_labels(out_path, labels, meta)
     n_obj = len(np.unique(labels)) - 1
     return ImageResult(path.name, "done", str(out_path), len(boxes), n_obj, seconds=time.perf_counter() - t0)
+
+
+def _segment_slide_file(predictor, path: Path, out_path: Path, source, roi, intensity, channel, cancel,
+                        t0: float) -> ImageResult:
+    from .slide import segment_slide
+    from .wsi import open_pyramid
+
+    with open_pyramid(path) as pyr:
+        shape = pyr.shape[:2]
+    boxes, z, ids = source.get(path, shape)
+    if len(boxes) == 0:
+        return ImageResult(path.name, "no_boxes", message="no boxes for this image")
+    if z is not None:
+        raise ImageError(f"{path.name} is a 2D slide: its boxes must not have a z column")
+    if not hasattr(predictor, "set_image"):
+        predictor = predictor()
+    res = segment_slide(predictor, path, boxes, out=out_path, roi_mode=roi, intensity=intensity, channel=channel,
+                        overwrite=True, cancel=cancel, ids=ids)
+    return ImageResult(path.name, "done", str(out_path), len(boxes), len(set(res.objects)),
+                       seconds=time.perf_counter() - t0)
 
 
 def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None, boxes_from_labels=None,
@@ -294,7 +316,7 @@ def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: floa
 def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: str, intensity, channel,
              overwrite: bool, cancel) -> ImageResult:
     redo = ""
-    if out_path.is_file() and not overwrite:
+    if (out_path.is_file() or out_path.name.endswith(".zarr") and out_path.is_dir()) and not overwrite:
         problem = existing_output_problem(out_path, path)
         if problem is None:
             return ImageResult(path.name, "skipped", str(out_path), message="output exists (use overwrite)")
@@ -317,6 +339,18 @@ def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: 
 def existing_output_problem(out_path: Path, image_path: Path) -> str | None:
     """Why the labels file ``out_path`` cannot count as the finished output of ``image_path``
     (unreadable, empty, not integer labels, another shape), or None when it can."""
+    if out_path.name.endswith(".zarr"):
+        from .ngff import open_ngff
+        from .wsi import open_pyramid
+
+        try:
+            lab = open_ngff(out_path)
+            with open_pyramid(image_path) as pyr:
+                want = pyr.shape[:2]
+        except ImageError as exc:
+            return f"unreadable: {str(exc)[:160]}"
+        got = tuple(int(s) for s in lab.levels[0].shape)
+        return None if lab.is_label and got == want else f"labels {got}, the slide is {want}"
     try:
         labels, _ = read_image(out_path)
     except ImageError as exc:

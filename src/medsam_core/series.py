@@ -34,10 +34,12 @@ PREFETCH_MAX_PIXELS = 8192 * 8192
 
 
 def split_name(path: str | os.PathLike) -> tuple[str, str]:
-    """File name -> (stem, suffix), treating ``.nii.gz`` as one suffix: 'a.nii.gz' -> ('a', '.nii.gz')."""
+    """File name -> (stem, suffix), treating ``.nii.gz`` and ``.ome.zarr`` as one suffix:
+    'a.nii.gz' -> ('a', '.nii.gz'), 'b.ome.zarr' -> ('b', '.ome.zarr')."""
     name = Path(path).name
-    if name.lower().endswith(".nii.gz"):
-        return name[:-7], name[-7:].lower()
+    for double in (".nii.gz", ".ome.zarr"):
+        if name.lower().endswith(double) and len(name) > len(double):
+            return name[: -len(double)], double
     p = Path(name)
     return p.stem, p.suffix.lower()
 
@@ -50,9 +52,21 @@ def list_images(folder: str | os.PathLike, patterns: list[str] | tuple[str, ...]
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ImageError(f"image folder {folder} does not exist (check the path)")
+    from .wsi import PYRAMID_TIFF_SUFFIXES, is_pyramid_path
+
     found = []
     for p in sorted(folder.iterdir(), key=lambda q: q.name):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():  # an OME-Zarr slide is a folder
+            if is_pyramid_path(p) and (not patterns or any(fnmatch.fnmatch(p.name.lower(), pat.lower())
+                                                           for pat in patterns)):
+                found.append(p)
+            continue
+        if not p.is_file():
+            continue
+        if not patterns and split_name(p)[1] in PYRAMID_TIFF_SUFFIXES and split_name(p)[1] not in READ_SUFFIXES:
+            found.append(p)  # .svs, .ndpi, ...: slides only
             continue
         if patterns:
             if any(fnmatch.fnmatch(p.name.lower(), pat.lower()) for pat in patterns):
@@ -63,8 +77,13 @@ def list_images(folder: str | os.PathLike, patterns: list[str] | tuple[str, ...]
 
 
 def output_path(image: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Where the labels of ``image`` go: out_dir/<stem>.nii.gz for NIfTI inputs, else out_dir/<stem>.tif."""
+    """Where the labels of ``image`` go: out_dir/<stem>.nii.gz for NIfTI inputs, out_dir/<stem>.ome.zarr
+    for whole slides (OME-Zarr, pyramidal TIFF/SVS/NDPI: written chunk by chunk), else out_dir/<stem>.tif."""
+    from .wsi import is_pyramid_path
+
     stem, suffix = split_name(image)
+    if is_pyramid_path(image):
+        return Path(out_dir).expanduser() / (stem.removesuffix(".ome") + ".ome.zarr")
     return Path(out_dir).expanduser() / (stem + (".nii.gz" if suffix in NIFTI_SUFFIXES else ".tif"))
 
 

@@ -91,3 +91,26 @@ def test_medsam_slide_cli_real_model(slide, tmp_path, capsys):
     labels = np.asarray(ngff.open_ngff(tmp_path / "lab.zarr").levels[0][:])
     assert set(np.unique(labels)) == {0, 1, 2} and 50 < (labels == 1).sum() < 41 * 37
     assert len(json.loads((tmp_path / "lab.geojson").read_text())["features"]) >= 2
+
+
+def test_batch_folder_with_a_slide_writes_ome_zarr_and_resumes(slide, tmp_path):
+    """``medsam batch`` on a folder holding an OME-Zarr slide and a plain TIFF: the slide's labels
+    go to <stem>.ome.zarr (never loaded whole), the TIFF's to .tif; a second run skips both."""
+    import tifffile
+
+    from medsam_core.batch import segment_folder
+
+    path, data = slide
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path.rename(folder / "slide.ome.zarr")
+    tifffile.imwrite(folder / "plain.tif", data[:200, :300, 0])
+    boxes = {"slide": np.array([[100, 100, 130, 140]], float), "plain": np.array([[10, 20, 40, 60]], float)}
+    pred = BoxFillPredictor()
+    report = segment_folder(folder, tmp_path / "out", boxes=boxes, roi="roi", predictor=pred)
+    assert sorted(r.status for r in report.results) == ["done", "done"]
+    labels = np.asarray(ngff.open_ngff(tmp_path / "out" / "slide.ome.zarr").levels[0][:])
+    assert labels.shape == data.shape[:2] and (labels == 1).sum() == 31 * 41
+    assert tifffile.imread(tmp_path / "out" / "plain.tif").max() == 1
+    again = segment_folder(folder, tmp_path / "out", boxes=boxes, roi="roi", predictor=pred)
+    assert sorted(r.status for r in again.results) == ["skipped", "skipped"]
