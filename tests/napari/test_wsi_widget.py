@@ -103,3 +103,25 @@ def test_box_drawn_on_a_slide_segments_at_full_resolution_into_chunked_labels(ma
     with pytest.raises(MedSAMError, match="whole-slide"):
         s.polygon_layer()
     np.testing.assert_array_equal(np.asarray(store.level0[:]), after)
+
+
+@pytest.mark.gui
+def test_a_100k_slide_layer_gets_labels_on_disk_without_allocating_a_plane(make_napari_viewer):
+    import tracemalloc
+
+    import zarr
+
+    levels = [zarr.create_array(store={}, shape=(100_000 // 2**k, 100_000 // 2**k, 3), chunks=(1024, 1024, 3),
+                                dtype="u1", fill_value=200) for k in (0, 4, 7)]
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(levels, multiscale=True, rgb=True, name="slide")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
+    tracemalloc.start()
+    widget.session.set_image_layer(layer)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    lab = widget.labels_layer
+    assert lab.multiscale and tuple(lab.level_shapes[0]) == (100_000, 100_000)  # an NGFF label image on disk
+    assert widget.session.slide is not None and peak < 200 * 2**20  # no 40 GB labels plane, no image plane
+    with pytest.raises(MedSAMError, match="whole-slide"):
+        widget.session.polygon_layer()
