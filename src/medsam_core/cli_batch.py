@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 
 from .cli import add_model_options, load_from_args
+from .errors import ImageError
 
 
 def register(sub) -> None:
@@ -42,17 +44,21 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-segment images whose output exists")
     p.add_argument("--pattern", action="append", default=None,
                    help="only file names matching this glob (repeatable), e.g. '*.tif'")
+    add_dask_options(p)
+    add_model_options(p)
+    p.add_argument("--intensity", default="auto", help="auto, as_is (8-bit already windowed), percentile, minmax or ct:<window>")
+    p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
+    p.set_defaults(func=run_batch)
+    register_slide(sub)
+
+
+def add_dask_options(p) -> None:
     dist = p.add_mutually_exclusive_group()
     dist.add_argument("--workers", type=int, default=None, metavar="N",
                       help="run on a Dask LocalCluster of N worker processes on this machine (needs dask[distributed])")
     dist.add_argument("--scheduler", default=None, metavar="ADDRESS",
                       help="run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (docs/scaling.md)")
     p.add_argument("--no-dashboard", action="store_true", help="with --workers: do not serve the Dask dashboard")
-    add_model_options(p)
-    p.add_argument("--intensity", default="auto", help="auto, as_is (8-bit already windowed), percentile, minmax or ct:<window>")
-    p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
-    p.set_defaults(func=run_batch)
-    register_slide(sub)
 
 
 def register_slide(sub) -> None:
@@ -68,6 +74,7 @@ def register_slide(sub) -> None:
     p.add_argument("--geojson", default=None, help="also write the objects as GeoJSON polygons (QuPath)")
     p.add_argument("--roi", choices=("auto", "whole", "roi"), default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing label image of that name")
+    add_dask_options(p)  # units = groups of ROI crops owning disjoint label chunks (distributed_slide.py)
     add_model_options(p)
     p.add_argument("--intensity", default="auto", help="auto, as_is, percentile, minmax or ct:<window>")
     p.add_argument("--channel", default="auto", help="auto, rgb, mean, max or a channel index")
@@ -92,6 +99,9 @@ def run_slide(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    if args.workers is not None or args.scheduler is not None:
+        bar.close()
+        return _run_slide_distributed(args, boxes, classes)
     try:
         result = segment_slide(Predictor(load_from_args(args)), args.image, boxes, out=args.out, name=args.name,
                                roi_mode=args.roi, intensity=parse_intensity(args.intensity),
@@ -146,9 +156,46 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _run_distributed(args: argparse.Namespace, common: dict):
     """The same batch on Dask: workers load the model themselves (path + sha256), see distributed.py."""
+    from .batch import segment_folder
+
+    with dask_client(args, "medsam batch") as client:
+        return segment_folder(args.images, args.out, client=client, model=args.model,
+                              checkpoint=args.checkpoint, device=args.device, **common)
+
+
+def _run_slide_distributed(args: argparse.Namespace, boxes, classes: dict) -> int:
+    """``medsam slide --workers N | --scheduler ADDRESS``: crop groups on Dask, labels chunk-wise."""
+    from .distributed_slide import segment_slide_distributed
+    from .geojson import write_geojson
+    from .ngff import open_ngff
+    from .segment import parse_channel, parse_intensity
+    from .wsi import is_pyramid_path
+
+    out = args.out
+    if out is None:
+        if not str(args.image).rstrip("/").lower().endswith(".zarr"):
+            raise ImageError("--out LABELS.zarr is needed for a slide that is not an OME-Zarr folder")
+        out = args.image
+    if not is_pyramid_path(args.image):
+        raise ImageError(f"{args.image} is not a whole slide (pyramidal TIFF/SVS/NDPI or OME-Zarr)")
+    with dask_client(args, "medsam slide") as client:
+        result = segment_slide_distributed(client, args.image, boxes, out, name=args.name,
+                                           intensity=parse_intensity(args.intensity),
+                                           channel=parse_channel(args.channel), model=args.model,
+                                           checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite)
+    if args.geojson:
+        write_geojson(args.geojson, open_ngff(result["labels"]).levels[0], classes)
+    print(f"medsam slide: {result['boxes']} boxes in {result['units']} Dask unit(s) in {result['seconds']:.1f} s; "
+          f"labels in {result['labels']}" + (f"; GeoJSON {args.geojson}" if args.geojson else ""))
+    return 0
+
+
+@contextmanager
+def dask_client(args: argparse.Namespace, prog: str):
+    """A Dask client from ``--scheduler ADDRESS`` (closed after) or ``--workers N`` (a LocalCluster on
+    127.0.0.1, shut down after); prints the worker count and the dashboard link."""
     import importlib.util
 
-    from .batch import segment_folder
     from .errors import MedSAMError
 
     if importlib.util.find_spec("distributed") is None:
@@ -170,12 +217,11 @@ def _run_distributed(args: argparse.Namespace, common: dict):
         link = None if args.no_dashboard else client.dashboard_link
         if link and args.workers is not None and not dashboard_available():
             link = None
-            print("medsam batch: no Dask dashboard (pip install bokeh to get one)", file=sys.stderr)
+            print(f"{prog}: no Dask dashboard (pip install bokeh to get one)", file=sys.stderr)
         workers = len(client.scheduler_info().get("workers", {}))
-        print(f"medsam batch: Dask, {workers} worker(s)" + (f"; dashboard {link}" if link else ""), file=sys.stderr)
+        print(f"{prog}: Dask, {workers} worker(s)" + (f"; dashboard {link}" if link else ""), file=sys.stderr)
         try:
-            return segment_folder(args.images, args.out, client=client, model=args.model,
-                                  checkpoint=args.checkpoint, device=args.device, **common)
+            yield client
         finally:
             if args.scheduler is not None:
                 client.close()

@@ -94,10 +94,12 @@ def _slide_unit(plugin_name: str, image: str, store_path: str, boxes: np.ndarray
 def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str | os.PathLike, name: str = "medsam",
                               intensity=None, channel=None, chunk: int = 1024, boxes_per_unit: int = BOXES_PER_UNIT,
                               model: str = "lite_medsam", checkpoint=None, device=None, encoder_backend=None,
-                              overwrite: bool = False) -> dict:
+                              overwrite: bool = False, retries: int = 1) -> dict:
     """Segment (N, 4) XYXY level-0 ``boxes`` (ROI mode) on a slide on the client's workers; labels
     (box i -> id i+1) go into a new NGFF label image ``out`` (or the OME-Zarr slide's labels/ when
-    ``out`` is the slide). Returns {"labels", "units", "boxes", "seconds"}. Blocks until done."""
+    ``out`` is the slide). Returns {"labels", "units", "boxes", "seconds"}. Blocks until done.
+    retries: Dask reruns of a unit that raised (a unit run twice writes the same pixels; a worker
+    that died is handled by Dask's own rescheduling)."""
     from .distributed import model_plugin
     from .labelstore import LabelStore
     from .wsi import intensity_window, open_pyramid
@@ -114,7 +116,7 @@ def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str 
     if not all(client.run(lambda dask_worker, n=plugin.name: n in dask_worker.plugins).values()):
         client.register_plugin(plugin)
     futures = [client.submit(_slide_unit, plugin.name, image, str(store.path), boxes, unit, window, channel,
-                             pure=False) for unit in units]
+                             pure=False, retries=retries) for unit in units]
     try:
         written = [w for f in futures for w in f.result()]
     except BaseException:
