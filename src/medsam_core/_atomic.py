@@ -41,6 +41,21 @@ def mkstemp_readable(**kwargs) -> tuple[int, str]:
     return fd, path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a marked temp file in the same folder and
+    ``os.replace``: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def is_our_tmp(name: str) -> bool:
     """True for a file name made by ``mkstemp_readable`` (and only those)."""
     return bool(_TMP_NAME.match(name))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import clean_stale_tmp, mkstemp_readable
+from ._atomic import clean_stale_tmp, write_text_atomic
 from ._paths import check_not_input, check_output_dir
 from .boxsources import boxes_from_labels, find_paired, read_any_boxes, read_table
 from .cancel import check_cancel
@@ -163,14 +163,7 @@ def _table_from_dict(boxes: dict, images: list[Path]) -> dict:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi: str = "auto",

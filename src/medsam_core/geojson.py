@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import mkstemp_readable
+from ._atomic import write_text_atomic
 from .errors import ImageError
 
 TILE = 4096
@@ -147,15 +147,7 @@ def write_geojson(path: str | os.PathLike, labels, classes: dict[int, str] | Non
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
     text = json.dumps({"type": "FeatureCollection", "features": labels_to_features(labels, classes, colors, regions)})
-    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def _features(doc) -> list[dict]:

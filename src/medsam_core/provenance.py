@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import mkstemp_readable
+from ._atomic import write_text_atomic
 from .errors import MedSAMError
 
 FORMAT = "napari-medsam-provenance"
@@ -285,15 +285,7 @@ class Provenance:
         if not path.parent.is_dir():
             raise ProvenanceError(f"folder {path.parent} does not exist; create it first")
         text = json.dumps(self.to_dict(), indent=1)
-        fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, text)
 
     @classmethod
     def load(cls, labels_path: str | os.PathLike, labels: np.ndarray | None = None) -> Provenance:
