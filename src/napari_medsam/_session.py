@@ -25,7 +25,7 @@ from ._history import History
 from ._objects import Commit, ObjectRecord
 from ._prompt_kinds import BOXES, POINTS, BoxKind, PointKind, kinds
 from ._settings import Settings, SettingsActions, intensity_of
-from ._slide_plane import ONLY_BOXES, SlidePlane, new_slide_labels, slide_labels_of
+from ._slide_plane import ONLY_BOXES, SlidePlane, check_slide_labels, new_slide_labels, slide_labels_of
 
 LABELS = "MedSAM labels"
 __all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
@@ -150,7 +150,7 @@ class Session(SettingsActions, History):
         L.check_channel_axis(layer, self.settings.channel_axis)
         if labels_layer is not None:
             L.check_labels_fit(labels_layer, layer, self.settings.channel_axis)
-            self._check_slide_labels(labels_layer, layer)
+            check_slide_labels(labels_layer, layer, self.settings.channel_axis)
         self._disconnect()
         self.image_layer, self.objects, self.history = layer, {}, []
         self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
@@ -169,7 +169,7 @@ class Session(SettingsActions, History):
         old layer's objects: they are cleared (the old layer keeps its masks), so the next box is
         the only thing written into the new layer."""
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
-        self._check_slide_labels(labels_layer, self.image_layer)
+        check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
         with self.quiet():
             for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
@@ -188,17 +188,12 @@ class Session(SettingsActions, History):
         img = self.image_layer
         return {"ndim": img.ndim, "scale": img.scale, "translate": img.translate}
 
-    def _check_slide_labels(self, labels_layer, image_layer) -> None:
-        if L.is_slide(image_layer, self.settings.channel_axis) and slide_labels_of(labels_layer) is None:
-            raise MedSAMError(f"{image_layer.name!r} is a whole slide: its labels must live on disk; let MedSAM "
-                              "create its labels layer (or pick one it created)")
-
     def _fitting_labels(self):
         lab = self.labels_layer
         if lab is not None and lab in self.viewer.layers:
             try:
                 L.check_labels_fit(lab, self.image_layer, self.settings.channel_axis)
-                self._check_slide_labels(lab, self.image_layer)
+                check_slide_labels(lab, self.image_layer, self.settings.channel_axis)
                 return lab
             except MedSAMError:
                 return None
@@ -207,16 +202,19 @@ class Session(SettingsActions, History):
     @property
     def slide(self):
         """The image is a whole slide (``_layers.is_slide``): its ``_slide_plane.SlideLabels``, else None."""
-        if self.image_layer is None or not L.is_slide(self.image_layer, self.settings.channel_axis):
-            return None
-        return slide_labels_of(self.labels_layer)
+        return slide_labels_of(self.labels_layer) if self._is_slide() else None
+
+    def _is_slide(self) -> bool:
+        return self.image_layer is not None and L.is_slide(self.image_layer, self.settings.channel_axis)
+
+    def _boxes_only(self, image2d=None) -> None:
+        if isinstance(image2d, SlidePlane) or (image2d is None and self.slide is not None):
+            raise PromptError(ONLY_BOXES)
 
     def _new_labels(self):
         shape, scale, translate = L.labels_geometry(self.image_layer, self.settings.channel_axis)
-        if L.is_slide(self.image_layer, self.settings.channel_axis):  # labels on disk, chunk by chunk
-            layer = new_slide_labels(self.viewer, LABELS, shape, scale, translate)
-            self.on_status(f"MedSAM: whole slide: labels are kept on disk in {slide_labels_of(layer).store.path}")
-            return layer
+        if self._is_slide():  # labels on disk, chunk by chunk
+            return new_slide_labels(self.viewer, LABELS, shape, scale, translate, self.on_status)
         return self.viewer.add_labels(np.zeros(shape, np.int32), name=LABELS, scale=scale, translate=translate)
 
     def _disconnect(self) -> None:
@@ -237,7 +235,7 @@ class Session(SettingsActions, History):
 
     # -- images and embeddings ----------------------------------------------------------------
     def plane_image(self, plane) -> np.ndarray:
-        if L.is_slide(self.image_layer, self.settings.channel_axis):  # lazy levels, never read whole
+        if self._is_slide():  # lazy levels, never read whole
             return SlidePlane(self.image_layer.data)
         return L.extract_plane(self.image_layer, plane, self.settings.channel_axis)
 
@@ -265,8 +263,7 @@ class Session(SettingsActions, History):
 
     def roi_mode(self) -> str:
         mode = Z.roi_mode(self.settings.roi_zoom)
-        return "roi" if self.image_layer is not None and L.is_slide(self.image_layer, self.settings.channel_axis) \
-            else mode  # a whole slide: every box on a crop of level 0
+        return "roi" if self._is_slide() else mode  # a whole slide: every box on a crop of level 0
 
     def is_encoded(self, image2d) -> bool:
         if isinstance(image2d, SlidePlane):  # crops are encoded on demand, per box
@@ -293,8 +290,8 @@ class Session(SettingsActions, History):
         synced again when it is done)."""
         if not self.model_ready(blocking):
             return False
-        if boxes is None and isinstance(image2d, SlidePlane):
-            raise PromptError(ONLY_BOXES)
+        if boxes is None:
+            self._boxes_only(image2d)
         window, channel = self.model_intensity(image2d), self.settings.channel
         if boxes is None:
             needs = Z.Needs(whole=self._encoder.key_for(image2d, window, channel) not in self.cache)
@@ -326,14 +323,13 @@ class Session(SettingsActions, History):
             return
         if self.image_layer not in self.viewer.layers or self.viewer.dims.ndisplay != 2:
             return
-        if L.is_slide(self.image_layer, self.settings.channel_axis):
+        if self._is_slide():
             return  # a whole slide has no whole-plane embedding: crops are encoded per box
         self.ensure_embedding(self.plane_image(self.current_plane()), blocking=False)
 
     def predict(self, image2d, boxes, points=None, labels=None, mask_input=None):
         """Decode prompts on the whole-image embedding (cached; never runs the encoder)."""
-        if isinstance(image2d, SlidePlane):
-            raise PromptError(ONLY_BOXES)
+        self._boxes_only(image2d)
         intensity, channel = self.model_intensity(image2d), self.settings.channel
         key = self.predictor.key_for(image2d, intensity, channel)
         if self.predictor.image_key != key:
@@ -417,12 +413,10 @@ class Session(SettingsActions, History):
     def polygon_layer(self):
         """The "MedSAM polygons" Shapes layer, active in lasso mode: each polygon drawn becomes an object."""
         self.require_layers()
-        if self.slide is not None:
-            raise PromptError(ONLY_BOXES)
+        self._boxes_only()
         return kinds()["polygon"].layer(self)
 
     def segment_polygon(self, xy, z=None) -> int:
         """Segment the (V, 2) XY pixel polygon ``xy`` on the current slice (or slice ``z``); returns its label id."""
-        if self.slide is not None:
-            raise PromptError(ONLY_BOXES)
+        self._boxes_only()
         return kinds()["polygon"].segment_polygon(self, xy, z)

@@ -45,7 +45,7 @@ class SlidePlane:
         return len(self.shape)
 
     def __array__(self, dtype=None, copy=None):
-        raise MedSAMError(f"internal: a whole-slide plane {self.shape} is never read whole")
+        raise PromptError(f"{ONLY_BOXES} (this plane is {self.shape[1]} x {self.shape[0]} pixels)")
 
 
 @dataclass(eq=False)
@@ -60,19 +60,31 @@ class SlideLabels:
         return max(self.extents, default=0)
 
 
-def new_slide_labels(viewer, name: str, shape, scale, translate, folder=None):
-    """An empty chunked label image of level-0 ``shape`` shown as a multiscale Labels layer."""
+def new_slide_labels(viewer, name: str, shape, scale, translate, on_status=None, folder=None):
+    """An empty chunked label image of level-0 ``shape`` (in a new temporary folder unless ``folder``)
+    shown as a multiscale Labels layer."""
     from medsam_core.labelstore import LabelStore
 
     folder = Path(folder or tempfile.mkdtemp(prefix="medsam-slide-labels-"))
     store = LabelStore.create(folder / "labels.ome.zarr", tuple(shape), name="medsam", chunk=TILE)
     layer = viewer.add_labels(list(store.levels), multiscale=True, name=name, scale=scale, translate=translate)
     layer.metadata[SLIDE_KEY] = SlideLabels(store)
+    if on_status is not None:
+        on_status(f"MedSAM: whole slide: labels are kept on disk in {store.path}")
     return layer
 
 
 def slide_labels_of(labels_layer) -> SlideLabels | None:
     return None if labels_layer is None else labels_layer.metadata.get(SLIDE_KEY)
+
+
+def check_slide_labels(labels_layer, image_layer, channel_axis) -> None:
+    """A whole slide's labels must be labels on disk made by ``new_slide_labels``."""
+    from ._layers import is_slide
+
+    if is_slide(image_layer, channel_axis) and slide_labels_of(labels_layer) is None:
+        raise MedSAMError(f"{image_layer.name!r} is a whole slide: its labels must live on disk; let MedSAM "
+                          "create its labels layer (or pick one it created)")
 
 
 @dataclass
