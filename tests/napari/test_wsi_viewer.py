@@ -126,20 +126,3 @@ def test_widget_segments_a_box_on_a_multiscale_rgb_layer(make_napari_viewer, sli
     (expected,) = roi.predict_boxes(Predictor(lite_model), data, box[None])
     np.testing.assert_array_equal(got, expected.full(data.shape[:2]))  # same as the scripting API
     np.testing.assert_allclose(widget.session.shapes_layer.data[0], rect(box) * 1, atol=1e-6)
-
-
-@pytest.mark.gui
-def test_widget_refuses_a_whole_slide_layer_with_a_clear_message(make_napari_viewer):
-    import zarr
-
-    from medsam_core import MedSAMError
-
-    levels = [zarr.create_array(store={}, shape=(100_000 // 2**k, 100_000 // 2**k, 3), chunks=(1024, 1024, 3),
-                                dtype="u1", fill_value=200) for k in (0, 4, 7)]
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(levels, multiscale=True, rgb=True, name="slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
-    n_layers = len(viewer.layers)
-    with pytest.raises(MedSAMError, match="medsam slide"):
-        widget.session.set_image_layer(layer)
-    assert len(viewer.layers) == n_layers  # no 40 GB Labels layer, no prompt layers
