@@ -104,7 +104,11 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
 
 def _level0(data):
     """A Labels layer's full-resolution data (level 0 of a multiscale layer), not copied."""
-    return data[0] if isinstance(data, list | tuple) else data
+    if isinstance(data, list | tuple):
+        return data[0]
+    if type(data).__name__ == "MultiScaleData":  # what napari hands a writer for a multiscale layer
+        return data[0]
+    return data
 
 
 def _layer_name(meta: dict | None) -> str:

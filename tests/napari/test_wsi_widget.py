@@ -53,7 +53,7 @@ def slide(monkeypatch):
 
 
 def test_box_drawn_on_a_slide_segments_at_full_resolution_into_chunked_labels(make_napari_viewer, qtbot,
-                                                                              lite_model, slide):
+                                                                              lite_model, slide, tmp_path):
     from napari_medsam._slide_plane import slide_labels_of
 
     data, levels = slide
@@ -103,6 +103,12 @@ def test_box_drawn_on_a_slide_segments_at_full_resolution_into_chunked_labels(ma
     with pytest.raises(MedSAMError, match="whole-slide"):
         s.polygon_layer()
     np.testing.assert_array_equal(np.asarray(store.level0[:]), after)
+    # File > Save through the plugin's OME-Zarr writer: the labels leave the temporary store
+    out = tmp_path / "slide_labels.zarr"
+    written = lab.save(str(out), plugin="napari-medsam")
+    from medsam_core import ngff
+
+    assert written and np.array_equal(np.asarray(ngff.open_ngff(out).levels[0][:]), after)
 
 
 @pytest.mark.gui
