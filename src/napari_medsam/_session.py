@@ -23,7 +23,9 @@ from . import _layers as L
 from . import _zoom as Z
 from ._history import History
 from ._objects import Commit, ObjectRecord
+from ._prompt_actions import PromptActions
 from ._prompt_kinds import BOXES, POINTS, BoxKind, PointKind, kinds
+from ._runtime_guard import avoid_triton_clash
 from ._settings import Settings, SettingsActions, intensity_of
 from ._slide_plane import ONLY_BOXES, SlidePlane, check_slide_labels, new_slide_labels, slide_labels_of
 
@@ -31,22 +33,7 @@ LABELS = "MedSAM labels"
 __all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
 
 
-def avoid_triton_clash() -> None:
-    """Keep torch from importing triton inside a running napari.
-
-    segment-anything imports torchvision, whose torch._dynamo probes for triton; loading triton's
-    bundled LLVM next to Mesa's (software OpenGL) crashes the process. Inference never needs
-    triton, so inside the plugin it is marked absent unless it is already loaded or the user sets
-    MEDSAM_ALLOW_TRITON=1.
-    """
-    import os
-    import sys
-
-    if "triton" not in sys.modules and os.environ.get("MEDSAM_ALLOW_TRITON") != "1":
-        sys.modules["triton"] = None  # import triton -> ImportError -> torch treats it as absent
-
-
-class Session(SettingsActions, History):
+class Session(SettingsActions, PromptActions, History):
     """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``).
 
     The scripting API: every method here (and in SettingsActions / History) validates before it
@@ -207,7 +194,8 @@ class Session(SettingsActions, History):
     def _is_slide(self) -> bool:
         return self.image_layer is not None and L.is_slide(self.image_layer, self.settings.channel_axis)
 
-    def _boxes_only(self, image2d=None) -> None:
+    def check_boxes_only(self, image2d=None) -> None:
+        """Raise PromptError when ``image2d`` (or the image on screen) is a whole-slide plane: boxes only."""
         if isinstance(image2d, SlidePlane) or (image2d is None and self.slide is not None):
             raise PromptError(ONLY_BOXES)
 
@@ -291,7 +279,7 @@ class Session(SettingsActions, History):
         if not self.model_ready(blocking):
             return False
         if boxes is None:
-            self._boxes_only(image2d)
+            self.check_boxes_only(image2d)
         window, channel = self.model_intensity(image2d), self.settings.channel
         if boxes is None:
             needs = Z.Needs(whole=self._encoder.key_for(image2d, window, channel) not in self.cache)
@@ -329,7 +317,7 @@ class Session(SettingsActions, History):
 
     def predict(self, image2d, boxes, points=None, labels=None, mask_input=None):
         """Decode prompts on the whole-image embedding (cached; never runs the encoder)."""
-        self._boxes_only(image2d)
+        self.check_boxes_only(image2d)
         intensity, channel = self.model_intensity(image2d), self.settings.channel
         key = self.predictor.key_for(image2d, intensity, channel)
         if self.predictor.image_key != key:
@@ -401,22 +389,3 @@ class Session(SettingsActions, History):
         from ._sync import refine_from_new_point
 
         self.safe(refine_from_new_point, self)
-
-    def refine(self, label_id: int, points=None, labels=None) -> int:
-        """Refine object ``label_id`` with its box, its points (plus ``points`` (P, 2) XY pixels with
-        ``labels`` (P,) 1/0 given here) and its last low-res logits. Returns ``label_id``."""
-        from ._sync import refine
-
-        return refine(self, int(label_id), points, labels)
-
-    # -- polygons (_polygon.PolygonKind) ---------------------------------------------------------
-    def polygon_layer(self):
-        """The "MedSAM polygons" Shapes layer, active in lasso mode: each polygon drawn becomes an object."""
-        self.require_layers()
-        self._boxes_only()
-        return kinds()["polygon"].layer(self)
-
-    def segment_polygon(self, xy, z=None) -> int:
-        """Segment the (V, 2) XY pixel polygon ``xy`` on the current slice (or slice ``z``); returns its label id."""
-        self._boxes_only()
-        return kinds()["polygon"].segment_polygon(self, xy, z)
