@@ -11,7 +11,7 @@ Qt- and napari-free. torch is imported on first use, not at package import.
 
 from __future__ import annotations
 
-from ._paths import check_output
+from ._paths import check_output, split_suffix
 from .batch import segment_folder
 from .checkpoint import load_model, save_checkpoint, select_device
 from .embeddings import EmbeddingCache
@@ -42,6 +42,7 @@ __all__ = [
     "iou",
     "nsd",
     "check_output",
+    "split_suffix",
     "read_image",
     "segment_folder",
     "write_labels",

@@ -26,6 +26,23 @@ from .errors import OutputError
 PathLike = str | os.PathLike
 
 
+#: File endings made of two suffixes that name one format.
+DOUBLE_SUFFIXES = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")
+
+
+def split_suffix(path: PathLike, doubles: tuple[str, ...] = DOUBLE_SUFFIXES) -> tuple[str, str]:
+    """File name -> (stem, lower-case suffix), with the endings in ``doubles`` taken as one suffix:
+    'a.nii.gz' -> ('a', '.nii.gz'), 'b.OME.TIF' -> ('b', '.ome.tif'), 'c.tif' -> ('c', '.tif'). The one
+    place file endings are parsed; callers pass ``doubles`` where a narrower rule is their contract."""
+    name = Path(path).name
+    low = name.lower()
+    for double in doubles:
+        if low.endswith(double) and len(name) > len(double):
+            return name[: -len(double)], double
+    p = Path(name)
+    return p.stem, p.suffix.lower()
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` name the same file: equal real paths, or the same inode (hard link)."""
     try:

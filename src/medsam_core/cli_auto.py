@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._paths import split_suffix
 from .errors import MedSAMError
 
 EXIT_REFUSED = 3
@@ -68,11 +69,7 @@ def _image_files(folder) -> list[Path]:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for s in (".nii.gz", ".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return path.stem
+    return split_suffix(path)[0]
 
 
 def run_auto(args: argparse.Namespace) -> int:

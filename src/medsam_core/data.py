@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._paths import split_suffix
 from .errors import ImageError, PromptError, TrainingError
 from .preprocess import Intensity, PreparedImage, area_weights, check_boxes, prepare_image
 from .registry import Preprocessing
@@ -292,11 +293,8 @@ _LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_seg")
 
 
 def _stem(path) -> str | None:
-    name = path.name.lower()
-    for s in _SUFFIXES:
-        if name.endswith(s):
-            return path.name[: -len(s)]
-    return None
+    stem, suffix = split_suffix(path, (".nii.gz",))
+    return stem if suffix in _SUFFIXES else None
 
 
 def _read_labels_file(path) -> np.ndarray:

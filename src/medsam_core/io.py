@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import mkstemp_readable
+from ._paths import split_suffix
 from .errors import ImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -79,8 +80,7 @@ class ImageMeta:
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    return split_suffix(path, (".nii.gz",))[1]
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:

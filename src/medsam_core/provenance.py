@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_text_atomic
+from ._paths import split_suffix
 from .errors import MedSAMError
 
 FORMAT = "napari-medsam-provenance"
@@ -44,11 +45,7 @@ def now_iso() -> str:
 def sidecar_path(labels_path: str | os.PathLike) -> Path:
     """``dir/labels.tif`` (or ``.nii.gz``, ``.ome.tif``, ...) -> ``dir/labels.provenance.json``."""
     p = Path(labels_path)
-    name = p.name
-    for suffix in (".ome.tiff", ".ome.tif", ".nii.gz", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return p.with_name(name[: -len(suffix)] + ".provenance.json")
-    return p.with_name(p.stem + ".provenance.json")
+    return p.with_name(split_suffix(p)[0] + ".provenance.json")
 
 
 # -- masks inside their bounding box, run-length encoded ------------------------------------------

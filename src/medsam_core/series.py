@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._paths import split_suffix
 from .errors import CancelledError, ImageError
 from .io import NIFTI_SUFFIXES, READ_SUFFIXES, ImageMeta, read_image, write_labels
 
@@ -36,12 +37,7 @@ PREFETCH_MAX_PIXELS = 8192 * 8192
 def split_name(path: str | os.PathLike) -> tuple[str, str]:
     """File name -> (stem, suffix), treating ``.nii.gz`` and ``.ome.zarr`` as one suffix:
     'a.nii.gz' -> ('a', '.nii.gz'), 'b.ome.zarr' -> ('b', '.ome.zarr')."""
-    name = Path(path).name
-    for double in (".nii.gz", ".ome.zarr"):
-        if name.lower().endswith(double) and len(name) > len(double):
-            return name[: -len(double)], double
-    p = Path(name)
-    return p.stem, p.suffix.lower()
+    return split_suffix(path, (".nii.gz", ".ome.zarr"))
 
 
 def list_images(folder: str | os.PathLike, patterns: list[str] | tuple[str, ...] | None = None) -> list[Path]:

@@ -41,8 +41,9 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif")
 
 
 def _suffix(path: str) -> str:
-    name = Path(path).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    from medsam_core import split_suffix
+
+    return split_suffix(path, (".nii.gz",))[1]
 
 
 def _stem(path: str) -> str:
