@@ -178,11 +178,18 @@ def _run_slide_distributed(args: argparse.Namespace, boxes, classes: dict) -> in
         out = args.image
     if not is_pyramid_path(args.image):
         raise ImageError(f"{args.image} is not a whole slide (pyramidal TIFF/SVS/NDPI or OME-Zarr)")
-    with dask_client(args, "medsam slide") as client:
+    from tqdm.auto import tqdm
+
+    with dask_client(args, "medsam slide") as client, tqdm(desc="units", unit="unit", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         result = segment_slide_distributed(client, args.image, boxes, out, name=args.name,
                                            intensity=parse_intensity(args.intensity),
                                            channel=parse_channel(args.channel), model=args.model,
-                                           checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite)
+                                           checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
+                                           on_progress=progress)
     if args.geojson:
         write_geojson(args.geojson, open_ngff(result["labels"]).levels[0], classes)
     print(f"medsam slide: {result['boxes']} boxes in {result['units']} Dask unit(s) in {result['seconds']:.1f} s; "

@@ -94,12 +94,12 @@ def _slide_unit(plugin_name: str, image: str, store_path: str, boxes: np.ndarray
 def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str | os.PathLike, name: str = "medsam",
                               intensity=None, channel=None, chunk: int = 1024, boxes_per_unit: int = BOXES_PER_UNIT,
                               model: str = "lite_medsam", checkpoint=None, device=None, encoder_backend=None,
-                              overwrite: bool = False, retries: int = 1) -> dict:
+                              overwrite: bool = False, retries: int = 1, on_progress=None) -> dict:
     """Segment (N, 4) XYXY level-0 ``boxes`` (ROI mode) on a slide on the client's workers; labels
     (box i -> id i+1) go into a new NGFF label image ``out`` (or the OME-Zarr slide's labels/ when
     ``out`` is the slide). Returns {"labels", "units", "boxes", "seconds"}. Blocks until done.
     retries: Dask reruns of a unit that raised (a unit run twice writes the same pixels; a worker
-    that died is handled by Dask's own rescheduling)."""
+    that died is handled by Dask's own rescheduling). on_progress(done units, total units) as units finish."""
     from .distributed import model_plugin
     from .labelstore import LabelStore
     from .wsi import intensity_window, open_pyramid
@@ -118,7 +118,13 @@ def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str 
     futures = [client.submit(_slide_unit, plugin.name, image, str(store.path), boxes, unit, window, channel,
                              pure=False, retries=retries) for unit in units]
     try:
-        written = [w for f in futures for w in f.result()]
+        from dask.distributed import as_completed
+
+        written = []
+        for done, fut in enumerate(as_completed(futures), start=1):
+            written += fut.result()
+            if on_progress is not None:
+                on_progress(done, len(futures))
     except BaseException:
         client.cancel(futures)
         raise
