@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from .cli import add_model_options, load_from_args
 from .errors import ImageError
@@ -171,13 +172,11 @@ def _run_slide_distributed(args: argparse.Namespace, boxes, classes: dict) -> in
     from .segment import parse_channel, parse_intensity
     from .wsi import is_pyramid_path
 
-    out = args.out
-    if out is None:
-        if not str(args.image).rstrip("/").lower().endswith(".zarr"):
-            raise ImageError("--out LABELS.zarr is needed for a slide that is not an OME-Zarr folder")
-        out = args.image
     if not is_pyramid_path(args.image):
         raise ImageError(f"{args.image} is not a whole slide (pyramidal TIFF/SVS/NDPI or OME-Zarr)")
+    if args.geojson and Path(args.geojson).suffix.lower() not in (".geojson", ".json"):
+        raise ImageError(f"GeoJSON output {Path(args.geojson).name} must end in .geojson")
+    out = args.image if args.out is None else args.out  # checked before any work (slide.labels_destination)
     from tqdm.auto import tqdm
 
     with dask_client(args, "medsam slide") as client, tqdm(desc="units", unit="unit", disable=None) as bar:

@@ -108,6 +108,9 @@ def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str 
     image = str(Path(image).expanduser().absolute())
     with open_pyramid(image) as pyr:
         shape, spacing = pyr.shape[:2], pyr.spacing
+        from .slide import labels_destination
+
+        out = labels_destination(image, None if Path(out).expanduser().absolute() == Path(image) else out, pyr.kind)
         boxes = check_boxes(boxes, shape)
         window = intensity_window(pyr, intensity, channel)
     units = plan_units(boxes, shape, chunk, boxes_per_unit)

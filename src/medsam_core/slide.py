@@ -70,6 +70,21 @@ def _rings(geom: dict) -> list:
     return coords if geom["type"] == "Polygon" else [r for poly in coords for r in poly]
 
 
+def labels_destination(image, out, kind: str) -> Path:
+    """Where a slide's labels go, checked before any work: ``out`` (a new .zarr, never the slide
+    itself) or, when None, the OME-Zarr slide's own labels/ group. ``kind``: the Pyramid's kind."""
+    if out is None:
+        if kind != "ome-zarr":
+            raise ImageError(f"{Path(image).name} is not an OME-Zarr: give --out NAME.zarr for the labels")
+        return Path(image)
+    dest = Path(out).expanduser()
+    if dest.suffix.lower() != ".zarr":
+        raise ImageError(f"labels go to an OME-Zarr store: {dest.name} must end in .zarr")
+    if dest.resolve() == Path(image).expanduser().resolve():
+        raise ImageError(f"{dest.name} is the slide itself: give another name, or none to use its labels/")
+    return dest
+
+
 def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.PathLike | None = None,
                   name: str = "medsam", roi_mode: str = "auto", intensity=None, channel=None,
                   geojson: str | os.PathLike | None = None, classes: dict[int, str] | None = None,
@@ -97,16 +112,7 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
         ids = np.arange(1, len(boxes) + 1) if ids is None else np.asarray(ids, np.int64).reshape(-1)
         if len(ids) != len(boxes) or (ids <= 0).any() or ids.max() > np.iinfo(np.uint32).max:
             raise PromptError(f"{len(ids)} ids for {len(boxes)} boxes: give one id > 0 (uint32) per box")
-        if out is None:
-            if pyr.kind != "ome-zarr":
-                raise ImageError(f"{Path(image).name} is not an OME-Zarr: give --out NAME.zarr for the labels")
-            dest = Path(image)
-        else:
-            dest = Path(out).expanduser()
-            if dest.suffix.lower() != ".zarr":
-                raise ImageError(f"labels go to an OME-Zarr store: {dest.name} must end in .zarr")
-            if dest.resolve() == Path(image).expanduser().resolve():
-                raise ImageError(f"{dest.name} is the slide itself: give another name, or none to use its labels/")
+        dest = labels_destination(image, out, pyr.kind)
         if geojson is not None and Path(geojson).suffix.lower() not in (".geojson", ".json"):
             raise ImageError(f"GeoJSON output {Path(geojson).name} must end in .geojson")
         window = wsi.intensity_window(pyr, intensity, channel)

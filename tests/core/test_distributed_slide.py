@@ -82,3 +82,16 @@ def test_medsam_slide_on_one_local_worker(tmp_path, monkeypatch, capsys):
     assert set(np.unique(b)) == {0, 1, 2} and (b == 1)[100:160, 200:280].mean() > 0.5
     np.testing.assert_array_equal(a, b)
     assert (tmp_path / "o.geojson").is_file()
+
+
+def test_distributed_slide_refuses_a_bad_destination_before_any_work(tmp_path):
+    """The same output rules as in-process: a .zarr store, never the slide file itself; no client is touched."""
+    from medsam_core import ImageError
+    from medsam_core.distributed_slide import segment_slide_distributed
+
+    data = np.zeros((300, 300), np.uint8)
+    slide = ngff.write_ngff_image(tmp_path / "s.ome.zarr", [data, data[::2, ::2]], axes="yx", chunk=128)
+    for bad in (tmp_path / "labels.tif", tmp_path / "s.ome.zarr" / ".." / "s.ome.zarr"):
+        with pytest.raises(ImageError):
+            segment_slide_distributed(object(), slide, [[10, 10, 40, 40]], bad)
+    assert ngff.label_names(slide) == [] and not (tmp_path / "labels.tif").exists()
