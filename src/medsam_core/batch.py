@@ -172,6 +172,8 @@ def segment_image(predictor, path: Path, out_path: Path, source: BoxSource, roi:
 
     predictor: a Predictor, or a zero-argument callable returning one (made only when needed).
     """
+    if getattr(source, "automatic", False):  # autobatch.AutoSource: no boxes, the model's automatic head
+        return source.segment_file(predictor, path, out_path, intensity, channel, cancel)
     t0 = time.perf_counter()
     if out_path.name.endswith(".zarr"):  # a whole slide (series.output_path): never loaded whole
         return _segment_slide_file(predictor, path, out_path, source, roi, intensity, channel, cancel, t0)
@@ -222,7 +224,8 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
                    checkpoint=None, device=None, intensity: Intensity | None = None, channel=None,
                    overwrite: bool = False, patterns: list[str] | None = None,
                    on_progress: Callable[[int, int, str], None] | None = None, cancel=None,
-                   client=None, encoder_backend=None) -> BatchReport:
+                   client=None, encoder_backend=None, auto: bool = False, auto_masks: str | None = None
+                   ) -> BatchReport:
     """Segment every image in the folder ``images`` into ``out`` (created if missing) -> BatchReport.
 
     boxes: a CSV with columns image,x_min,y_min,x_max,y_max[,z], a folder of <stem>.csv box
@@ -235,8 +238,15 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
     client: a ``dask.distributed.Client``: one unit per image on its workers (distributed.py; same
     outputs, resume rule and report; predictor must then be None or a picklable factory). Blocks;
     ``distributed.submit_folder`` does not.
+    auto: no boxes; every object of each 2D image from the checkpoint's automatic head
+    (autobatch.py; auto_masks "decoder" | "head" overrides the head's mask source). A model
+    without a head: CheckpointError, before anything is written when predictor is None or a Predictor.
     Bad arguments raise a MedSAMError before anything is written.
     """
+    if auto:
+        from .autobatch import auto_source
+
+        boxes = auto_source(boxes, boxes_from_labels, auto_masks, predictor, checkpoint)
     if client is not None:
         from .distributed import submit_folder
 
@@ -288,7 +298,8 @@ def segment_folder(images: str | os.PathLike, out: str | os.PathLike, boxes=None
 def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: float = 0.0, roi: str = "auto",
                    patterns: list[str] | None = None) -> tuple[list[Path], Path, dict[Path, Path], BoxSource]:
     """Every check of segment_folder before any model work -> (image files, out folder (created),
-    {image: output path}, BoxSource). Raises a MedSAMError saying what to fix; writes nothing else."""
+    {image: output path}, BoxSource). Raises a MedSAMError saying what to fix; writes nothing else.
+    boxes may be an autobatch.AutoSource (``segment_folder(auto=True)``): it is the source then."""
     if roi not in ROI_MODES:
         raise PromptError(f"unknown ROI mode {roi!r}: use auto, whole or roi")
     files = list_images(images, patterns)
@@ -299,11 +310,10 @@ def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: floa
     _refuse_shared_stems(files)
     outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
     _check_outputs_are_not_inputs(outputs)
-    source = BoxSource(files, boxes, boxes_from_labels, margin)
+    source = boxes if getattr(boxes, "automatic", False) else BoxSource(files, boxes, boxes_from_labels, margin)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out)  # temp files of a run killed earlier (ours only, old)
     return files, out, outputs, source
-
 
 
 def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: str, intensity, channel,

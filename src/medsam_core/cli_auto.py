@@ -74,6 +74,7 @@ def _stem(path: Path) -> str:
 
 def run_auto(args: argparse.Namespace) -> int:
     from ._paths import check_output_dir
+    from .autobatch import no_head_error
     from .autoguard import head_from_model, with_post
     from .autoseg import segment_everything
     from .cli import check_output, load_from_args, tqdm_progress
@@ -91,9 +92,7 @@ def run_auto(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     head = head_from_model(model)
     if head is None:
-        raise MedSAMError(f"{args.checkpoint or 'the bundled model'} has no automatic head: train one with "
-                          "`medsam auto-train --images DIR --labels DIR --out CKPT.pt` (or in napari: Active "
-                          "learning > Segment everything > Train), then pass --checkpoint CKPT.pt")
+        raise no_head_error(args.checkpoint or "the bundled model")
     if args.refine:
         head = with_post(head, refine=args.refine)
     predictor = Predictor(model)

@@ -1,7 +1,12 @@
 """``medsam batch``: segment a folder of images from boxes (CSV, napari Shapes CSVs or label images).
 
-    medsam batch --images DIR --out DIR (--boxes CSV|DIR | --boxes-from-labels DIR [--margin PX])
-                 [--roi auto|whole|roi] [--overwrite] [--workers N | --scheduler ADDRESS] [model options]
+    medsam batch --images DIR --out DIR (--boxes CSV|DIR | --boxes-from-labels DIR [--margin PX] |
+                 --auto [--auto-masks decoder|head]) [--roi auto|whole|roi] [--overwrite]
+                 [--workers N | --scheduler ADDRESS] [model options]
+
+--auto takes no boxes: every object of each 2D image comes from the automatic head stored in
+--checkpoint (``medsam auto-train`` writes one; autobatch.py); a checkpoint without one is refused
+before anything is written (exit 2).
 
 --workers N runs the images on a Dask LocalCluster of N processes on this machine (127.0.0.1);
 --scheduler ADDRESS on an existing Dask scheduler (docs/scaling.md). Without either: in this process.
@@ -39,6 +44,11 @@ def register(sub) -> None:
                      "<image stem>.csv files (box CSVs or napari Shapes exports)")
     src.add_argument("--boxes-from-labels", metavar="DIR",
                      help="folder of label images paired by file stem: one box per object, ids kept")
+    src.add_argument("--auto", action="store_true",
+                     help="no boxes: segment every object with the automatic head inside --checkpoint "
+                     "(train one with medsam auto-train)")
+    p.add_argument("--auto-masks", choices=("decoder", "head"), default=None,
+                   help="with --auto: masks from the decoder or the head's own (default: what the head was fitted to)")
     p.add_argument("--margin", type=float, default=0.0, help="grow boxes from labels by this many pixels")
     p.add_argument("--roi", choices=("auto", "whole", "roi"), default="auto",
                    help="crop around boxes too small on the whole image (auto), never (whole) or always (roi)")
@@ -138,7 +148,13 @@ def run_batch(args: argparse.Namespace) -> int:
 
     common = dict(boxes=args.boxes, boxes_from_labels=args.boxes_from_labels, margin=args.margin, roi=args.roi,
                   intensity=intensity, channel=channel, overwrite=args.overwrite, patterns=args.pattern,
-                  on_progress=on_progress)
+                  on_progress=on_progress, auto=args.auto, auto_masks=args.auto_masks)
+    if args.auto_masks and not args.auto:
+        raise ImageError("--auto-masks goes with --auto")
+    if args.auto:  # before anything is written or a cluster starts (in-process the model loads lazily)
+        from .autobatch import check_checkpoint_has_head
+
+        check_checkpoint_has_head(args.checkpoint)
     try:
         if args.workers is None and args.scheduler is None:
             report = segment_folder(args.images, args.out, predictor=make_predictor, **common)
