@@ -16,12 +16,9 @@ Each result is a ``BoxMask``: the mask inside a tight window around its box, bec
 never extends beyond its box by more than the box margin the model was trained with
 (``box_margin``) unless ``clip_to_box=False``.
 
-Intensity: with ``Intensity("auto")`` each image is clipped to its own 0.5-99.5 percentiles. A
-crop clipped on its own would be stretched differently from the whole image (a dim nucleus on
-an empty crop would become as bright as the brightest one). ``global_intensity`` computes the
-window once from the whole image -- or, for large or lazy images, from the coarsest pyramid
-level or a strided subsample of at most ``SAMPLE_SIDE`` pixels per side -- and the whole image
-and every crop are normalised with that fixed ``Intensity(mode="range", value_range=(lo, hi))``.
+Intensity: a crop clipped to its own percentiles would be stretched differently from the whole
+image, so the whole image and every crop are normalised with one fixed window
+(``large_image.global_intensity``, also importable as ``roi.global_intensity``).
 
 Automatic mode choice (``choose_roi``): a box goes to ROI mode when, in whole-image mode, its
 longest side would shrink below ``ROI_MAX_MODEL_PX`` model pixels (``side * 256 / max(H, W)``);
@@ -30,14 +27,15 @@ the threshold comes from benchmarks/bench_roi.py (see docs/benchmarks.md, "Batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cancel import check_cancel
 from .errors import ImageError, PromptError
-from .preprocess import Intensity, check_boxes, to_grey_or_rgb
+from .large_image import global_intensity, image_shape, read_crop
+from .preprocess import Intensity, check_boxes
 
 #: A box goes to ROI mode when whole-image mode would shrink its longest side below this many
 #: model pixels (measured: benchmarks/bench_roi.py).
@@ -49,8 +47,6 @@ ROI_MIN_SIDE = 128
 ROI_FACTOR = 2.0
 #: Context kept around every box inside its crop, as a fraction of the box's longest side (>= 8 px).
 ROI_CONTEXT = 0.25
-#: Longest side of the subsample used for the intensity window of a large or lazy image.
-SAMPLE_SIDE = 2048
 #: Whole-image mode materialises level 0; refuse beyond this many pixels (use ROI mode).
 MAX_WHOLE_PIXELS = 8192 * 8192
 #: Training box margin as a fraction of the model input side: LiteMedSAM's data loader pushes each
@@ -68,75 +64,6 @@ class RoiGroup:
 
     window: tuple[int, int, int, int]
     indices: np.ndarray
-
-
-# -- image access ---------------------------------------------------------------------------------
-def levels_of(image) -> list:
-    """An image or a multiscale pyramid (sequence of arrays, level 0 first, or an object with a
-    ``levels`` list such as ``wsi.Pyramid``) -> list of levels."""
-    if isinstance(getattr(image, "levels", None), list):
-        image = image.levels
-    if isinstance(image, Sequence) and not isinstance(image, str):
-        levels = list(image)
-        if not levels:
-            raise ImageError("the multiscale image has no levels; level 0 must be the full-resolution array")
-        return levels
-    return [image]
-
-
-def image_shape(image) -> tuple[int, int]:
-    """(H, W) of level 0 of an (H, W) or (H, W, C) array-like or pyramid, without reading pixels."""
-    level0 = levels_of(image)[0]
-    shape = tuple(int(s) for s in getattr(level0, "shape", ()))
-    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 16):
-        raise ImageError(
-            f"ROI mode takes a 2D (H, W) or channels-last (H, W, C) image; got shape {shape}. "
-            "For a stack, pass one slice."
-        )
-    return shape[0], shape[1]
-
-
-def read_crop(image, window: tuple[int, int, int, int]) -> np.ndarray:
-    """Materialise only ``image[y0:y1, x0:x1]`` of level 0 -> (h, w[, C]) numpy array."""
-    y0, y1, x0, x1 = window
-    return np.asarray(levels_of(image)[0][y0:y1, x0:x1])
-
-
-def _subsample(image) -> np.ndarray:
-    """A small in-memory view for statistics: coarsest level, strided to <= SAMPLE_SIDE per side."""
-    level = levels_of(image)[-1]
-    h, w = int(level.shape[0]), int(level.shape[1])
-    step = max(1, -(-max(h, w) // SAMPLE_SIDE))
-    try:
-        return np.asarray(level[::step, ::step])
-    except (IndexError, ValueError, TypeError, NotImplementedError):
-        # an array type without strided reads (some zarr versions): one row at a time, strided here
-        return np.stack([np.asarray(level[y : y + 1, :])[0, ::step] for y in range(0, h, step)])
-
-
-def global_intensity(image, intensity: Intensity | None = None, channel=None) -> Intensity:
-    """The fixed intensity window every crop of ``image`` is normalised with.
-
-    "auto" / "percentile" (every dtype, uint8 included): percentiles of the whole image's
-    non-zero pixels (from the coarsest level or a strided subsample for large images) ->
-    Intensity("range"). "minmax": min..max of that sample -> Intensity("range"). "ct", "range"
-    and "as_is" do not depend on the image and are returned unchanged.
-    """
-    intensity = intensity or Intensity()
-    if intensity.mode in ("ct", "range", "as_is"):
-        return intensity
-    sample = to_grey_or_rgb(np.asarray(_subsample(image)), channel if channel is not None else "auto")
-    sample = sample.astype(np.float64, copy=False)
-    if intensity.mode == "minmax":
-        lo, hi = float(sample.min()), float(sample.max())
-    else:
-        values = sample[sample > 0] if intensity.nonzero and (sample > 0).any() else sample
-        lo, hi = (float(v) for v in np.percentile(values, [intensity.low, intensity.high]))
-        if hi <= lo:
-            lo, hi = float(sample.min()), float(sample.max())
-    if hi <= lo:
-        raise ImageError(f"the image looks constant (every sampled pixel = {lo}): there is nothing to segment")
-    return Intensity(mode="range", value_range=(lo, hi))
 
 
 # -- planning -------------------------------------------------------------------------------------
