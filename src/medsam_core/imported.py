@@ -59,22 +59,26 @@ def import_labels(labels, source: str, classes: dict[int, str] | None = None) ->
             if cls is None:
                 cls = names[name] = prov.classes.add(name)
         crop = np.asarray(labels[y0:y1, x0:x1]) == lid
-        if labels.shape[0] * labels.shape[1] <= MAX_RECORDED_PIXELS:
-            prov.record_model_mask(int(lid), _placed(crop, (y0, x0), labels.shape),
-                                   model=f"imported from {source}", class_id=cls)
-        else:  # a slide: the record without the mask copy (the labels store holds it)
-            rec = prov.record_model_mask(int(lid), np.zeros((1, 1), bool), model=f"imported from {source}",
-                                         class_id=cls)
-            rec.area = int(crop.sum())
+        rec = prov.record_model_mask(int(lid), np.zeros((1, 1), bool), model=f"imported from {source}",
+                                     class_id=cls)
+        rec.area = int(crop.sum())
+        if labels.shape[0] * labels.shape[1] <= MAX_RECORDED_PIXELS:  # a slide: the labels store holds it
+            rec.model_mask = placed_rle(crop, (y0, x0), labels.shape)
     xyxy = np.array([[b[2], b[0], b[3] - 1, b[1] - 1] for b in (boxes[int(i)] for i in ids)], np.float64)
     return Imported(ids, xyxy.reshape(-1, 4), prov, classes)
 
 
-def _placed(crop: np.ndarray, offset: tuple[int, int], shape) -> np.ndarray:
-    """A full-size bool mask with ``crop`` at ``offset`` (the provenance codec stores its bbox only)."""
-    out = np.zeros(tuple(int(s) for s in shape), bool)
-    out[offset[0] : offset[0] + crop.shape[0], offset[1] : offset[1] + crop.shape[1]] = crop
-    return out
+def placed_rle(crop: np.ndarray, offset: tuple[int, int], shape) -> dict | None:
+    """``provenance.encode_mask`` of a full-size mask holding ``crop`` at ``offset`` (y, x), computed
+    on the crop only (a label image with thousands of objects imports in O(object pixels))."""
+    from .provenance import encode_mask
+
+    rle = encode_mask(crop)
+    if rle is not None:
+        start, stop = rle["bbox"][:2], rle["bbox"][2:]
+        rle["shape"] = [int(s) for s in shape[:2]]
+        rle["bbox"] = [start[0] + offset[0], start[1] + offset[1], stop[0] + offset[0], stop[1] + offset[1]]
+    return rle
 
 
 def mask_to_logits(mask: np.ndarray, input_size: int, low: int = 256) -> np.ndarray:

@@ -39,12 +39,17 @@ class History:
         edits = editor.edits()
         if not edits and objects == self.objects and points_before is None:
             return None
-        commit = Commit(edits, dict(self.objects), description, points_before)
+        imports = getattr(self, "imports", None)  # _import_session.ImportActions: adopted foreign objects
+        current = dict(self.objects)
+        before = current if imports is None else imports.objects_before(current, objects)
+        commit = Commit(edits, before, description, points_before)
         for edit in edits:
             L.apply_edit(self.labels_layer, edit)
         self.objects = objects
         self.history.append(commit)
         self._provenance_hook(self.on_commit, commit)
+        if imports is not None:
+            imports.after_commit(current, objects)
         return commit
 
     def _provenance_hook(self, hook, commit: Commit) -> None:

@@ -13,6 +13,9 @@ one layer each, named after the channel. The label images of an OME-Zarr's ``lab
 (and a store that is itself an NGFF image-label) open as multiscale Labels layers, with their
 provenance sidecar when there is one. ``metadata["medsam_pyramid"]`` holds the ``Pyramid``.
 
+Label images of other tools (``*_cp_masks.tif``, ``*_labels.tif``, ...) and QuPath GeoJSON open as
+Labels layers marked imported, for correction in the widget (``_import_reader``).
+
 A file with a provenance sidecar beside it (``labels.provenance.json``, see
 ``medsam_core.provenance``) is a labels file: it opens as a Labels layer whose
 ``metadata["medsam_provenance"]`` holds the loaded ``Provenance``. A corrupt sidecar is skipped
@@ -73,6 +76,10 @@ def napari_get_reader(path):
     if not paths:
         return None
     paths = [str(p) for p in paths]
+    if len(paths) == 1 and paths[0].lower().endswith(".geojson"):
+        from ._import_reader import geojson_reader
+
+        return geojson_reader(paths[0])
     if all(_is_slide(p) for p in paths):
         return _make_slide_reader(paths)
     if not all(_suffix(p) in SUFFIXES and Path(p).is_file() and _openable(p) for p in paths):
@@ -145,7 +152,8 @@ def _make_reader(paths: list[str]):
             except MedSAMError as exc:  # e.g. corrupt pixel data behind a valid header
                 log.warning("napari-medsam could not read %s: %s", p, exc)
                 return None
-            layers.append(_labels_with_provenance(p, data, meta) or layer_data(data, meta, _stem(p)))
+            layers.append(_labels_with_provenance(p, data, meta) or _imported_labels(p, data, meta)
+                          or layer_data(data, meta, _stem(p)))
         return layers
 
     return reader
@@ -177,6 +185,14 @@ def _labels_with_provenance(path: str, data, meta: ImageMeta) -> tuple | None:
     _, kwargs, _ = layer_data(data, meta, _stem(path))
     kwargs["metadata"].update(read_provenance(path, data))
     return (data, kwargs, "labels")
+
+
+def _imported_labels(path: str, data, meta: ImageMeta) -> tuple | None:
+    """A label image of another tool (Cellpose ``*_cp_masks.tif``, ``*_labels.tif``...) as Labels."""
+    from ._import_reader import label_file_layer
+
+    _, kwargs, _ = layer_data(data, meta, _stem(path))
+    return label_file_layer(path, data, kwargs)
 
 
 def read_provenance(labels_path, labels) -> dict:

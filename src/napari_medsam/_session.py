@@ -22,6 +22,7 @@ from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, Promp
 from . import _layers as L
 from . import _zoom as Z
 from ._history import History
+from ._import_session import ImportActions
 from ._objects import Commit, ObjectRecord
 from ._prompt_actions import PromptActions
 from ._prompt_kinds import BOXES, POINTS, BoxKind, PointKind, kinds
@@ -65,6 +66,7 @@ class Session(SettingsActions, PromptActions, History):
         self.on_commit: Callable | None = None
         self.on_undo: Callable | None = None
         self.new_kind, self.new_source = "box", None  # what the next new box-layer objects come from
+        self.imports = ImportActions(self)  # objects of the labels layer no prompt made: adopted when prompted
 
     @contextmanager
     def making(self, kind: str, source=None):
@@ -140,6 +142,7 @@ class Session(SettingsActions, PromptActions, History):
             check_slide_labels(labels_layer, layer, self.settings.channel_axis)
         self._disconnect()
         self.image_layer, self.objects, self.history = layer, {}, []
+        self.imports.reset()
         self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
@@ -147,7 +150,7 @@ class Session(SettingsActions, PromptActions, History):
         self.shapes_layer = self._prompt_layer(BOXES, BoxKind.make_layer)  # prompts above the labels
         self.points_layer = self._prompt_layer(POINTS, PointKind.make_layer)
         self.shapes_layer.events.data.connect(self._on_shapes_data)
-        self.points_layer.events.data.connect(self._on_points_data)
+        self.points_layer.events.data.connect(self.points_added)
         self.viewer.layers.selection.active = self.shapes_layer
         self.shapes_layer.mode = "add_rectangle"
 
@@ -158,6 +161,7 @@ class Session(SettingsActions, PromptActions, History):
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
+        self.imports.reset()
         with self.quiet():
             for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
                 if layer is not None and len(layer.data):
@@ -209,7 +213,7 @@ class Session(SettingsActions, PromptActions, History):
         if self.shapes_layer is not None:
             self.shapes_layer.events.data.disconnect(self._on_shapes_data)
         if self.points_layer is not None:
-            self.points_layer.events.data.disconnect(self._on_points_data)
+            self.points_layer.events.data.disconnect(self.points_added)
 
     def require_layers(self) -> None:
         if self.image_layer is None or self.image_layer not in self.viewer.layers:
@@ -355,6 +359,7 @@ class Session(SettingsActions, PromptActions, History):
         written, errors = [], []
         self._syncing = True
         try:
+            self.imports.adopt_boxes()  # a new box over an imported object redoes that object
             while True:
                 self._resync = False
                 plan = plan_sync(self)
@@ -364,6 +369,7 @@ class Session(SettingsActions, PromptActions, History):
                     break
         finally:
             self._syncing = False
+        self.imports.report()
         if errors:
             raise errors[0][2]
         return written
@@ -381,11 +387,3 @@ class Session(SettingsActions, PromptActions, History):
         from ._sync import add_boxes
 
         return add_boxes(self, boxes, z)
-
-    # -- points ---------------------------------------------------------------------------------
-    def _on_points_data(self, event) -> None:
-        if self.quiet_depth or str(getattr(event, "action", "")) != "added":
-            return
-        from ._sync import refine_from_new_point
-
-        self.safe(refine_from_new_point, self)

@@ -5,18 +5,29 @@
   ``medsam_core.roi`` reads as a pyramid (crops from level 0, the intensity window from the coarsest
   level). Turning it into an array raises, so nothing can read the plane whole by accident.
 * ``new_slide_labels`` makes an empty NGFF image-label (``medsam_core.labelstore.LabelStore``) in a
-  temporary folder and shows it as a multiscale Labels layer; ``SlideLabels`` (in the layer's
-  metadata) keeps the store and the windows each object was written to.
+  folder of its own under ``<MEDSAM_CACHE_DIR or the user cache dir>/slide-labels/`` and shows it as a
+  multiscale Labels layer; ``SlideLabels`` (in the layer's metadata) keeps the store, the windows
+  each object was written to, and whether its last change was saved (the plugin's writers mark it).
+* Its folder goes when the layer leaves the viewer (removed, or napari closed) if it holds nothing
+  unsaved. Unsaved labels are the only copy of that work, so they are kept (a warning names the
+  folder, an OME-Zarr that File > Open reads back); kept folders older than ``KEEP_DAYS`` days whose
+  napari has exited are removed the next time a slide gets labels.
 * ``SlideEditor`` is ``_objects.PlaneEditor`` for such labels: it edits tiles of level 0 covering the
   windows it touches, and ``edits()`` gives ``WindowEdit``s holding only the changed window's pixels
   before and after, which commit and undo write back chunk by chunk.
 
-Only box prompts are supported there (ROI mode); points and polygons are refused with a message.
+Boxes (ROI mode) and points (``_slide_points``, on the box's crop) work there; polygons and
+whole-plane tools are refused with a message.
 """
 
 from __future__ import annotations
 
-import tempfile
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +35,13 @@ import numpy as np
 
 from medsam_core import MedSAMError, PromptError
 
+log = logging.getLogger(__name__)
 SLIDE_KEY = "medsam_slide_labels"  # Labels layer metadata: the SlideLabels behind the layer
 TILE = 1024  # editor tile side (the label store's chunk)
-ONLY_BOXES = ("this is a whole-slide plane (larger than the widget keeps in memory): only boxes segment here, "
-              "at full resolution; points, polygons and whole-plane tools need a plane that fits in memory")
+ONLY_BOXES = ("this is a whole-slide plane (larger than the widget keeps in memory): boxes and points segment "
+              "here, at full resolution; polygons and whole-plane tools need a plane that fits in memory")
+KEEP_DAYS = 7  # kept unsaved slide labels of an exited napari are removed after this many days
+MARKER = "medsam-slide-labels.json"  # in each folder: the napari process that owns it, when it was made
 
 
 class SlidePlane:
@@ -55,20 +69,102 @@ class SlideLabels:
 
     store: object
     extents: dict[int, list[tuple[int, int, int, int]]] = field(default_factory=dict)
+    folder: Path | None = None  # the folder new_slide_labels made for the store (removed with the layer)
+    version: int = 0  # changes written (commits and undos)
+    saved: int = 0  # ``version`` when the labels were last saved by the plugin's writer
 
     def top_id(self) -> int:
         return max(self.extents, default=0)
 
+    def unsaved(self) -> bool:
+        """True when the store holds labels changed since the last save (reads only the objects' windows)."""
+        if self.version == self.saved:
+            return False
+        return any(np.asarray(self.store.read_region(w)).any() for ws in self.extents.values() for w in ws)
+
+
+def labels_root() -> Path:
+    """``<MEDSAM_CACHE_DIR or the user cache dir>/slide-labels``: where slides' labels are kept on disk."""
+    from medsam_core.backends import default_cache_dir
+
+    return default_cache_dir() / "slide-labels"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale(root: Path | None = None, keep_days: float = KEEP_DAYS) -> list[Path]:
+    """Remove slide-label folders older than ``keep_days`` whose napari process has exited; returns them."""
+    root = Path(root or labels_root())
+    gone = []
+    for folder in sorted(root.glob("*")) if root.is_dir() else []:
+        try:
+            info = json.loads((folder / MARKER).read_text())
+            old = time.time() - float(info["created"]) > keep_days * 86400
+            if old and not _alive(int(info["pid"])):
+                shutil.rmtree(folder)
+                gone.append(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours (no marker) or in use: left alone
+    return gone
+
+
+def release(slide: SlideLabels, on_status=None) -> bool:
+    """The labels layer left the viewer: remove its folder unless it holds unsaved labels (then warn).
+    Returns True when the folder was removed."""
+    if slide.folder is None or not slide.folder.exists():
+        return False
+    if slide.unsaved():
+        msg = (f"MedSAM: unsaved whole-slide labels are kept in {slide.folder} (an OME-Zarr: File > Open reads "
+               f"it back); delete the folder if you do not need them (removed after {KEEP_DAYS} days)")
+        log.warning(msg)
+        try:
+            if on_status is not None:
+                on_status(msg)
+        except RuntimeError:  # the widget went first (napari closing): the log has it
+            pass
+        return False
+    shutil.rmtree(slide.folder, ignore_errors=True)
+    return True
+
+
+def mark_saved(metadata) -> None:
+    """A writer saved the labels of a layer with this ``metadata``: its slide store holds nothing unsaved."""
+    slide = (metadata or {}).get(SLIDE_KEY)
+    if isinstance(slide, SlideLabels):
+        slide.saved = slide.version
+
 
 def new_slide_labels(viewer, name: str, shape, scale, translate, on_status=None, folder=None):
-    """An empty chunked label image of level-0 ``shape`` (in a new temporary folder unless ``folder``)
-    shown as a multiscale Labels layer."""
+    """An empty chunked label image of level-0 ``shape`` shown as a multiscale Labels layer, in a new
+    folder under ``labels_root()`` (removed with the layer when nothing unsaved is in it) unless ``folder``."""
     from medsam_core.labelstore import LabelStore
 
-    folder = Path(folder or tempfile.mkdtemp(prefix="medsam-slide-labels-"))
+    owned = folder is None
+    if owned:
+        clean_stale()
+        folder = labels_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "created": time.time(), "name": name}))
+    folder = Path(folder)
     store = LabelStore.create(folder / "labels.ome.zarr", tuple(shape), name="medsam", chunk=TILE)
     layer = viewer.add_labels(list(store.levels), multiscale=True, name=name, scale=scale, translate=translate)
-    layer.metadata[SLIDE_KEY] = SlideLabels(store)
+    slide = SlideLabels(store, folder=folder if owned else None)
+    layer.metadata[SLIDE_KEY] = slide
+
+    def on_removed(event):
+        if getattr(event.value, "metadata", {}).get(SLIDE_KEY) is slide:  # (the layer may come proxied)
+            viewer.layers.events.removed.disconnect(on_removed)
+            release(slide, on_status)
+
+    viewer.layers.events.removed.connect(on_removed)
     if on_status is not None:
         on_status(f"MedSAM: whole slide: labels are kept on disk in {store.path}")
     return layer
@@ -108,6 +204,7 @@ class WindowEdit:
         store = self.slide.store
         store.write_region(self.window, self.new)
         store.update_levels()
+        self.slide.version += 1
         labels_layer.refresh()
 
 

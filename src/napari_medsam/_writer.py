@@ -24,6 +24,7 @@ from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
 from ._reader import EVENTS_KEY, META_KEY, PROV_KEY
+from ._slide_plane import SLIDE_KEY, mark_saved
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
         out = write_ngff_labels(dest, arr, name=_layer_name(meta), spacing=spacing, unit=unit, overwrite=True)
     small = arr.shape[0] * arr.shape[1] <= 4096 * 4096  # provenance syncs with the pixels in memory
     side = write_provenance(out, np.asarray(arr), (meta or {}).get("metadata")) if small else []
+    mark_saved((meta or {}).get("metadata"))  # a slide's labels folder may go with its layer now
     return [str(out), *side]
 
 
@@ -163,7 +165,11 @@ def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     if prov is not None and hasattr(prov, "records"):
         names = prov.classes.names
         classes = {lid: names.get(rec.class_id, "") for lid, rec in prov.records.items()}
-    return [str(write_geojson(path, arr, classes))]
+    slide = ((meta or {}).get("metadata") or {}).get(SLIDE_KEY)
+    regions = None if slide is None else [w for ws in slide.extents.values() for w in ws]  # never scan a slide
+    out = write_geojson(path, arr, classes, regions=regions)
+    mark_saved((meta or {}).get("metadata"))
+    return [str(out)]
 
 
 def write_labels_nifti(path: str, data, meta: dict) -> list[str]:

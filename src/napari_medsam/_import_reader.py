@@ -1,0 +1,132 @@
+"""Opening other tools' segmentations for correction (issue 17): label images and QuPath GeoJSON.
+
+* A label image (integer TIFF, 2D or 3D, no channels) whose file name says it holds labels --
+  Cellpose's ``<name>_cp_masks.tif`` / ``_masks``, StarDist's and QuPath's ``_labels`` / ``-labels``,
+  ``_label``, ``_mask``, ``_seg``, ``_instances`` -- opens as a Labels layer, not an image. Any other
+  integer file opens as an image (napari's "Convert to labels" then makes it a Labels layer the
+  widget accepts as well).
+* A ``.geojson`` file (QuPath's polygons, ours) is rasterised onto the image it belongs to: a GeoJSON
+  file has pixel coordinates but no image size, so the reader takes the last 2D image open in the
+  current napari viewer (its size, scale and translate) when every polygon fits on it, else the
+  polygons' own extent (the widget then asks for labels the size of the image).
+
+Both layers carry ``metadata["medsam_imported"]`` (the file name) and a provenance whose records
+say "imported from <file>" (2D only), with GeoJSON class names, so the MedSAM widget redoes one of
+their objects when a box is drawn on it (``_import_session``) and the saved sidecar tells imported
+objects from corrected ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medsam_core import split_suffix
+from medsam_core.errors import MedSAMError
+
+from ._reader import PROV_KEY
+
+log = logging.getLogger(__name__)
+IMPORT_KEY = "medsam_imported"  # Labels layer metadata: the file name its labels were imported from
+LABEL_NAME = re.compile(r"(^|[_\-. ])(cp_masks?|masks?|labels?|label_image|seg|segmentation|instances)$", re.I)
+GEOJSON_SUFFIXES = (".geojson",)
+
+
+def is_label_name(path) -> bool:
+    """True when the file name (without its ending) says it holds labels (see the module docstring)."""
+    return bool(LABEL_NAME.search(split_suffix(path)[0]))
+
+
+def imported_metadata(labels, source: str, classes: dict[int, str] | None = None) -> dict:
+    """Labels-layer metadata for labels imported from file ``source``: the marker and, for 2D
+    labels, a provenance recording every object as "imported from <source>" (class names kept)."""
+    meta: dict = {IMPORT_KEY: source}
+    if getattr(labels, "ndim", 0) == 2:
+        from medsam_core.imported import import_labels
+
+        meta[PROV_KEY] = import_labels(labels, source, classes).provenance
+    return meta
+
+
+def label_file_layer(path: str, data, kwargs: dict) -> tuple | None:
+    """(data, kwargs, "labels") for a label image file (name and dtype), else None. ``kwargs``: the
+    image layer's keyword arguments (name, scale, metadata) from ``_reader.layer_data``."""
+    if not is_label_name(path) or data.dtype.kind not in "iu" or data.ndim not in (2, 3):
+        return None
+    if "channel_axis" in kwargs or kwargs.get("rgb"):
+        return None
+    kwargs = dict(kwargs)
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), **imported_metadata(data, Path(path).name)}
+    return (data, kwargs, "labels")
+
+
+def _target_image(extent: tuple[int, int]):
+    """The last 2D image layer of the current viewer whose plane holds ``extent`` (H, W), else None."""
+    try:
+        import napari
+        from napari.layers import Image
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer, no Qt: the polygons' extent is used
+        return None
+    if viewer is None:
+        return None
+    for layer in reversed(list(viewer.layers)):
+        if not isinstance(layer, Image) or layer.name.startswith("MedSAM") or layer.multiscale:
+            continue
+        shape = layer.data.shape[:2] if layer.rgb else layer.data.shape
+        if len(shape) == 2 and shape[0] >= extent[0] and shape[1] >= extent[1]:
+            return layer
+    return None
+
+
+def _extent(doc) -> tuple[int, int]:
+    """(H, W) holding every pixel whose centre a coordinate of the GeoJSON document reaches."""
+    xs, ys = [0.0], [0.0]
+
+    def walk(c):
+        if isinstance(c, list | tuple) and len(c) >= 2 and all(isinstance(v, int | float) for v in c[:2]):
+            xs.append(float(c[0]))
+            ys.append(float(c[1]))
+        elif isinstance(c, list | tuple):
+            for v in c:
+                walk(v)
+
+    feats = doc.get("features", []) if isinstance(doc, dict) else doc
+    for f in feats if isinstance(feats, list) else []:
+        walk(((f or {}).get("geometry") or {}).get("coordinates") or [])
+    return max(1, int(np.ceil(max(ys) - 0.5))), max(1, int(np.ceil(max(xs) - 0.5)))  # pixel r: centre r + 0.5
+
+
+def geojson_reader(path: str):
+    """A reader function for one .geojson file, else None (never raises)."""
+    if not str(path).lower().endswith(GEOJSON_SUFFIXES) or not Path(path).is_file():
+        return None
+
+    def reader(_path=None):
+        import json
+
+        from medsam_core.geojson import read_geojson
+
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            extent = _extent(doc)
+            image = _target_image(extent)
+            shape = extent if image is None else (image.data.shape[:2] if image.rgb else image.data.shape)
+            found = read_geojson(path, shape)
+        except (MedSAMError, OSError, ValueError) as exc:
+            log.warning("napari-medsam could not read %s: %s", path, exc)
+            return None
+        for why in found.skipped:
+            log.warning("napari-medsam: %s: %s", Path(path).name, why)
+        name = Path(path).name
+        kwargs: dict = {"name": name,  # "cells.geojson": not the image's name
+                        "metadata": imported_metadata(found.labels, name, found.classes)}
+        if image is not None:
+            kwargs["scale"], kwargs["translate"] = list(image.scale[-2:]), list(image.translate[-2:])
+        return [(found.labels, kwargs, "labels")]
+
+    return reader

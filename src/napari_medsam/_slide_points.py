@@ -1,0 +1,131 @@
+"""Positive / negative points on a whole-slide plane (``_slide_plane``): they refine an object on the
+crop its box is segmented on, never on the whole plane.
+
+A point clicked on a slide goes to the object whose box is selected, else the object under it (one
+label pixel is read from the store), else the last object whose box holds it. The object's box gives
+the crop (``roi.plan_rois`` for that one box: the crop a box drawn alone is encoded on, so a point
+right after its box costs a decode only); the decoder gets the box, every point of the object in that
+crop's pixels and the object's last low-res logits. The new mask replaces the object's pixels inside
+the crop (``SlideEditor``: only the tiles it touches), one undoable commit with the points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from medsam_core import MedSAMError, PromptError, roi
+
+from . import _layers as L
+from ._prompt_kinds import shape_ids
+from ._sync import restore_points, set_point_features
+
+
+def object_points(s, lid: int, plane: L.Plane) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) XY pixels and (P,) 1/0 labels of the points already attached to object ``lid``."""
+    pts, xy, lab = s.points_layer, [], []
+    feats = pts.features
+    for k in np.flatnonzero(feats["label_id"].to_numpy() == lid):
+        p_plane, p_xy = L.point_to_xy(pts, int(k), s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        if p_plane == plane:
+            xy.append(p_xy)
+            lab.append(int(bool(feats["positive"].iloc[k])))
+    return np.array(xy, float).reshape(-1, 2), np.array(lab, int)
+
+
+def target_of_point(s, plane: L.Plane, xy) -> int:
+    """The object a point clicked on the slide refines (see the module docstring)."""
+    for i in s.shapes_layer.selected_data:
+        lid = int(shape_ids(s.shapes_layer)[i])
+        if lid in s.objects:
+            return lid
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    h, w = s.slide.store.shape
+    if 0 <= y < h and 0 <= x < w:
+        lid = int(np.asarray(s.slide.store.read_region((y, y + 1, x, x + 1)))[0, 0])
+        if lid in s.objects:
+            return lid
+    for lid, rec in reversed(s.objects.items()):
+        x0, y0, x1, y1 = rec.box
+        if rec.plane == plane and x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
+            return lid
+    raise PromptError("this point belongs to no MedSAM object: click inside an object (or select its box) first")
+
+
+def refine_on_slide(s, lid: int, points=None, labels=None, points_before=None) -> int:
+    """Re-segment slide object ``lid`` from its box, its points (+ new (P, 2) XY ``points`` with (P,)
+    1/0 ``labels``) and its last logits, on its box's crop. Returns ``lid``."""
+    rec = s.object(lid)
+    xy, lab = object_points(s, lid, rec.plane)
+    new_xy, new_lab = np.zeros((0, 2)), np.zeros(0, int)
+    if points is not None:
+        new_xy = np.asarray(points, float).reshape(-1, 2)
+        new_lab = np.asarray(labels if labels is not None else np.ones(len(new_xy)), int).reshape(-1)
+        if len(new_lab) != len(new_xy):
+            raise PromptError(f"{len(new_xy)} points but {len(new_lab)} labels: give one 1/0 label per point")
+        xy, lab = np.concatenate([xy, new_xy]), np.concatenate([lab, new_lab])
+    if not len(xy):
+        raise PromptError(f"object {lid} has no points on its slice: add positive/negative points first")
+    image2d = s.plane_image(rec.plane)
+    shape = image2d.shape[:2]
+    if not ((xy >= 0).all() and (xy[:, 0] < shape[1]).all() and (xy[:, 1] < shape[0]).all()):
+        raise PromptError(f"a point lies outside the {shape[1]} x {shape[0]} slide")
+    box = np.asarray(rec.box, float)
+    window = roi.plan_rois(box[None], shape)[0].window
+    y0, y1, x0, x1 = window
+    inside = (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
+    if not inside.all():
+        raise PromptError(f"a point of object {lid} lies outside the region its box is segmented on "
+                          f"(x {x0}..{x1 - 1}, y {y0}..{y1 - 1}): move or redraw the box to include it")
+    s.model_ready(blocking=True)
+    s.predictor.set_image(roi.read_crop(image2d, window), intensity=s.model_intensity(image2d),
+                          channel=s.settings.channel)  # the box's crop: cached when the box was segmented alone
+    offset = np.array([x0, y0], float)
+    local_box = box - np.array([x0, y0, x0, y0], float)
+    logits = None if rec.logits is None else rec.logits[None]
+    pred = s.predictor.predict(boxes=local_box[None], points=(xy - offset)[None], point_labels=lab[None],
+                               mask_input=logits)
+    mask = roi.BoxMask(window, np.asarray(pred.masks[0], bool), float(np.asarray(pred.scores)[0]), True)
+    editor = s.editor()
+    editor.clear(rec.plane, lid)
+    editor.write(rec.plane, mask, lid)
+    objects = dict(s.objects)
+    objects[lid] = replace(rec, logits=pred.low_res_logits[0].copy())
+    if points_before is None:
+        points_before = (np.array(s.points_layer.data, copy=True), s.points_layer.features.copy())
+    if len(new_xy):
+        add_points(s, L.plane_to_layer(new_xy[:, ::-1], rec.plane, s.image_layer, s.points_layer,
+                                       s.viewer.dims.point), lid, new_lab)
+    s.commit(editor, objects, f"refine label {lid}", points_before=points_before)
+    s.on_status(f"MedSAM: refined label {lid} with {len(xy)} point(s) on its {x1 - x0} x {y1 - y0} crop")
+    return lid
+
+
+def add_points(s, coords, lid: int, labels) -> None:
+    pts = s.points_layer
+    n0 = len(pts.data)
+    with s.quiet():
+        pts.add(coords)
+        feats = pts.features.copy()
+        feats.loc[n0:, "label_id"] = lid
+        feats.loc[n0:, "positive"] = np.asarray(labels, bool)
+        set_point_features(s, feats)
+
+
+def refine_from_slide_point(s) -> None:
+    """A point was clicked on a slide: attach it to its object and refine that object; on failure remove it."""
+    pts = s.points_layer
+    k = len(pts.data) - 1
+    before = (np.array(pts.data[:-1], copy=True), pts.features.iloc[:-1].copy())
+    try:
+        plane, xy = L.point_to_xy(pts, k, s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        lid = target_of_point(s, plane, xy)
+        with s.quiet():
+            feats = pts.features.copy()
+            feats.loc[k, "label_id"] = lid
+            set_point_features(s, feats)
+        refine_on_slide(s, lid, points_before=before)
+    except MedSAMError:
+        restore_points(s, before)
+        raise
