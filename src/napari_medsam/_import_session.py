@@ -35,6 +35,7 @@ from ._import_reader import IMPORT_KEY
 from ._objects import ObjectRecord
 from ._prompt_kinds import shape_ids
 from ._reader import PROV_KEY
+from ._slide_plane import check_slide_labels
 
 #: A new box redoes a foreign object when IoU(box, the object's tight box) is at least this.
 ADOPT_IOU = 0.3
@@ -84,6 +85,33 @@ class ImportActions:
     def reset(self) -> None:
         """A new target layer: nothing adopted."""
         self.pending, self.origins, self.redone = {}, {}, []
+
+    def imported_layer(self):
+        """The last Labels layer opened for correction (``IMPORT_KEY``) that fits the image, else None."""
+        from napari.layers import Labels
+
+        s = self.s
+        for layer in reversed(list(s.viewer.layers)):
+            if isinstance(layer, Labels) and layer.metadata.get(IMPORT_KEY) and s.image_layer is not None:
+                try:
+                    L.check_labels_fit(layer, s.image_layer, s.settings.channel_axis)
+                    check_slide_labels(layer, s.image_layer, s.settings.channel_axis)
+                except MedSAMError:
+                    continue
+                return layer
+        return None
+
+    def take_opened(self, layer) -> bool:
+        """A layer was just opened: when it holds imported labels that fit the image and nothing was drawn
+        yet, make it the target (a person opens a Cellpose mask to correct it). True when it switched."""
+        s = self.s
+        if s.image_layer is None or s.objects or not layer.metadata.get(IMPORT_KEY) or layer is s.labels_layer:
+            return False
+        if self.imported_layer() is None or layer.name != self.imported_layer().name:
+            return False
+        s.set_labels_layer(layer)
+        s.on_status(f"MedSAM: correcting {layer.name!r}: draw a box on an object to redo it, or click a point in it")
+        return True
 
     def _usable(self) -> bool:
         s = self.s

@@ -143,7 +143,7 @@ class Session(SettingsActions, PromptActions, History):
         self._disconnect()
         self.image_layer, self.objects, self.history = layer, {}, []
         self.imports.reset()
-        self.labels_layer = labels_layer or self._fitting_labels() or self._new_labels()
+        self.labels_layer = labels_layer or self._fitting_labels() or self.imports.imported_layer() or self._new_labels()
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
             self.viewer.layers.remove(polygons)

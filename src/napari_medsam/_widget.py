@@ -199,6 +199,9 @@ class MedSAMWidget(WorkflowMethods, QWidget):
             self.device_label.setText(f"{self.session.model.spec.name} on {self.session.device}")
 
     def _on_layers_changed(self, event=None) -> None:
+        opened = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if isinstance(opened, Labels):  # labels opened for correction (a Cellpose mask) become the target
+            self.try_action(self.session.imports.take_opened, opened)
         self._refresh_layer_choices()
         self.train_panel.refresh()
         if self.session.image_layer is None or self.session.image_layer not in self.viewer.layers:

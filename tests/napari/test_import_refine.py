@@ -84,13 +84,6 @@ def _widget(viewer, model):
     return widget
 
 
-def _pick_labels(widget, name):
-    """Choose ``name`` in the widget's Labels combo, as a person does."""
-    combo = widget.labels_combo
-    combo.setCurrentText(name)
-    combo.activated.emit(combo.currentIndex())
-
-
 def _only_changed(before, after, lid):
     diff = before != after
     assert diff.any()
@@ -110,11 +103,10 @@ def test_cellpose_labels_opened_and_one_object_redone_with_a_drawn_box(make_napa
     file_open(viewer, qtbot, folder / "cells_cp_masks.tif")
     masks = viewer.layers["cells_cp_masks"]
     assert type(masks).__name__ == "Labels" and np.array_equal(masks.data, imported)
-    widget = _widget(viewer, lite_model)
+    widget = _widget(viewer, lite_model)  # opened after the files: it targets the imported labels
     widget.wait(WAIT)
-    _pick_labels(widget, "cells_cp_masks")
     s = widget.session
-    assert s.labels_layer.name == "cells_cp_masks"
+    assert s.labels_layer.name == "cells_cp_masks" and "MedSAM labels" not in viewer.layers
     viewer.layers.selection.active = s.shapes_layer
     s.shapes_layer.mode = "add_rectangle"
     drag_box(viewer, qtbot, ref_box(ref, lid, 2))
@@ -189,8 +181,9 @@ def test_qupath_geojson_opened_and_one_object_refined_with_a_point(make_napari_v
     assert set(np.unique(before).tolist()) == set(np.unique(imported).tolist())
     prov = geo.metadata[PROV_KEY]
     assert prov.classes.names[prov[lid].class_id] == classes[lid]
-    _pick_labels(widget, geo.name)
     s = widget.session
+    assert s.labels_layer.name == "cells.geojson"  # opened after the widget: it becomes the target
+    assert widget.labels_combo.currentText() == "cells.geojson"
     widget.toggle_negative()  # a negative point on the part that grew into the background
     grown = (before == lid) & (ref != lid)
     dist = ndimage.distance_transform_edt(grown)
