@@ -85,7 +85,9 @@ def split_part(images, labels, known, holdout: float, seed: int, context: float,
         part.images.append(img)
         part.train_labels.append(np.where(hk, 0, lab))
         part.train_known.append(kn & ~hk)
-        part.held_labels.append(np.where(hk, lab, 0))  # every labelled object seen in the held-out region
+        # whole objects: match_in_region counts those with at least half their pixels in the region (an
+        # object cut to the region would leave slivers of training objects as unmatched references)
+        part.held_labels.append(np.where(kn, lab, 0))
         part.held_known.append(hk)
     return part
 

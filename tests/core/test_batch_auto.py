@@ -47,18 +47,26 @@ def trained(tmp_path_factory):
     """A checkpoint with a head trained on the left half of the shipped nuclei crop; the right half
     (and its labels) to segment."""
     from medsam_core import Predictor, load_model
-    from medsam_core.autoguard import save_with_model, train_and_guard
-    from medsam_core.autohead import HeadConfig
+    from medsam_core.autoguard import save_with_model
+    from medsam_core.autohead import HeadConfig, train_head
+    from medsam_core.autoseg import fit_post
     from medsam_core.samples import nuclei
 
     s = nuclei()
     img, lab = np.asarray(s.image), np.asarray(s.labels).astype(np.int32)
     model = load_model("lite_medsam", device="cpu")
-    session, _ = train_and_guard(Predictor(model, encoder_backend="torch"), [img[:, :128]], [lab[:, :128]],
-                                 known=[np.ones((256, 128), bool)], config=HeadConfig(epochs=60, views=4),
-                                 force=True)
+    pred = Predictor(model, encoder_backend="torch")
+    images, labels, known = [img[:, :128]], [lab[:, :128]], [np.ones((256, 128), bool)]
+    gen = train_head(pred, images, labels, known, HeadConfig(epochs=60, views=4))
+    while True:  # the head alone (the guard has its own tests): train, fit the thresholds, no decoder
+        try:
+            next(gen)
+        except StopIteration as stop:
+            head = stop.value.head
+            break
+    head.post, _ = fit_post(pred, head, images, labels, known, refine=("head",))
     root = tmp_path_factory.mktemp("auto_batch")
-    ckpt = save_with_model(root / "with_head.pt", model, session.active)
+    ckpt = save_with_model(root / "with_head.pt", model, head)
     plain = save_with_model(root / "plain.pt", model, None)
     return ckpt, plain, img[:, 128:], lab[:, 128:]
 

@@ -1,0 +1,48 @@
+"""The automatic head's guard scores the held-out objects fairly (no model: proposers from labels)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medsam_core.auto import Proposals, label_boxes
+from medsam_core.autoguard import heldout_score, split_part
+from medsam_core.autohead import known_region
+
+
+def _touching_grid(rows=4, cols=5, side=12, gap=1):
+    """Squares of ``side`` px separated by ``gap`` px (neighbours within each other's known region)."""
+    lab = np.zeros((rows * (side + gap) + 8, cols * (side + gap) + 8), np.int32)
+    for k in range(rows * cols):
+        y, x = 4 + (k // cols) * (side + gap), 4 + (k % cols) * (side + gap)
+        lab[y: y + side, x: x + side] = k + 1
+    return lab
+
+
+def _proposer(lab, drop=()):
+    ids = [k for k in np.unique(lab) if k and k not in drop]
+    masks = np.stack([lab == k for k in ids]) if ids else np.zeros((0, *lab.shape), bool)
+    boxes = label_boxes(lab)[[k - 1 for k in ids]]  # ids are 1..N in the grid
+    return lambda img: Proposals(masks, boxes, np.ones(len(ids), np.float32))
+
+
+def test_a_perfect_proposer_scores_one_on_held_out_objects_among_training_ones():
+    lab = _touching_grid()
+    known = [known_region(lab)]
+    for seed in range(3):
+        part = split_part([lab.astype(np.float32)], [lab], known, 0.2, seed, 0.5, 4)
+        score, f1, dice = heldout_score(_proposer(lab), part)
+        # before: training neighbours cut to the held-out region counted as references
+        assert f1 == 1.0 and dice == 1.0, (seed, f1)
+        # the held-out objects are out of training, their neighbours' other pixels stay in it
+        held = part.held_known[0]
+        assert not (part.train_labels[0][held]).any() and part.train_labels[0].any()
+
+
+def test_missing_held_out_objects_lower_the_score():
+    lab = _touching_grid()
+    part = split_part([lab.astype(np.float32)], [lab], [known_region(lab)], 0.2, 0, 0.5, 4)
+    held_ids = [k for k in np.unique(lab[part.held_known[0]]) if k
+                and (part.held_known[0] & (lab == k)).sum() * 2 >= (lab == k).sum()]
+    _, f1_all, _ = heldout_score(_proposer(lab), part)
+    _, f1_miss, _ = heldout_score(_proposer(lab, drop=held_ids[:2]), part)
+    assert f1_all == 1.0 and f1_miss < 1.0
