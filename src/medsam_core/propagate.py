@@ -95,9 +95,10 @@ def _seed(previous: WalkResult | None, shape, axis: int, z: int, keys: dict) -> 
 def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_boxes: Mapping[int, Sequence[float]] | None = None, spacing: Sequence[float] | None = None,
               margin: float = 0.0, growth: float = 0.0, min_iou: float = 0.3, min_area_ratio: float = 0.2,
-              min_contrast: float = 0.2, iou_drop: float = 0.6, max_shift: float | None = None,
-              max_growth: float | None = 2.0, min_agree: float = 0.3, patience: int = 2,
-              contrast_noise: float = 2.0, anchor: float = 1.0, box_rule: str = "mask",
+              min_contrast: float = 0.3, iou_drop: float = 0.6, max_shift: float | None = None,
+              max_growth: float | None = 2.0, min_agree: float = 0.35, patience: float = 3,
+              contrast_noise: float = 2.0, trip_weight: float = 1.0, anchor: float = 1.0,
+              box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
@@ -119,13 +120,17 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
             f"min_iou, min_area_ratio, min_contrast, iou_drop, min_agree and anchor must lie in [0, 1], got "
             f"{min_iou}, {min_area_ratio}, {min_contrast}, {iou_drop}, {min_agree}, {anchor}"
         )
-    if not isinstance(patience, (int, np.integer)) or patience < 1 or not contrast_noise >= 0:
-        raise PromptError(f"patience must be an int >= 1 and contrast_noise >= 0, got {patience!r}, {contrast_noise!r}")
+    if not isinstance(patience, (int, float, np.number)) or not patience >= 1 or not contrast_noise >= 0:
+        raise PromptError(f"patience must be a number >= 1 and contrast_noise >= 0, got {patience!r}, {contrast_noise!r}")
     if not (margin >= 0 and growth >= 0) or any(v is not None and not v > 0 for v in (max_shift, max_growth)):
         raise PromptError(f"margin and growth must be numbers >= 0, max_shift and max_growth > 0 or None; got "
                           f"{margin}, {growth}, {max_shift}, {max_growth}")
     if box_rule not in ("mask", "track"):
         raise PromptError(f"box_rule must be 'mask' or 'track', got {box_rule!r}")
+    if output not in ("single", "anchor", "consistent"):
+        raise PromptError(f"output must be 'single', 'anchor' or 'consistent', got {output!r}")
+    if not trip_weight > 0:
+        raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")
     if not isinstance(z, (int, np.integer)):
         raise PromptError(f"z must be a slice index (int), got {z!r}")
     keys = _check_keys(box, z, key_boxes, n, slices.shape[1:])
@@ -133,8 +138,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     result, sides = _seed(previous, slices.shape, axis % 3, z, keys)
     if method is None:
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
-                          int(patience), contrast_noise)
-        method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor)
+                          float(patience), contrast_noise, float(trip_weight))
+        method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     return method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),

@@ -44,8 +44,9 @@ import numpy as np
 from .preprocess import Intensity
 from .prompts import box_from_mask
 from .volume import Cancel, check_cancel, is_blank
+from .walk_stop import Calibration, Evidence, Stop, StopRules, contrast, slice_features, stop_reason
 
-__all__ = ["BoxWalk", "Propagator", "SliceResult", "Stop", "StopRules", "WalkResult"]
+__all__ = ["BoxWalk", "Propagator", "SliceResult", "Stop", "StopRules", "WalkResult", "contrast"]
 
 
 class SliceResult(tuple):
@@ -59,33 +60,6 @@ class SliceResult(tuple):
         obj = super().__new__(cls, (z, mask, score))
         obj.z, obj.mask, obj.score, obj.box, obj.total = z, mask, score, box, total
         return obj
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Why one direction of a walk ended: a short reason and the slice where it happened (the
-    first slice not kept; for "end of volume" and "reached key slice" the last slice kept)."""
-
-    reason: str
-    slice: int
-
-    def __str__(self) -> str:
-        return f"{self.reason} at slice {self.slice}"
-
-
-@dataclass(frozen=True)
-class StopRules:
-    """When a direction ends (see module docstring); a rule at 0 (``max_shift`` None) is off."""
-
-    min_iou: float = 0.3
-    iou_drop: float = 0.6
-    min_area_ratio: float = 0.2
-    min_contrast: float = 0.2
-    max_shift: float | None = None
-    max_growth: float | None = 2.0
-    min_agree: float = 0.3  # IoU between the mask and the cross-check walk's mask
-    patience: int = 2  # consecutive slices that must trip a rule (the first is the Stop's slice)
-    contrast_noise: float = 2.0  # contrast rule only if the start's contrast >= this x its inside std
 
 
 @dataclass
@@ -144,47 +118,11 @@ def interpolate(keys: dict[int, np.ndarray], z: int) -> np.ndarray | None:
     return (1 - t) * keys[lo] + t * keys[hi]
 
 
-def contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
-    """Mean intensity inside ``mask`` minus the lower quartile of a ``ring``-pixel band around it
-    (the quartile, not the mean: a touching neighbour covers part of the band)."""
-    from scipy import ndimage
-
-    if not mask.any():
-        return 0.0
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    sl = (slice(max(rows[0] - ring, 0), rows[-1] + ring + 1), slice(max(cols[0] - ring, 0), cols[-1] + ring + 1))
-    m, img = mask[sl], image[sl].astype(np.float64)
-    band = ndimage.binary_dilation(m, iterations=ring) & ~m
-    return float(img[m].mean() - np.percentile(img[band], 25)) if band.any() else 0.0
-
-
 def _expected_depth(mask: np.ndarray, spacing) -> int:
     """Slices a walk expects in one direction: the start cross-section's radius in slice spacings."""
     sz, sy, sx = spacing
     radius = np.sqrt(max(int(mask.sum()), 1) / np.pi * sy * sx)
     return max(int(np.ceil(radius / sz)), 2)
-
-
-def _features(image, mask, score, prev) -> dict:
-    area = int(mask.sum())
-    f = {"score": float(score), "area": area, "overlap": 0.0, "mean": 0.0, "contrast": 0.0}
-    if area:
-        vals = image[mask].astype(np.float64)
-        f["mean"], f["std"] = float(vals.mean()), float(vals.std())
-        f["contrast"] = contrast(image, mask)
-        if prev is not None and prev.any():
-            f["overlap"] = float((mask & prev).sum() / (mask | prev).sum())
-    return f
-
-
-@dataclass
-class _Calibration:
-    score: float
-    mean: float
-    std: float
-    contrast: float
-    slack: tuple[float, float]  # (x, y) px between the start box and its mask's bounding box
 
 
 @dataclass(frozen=True)
@@ -199,6 +137,10 @@ class BoxWalk:
     box_rule: str = "mask"
     max_slack: float = 8.0
     anchor: float = 1.0  # weight of the last key box passed in each prompt box (0: the mask's box only)
+    # which decoder output a slice keeps: "single" (the one-mask output), "anchor" (of it and the three
+    # multimask outputs, the one most like the mask on the anchor box's slice), "consistent" (... most
+    # like the neighbour's kept mask)
+    output: str = "anchor"
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -218,7 +160,7 @@ class BoxWalk:
                                                        spacing, (depth, sum(spans[i + 1:])), cancel)
         return result
 
-    def _calibrate(self, image, result, intensity) -> _Calibration:
+    def _calibrate(self, image, result, intensity) -> Calibration:
         z = result.start
         mask, box = result.masks[z], result.keys[z]
         f = result.features[z]
@@ -236,9 +178,13 @@ class BoxWalk:
             slack = (float(np.clip(sx, 0, self.max_slack)), float(np.clip(sy, 0, self.max_slack)))
         span = (window[1] - window[0]) if window is not None else float(np.ptp(image))
         std = max(f.get("std", 0.0), 0.02 * span)  # a uniform structure still has noise and partial volume
-        return _Calibration(f["score"], f.get("mean", 0.0), std, c0, slack)
+        return Calibration(f["score"], f.get("mean", 0.0), std, c0, slack)
 
-    def _decode(self, predictor, image, box, mask_input, intensity, result, z, prev) -> None:
+    def _decode(self, predictor, image, box, mask_input, intensity, result, z, prev, choose=None) -> np.ndarray:
+        """Decode slice z with ``box``; the rules see the single-output mask (returned). With
+        ``choose`` (a (Y, X) bool mask to be like: see ``output``) the kept mask is the one among
+        that mask and the three multimask outputs that overlaps ``choose`` most."""
+        kw = {}
         if is_blank(image):
             mask, score, logits = np.zeros(image.shape, bool), 0.0, None
         else:
@@ -248,12 +194,16 @@ class BoxWalk:
             mask, score = pred[0][0], float(pred[1][0])
             low = getattr(pred, "low_res_logits", None)
             logits = None if low is None else low[0, 0].astype(np.float32)
-        result.masks[z], result.scores[z], result.boxes[z] = mask, score, np.asarray(box, float)
+        kept = mask
+        if choose is not None and choose.any() and mask.any():
+            kept = _most_consistent(predictor, box, mask, choose, kw)
+        result.masks[z], result.scores[z], result.boxes[z] = kept, score, np.asarray(box, float)
         if logits is not None and self.mask_prompt:
             result.logits[z] = logits
-        result.features[z] = _features(image, mask, score, prev)
+        result.features[z] = slice_features(image, mask, score, prev)
+        return mask
 
-    def _box(self, prev, cal: _Calibration, spacing) -> np.ndarray:
+    def _box(self, prev, cal: Calibration, spacing) -> np.ndarray:
         sz, sy, sx = spacing
         mx = self.margin + cal.slack[0] + self.growth * sz / sx
         my = self.margin + cal.slack[1] + self.growth * sz / sy
@@ -286,58 +236,61 @@ class BoxWalk:
         """One direction from slice z to ``end`` inclusive; returns its Stop. ``expect``: (slices
         expected in this direction, in the directions after it), for the progress total.
 
-        A slice that trips a rule is held; the walk goes on from it, keeps it when a later slice
-        passes, and stops at the first held slice once ``patience`` slices in a row trip (an
-        empty mask stops at once). ``shadow`` is the cross-check walk's mask (see ``_check``)."""
-        last, held = z, []
-        prev = shadow = result.masks[z]
+        The rules' verdicts go into an ``Evidence`` count (walk_stop.py): a slice is yielded once
+        it is kept for good, the held slices after the count's maximum are dropped when the
+        direction ends. ``prev`` is the neighbour's single-output mask (what the rules compare
+        with), ``out`` its kept mask, ``shadow`` the cross-check walk's mask (``_check``)."""
+        last, evidence = z, Evidence(self.rules)
+        prev = shadow = out = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
             key = interpolate(result.keys, zz)
             guided = key is not None  # between or on key slices: the user says the object is there
             if not guided and not prev.any():
-                return self._drop(result, held) or Stop("vanished", zz)
+                return self._drop(result, evidence) or Stop("vanished", zz)
             passed = [k for k in result.keys if (k - zz) * step < 0 and (k - z) * step >= 0]
-            anchor_box = result.keys[max(passed) if step > 0 else min(passed)]
-            box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
+            anchor_z = max(passed) if step > 0 else min(passed)
+            box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, result.keys[anchor_z])
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
-            self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev)
+            like = out if self.output == "consistent" else result.masks.get(anchor_z)
+            mask = self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev,
+                                None if zz in result.keys or self.output == "single" else like)
             result.rewalked += 1
-            mask = result.masks[zz]
+            f = result.features[zz]
             if guided:
                 shadow = mask if mask.any() else shadow
             elif self.rules.min_agree:
-                shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, result.features[zz])
-            why = None if guided else self.stop_reason(result.features[zz], prev, cal)
-            if why:
-                held.append((zz, why))
-                if not mask.any() or len(held) >= self.rules.patience:
-                    return self._drop(result, held)
-            else:
+                shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, f)
+            why = None if guided else stop_reason(self.rules, f, int(prev.sum()), cal)
+            kept, stop = evidence.add(zz, why, empty=not guided and not mask.any())
+            if stop is not None:
+                return self._drop(result, evidence, stop)
+            if kept:
                 ahead = min(max(expect[0] - abs(zz - z), 1), abs(end - zz))
                 total = result.rewalked + ahead + expect[1]
-                for zh, _ in held:  # a held slice between two good ones is kept
-                    yield SliceResult(zh, result.masks[zh], result.scores[zh], result.boxes[zh], total)
-                held = []
-                yield SliceResult(zz, mask, result.scores[zz], box, total)
+                for zk in kept:  # held slices come out once a later one wins them back
+                    yield SliceResult(zk, result.masks[zk], result.scores[zk], result.boxes[zk], total)
             last = zz
             if mask.any():
-                prev = mask
+                prev, out = mask, result.masks[zz]
                 track.append((np.asarray(box, float), box_from_mask(prev)))
-        if held:
-            return self._drop(result, held)
+        stop = evidence.finish()
+        if stop is not None:
+            return self._drop(result, evidence, stop)
         if end in result.keys and end != z:
             return Stop("reached key slice", end)
         return Stop("end of volume", end)
 
     @staticmethod
-    def _drop(result, held) -> Stop | None:
+    def _drop(result, evidence: Evidence, stop: Stop | None = None) -> Stop | None:
         """Forget the held slices; the Stop is the first one's (None when nothing was held)."""
-        for zh, _ in held:
+        stop = stop or evidence.finish()
+        for zh in evidence.dropped:
             for d in (result.masks, result.scores, result.boxes, result.logits):
                 d.pop(zh, None)
-        return Stop(held[0][1], held[0][0]) if held else None
+        evidence.held = []
+        return stop
 
     def _check(self, predictor, image, shadow, box, mask, cal, spacing, f) -> np.ndarray:
         """The cross-check: a second walk whose box is only its own neighbour mask's box (+ slack),
@@ -353,21 +306,19 @@ class BoxWalk:
         f["agree"] = float((mask & other).sum() / union) if union else 0.0
         return other if other.any() else shadow
 
-    def stop_reason(self, f: dict, prev: np.ndarray, cal: _Calibration) -> str | None:
+    def stop_reason(self, f: dict, prev: np.ndarray, cal: Calibration) -> str | None:
         """The rule ``f`` (a slice's features) trips, as a short user-readable reason, or None."""
-        r = self.rules
-        if f["area"] == 0:
-            return "vanished"
-        if f["score"] < r.min_iou or f["score"] < r.iou_drop * cal.score:
-            return f"IoU fell to {f['score']:.2f}"
-        if f["area"] < r.min_area_ratio * prev.sum():
-            return "area collapsed"
-        if r.max_growth is not None and f["area"] > r.max_growth * prev.sum():
-            return "area grew"
-        if r.min_contrast and cal.contrast and f["contrast"] / cal.contrast < r.min_contrast:
-            return "contrast faded"
-        if r.max_shift is not None and cal.std > 0 and abs(f["mean"] - cal.mean) > r.max_shift * cal.std:
-            return "intensity changed"
-        if r.min_agree and f.get("agree", 1.0) < r.min_agree:
-            return f"lost track ({f['agree']:.2f})"
-        return None
+        return stop_reason(self.rules, f, int(prev.sum()), cal)
+
+
+def _most_consistent(predictor, box, mask, neighbour, kw) -> np.ndarray:
+    """Among ``mask`` and the multimask outputs for ``box``, the one with the highest IoU with
+    ``neighbour`` (the previous kept mask): the object's own cross-section, not a part or a leak."""
+    pred = predictor.predict(boxes=box[None], multimask_output=True, **kw)
+    best, best_iou = mask, -1.0
+    for m in [mask, *pred[0][0]]:
+        union = (m | neighbour).sum()
+        iou = (m & neighbour).sum() / union if union else 0.0
+        if iou > best_iou:
+            best, best_iou = m, iou
+    return best

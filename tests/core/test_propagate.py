@@ -328,11 +328,11 @@ def test_a_key_box_rewalks_only_its_side():
     vol = render(truth)
     vol[24:][truth[24:]] = 150  # the walk stops early going up ...
     pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
-    first = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    first = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
     assert first.stops["up"].slice == 24
     n_before = pred.images
     key = {27: bbox(truth[27], 2)}  # ... so the user draws a box on slice 27
-    fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0,
+    fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0, patience=2,
                         bound_by_keys=False)
     up = [z for z in fixed.masks if z > 20]
     assert pred.images - n_before == fixed.rewalked == len(up) + 2  # + the two slices that stopped it (patience)
@@ -343,10 +343,10 @@ def test_a_key_box_rewalks_only_its_side():
     assert min(up) == 21 and max(up) >= 27 and fixed.stops["up"].reason == "IoU fell to 0.30"
     assert set(fixed.keys) == {20, 27}
     # nothing changed: nothing re-walked; a new start box: both sides
-    same = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=fixed, min_area_ratio=0.0,
+    same = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=fixed, min_area_ratio=0.0, patience=2,
                        bound_by_keys=False)
     assert same.rewalked == 0 and set(same.masks) == set(fixed.masks)
-    moved = walk_volume(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0)
+    moved = walk_volume(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0, patience=2)
     assert moved.rewalked == len(moved.masks) + 3  # up: the two slices that tripped (patience); down: the empty one
     with pytest.raises(PromptError, match="previous walk"):
         walk_volume(pred, vol[:, :, :60], bbox(truth[20], 2), 20, previous=fixed)
@@ -429,8 +429,8 @@ def test_patience_keeps_one_bad_slice_between_good_ones():
     assert 24 in res.slices and res.stops["up"].reason == "vanished"
     res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=1)
     assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23
-    vol[25][truth[25]] = 150  # two in a row: the walk stops at the first, keeping neither
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    vol[25][truth[25]] = 150  # two in a row (patience 2): the walk stops at the first, keeping neither
+    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
     assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23 and 25 not in res.masks
 
 

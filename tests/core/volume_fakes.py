@@ -31,8 +31,9 @@ class FakePredictor:
     score_fn(image) -> predicted IoU (default 0.9). Records every box and intensity it gets.
     """
 
-    def __init__(self, score_fn=None, threshold=100):
+    def __init__(self, score_fn=None, threshold=100, multimask_fn=None):
         self.threshold = threshold
+        self.multimask_fn = multimask_fn
         self.score_fn = score_fn or (lambda image: 0.9)
         self.boxes: list[np.ndarray] = []
         self.mask_inputs: list = []
@@ -45,18 +46,28 @@ class FakePredictor:
         self.images += 1
         return False
 
-    def predict(self, boxes, mask_input=None):
+    def predict(self, boxes, mask_input=None, multimask_output=False):
         """Like Predictor.predict: unpacks as (masks, scores); ``low_res_logits`` (1, 1, 256, 256)
-        are filled with the call's number, so a test can tell which slice's logits came back."""
+        are filled with the call's number, so a test can tell which slice's logits came back.
+        ``multimask_output``: (1, 3, H, W) masks from ``multimask_fn(mask) -> three masks`` (default:
+        the same mask three times); not recorded in ``boxes``."""
         box = np.asarray(boxes, float)[0]
+        if multimask_output:
+            mask = self._mask(box)
+            masks = np.stack(self.multimask_fn(mask) if self.multimask_fn else [mask] * 3)[None]
+            return FakePrediction(masks, np.full((1, 3), 0.5, np.float32), np.zeros((1, 3, 256, 256), np.float32))
         self.boxes.append(box)
         self.mask_inputs.append(None if mask_input is None else float(np.asarray(mask_input).flat[0]))
+        mask = self._mask(box)
+        return FakePrediction(mask[None], np.array([self.score_fn(self.image)], np.float32),
+                              np.full((1, 1, 256, 256), float(len(self.boxes)), np.float32))
+
+
+    def _mask(self, box):
         h, w = self.image.shape
         yy, xx = np.mgrid[:h, :w]
         inside = (xx >= box[0]) & (xx <= box[2]) & (yy >= box[1]) & (yy <= box[3])
-        mask = (self.image > self.threshold) & inside
-        return FakePrediction(mask[None], np.array([self.score_fn(self.image)], np.float32),
-                              np.full((1, 1, 256, 256), float(len(self.boxes)), np.float32))
+        return (self.image > self.threshold) & inside
 
 
 class FakePrediction(tuple):
@@ -92,6 +103,7 @@ def fake_model(encoder_id: str = "fake-encoder"):
             b = boxes[:, :, None, None]
             inside = (xx >= b[:, 0]) & (xx <= b[:, 2]) & (yy >= b[:, 1]) & (yy <= b[:, 3])
             logits = torch.where(inside & (img > 0.5), 10.0, -10.0)[:, None]
-            return logits, torch.full((len(boxes), 1), 0.9)
+            m = 3 if multimask_output else 1
+            return logits.repeat(1, m, 1, 1), torch.full((len(boxes), m), 0.9)
 
     return FakeModel()
