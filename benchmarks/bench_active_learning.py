@@ -1,20 +1,36 @@
 """Simulated annotator: does ranking objects by uncertainty save corrections over random order?
 
-Plays the person on dsb2018 (512 x 512 fluorescence nuclei, 125 objects) split into quadrants:
-quadrants 0-2 are the pool to annotate, quadrant 3 is held out. Each round the "person" takes
-``--per-round`` objects (ranked by ``medsam_core.active`` uncertainty, or in random order), draws
-the object's bounding box with a small fixed jitter, and accepts the model's mask when its Dice
-with the reference is >= 0.9, otherwise "corrects" it (the kept mask is the reference). Then the
-decoder is fine-tuned (decoder mode, from the base model, on every object labelled so far; the
-cached embeddings are reused) and the next round starts with the new model.
+Plays the person on two data sets (``--dataset``):
 
-Reported per round and strategy: objects corrected among the round's objects, corrections the
-current model would need on the whole remaining pool, held-out Dice after fine-tuning. Finally the
-automatic model (``medsam_core.auto``) is fitted on quadrants 0-2 and measured on quadrant 3.
+* ``dsb``: dsb2018 (512 x 512 fluorescence nuclei, 125 objects) cut into quadrants: quadrants 0-2 are
+  the pool to annotate (108 nuclei >= 15 px), quadrant 3 (29 nuclei) is held out;
+* ``cells3d``: slices z = 24, 32, 40 of the cells3d confocal nuclei stack are the pool (~59 nuclei
+  cross-sections), slice z = 46 is held out (the stack has only 20 nuclei, so the held-out slice cuts
+  the same nuclei elsewhere: a secondary check).
 
-    .venv/bin/python benchmarks/bench_active_learning.py --epochs 10 --random-seeds 3 --out benchmarks/results
+Each round the "person" takes ``--per-round`` objects, in the order of a strategy, draws the object's
+bounding box with a small fixed jitter, and accepts the model's mask when its Dice with the reference
+is >= 0.9, otherwise "corrects" it (the kept mask is the reference). Then the decoder is fine-tuned
+(decoder mode, from the base model, on every object labelled so far; the cached embeddings are
+reused) and the next round starts with the new model. Strategies:
 
-The random order is run with ``--random-seeds`` seeds (mean and range are plotted).
+* ``fitted``: ``active.score_candidates`` with the extra signals (flip, contrast; agreement with the
+  previous model from round 2) and weights refitted every round by ``signals.weights_from_corrections``
+  on the objects labelled so far (their components and Dice measured with the model of the round in
+  which they were labelled: the model's mask at prompting vs the kept one); round 1 has no
+  corrections yet, so it ranks with the default weights (iou_pred + stability);
+* ``default``: the same score with the default weights every round (what the widget ranked with);
+* ``random``: random order.
+
+Every strategy runs with ``--seeds`` seeds; seed s fixes the box jitter, the random order, the ranking's
+jittered boxes and the fine-tuning, so strategies are compared pairwise per seed. Reported per round:
+objects corrected among the round's objects, corrections the current model would need on the rest of
+the pool, held-out Dice after fine-tuning; per run: ``total_to_finish`` = corrections made in the
+rounds + corrections the last model needs on the objects never labelled (the cost of annotating the
+whole pool); ``saved_vs_random`` = random's total minus the strategy's (same seed; > 0 = saved).
+
+    .venv/bin/python benchmarks/bench_active_learning.py --dataset dsb --seeds 3 --epochs 4
+    .venv/bin/python benchmarks/bench_active_learning.py --dataset cells3d --seeds 3 --epochs 4
 """
 
 from __future__ import annotations
@@ -29,8 +45,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
+DATA_DIR = REPO.parent / "shared" / "data"
+DATA = DATA_DIR / "fluo_nuclei_dsb2018.npz"
 ACCEPT_DICE = 0.9
+SIGNALS = ("flip", "contrast")
+CELLS3D_POOL, CELLS3D_HELDOUT = (24, 32, 40), 46
+PER_ROUND = {"dsb": 20, "cells3d": 10}
 
 
 @dataclass
@@ -76,24 +96,32 @@ def model_dice(predictor, pool: Pool, chosen: list[int]) -> list[float]:
 
 
 def choose(strategy: str, predictor, previous, pool: Pool, remaining: list[int], n: int,
-           rng: np.random.Generator) -> list[int]:
+           rng: np.random.Generator, history: list[tuple[dict, float]], seed: int = 0):
+    """The next ``n`` objects of ``strategy``: (indices, their components or None, FittedWeights or None)."""
     if strategy == "random":
-        return [int(i) for i in rng.choice(remaining, size=min(n, len(remaining)), replace=False)]
-    from medsam_core.active import Candidate, rank, score_candidates
+        return [int(i) for i in rng.choice(remaining, size=min(n, len(remaining)), replace=False)], None, None
+    from medsam_core.active import Candidate, Weights, rank, score_candidates
+    from medsam_core.signals import weights_from_corrections
 
+    fw = weights_from_corrections([c for c, _ in history], [d for _, d in history]) if strategy == "fitted" else None
     cands = [Candidate(pool.objects[i][0], pool.objects[i][2], label=i) for i in remaining]
     images = dict(enumerate(pool.images))
-    top = rank(score_candidates(predictor, images, cands, previous=previous, n_jitter=4), n)
-    return [s.label for s in top]
+    scored = score_candidates(predictor, images, cands, previous=previous, n_jitter=4, seed=seed,
+                              signals=SIGNALS if strategy == "fitted" else (),
+                              weights=fw.weights if fw is not None else Weights())
+    top = rank(scored, n)
+    return [s.label for s in top], [s.components for s in top], fw
 
 
 def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model, make_predictor, train,
-             seed: int = 0, log=print) -> list[dict]:
+             seed: int = 0, log=print) -> tuple[list[dict], dict]:
     """Rounds of choose -> annotate -> fine-tune. make_predictor(model) -> predictor;
-    train(base_model, pool, labelled indices) -> (new model, held-out Dice). Returns one dict per round."""
+    train(base_model, pool, labelled indices) -> (new model, held-out Dice). Returns one dict per
+    round and the run's summary (total_to_finish, ...)."""
     rng = np.random.default_rng(seed)
     model, previous_model = base_model, None
     labelled: list[int] = []
+    history: list[tuple[dict, float]] = []  # (components, Dice) of the objects labelled so far
     rows = []
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -103,8 +131,10 @@ def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model,
         pred = make_predictor(model)
         prev = make_predictor(previous_model) if previous_model is not None else None
         pool_dice = model_dice(pred, pool, remaining)
-        chosen = choose(strategy, pred, prev, pool, remaining, per_round, rng)
+        chosen, comps, fw = choose(strategy, pred, prev, pool, remaining, per_round, rng, history, seed + rnd)
         dices = [pool_dice[remaining.index(i)] for i in chosen]
+        if comps is not None:
+            history += list(zip(comps, dices, strict=True))
         corrected = int(sum(d < ACCEPT_DICE for d in dices))
         labelled += chosen
         new_model, heldout = train(base_model, pool, labelled)
@@ -113,12 +143,21 @@ def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model,
             "round_dice": float(np.mean(dices)), "pool_left": len(remaining),
             "pool_corrections": int(sum(d < ACCEPT_DICE for d in pool_dice)),
             "heldout_dice_after": heldout, "seconds": time.perf_counter() - t0, "chosen": chosen,
+            "weights": None if fw is None else {"fitted": fw.fitted, "n": fw.n, **vars(fw.weights)},
         })
-        log(f"{strategy:11s} round {rnd}: corrected {corrected}/{len(chosen)}, pool needs "
+        log(f"{strategy:8s} seed {seed} round {rnd}: corrected {corrected}/{len(chosen)}, pool needs "
             f"{rows[-1]['pool_corrections']}/{len(remaining)}, held-out Dice after {heldout:.4f} "
-            f"({rows[-1]['seconds']:.0f} s)")
+            f"({rows[-1]['seconds']:.0f} s){'' if fw is None else '; ranking ' + fw.describe()}", flush=True)
         previous_model, model = model, new_model
-    return rows
+    rest = [i for i in range(len(pool.objects)) if i not in set(labelled)]
+    left = int(sum(d < ACCEPT_DICE for d in model_dice(make_predictor(model), pool, rest))) if rest else 0
+    made = int(sum(r["corrected"] for r in rows))
+    summary = {"strategy": strategy, "seed": seed, "corrected_in_rounds": made, "left_after": len(rest),
+               "corrections_left_after": left, "total_to_finish": made + left,
+               "heldout_dice_final": rows[-1]["heldout_dice_after"] if rows else None}
+    log(f"{strategy:8s} seed {seed}: {made} corrections in the rounds + {left} of {len(rest)} left = "
+        f"{made + left} to finish the pool", flush=True)
+    return rows, summary
 
 
 def make_trainer(heldout_pair, epochs: int, cache, seed: int = 0):
@@ -178,7 +217,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     metrics = (lambda r: r["corrected"], lambda r: r["pool_corrections"] / r["pool_left"],
                lambda r: r["heldout_dice_after"])
-    for strategy, style in (("uncertainty", "o-"), ("random", "s--")):
+    styles = ("o-", "s--", "^:")
+    for strategy, style in zip(dict.fromkeys(r["strategy"] for r in rows), styles * 3, strict=False):
         sel = [r for r in rows if r["strategy"] == strategy]
         x = sorted({r["round"] for r in sel})
         for ax, get in zip(axes, metrics, strict=True):
@@ -199,52 +239,109 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def load_dataset(name: str):
+    """(pool images, pool labels, held-out (image, labels)) of ``name`` ("dsb" or "cells3d")."""
+    if name == "dsb":
+        with np.load(DATA) as d:
+            imgs, labs = quadrants(d["image"], d["labels"].astype(np.int32))
+        return imgs[:3], labs[:3], (imgs[3], labs[3])
+    with np.load(DATA_DIR / "confocal3d_nuclei_cells3d.npz") as d:
+        img, lab = d["image"], d["labels"].astype(np.int32)
+    return ([img[z] for z in CELLS3D_POOL], [lab[z] for z in CELLS3D_POOL],
+            (img[CELLS3D_HELDOUT], lab[CELLS3D_HELDOUT]))
+
+
+def summarise(summaries: list[dict]) -> dict:
+    """Per strategy: totals per seed, and corrections saved vs random (same seed): mean, min, max."""
+    out = {}
+    rand = {s["seed"]: s["total_to_finish"] for s in summaries if s["strategy"] == "random"}
+    for strategy in dict.fromkeys(s["strategy"] for s in summaries):
+        mine = [s for s in summaries if s["strategy"] == strategy]
+        totals = [s["total_to_finish"] for s in mine]
+        entry = {"seeds": [s["seed"] for s in mine], "total_to_finish": totals,
+                 "corrected_in_rounds": [s["corrected_in_rounds"] for s in mine],
+                 "heldout_dice_final": [s["heldout_dice_final"] for s in mine],
+                 "total_mean": float(np.mean(totals))}
+        saved = [rand[s["seed"]] - s["total_to_finish"] for s in mine if s["seed"] in rand]
+        if strategy != "random" and saved:
+            entry["saved_vs_random"] = {"per_seed": saved, "mean": float(np.mean(saved)), "min": min(saved),
+                                        "max": max(saved)}
+        out[strategy] = entry
+    return out
+
+
+def write(args, rows, summaries, auto, machine, t0, per_round: int, pool_objects: int):
+    """Write benchmarks/results/active_learning_<dataset>.json (also after each seed: a cut run keeps its seeds)."""
+    import os
+
+    result = {"dataset": args.dataset, "pool_objects": pool_objects, "per_round": per_round,
+              "summary": summarise(summaries), "runs": summaries, "rows": rows, "auto": auto,
+              "total_s": time.perf_counter() - t0, "machine": {**machine, "load_now": os.getloadavg()},
+              "args": {k: str(v) for k, v in vars(args).items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"active_learning_{args.dataset}.json"
+    out.write_text(json.dumps(result, indent=1, default=float))
+    return result, out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=("dsb", "cells3d"), default="dsb")
+    ap.add_argument("--strategies", default="fitted,random", help="comma list of fitted, default, random")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-round", type=int, default=30)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--random-seeds", type=int, default=3, help="runs of the random order (its spread is shown)")
-    ap.add_argument("--no-auto", action="store_true", help="skip the automatic-model measurement")
+    ap.add_argument("--per-round", type=int, default=None, help="objects per round (dsb 20, cells3d 10)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared 2-core machine 2 threads made decoding 20x slower)")
+    ap.add_argument("--auto", action="store_true", help="also fit the threshold detector (auto.py) afterwards")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / "active_learning.png")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of the rounds (none by default)")
     args = ap.parse_args(argv)
+    import os
+
     import torch
 
     import medsam_core
 
-    torch.manual_seed(args.seed)
-    with np.load(DATA) as d:
-        imgs, labs = quadrants(d["image"], d["labels"])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _machine import cpu_model
+
+    torch.set_num_threads(args.threads)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    per_round = args.per_round or PER_ROUND[args.dataset]
+    imgs, labs, heldout = load_dataset(args.dataset)
     cache = medsam_core.EmbeddingCache()
     base = medsam_core.load_model("lite_medsam", device="cpu")
-    pool = make_pool(imgs[:3], labs[:3], seed=args.seed)
-    print(f"pool: {len(pool.objects)} objects in 3 quadrants; held out: quadrant 3")
-    train = make_trainer((imgs[3], labs[3]), args.epochs, cache, args.seed)
+    machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg()}
+    print(f"{args.dataset}: machine {machine}", flush=True)
     t0 = time.perf_counter()
-    rows, last = [], {}
-    runs = [("uncertainty", args.seed)] + [("random", args.seed + k) for k in range(args.random_seeds)]
-    for strategy, seed in runs:
-        r = simulate(pool, strategy, args.rounds, args.per_round, base,
-                     lambda m: medsam_core.Predictor(m, cache), train, seed=seed)
-        for row in r:
-            row["seed"] = seed
-        rows += r
-        last.setdefault(strategy, r)
-    # the automatic model, fitted on the annotated quadrants, with the last uncertainty-round decoder
+    rows, summaries = [], []
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        pool = make_pool(imgs, labs, seed=seed)
+        train = make_trainer(heldout, args.epochs, cache, seed)
+        print(f"seed {seed}: pool {len(pool.objects)} objects in {len(imgs)} images", flush=True)
+        for strategy in strategies:
+            r, summary = simulate(pool, strategy, args.rounds, per_round, base,
+                                  lambda m: medsam_core.Predictor(m, cache), train, seed=seed)
+            for row in r:
+                row["seed"] = seed
+            rows += r
+            summaries.append(summary)
+        write(args, rows, summaries, {}, machine, t0, per_round, len(pool.objects))  # after each seed
     auto = {}
-    if not args.no_auto:
-        tuned, _ = train(base, pool, [i for r in last["uncertainty"] for i in r["chosen"]])
-        auto = auto_bench(base, tuned, cache, imgs[:3], labs[:3], imgs[3], labs[3])
-    total = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "auto": auto, "total_s": total, "args": {k: str(v) for k, v in vars(args).items()},
-              "torch_threads": torch.get_num_threads()}
-    (args.out / "active_learning.json").write_text(json.dumps(result, indent=1))
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(rows, args.plot)
-    print(f"total {total:.0f} s; wrote {args.out / 'active_learning.json'} and {args.plot}")
+    if args.auto and args.dataset == "dsb":
+        last = [r for r in rows if r["strategy"] == strategies[0] and r["seed"] == 0]
+        tuned, _ = make_trainer(heldout, args.epochs, cache)(base, pool, [i for r in last for i in r["chosen"]])
+        auto = auto_bench(base, tuned, cache, imgs, labs, *heldout)
+    machine["load_after"] = os.getloadavg()
+    result, out = write(args, rows, summaries, auto, machine, t0, per_round, len(pool.objects))
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, args.plot)
+    print(json.dumps(result["summary"], indent=1, default=float))
+    print(f"total {result['total_s']:.0f} s; wrote {out}")
     return 0
 
 

@@ -17,8 +17,11 @@ one): non-negative least squares on centred values; too few corrections -> the d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from .active import Weights
 
 SIGNALS = ("flip", "contrast", "head")
 MIN_CORRECTIONS = 8
@@ -99,23 +102,60 @@ def extra_signals(predictor, plane, boxes: np.ndarray, masks: np.ndarray, which:
     return out
 
 
-def fit_weights(components: Sequence[Mapping[str, float]], dice: Sequence[float], names: Sequence[str] | None = None):
-    """Non-negative weights (an ``active.Weights``) from the corrections so far: ``components`` of
-    each corrected/accepted object and the Dice between the model's mask and the mask kept."""
+def _nnls_weights(components, dice, names):
+    """Normalised NNLS weights per name of ``names``, or None when they explain nothing."""
     from scipy.optimize import nnls
 
-    from .active import COMPONENTS, Weights
-
-    names = [n for n in (names or COMPONENTS) if components and all(n in c for c in components)]
-    if len(components) < MIN_CORRECTIONS or not names:
-        return Weights()
     x = 1.0 - np.array([[float(c[n]) for n in names] for c in components])
     y = 1.0 - np.asarray(dice, np.float64)
     w, _ = nnls(x - x.mean(0), y - y.mean())
     if not np.isfinite(w).all() or w.sum() <= 0:
-        return Weights()
-    w = w / w.sum()
+        return None
+    return w / w.sum()
+
+
+def fit_weights(components: Sequence[Mapping[str, float]], dice: Sequence[float], names: Sequence[str] | None = None):
+    """Non-negative weights (an ``active.Weights``) from the corrections so far: ``components`` of
+    each corrected/accepted object and the Dice between the model's mask and the mask kept."""
+    return weights_from_corrections(components, dice, names).weights
+
+
+@dataclass(frozen=True)
+class FittedWeights:
+    """The weights a ranking used: ``fitted`` on ``n`` corrections, or the defaults (too few, or
+    the corrections did not single out any component)."""
+
+    weights: Weights
+    n: int
+    fitted: bool
+
+    def describe(self) -> str:
+        """One line for the GUI / a log, e.g. "fitted on 12 corrections: flip 0.49, iou_pred 0.35"."""
+        if self.fitted:
+            parts = sorted(((v, k) for k, v in vars(self.weights).items() if v > 0.005), reverse=True)
+            return f"fitted on {self.n} corrections: " + ", ".join(f"{k} {v:.2f}" for v, k in parts)
+        why = (f"{self.n} of {MIN_CORRECTIONS} corrections needed to fit" if self.n < MIN_CORRECTIONS
+               else f"{self.n} corrections did not single out a signal")
+        return f"default weights (iou_pred, stability, agreement): {why}"
+
+
+def weights_from_corrections(components: Sequence[Mapping[str, float]], dice: Sequence[float],
+                             names: Sequence[str] | None = None) -> FittedWeights:
+    """``FittedWeights`` from the corrections so far (see ``fit_weights``): only the components
+    every correction has (of ``names``, all by default) are fitted; fewer than ``MIN_CORRECTIONS``
+    corrections, or a fit that weights nothing, give the default ``Weights()``."""
+    from .active import COMPONENTS
+
+    if len(components) != len(dice):
+        from .errors import PromptError
+
+        raise PromptError(f"{len(components)} component sets but {len(dice)} Dice values: give one per correction")
+    n = len(components)
+    names = [k for k in (names or COMPONENTS) if components and all(k in c for c in components)]
+    w = _nnls_weights(components, dice, names) if n >= MIN_CORRECTIONS and names else None
+    if w is None:
+        return FittedWeights(Weights(), n, False)
     vals = dict.fromkeys(COMPONENTS, 0.0) | dict(zip(names, (float(v) for v in w), strict=True))
     if vals["iou_pred"] + vals["stability"] <= 0:  # Weights needs one of them: a token share
         vals["iou_pred"] = 1e-3
-    return Weights(**vals)
+    return FittedWeights(Weights(**vals), n, True)

@@ -4,8 +4,11 @@
 for one widget ``Session``:
 
 - ``rank`` scores candidate boxes (the Labels layer's objects, the prompt rectangles, or boxes of
-  ``auto.detect_boxes``) with ``active.score_candidates`` in a worker (``Runner.run_steps``: one
-  step per image slice), with the previous model's agreement when the fine-tune guard has one;
+  ``auto.detect_boxes``) with ``fitted_ranking.ranking_steps`` in a worker (``Runner.run_steps``: one
+  step per image slice): the signals flip and contrast (and the automatic head's agreement when a
+  head is trained), the previous model's agreement when the fine-tune guard has one, weighted by
+  the weights fitted on the user's own corrections (the provenance's model masks vs the labels
+  kept) once there are ``signals.MIN_CORRECTIONS`` of them, the defaults before (``weights_status``);
   ``jump(i)`` shows suggestion ``i`` (image layer, slice, camera, and the "MedSAM suggestions"
   Shapes layer with the clicked box highlighted).
 - ``propose`` fits ``auto.fit_auto`` on the labelled layers in a worker and writes the proposals
@@ -15,22 +18,19 @@ for one widget ``Session``:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from medsam_core import MedSAMError, Predictor
-from medsam_core.active import (
-    candidates_from_boxes,
-    candidates_from_labels,
-    previous_predictor,
-    rank,
-    score_candidates,
-)
+from medsam_core.active import candidates_from_boxes, candidates_from_labels, previous_predictor
+from medsam_core.fitted_ranking import DEFAULT_SIGNALS, corrections_from_provenance, ranking_steps
+from medsam_core.signals import MIN_CORRECTIONS
 
 from . import _layers as L
+from ._active_views import View, camera_of, canvas_size
 from ._auto_session import AutoActions
-from ._provenance_hook import ProvenanceActions, plane_z
+from ._provenance_hook import ProvenanceActions, plane_z, provenance_of
+from ._reader import PROV_KEY
 
 SUGGESTIONS, PROPOSALS = "MedSAM suggestions", "MedSAM proposals"
 SOURCES = {"labels": "objects of the Labels layer", "boxes": "rectangles of MedSAM boxes",
@@ -38,74 +38,17 @@ SOURCES = {"labels": "objects of the Labels layer", "boxes": "rectangles of MedS
 MAX_FIT_SLICES = 8  # labelled slices of a 3D stack that fit_auto learns from (each costs an encode)
 
 
-def _camera(viewer):
-    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-    return scene.camera if scene is not None else viewer.camera
-
-
-def _canvas_size(viewer) -> tuple[float, float]:
-    canvas = getattr(viewer, "canvas", None)
-    size = getattr(canvas, "size", None) or getattr(viewer, "_canvas_size", None) or (600, 800)
-    return float(size[0]), float(size[1])
-
-
-@dataclass
-class View:
-    """One image layer as ranking sees it: displayed (rows, cols) axes and the slice axis (None in 2D)."""
-
-    layer: object
-    labels: object | None
-    rows: int
-    cols: int
-    zaxis: int | None
-    channel_axis: int | None
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-    def plane(self, z: int | None) -> L.Plane:
-        return L.Plane(self.rows, self.cols, () if z is None else ((self.zaxis, int(z)),))
-
-    def image(self):
-        """(H, W[, C]) plane in 2D; in 3D a lazy stack whose item z is that slice (read in the worker)."""
-        return L.extract_plane(self.layer, self.plane(None), self.channel_axis) if self.zaxis is None else _Slices(self)
-
-    def labels_stack(self) -> np.ndarray:
-        """A copy of the labels as (H, W) or (Z, H, W) in (slice, rows, cols) order."""
-        ax = [L.labels_axis(a, self.channel_axis) for a in (self.zaxis, self.rows, self.cols) if a is not None]
-        return np.array(np.transpose(np.asarray(self.labels.data), ax))
-
-
-class _Slices:
-    def __init__(self, view: View):
-        self.view = view
-
-    def __len__(self) -> int:
-        return int(L.image_data(self.view.layer).shape[self.view.zaxis])
-
-    def __getitem__(self, z: int) -> np.ndarray:
-        return L.extract_plane(self.view.layer, self.view.plane(z), self.view.channel_axis)
-
-
-def _rank_steps(predictor, previous, images, candidates, auto_planes, top_k: int, n_jitter: int):
-    """Generator for ``Runner.run_steps``: yields (done, total) per image slice, returns the top_k."""
+def _rank_steps(predictor, previous, images, candidates, auto_planes, top_k: int, n_jitter: int,
+                corrections=(), measured=None, signals=DEFAULT_SIGNALS, head=None):
+    """Generator for ``Runner.run_steps``: yields (done, total) per image slice, returns a
+    ``fitted_ranking.Ranking`` (top_k suggestions and the weights used)."""
     from medsam_core.auto import detect_boxes
 
     for name, z in auto_planes:  # detection is cheap next to decoding: no step of its own
         plane = images[name] if z is None else images[name][z]
         candidates = candidates + candidates_from_boxes(name, detect_boxes(plane), z)
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(candidates):
-        groups.setdefault((c.image_id, c.z), []).append(i)
-    out = []
-    for done, idx in enumerate(groups.values(), start=1):
-        for i, sug in zip(idx, score_candidates(predictor, images, [candidates[i] for i in idx], previous=previous,
-                                                n_jitter=n_jitter, seed=done), strict=True):
-            sug.index = i  # ties keep the overall candidate order
-            out.append(sug)
-        yield done, len(groups)
-    return rank(out, top_k)
+    return (yield from ranking_steps(predictor, images, candidates, corrections, measured, previous=previous,
+                                     signals=signals, head=head, n_jitter=n_jitter, top_k=top_k))
 
 
 def _fit_and_propose(predictor, images, labels, target):
@@ -127,6 +70,8 @@ class ActiveActions(ProvenanceActions):
         self.train = train  # _train_session.TrainActions: where the previous model lives
         self.set_image_layer = set_image_layer or session.set_image_layer
         self.suggestions: list = []
+        self.ranking = None  # the last fitted_ranking.Ranking (its weights say what was used)
+        self.measured: dict = {}  # correction key -> components measured by the model that made it
         self.views: dict[str, View] = {}
         self.running: str | None = None
         self.task = None  # the runner's Task of the running ranking / proposal (cancel)
@@ -218,19 +163,55 @@ class ActiveActions(ProvenanceActions):
         prev = self.previous_model()
         prev = previous_predictor(predictor, prev) if prev is not None else None
         images = {v.name: v.image() for v in views}
+        corrections = self.corrections(views)
+        head = self.ranking_head()
+        signals = DEFAULT_SIGNALS + (("head",) if head is not None else ())
         self.views = {v.name: v for v in views}
         self.running = "ranking"
         self.s.on_status(f"MedSAM: ranking {len(cands) or 'detected'} candidates...")
         total = len({(c.image_id, c.z) for c in cands}) or len(auto)
         self.task = self.s.runner.run_steps(_rank_steps, predictor, prev, images, cands, auto, int(top_k), int(n_jitter),
-                                on_step=lambda v: self.on_progress(*v), on_done=self._on_ranked,
-                                on_error=self._on_error, on_cancel=self._on_cancel,
-                                desc="MedSAM: ranking suggestions", total=total)
+                                            corrections, dict(self.measured), signals, head,
+                                            on_step=lambda v: self.on_progress(*v), on_done=self._on_ranked,
+                                            on_error=self._on_error, on_cancel=self._on_cancel,
+                                            desc="MedSAM: ranking suggestions", total=total)
 
-    def _on_ranked(self, suggestions) -> None:
-        self.running, self.suggestions = None, list(suggestions)
+    def corrections(self, views: list[View] | None = None) -> list:
+        """The corrections the provenance of the open labels knows (``fitted_ranking.Correction``:
+        model mask at prompting vs the mask kept now), for the images ranked (default: the widget's)."""
+        out = []
+        for v in views if views is not None else self._views(False):
+            lab = v.labels
+            if lab is None or PROV_KEY not in lab.metadata or lab.ndim not in (2, 3):
+                continue
+            ax = [L.labels_axis(a, v.channel_axis) for a in (v.zaxis, v.rows, v.cols) if a is not None]
+            if ax != sorted(ax):
+                continue  # a rolled 3D view: the provenance's slice numbers are along the data's first axis
+            out += corrections_from_provenance(v.name, provenance_of(lab), np.asarray(lab.data))
+        return out
+
+    def ranking_head(self):
+        """The trained automatic head when it fits the served model's encoder (its agreement is a signal), else None."""
+        head = self.auto.head
+        enc = getattr(self.s.model, "encoder_id", None)
+        return head if head is not None and (enc is None or head.encoder_id == enc) else None
+
+    @property
+    def weights_status(self) -> str:
+        """Which weights the last ranking used (fitted on N corrections / default), for the panel."""
+        if self.ranking is None:
+            return (f"ranking weights: fitted on your corrections once {MIN_CORRECTIONS} objects made by "
+                    "the model are kept (edited or not); default before")
+        r = self.ranking
+        extra = f"; {r.unused} corrections by a model no longer loaded not used" if r.unused else ""
+        return f"ranking weights {r.weights.describe()} (signals: {', '.join(r.signals) or 'none'}){extra}"
+
+    def _on_ranked(self, ranking) -> None:
+        self.running, self.task = None, None
+        self.ranking, self.suggestions = ranking, list(ranking.suggestions)
+        self.measured.update(ranking.measured)
         self.show_suggestions()
-        self.s.on_status(f"MedSAM: {len(self.suggestions)} suggestions, most uncertain first")
+        self.s.on_status(f"MedSAM: {len(self.suggestions)} suggestions, most uncertain first; {self.weights_status}")
         self.on_finished("ranked")
 
     def cancel(self) -> None:
@@ -266,10 +247,10 @@ class ActiveActions(ProvenanceActions):
             axis = dims.ndim - view.layer.ndim + view.zaxis
             dims.set_point(axis, centre[axis])
         shown = list(dims.displayed)[-2:]
-        camera = _camera(s.viewer)
+        camera = camera_of(s.viewer)
         camera.center = tuple(float(centre[d]) for d in shown)
         extent = np.maximum(np.ptp(corners[:, shown], axis=0), 1e-6)
-        camera.zoom = float(min(np.array(_canvas_size(s.viewer)) / extent) / 3)  # the box fills a third
+        camera.zoom = float(min(np.array(canvas_size(s.viewer)) / extent) / 3)  # the box fills a third
         self.show_suggestions(highlight=i)
         return sug
 

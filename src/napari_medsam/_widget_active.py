@@ -30,7 +30,8 @@ from ._active_session import SOURCES
 from ._plot import LinePlots
 from ._widget_auto import AutoTab
 
-SUGGESTION_COLUMNS = ("#", "label", "image", "z", "score", "iou_pred", "stability", "agreement")
+SUGGESTION_COLUMNS = ("#", "label", "image", "z", "score", "iou_pred", "stability", "agreement", "flip", "contrast",
+                      "head")
 EFFORT_COLUMNS = ("round", "objects", "s / object", "prompts / object", "accepted", "Dice")
 METRICS = (  # (RoundStats field, title, fixed top of the y axis or None)
     ("seconds_per_object", "seconds / object", None),
@@ -132,6 +133,11 @@ class ActivePanel(QGroupBox):
         self.table = _table(SUGGESTION_COLUMNS, 220)
         self.table.setToolTip("Click a row to go to its box")
         lay.addWidget(self.table)
+        self.weights_label = QLabel(self.actions.weights_status)
+        self.weights_label.setWordWrap(True)
+        self.weights_label.setToolTip("The score weighs the confidence signals by what your own corrections show: "
+                                      "which signals were low on the objects you had to fix")
+        lay.addWidget(self.weights_label)
         self.propose_btn = QPushButton("Propose objects")
         self.propose_btn.setToolTip("Learn from the labelled objects, propose the objects of this image in "
                                     "a new layer 'MedSAM proposals' (your labels are not touched)")
@@ -267,9 +273,10 @@ class ActivePanel(QGroupBox):
         rows = []
         for k, sug in enumerate(self.actions.suggestions, start=1):
             c = sug.components
-            rows.append((k, "-" if sug.label is None else sug.label, str(sug.image_id), sug.z, sug.score, c.get("iou_pred"), c.get("stability"),
-                         c.get("agreement")))
+            rows.append((k, "-" if sug.label is None else sug.label, str(sug.image_id), sug.z, sug.score,
+                         *(c.get(name) for name in SUGGESTION_COLUMNS[5:])))
         _fill(self.table, rows)
+        self.weights_label.setText(self.actions.weights_status)
 
     def refresh_all(self) -> None:
         """Detect edits (sync), then the class table and the effort per round."""
