@@ -1,7 +1,8 @@
 """Image encoder per image on the CPU, every engine beside the matrix-product limit, in one run.
 
 Run: ``.venv/bin/python benchmarks/bench_encoder.py [--repeats 5] [--threads 2] [--slices 20]
-[--malloc] [--json PATH]``
+[--malloc] [--json PATH]``; issue 16's bar: ``--quick --repeats 5 --slices 0 --batch-slices 8
+--workdir /tmp/medsam-bench`` (docs/engines.md, "Numbers").
 
 1. FLOPs of the LiteMedSAM encoder at 256x256 (torch FlopCounterMode).
 2. The best float32 matrix product on ``--threads`` threads (torch.mm, NumPy and an OpenVINO
@@ -183,6 +184,7 @@ def build_engines(model, threads: int, workdir: Path, report: dict, quick: bool 
                               "route": auto.info.get("route"), "export_s": auto.info.get("export_s"),
                               "waited_s": time.perf_counter() - t0}
     engines[f"default (auto: {auto.name} {auto.info.get('precision')}), second image on"] = auto.encode
+    engines["default install: Predictor.set_image, a new image each call"] = set_image_runner(model, auto)
     folder = Path(backend.info["path"])
     report["openvino_folder"] = str(folder)
     report["openvino"] = {"first_use_s": first, "export_s": backend.info["export_s"],
@@ -219,9 +221,57 @@ def build_engines(model, threads: int, workdir: Path, report: dict, quick: bool 
     return engines
 
 
-def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe) -> dict:
+def set_image_runner(model, backend):
+    """callable(x) -> embedding: ``Predictor.set_image`` of the dsb2018 image with one pixel
+    changed per call (a new cache key each time, as a new image or slice is): reading, intensity,
+    resize + pad, cache key, the engine, cache put; ``x`` is ignored. The embedding differs from
+    the unchanged image's by that one pixel (~1e-5)."""
+    from medsam_core.embeddings import EmbeddingCache
+    from medsam_core.predictor import Predictor
+
+    with np.load(DATA) as d:
+        image = d["image"]
+    pred = Predictor(model, cache=EmbeddingCache(max_bytes=2**24), encoder_backend=backend)
+    calls = iter(range(1, 1 << 30))
+
+    def run(_x):
+        im = image.copy()
+        im[0, 0] = (int(im[0, 0]) + next(calls)) % 65536
+        pred.set_image(im)
+        return pred._embedding.numpy()
+
+    return run
+
+
+def set_image_split(model, backend, rounds: int) -> dict:
+    """Medians (ms) of what ``Predictor.set_image`` does for a new 512x512 uint16 image: the
+    preparation (intensity, resize, pad), the content hash of the cache key, the encoder call on
+    the prepared input, and set_image as a whole; the rest is the difference."""
+    from medsam_core.embeddings import content_hash
+    from medsam_core.preprocess import prepare_image
+
+    with np.load(DATA) as d:
+        image = d["image"]
+    whole = set_image_runner(model, backend)
+    pre = model.spec.preprocessing
+    x = prepare_image(image, pre).tensor[None]
+    parts: dict[str, list[float]] = {"prepare_image": [], "content_hash": [], "encoder call": [], "set_image": []}
+    whole(x)
+    for _ in range(rounds):
+        parts["prepare_image"].append(timed(lambda: prepare_image(image, pre)))
+        parts["content_hash"].append(timed(lambda: content_hash(image)))
+        parts["encoder call"].append(timed(lambda: backend.encode(x)))
+        parts["set_image"].append(timed(lambda: whole(x)))
+    out = {k: 1000 * statistics.median(v) for k, v in parts.items()}
+    out["outside the encoder"] = out["set_image"] - out["encoder call"]
+    return out
+
+
+def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe, settle: float = 0.0) -> dict:
     """Interleaved rounds; per engine: median, min, max |diff| to the eager output, and the median
-    over rounds of its time / the limit measured in the same round (``limit_probe()`` seconds)."""
+    over rounds of its time / the limit measured in the same round (``limit_probe()`` seconds).
+    settle: seconds of sleep before each timed call, so that no library's worker threads are still
+    spinning from the call before (NumPy's OpenBLAS busy-waits up to ~0.1 s after a product)."""
     ref = next(e for n, e in engines.items() if n.startswith("torch eager,") and "1 thread" not in n)(x)
     rows = {}
     for name, fn in engines.items():  # warm-up, and agreement
@@ -231,9 +281,12 @@ def compare_engines(engines: dict, x: np.ndarray, repeats: int, limit_probe) -> 
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]
         half = len(order) // 2  # the limit is timed mid-round, like one more engine
         for name in order[:half]:
+            time.sleep(settle)
             rows[name]["times"].append(timed(lambda: engines[name](x)))  # noqa: B023
+        time.sleep(settle)
         limits.append(limit_probe())
         for name in order[half:]:
+            time.sleep(settle)
             rows[name]["times"].append(timed(lambda: engines[name](x)))  # noqa: B023
         print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n.split(',')[0]} {rows[n]['times'][-1]:.2f}"
                                                         for n in engines), flush=True)
@@ -379,6 +432,8 @@ def main() -> None:
     ap.add_argument("--malloc-rounds", type=int, default=2, help="child processes per malloc variant")
     ap.add_argument("--quick", action="store_true",
                     help="engines: eager, the default install, OpenVINO f32/bf16 only (no reference, ONNX, 1 thread)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of sleep before each timed engine / limit call (0: back to back, as before)")
     ap.add_argument("--workdir", type=Path, help="keep exports here (a rerun reuses them) instead of a temp dir")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -419,7 +474,7 @@ def main() -> None:
         once = {k: v for k, v in report.items() if k.startswith(("openvino", "onnx"))}
         print(json.dumps(once, default=str))
         limit_probe = limit_prober(best_name, flops, args.threads)
-        rows = compare_engines(engines, x, args.repeats, limit_probe)
+        rows = compare_engines(engines, x, args.repeats, limit_probe, args.settle)
         eager = rows[f"torch eager, {args.threads} threads"]["median_s"]
         # the 2048^3 limit, paired: each round's probe (best shape) rescaled by the fixed rate ratio
         to_2048 = limit_s / limit_2048_s
@@ -430,6 +485,9 @@ def main() -> None:
             print(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['x_limit_paired']:.2f} | "
                   f"{row['x_limit_2048_paired']:.2f} | {row['median_s'] / eager:.2f} | {row['max_abs_diff']:.1e} |")
         report["engines"] = rows
+        auto = next(e for n, e in engines.items() if n.startswith("default (auto"))
+        report["set_image_split_ms"] = split = set_image_split(model, auto.__self__, args.repeats)
+        print("set_image split (medians, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
         if args.batch_slices:
             folder = Path(report["openvino_folder"])
             report["batches"] = bt = batch_throughput(model, engines, folder, image, args.batch_slices,

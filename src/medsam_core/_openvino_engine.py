@@ -171,14 +171,26 @@ class _Engine:
             self._queue = ov.AsyncInferQueue(compiled, streams)
         return self._queue
 
+    def _infer(self, one: np.ndarray) -> np.ndarray:
+        """(1, 3, S, S) -> a new (1, C, h, w) float32 array (the request's buffer is reused)."""
+        result = self._request.infer({0: one}, share_inputs=True, share_outputs=True)
+        return np.array(result[0], np.float32, copy=True)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.float32)
         n = len(batch)
         if n == 0:
             return np.zeros((0, 256, 64, 64), np.float32)
         queue = self._parallel(n) if n > 1 and self._streams != 1 else None
-        if queue is None:
-            return np.concatenate([np.array(self._request.infer({0: batch[i:i + 1]})[0], np.float32, copy=True)
-                                   for i in range(n)])
+        if queue is None:  # one copy per image: OpenVINO's output buffer is shared, then copied out
+            first = self._infer(batch[:1])
+            if n == 1:
+                return first
+            out = np.empty((n, *first.shape[1:]), np.float32)
+            out[0] = first[0]
+            for i in range(1, n):
+                out[i] = self._infer(batch[i:i + 1])[0]
+            return out
         out = np.empty((n, 256, 64, 64), np.float32)
 
         def done(request, i):

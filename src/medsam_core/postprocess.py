@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._blas import one_blas_thread
+
 if TYPE_CHECKING:
     from .preprocess import PreparedImage
     from .registry import Preprocessing
@@ -60,7 +62,8 @@ def logits_to_mask(logits: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     sc0, sc1 = x0[xa], x1[xb - 1] + 1
     my = _interp_matrix(y0[ya:yb] - sr0, y1[ya:yb] - sr0, ly[ya:yb], sr1 - sr0)
     mx = _interp_matrix(x0[xa:xb] - sc0, x1[xa:xb] - sc0, lx[xa:xb], sc1 - sc0)
-    block = my @ logits[sr0:sr1, sc0:sc1].astype(np.float32) @ mx.T
+    with one_blas_thread():  # no BLAS threads left spinning beside the next encoder call
+        block = my @ logits[sr0:sr1, sc0:sc1].astype(np.float32) @ mx.T
     mask[ya:yb, xa:xb] = block > 0
     return mask
 

@@ -14,10 +14,12 @@ clipping of the non-zero pixels for MR, microscopy and other modalities -- whate
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._blas import one_blas_thread
 from .errors import ImageError, PromptError
 from .postprocess import logits_to_mask, lowres_to_masks  # noqa: F401  (masks back in pixels; re-exported)
 from .registry import Preprocessing
@@ -217,11 +219,20 @@ def resize_area(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     """Separable area resize of (H, W) or (H, W, C) float32 to (new_h, new_w[, C])."""
     h, w = image.shape[:2]
     shrink = h >= new_h and w >= new_w  # OpenCV's test: both axes shrink, else linear weights
-    wy = area_weights(h, new_h, shrink).astype(np.float32)
-    wx = area_weights(w, new_w, shrink).astype(np.float32)
-    if image.ndim == 2:
-        return wy @ image @ wx.T
-    return np.einsum("ih,hwc,jw->ijc", wy, image, wx, optimize=True)
+    wy = _area_weights_f32(h, new_h, shrink)
+    wx = _area_weights_f32(w, new_w, shrink)
+    with one_blas_thread():  # BLAS threads left spinning would slow the encoder that runs next
+        if image.ndim == 2:
+            return wy @ image @ wx.T
+        return np.einsum("ih,hwc,jw->ijc", wy, image, wx, optimize=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _area_weights_f32(old: int, new: int, shrink: bool) -> np.ndarray:
+    """``area_weights`` as float32, kept per size: a volume's slices all share one size."""
+    w = area_weights(old, new, shrink).astype(np.float32)
+    w.flags.writeable = False
+    return w
 
 
 @dataclass(frozen=True)
