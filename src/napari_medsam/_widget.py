@@ -148,7 +148,8 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         keys = "<br>".join(f"<b>{qt}</b>: {what}" for _, qt, what, _ in SHORTCUTS)
         self.help_label = QLabel(
             "Draw rectangles on <i>MedSAM boxes</i>; move or resize one to redo its object. "
-            f"Click points on <i>MedSAM points</i> to refine.<br>{keys}"
+            "Click points on <i>MedSAM points</i> to refine. On labels opened from a file (Cellpose, "
+            f"QuPath), a box or point on an object redoes that object only.<br>{keys}"
         )
         self.help_label.setWordWrap(True)
         lay.addWidget(self.help_label)

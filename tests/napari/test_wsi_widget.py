@@ -229,6 +229,14 @@ def test_slide_label_folders_go_with_their_layer_unless_unsaved(make_napari_view
     SP.mark_saved({SP.SLIDE_KEY: kept})  # (as a writer does)
     assert SP.release(kept) and not kept.folder.exists()
     assert sorted(p.name for p in (tmp_path / "slide-labels").iterdir()) == ["not-ours"]
+    # closing napari clears the layers (napari.Viewer.close): an empty store goes then too
+    from napari.components import ViewerModel
+
+    model = ViewerModel()
+    SP.new_slide_labels(model, "labels", (1024, 1536), (1, 1), (0, 0))
+    assert len(list((tmp_path / "slide-labels").iterdir())) == 2
+    model.layers.clear()
+    assert sorted(p.name for p in (tmp_path / "slide-labels").iterdir()) == ["not-ours"]
 
 
 def _one_object(s, img):
