@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 IMPORT_KEY = "medsam_imported"  # Labels layer metadata: the file name its labels were imported from
 LABEL_NAME = re.compile(r"(^|[_\-. ])(cp_masks?|masks?|labels?|label_image|seg|segmentation|instances)$", re.I)
 GEOJSON_SUFFIXES = (".geojson",)
+MAX_PIXELS = 16384 * 16384  # = _layers.MAX_PLANE_PIXELS: larger GeoJSON extents are whole slides (not opened)
 
 
 def is_label_name(path) -> bool:
@@ -116,6 +117,9 @@ def geojson_reader(path: str):
             extent = _extent(doc)
             image = _target_image(extent)
             shape = extent if image is None else (image.data.shape[:2] if image.rgb else image.data.shape)
+            if shape[0] * shape[1] > MAX_PIXELS:
+                raise MedSAMError(f"its polygons span {shape[1]} x {shape[0]} pixels, a whole slide: the widget "
+                                  "keeps such labels only in its own store; use `medsam slide --boxes` on it")
             found = read_geojson(path, shape)
         except (MedSAMError, OSError, ValueError) as exc:
             log.warning("napari-medsam could not read %s: %s", path, exc)

@@ -60,6 +60,10 @@ def test_geojson_reader_without_a_viewer_uses_the_polygons_extent(tmp_path):
     prov = kwargs["metadata"][PROV_KEY]
     assert {prov.classes.names[r.class_id] for r in prov.records.values()} == {"Tumor", "Stroma"}
     assert napari_get_reader(str(tmp_path / "missing.geojson")) is None
+    huge = tmp_path / "slide.geojson"  # a whole slide's polygons are not rasterised in memory
+    huge.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": '
+                    '"Polygon", "coordinates": [[[90000, 90000], [90010, 90000], [90010, 90010], [90000, 90000]]]}}]}')
+    assert napari_get_reader(str(huge))(None) is None
 
 
 # -- a person in a real viewer, real weights ----------------------------------------------------
@@ -128,6 +132,13 @@ def test_cellpose_labels_opened_and_one_object_redone_with_a_drawn_box(make_napa
     drag_box(viewer, qtbot, (x - 8, y - 8, x + 8, y + 8))
     widget.wait(WAIT)
     assert sorted(s.objects) == [lid, int(imported.max()) + 1]
+    # a box that only grazes an imported object (IoU < 0.3) is a new object; that object keeps its pixels
+    nb = next(k for k in big_objects(ref, 8) if k != lid)
+    x0, y0, x1, y1 = ref_box(imported, nb, 0)
+    graze = [x1 - (x1 - x0) // 3, y0, x1 + (x1 - x0), y1]
+    (new_id,) = widget.segment_boxes([graze])
+    assert new_id == int(imported.max()) + 2 and np.array_equal(masks.data == nb, imported == nb)
+    widget.undo()
     widget.undo()
     widget.undo()  # the imported object comes back, with its record; its box goes
     np.testing.assert_array_equal(masks.data, imported)
