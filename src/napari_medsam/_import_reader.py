@@ -2,7 +2,8 @@
 
 * A label image (integer TIFF, 2D or 3D, no channels) whose file name says it holds labels --
   Cellpose's ``<name>_cp_masks.tif`` / ``_masks``, StarDist's and QuPath's ``_labels`` / ``-labels``,
-  ``_label``, ``_mask``, ``_seg``, ``_instances`` -- opens as a Labels layer, not an image. Any other
+  ``_label``, ``_mask``, ``_seg``, ``_instances`` -- opens as a Labels layer, not an image (a binary
+  mask becomes one label per connected object, so each can be corrected alone). Any other
   integer file opens as an image (napari's "Convert to labels" then makes it a Labels layer the
   widget accepts as well).
 * A ``.geojson`` file (QuPath's polygons, ours) is rasterised onto the image it belongs to: a GeoJSON
@@ -60,8 +61,21 @@ def label_file_layer(path: str, data, kwargs: dict) -> tuple | None:
     if "channel_axis" in kwargs or kwargs.get("rgb"):
         return None
     kwargs = dict(kwargs)
+    data = instances(data)
     kwargs["metadata"] = {**kwargs.get("metadata", {}), **imported_metadata(data, Path(path).name)}
     return (data, kwargs, "labels")
+
+
+def instances(data: np.ndarray) -> np.ndarray:
+    """A binary mask (one foreground value: 0/1, 0/255 from a threshold or a semantic tool) -> one label
+    per connected object (8-connected in 2D), so each can be redone on its own; instance labels as is."""
+    from scipy import ndimage
+
+    values = np.unique(data[:: max(1, data.shape[0] // 256)])  # a cheap first look
+    if len(values) > 2 or len(np.unique(data)) > 2:
+        return data
+    labelled, _ = ndimage.label(data > 0, structure=np.ones((3,) * data.ndim, bool))
+    return labelled.astype(np.uint32)
 
 
 def _target_image(extent: tuple[int, int]):

@@ -45,6 +45,10 @@ def test_reader_opens_a_cellpose_mask_as_imported_labels_and_an_image_as_image(t
     assert sorted(prov.records) == [3, 7] and prov[7].model == "imported from img_cp_masks.tif"
     assert prov.sync_with_labels(lab) == {"edited": [], "painted": [], "removed": []}  # masks recorded exactly
     assert napari_get_reader(str(tmp_path / "img.tif"))(None)[0][2] == "image"
+    tifffile.imwrite(tmp_path / "thresholded_mask.tif", ((lab > 0) * 255).astype(np.uint8))  # a binary mask
+    ((data, kwargs, kind),) = napari_get_reader(str(tmp_path / "thresholded_mask.tif"))(None)
+    assert kind == "labels" and sorted(np.unique(data).tolist()) == [0, 1, 2]  # one label per object
+    assert np.array_equal(data > 0, lab > 0) and len(kwargs["metadata"][PROV_KEY]) == 2
 
 
 def test_geojson_reader_without_a_viewer_uses_the_polygons_extent(tmp_path):
