@@ -160,3 +160,16 @@ def ranking_steps(predictor, images: Mapping[Hashable, object], candidates: Sequ
         done += 1
         yield done, total
     return Ranking(rank(out, top_k), fitted, signals, new, unused)
+
+
+def rank_fitted(predictor, images: Mapping[Hashable, object], candidates: Sequence[Candidate],
+                corrections: Iterable[Correction] = (), on_progress=None, **kwargs) -> Ranking:
+    """``ranking_steps`` run to the end (scripts): on_progress(done, total) after each plane."""
+    gen = ranking_steps(predictor, images, candidates, corrections, **kwargs)
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(*step)

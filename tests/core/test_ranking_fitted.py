@@ -150,3 +150,15 @@ def test_bad_input_raises_before_decoding():
     img, boxes = _squares([100])
     _, r = _run(ranking_steps(pred, {"a": img}, [Candidate("a", boxes[0])], signals=("contrast", "head"), n_jitter=0))
     assert r.signals == ("contrast",) and "head" not in r.suggestions[0].components
+
+
+def test_rank_fitted_runs_the_steps_with_progress():
+    from medsam_core.fitted_ranking import rank_fitted
+
+    img, boxes = _squares(np.linspace(30, 220, 10))
+    corr = [Correction("a", None, b, 0.4 + 0.06 * k, k + 1, "current") for k, b in enumerate(boxes)]
+    seen = []
+    r = rank_fitted(BoxPredictor(), {"a": img}, [Candidate("a", b) for b in boxes[:3]], corr,
+                    on_progress=lambda d, t: seen.append((d, t)), signals=("contrast",), n_jitter=0, top_k=2)
+    assert seen == [(1, 2), (2, 2)] and len(r.suggestions) == 2 and r.weights.fitted
+    assert r.suggestions[0].index == 0  # the dimmest square was corrected most
