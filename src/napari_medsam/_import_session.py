@@ -20,7 +20,8 @@ that measured worse than the box alone: ``medsam_core.imported.refine_object``, 
 Undo: the commit that first writes an adopted object lists it as absent before (``objects_before``),
 so undo restores its imported pixels and provenance record and removes its rectangle. Provenance:
 after the hook records the new mask, the record's model reads "<model>, refining an object imported
-from <file>" (the file the reader opened, or the layer's name when none is known).
+from <file>" (the file the reader opened), or "<model>, refining an existing object of layer '<name>'"
+when no file is known.
 """
 
 from __future__ import annotations
@@ -71,17 +72,18 @@ def tight_box(plane2d: np.ndarray, label_id: int, near=None) -> np.ndarray | Non
 
 
 def source_of(labels_layer, label_id: int) -> str:
-    """Where object ``label_id`` of ``labels_layer`` came from: the imported file's name, what its
-    provenance record says ("imported from X"), else the layer's name."""
+    """Where object ``label_id`` of ``labels_layer`` came from, as the provenance says it: "an object
+    imported from <file>" (the file the reader marked, or the record's "imported from X"), else "an
+    existing object of layer '<name>'" (painted, another plugin's, saved earlier)."""
     src = labels_layer.metadata.get(IMPORT_KEY)
     if src:
-        return str(src)
+        return f"an object imported from {src}"
     prov = labels_layer.metadata.get(PROV_KEY)
     rec = getattr(prov, "records", {}).get(int(label_id)) if prov is not None else None
     model = getattr(rec, "model", None) or ""
     if model.startswith("imported from "):
-        return model[len("imported from "):]
-    return f"layer {labels_layer.name!r}"
+        return f"an object {model}"
+    return f"an existing object of layer {labels_layer.name!r}"
 
 
 class ImportActions:
@@ -212,8 +214,8 @@ class ImportActions:
         """Say on the status line which imported objects the last action redid (after the sync's own line)."""
         if self.redone:
             lids, self.redone = self.redone, []
-            src = ", ".join(dict.fromkeys(self.origins.get(lid, "?") for lid in lids))
-            self.s.on_status(f"MedSAM: redid label {', '.join(map(str, lids))} imported from {src}; "
+            src = "; ".join(dict.fromkeys(self.origins.get(lid, "?") for lid in lids))
+            self.s.on_status(f"MedSAM: redid label {', '.join(map(str, lids))} ({src}); "
                              "the other objects are unchanged (Ctrl+Z puts it back)")
 
     # -- the session's commit calls these ----------------------------------------------------------
@@ -233,5 +235,5 @@ class ImportActions:
             return
         for lid, src in self.origins.items():
             rec = prov.records.get(lid)
-            if lid in new and rec is not None and rec.model and "imported from" not in rec.model:
-                rec.model = f"{rec.model}, refining an object imported from {src}"
+            if lid in new and rec is not None and rec.model and ", refining " not in rec.model:
+                rec.model = f"{rec.model}, refining {src}"

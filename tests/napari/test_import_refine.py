@@ -29,6 +29,22 @@ def test_label_file_names_and_box_iou():
     assert box_iou([0, 0, 9, 9], [5, 0, 14, 9]) == pytest.approx(50 / 150)
 
 
+def test_source_of_an_adopted_object_names_the_file_or_the_layer():
+    from types import SimpleNamespace
+
+    from medsam_core.provenance import Provenance
+    from napari_medsam._import_session import source_of
+
+    prov = Provenance()
+    prov.record_model_mask(4, np.ones((2, 2), bool), model="imported from qupath.geojson")
+    prov.record_model_mask(5, np.ones((2, 2), bool), model="lite_medsam")
+    layer = SimpleNamespace(name="painted", metadata={"medsam_provenance": prov})
+    assert source_of(layer, 4) == "an object imported from qupath.geojson"
+    assert source_of(layer, 5) == source_of(layer, 6) == "an existing object of layer 'painted'"
+    layer.metadata["medsam_imported"] = "img_cp_masks.tif"
+    assert source_of(layer, 5) == "an object imported from img_cp_masks.tif"
+
+
 def test_reader_opens_a_cellpose_mask_as_imported_labels_and_an_image_as_image(tmp_path):
     import tifffile
 
@@ -128,7 +144,7 @@ def test_cellpose_labels_opened_and_one_object_redone_with_a_drawn_box(make_napa
     assert "imported from cells_cp_masks.tif" in rec.model and rec.model.startswith("lite_medsam, refining")
     other = next(k for k in masks.metadata[PROV_KEY].records if k != lid)
     assert masks.metadata[PROV_KEY][other].model == "imported from cells_cp_masks.tif"
-    assert f"redid label {lid} imported from cells_cp_masks.tif" in widget.status_label.text()
+    assert f"redid label {lid} (an object imported from cells_cp_masks.tif)" in widget.status_label.text()
     _shot(viewer, widget, qtbot, ref_box(ref, lid, 2))
     # a box over empty background still makes a new object
     yy, xx = np.nonzero(ndimage.binary_erosion(imported == 0, iterations=14))
