@@ -3,10 +3,12 @@
 Like ``guard.FineTuneSession`` for the decoder: ``HeadSession.run_round`` keeps a share of the
 labelled objects out of training (their known region too), trains a new head on the rest
 (``autohead.train_head``), fits its post-processing on the training objects, then scores the new
-head and the active automatic model on the held-out objects (F1 at IoU 0.5, Dice / 100 breaks
-ties). Before any head is active, the active model is the threshold detector
-(``auto.AutoModel(split=True)`` + the decoder). The new head becomes active only if it scores
-higher (or ``force``); ``rollback`` restores the previous one.
+head and the active automatic model on the held-out objects (F1 at IoU 0.5; whole objects with at
+least half their pixels in the held-out region). Before any head is active, the active model is
+the threshold detector (``auto.AutoModel(split=True)`` + the decoder). The new head becomes active
+unless the active model is better beyond the noise of so few held-out objects (``p_worse`` >=
+``REFUSE_AT``: a paired bootstrap over the held-out units), or with ``force``; ``rollback``
+restores the previous one.
 
 The head travels inside the fine-tuned checkpoint: ``save_with_model(path, model, head)`` stores it
 as the checkpoint extra ``"auto_head"`` and ``head_from_model(load_model(...))`` gives it back.
@@ -28,6 +30,12 @@ from .errors import PromptError, TrainingError
 
 EXTRA = "auto_head"
 MIN_OBJECTS = 5
+#: A new head is refused when the active model has the higher held-out F1 in at least this share of
+#: bootstrap resamples of the held-out units: a few held-out objects cannot rank two close models,
+#: so the guard keeps out a head that is worse beyond that noise, and a tie goes to the new head
+#: (trained on more of the user's labels). See docs/automatic.md for the measurement.
+REFUSE_AT = 0.9
+BOOTSTRAP = 2000
 
 
 def head_from_model(model) -> AutoHead | None:
@@ -92,20 +100,44 @@ def split_part(images, labels, known, holdout: float, seed: int, context: float,
     return part
 
 
-def heldout_score(propose, part: Part) -> tuple[float, float, float]:
-    """(score, F1, mean Dice) of a proposer ``image -> Proposals`` on the held-out regions."""
-    tp = n_pred = n_ref = 0
-    dices = []
+def heldout_counts(propose, part: Part) -> tuple[np.ndarray, list[float]]:
+    """A proposer ``image -> Proposals`` on the held-out regions -> ((U, 3) int: matched, proposals,
+    references per unit, a connected piece of an image's held-out region; Dice of each matched object)."""
+    from scipy import ndimage
+
+    rows, dices = [], []
     for img, lab, kn in zip(part.images, part.held_labels, part.held_known, strict=True):
         if not kn.any():
             continue
-        r = match_in_region(propose(img).masks, lab, kn)
-        tp, n_pred, n_ref = tp + r.matched, n_pred + r.n_pred, n_ref + r.n_ref
-        if r.matched:
+        masks = propose(img).masks
+        pieces, n = ndimage.label(kn)
+        for k in range(1, n + 1):
+            r = match_in_region(masks, lab, pieces == k)
+            rows.append((r.matched, r.n_pred, r.n_ref))
             dices += [r.mean_dice] * r.matched
-    f1 = 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0
-    dice = float(np.mean(dices)) if dices else 0.0
+    return np.asarray(rows, np.int64).reshape(-1, 3), dices
+
+
+def _f1(counts: np.ndarray) -> np.ndarray:
+    """F1 of (..., U, 3) unit counts summed over the units."""
+    tp, n_pred, n_ref = (counts[..., j].sum(-1) for j in range(3))
+    return 2 * tp / np.maximum(n_pred + n_ref, 1)
+
+
+def heldout_score(propose, part: Part) -> tuple[float, float, float]:
+    """(score, F1, mean Dice) of a proposer ``image -> Proposals`` on the held-out regions."""
+    counts, dices = heldout_counts(propose, part)
+    f1, dice = float(_f1(counts)), float(np.mean(dices)) if dices else 0.0
     return f1 + dice / 100, f1, dice
+
+
+def p_worse(new: np.ndarray, active: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> float:
+    """Share of paired bootstrap resamples of the held-out units in which ``new`` has the lower F1
+    (``heldout_counts`` of both on the same units; no units: 0)."""
+    if len(new) == 0:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, len(new), (n_boot, len(new)))
+    return float(np.mean(_f1(new[idx]) < _f1(active[idx])))
 
 
 @dataclass
@@ -153,12 +185,17 @@ class HeadSession:
         fit = yield from train_head(predictor, part.images, part.train_labels, part.train_known, config, cancel)
         post, _ = fit_post(predictor, fit.head, part.images, part.train_labels, part.train_known)
         fit.head.post = post
-        _, f1, dice = heldout_score(lambda img: segment_everything(predictor, fit.head, img), part)
-        _, f1_a, dice_a = heldout_score(self.active_proposer(predictor), part)
-        accepted = (f1, dice) > (f1_a, dice_a) or force
+        new, dices = heldout_counts(lambda img: segment_everything(predictor, fit.head, img), part)
+        active, dices_a = heldout_counts(self.active_proposer(predictor), part)
+        f1, f1_a = float(_f1(new)), float(_f1(active))
+        dice, dice_a = (float(np.mean(d)) if d else 0.0 for d in (dices, dices_a))
+        worse = p_worse(new, active, seed=config.seed)
+        passes = worse < REFUSE_AT
+        accepted = passes or force
         number = len(self.rounds) + 1
         meta = {"round": number, "heldout_f1": f1, "heldout_dice": dice, "active_f1": f1_a, "active_dice": dice_a,
-                "accepted": bool(accepted), "forced": bool(force and (f1, dice) <= (f1_a, dice_a)),
+                "heldout_objects": int(new[:, 2].sum()), "heldout_units": len(new), "p_worse": worse,
+                "accepted": bool(accepted), "forced": bool(force and not passes),
                 "active_was": "head" if self.active is not None else "threshold detector"}
         fit.head.meta.update(meta)
         rnd = HeadRound(number, fit, f1, dice, f1_a, dice_a, bool(accepted), meta["forced"], meta)

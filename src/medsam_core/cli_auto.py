@@ -151,7 +151,8 @@ def run_auto_train(args: argparse.Namespace) -> int:
     finally:
         close()
     print(f"held-out F1 {rnd.f1:.3f} (Dice {rnd.dice:.3f}) vs threshold detector F1 {rnd.f1_active:.3f} "
-          f"(Dice {rnd.dice_active:.3f}); {rnd.fit.epochs_run} epochs, {rnd.fit.seconds:.0f} s; "
+          f"(Dice {rnd.dice_active:.3f}) on {rnd.meta['heldout_objects']} held-out objects, head worse in "
+          f"{rnd.meta['p_worse']:.0%} of resamples; {rnd.fit.epochs_run} epochs, {rnd.fit.seconds:.0f} s; "
           f"masks: {rnd.head.post.refine}")
     if not rnd.accepted:
         print(f"guard: refused, no checkpoint written (use --force to write {out} anyway)", file=sys.stderr)

@@ -46,3 +46,19 @@ def test_missing_held_out_objects_lower_the_score():
     _, f1_all, _ = heldout_score(_proposer(lab), part)
     _, f1_miss, _ = heldout_score(_proposer(lab, drop=held_ids[:2]), part)
     assert f1_all == 1.0 and f1_miss < 1.0
+
+
+def test_the_guard_refuses_only_a_model_worse_beyond_the_noise():
+    from medsam_core.autoguard import heldout_counts, p_worse
+
+    lab = _touching_grid()
+    part = split_part([lab.astype(np.float32)], [lab], [known_region(lab)], 0.5, 0, 0.5, 4)
+    perfect, _ = heldout_counts(_proposer(lab), part)
+    nothing, _ = heldout_counts(_proposer(lab, drop=range(1, 21)), part)
+    hk = part.held_known[0]
+    held = [k for k in range(1, 21) if (hk & (lab == k)).sum() * 2 >= (lab == k).sum()]
+    one_missed, _ = heldout_counts(_proposer(lab, drop=held[:1]), part)
+    assert perfect[:, 2].sum() >= 8 and len(perfect) >= 2
+    assert p_worse(nothing, perfect) == 1.0 and p_worse(perfect, nothing) == 0.0
+    assert p_worse(perfect, perfect) == 0.0  # a tie goes to the new model
+    assert 0.0 < p_worse(one_missed, perfect) < 0.9  # one object in ten: within the noise
