@@ -7,6 +7,8 @@ side, seeded), and for each 3D file every object on its largest axial slice (its
 there, the same 0-5 px push). Both precisions run the same OpenVINO IR (exported once, cached),
 compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16; masks come from the same decoder.
 Per object: Dice of the bf16 mask against the f32 mask, and |predicted IoU change|.
+``--mixed``: also bf16 with parts of the encoder kept in f32 (``MIXED``: the IR split at stage
+outputs, each piece compiled with its own precision), judged the same way.
 ``--int8``: also an int8 IR (NNCF post-training quantisation of the same IR, ``engine_int8.py``;
 calibrated on slices that are not evaluated: every 3D file's slices away from the evaluated ones
 and dsb2018 flipped), judged the same way.
@@ -93,6 +95,50 @@ def compare(model, engines: dict, cases: list[Path], seed: int = 0) -> dict:
     return report
 
 
+# Mixed precision (--mixed): the f32 IR cut at residual-stream tensors (node names of the
+# torch.export route), each piece compiled with its own precision. Cut names: the output of
+# stage 1 (add_1), stage 2 (add_5), stage 3 (add_17), stage 4 (add_21; the neck follows).
+_CUT = {k: f"add_{i}/aten.add.Tensor/Add" for k, i in (("s1", 1), ("s2", 5), ("s3", 17), ("s4", 21))}
+MIXED = {
+    "bf16, neck f32": ([_CUT["s4"]], ["bf16", "f32"]),
+    "bf16, patch embed + stage 1 f32": ([_CUT["s1"]], ["f32", "bf16"]),
+    "bf16, stage 4 + neck f32": ([_CUT["s3"]], ["bf16", "f32"]),
+    "bf16 in stage 3 only": ([_CUT["s2"], _CUT["s3"]], ["f32", "bf16", "f32"]),
+}
+
+
+def split_engine(xml: Path, cuts: list[str], precisions: list[str], threads: int):
+    """callable (1, 3, S, S) -> (1, 256, 64, 64): the IR cut after the named nodes, piece k
+    compiled with ``precisions[k]``, run in turn (the tensor between pieces stays float32)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    core, requests = ov.Core(), []
+    for k, precision in enumerate(precisions):
+        m = core.read_model(str(xml))
+        named = {op.get_friendly_name(): op for op in m.get_ops()}
+        params = list(m.get_parameters())
+        if k > 0:  # the previous cut's tensor becomes this piece's input
+            node = named[cuts[k - 1]]
+            params = [ops.parameter(node.get_output_partial_shape(0), np.float32)]
+            for target in list(node.output(0).get_target_inputs()):
+                target.replace_source_output(params[0].output(0))
+        outs = [named[cuts[k]].output(0)] if k < len(cuts) else [r.input_value(0) for r in m.get_results()]
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        requests.append(core.compile_model(ov.Model(outs, params), "CPU", config).create_infer_request())
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(len(batch)):
+            x = batch[i:i + 1]
+            for req in requests:
+                x = req.infer({0: x})[0]
+            out.append(np.array(x, np.float32, copy=True))
+        return np.concatenate(out)
+
+    return run
+
+
 def calibration_images(cases: list[Path], per_volume: int = 10) -> list[np.ndarray]:
     """2D images for int8 calibration that the accuracy check does not use: per 3D file
     ``per_volume`` slices spread over z away from every evaluated (largest-object) slice, and
@@ -132,6 +178,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medsam-bench-engines"))
     ap.add_argument("--int8", action="store_true", help="also quantise to int8 (needs nncf) and check it")
+    ap.add_argument("--mixed", action="store_true",
+                    help="also bf16 with parts kept in f32 (the IR split at stage outputs; MIXED)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import torch
@@ -167,6 +215,10 @@ def main() -> None:
         print(f"int8: {report['int8']}")
         engines["int8"] = EngineEncoder(ove.compile_engine(int8_dir, args.threads, "f32"), eager,
                                         dict(f32.info, precision="int8"))
+    if args.mixed:
+        for name, (cuts, precisions) in MIXED.items():
+            run = split_engine(folder / "encoder.xml", cuts, precisions, args.threads)
+            engines[name] = EngineEncoder(run, eager, dict(f32.info, precision=name))
     report["cases"] = compare(model, engines, cases)
     with np.load(DATA / CASES[0]) as d:
         x = prepare_image(d["image"], model.spec.preprocessing).tensor[None]
