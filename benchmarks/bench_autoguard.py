@@ -68,6 +68,43 @@ def run_one(predictor, images, full, n, seed, test_image, test_labels, epochs, s
     return res
 
 
+def decisions(path: Path, seed: int, holdout: float = 0.2) -> dict:
+    """What three guard rules decide on one saved run (the same trained head, same split):
+    ``before`` (held-out labels cut to the held-out region, accept only a strictly higher (F1, Dice)),
+    ``whole`` (whole objects as references, same strict rule), ``bootstrap`` (whole objects, refuse
+    only when the threshold detector is better in >= REFUSE_AT of paired resamples: the guard now)."""
+    from medsam_core.auto import Proposals
+    from medsam_core.autoguard import REFUSE_AT, heldout_counts, p_worse, split_part
+    from medsam_core.autoseg import match_in_region
+
+    d = np.load(path)
+    n = len([k for k in d.files if k.startswith("lab")])
+    labs, known = [d[f"lab{j}"] for j in range(n)], [d[f"known{j}"] for j in range(n)]
+    part = split_part(list(range(n)), labs, known, holdout, seed, 0.5, 4)
+    out = {}
+    counts = {}
+    for meth in ("head", "thr"):
+        props = lambda j, meth=meth: Proposals(d[f"{meth}{j}"], np.zeros((0, 4)), np.zeros(0))  # noqa: E731
+        tp = n_pred = n_ref = 0
+        dices = []
+        for j in range(n):  # the rule before: references cut to the held-out region
+            hk = part.held_known[j]
+            if hk.any():
+                r = match_in_region(props(j).masks, np.where(hk, labs[j], 0), hk)
+                tp, n_pred, n_ref = tp + r.matched, n_pred + r.n_pred, n_ref + r.n_ref
+                dices += [r.mean_dice] * r.matched
+        out[f"before_{meth}"] = (2 * tp / max(n_pred + n_ref, 1), float(np.mean(dices)) if dices else 0.0)
+        counts[meth], dices = heldout_counts(props, part)
+        c = counts[meth].sum(0)
+        out[f"whole_{meth}"] = (float(2 * c[0] / max(c[1] + c[2], 1)), float(np.mean(dices)) if dices else 0.0)
+    out["heldout_objects"] = int(counts["head"][:, 2].sum())
+    out["p_worse"] = p_worse(counts["head"], counts["thr"], seed=seed)
+    out["accept_before"] = bool(out["before_head"] > out["before_thr"])
+    out["accept_whole"] = bool(out["whole_head"] > out["whole_thr"])
+    out["accept_bootstrap"] = bool(out["p_worse"] < REFUSE_AT)
+    return out
+
+
 def main(argv=None) -> int:
     from _machine import cpu_model
 
@@ -78,7 +115,17 @@ def main(argv=None) -> int:
     p.add_argument("--inverted", action="store_true", help="the inverted-contrast copy")
     p.add_argument("--out", type=Path, default=None, help="folder for the per-run arrays (offline rules)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--decide", type=Path, default=None, help="only compare the guard rules on saved runs (--out of "
+                   "an earlier run) with the test-set result in its --json")
     args = p.parse_args(argv)
+    if args.decide is not None:
+        runs = json.loads(args.json.read_text())["runs"]
+        for r in runs:
+            r["decisions"] = decisions(args.decide / f"guard_{r['n']}_{r['seed']}.npz", r["seed"])
+            print(r["n"], r["seed"], "test F1 head", round(r["test_head"]["f1"], 3), "thr",
+                  round(r["test_threshold"]["f1"], 3), json.dumps(r["decisions"], default=float), flush=True)
+        args.json.write_text(json.dumps({**json.loads(args.json.read_text()), "runs": runs}, indent=1, default=float))
+        return 0
     from medsam_core import Predictor, load_model
 
     d = np.load(DATA)
