@@ -274,12 +274,15 @@ def write(args, rows, summaries, auto, machine, t0, per_round: int, pool_objects
     """Write benchmarks/results/active_learning_<dataset>.json (also after each seed: a cut run keeps its seeds)."""
     import os
 
+    earlier = []
+    if args.random_from is not None:
+        earlier = [r for r in json.loads(args.random_from.read_text())["runs"] if r["strategy"] == "random"]
     result = {"dataset": args.dataset, "pool_objects": pool_objects, "per_round": per_round,
-              "summary": summarise(summaries), "runs": summaries, "rows": rows, "auto": auto,
+              "summary": summarise(summaries + earlier), "random_from": str(args.random_from or ""), "runs": summaries, "rows": rows, "auto": auto,
               "total_s": time.perf_counter() - t0, "machine": {**machine, "load_now": os.getloadavg()},
               "args": {k: str(v) for k, v in vars(args).items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"active_learning_{args.dataset}.json"
+    out = args.out / f"active_learning_{args.dataset}{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     return result, out
 
@@ -297,6 +300,9 @@ def main(argv=None) -> int:
     ap.add_argument("--auto", action="store_true", help="also fit the threshold detector (auto.py) afterwards")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the rounds (none by default)")
+    ap.add_argument("--tag", default="", help="output active_learning_<dataset>_<tag>.json")
+    ap.add_argument("--random-from", type=Path, default=None,
+                    help="an earlier result JSON whose random runs (same seeds, settings) this run is compared with")
     args = ap.parse_args(argv)
     import os
 
