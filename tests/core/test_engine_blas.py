@@ -16,8 +16,9 @@ from medsam_core import _blas, preprocess
 from medsam_core.preprocess import area_weights, prepare_image, resize_area
 from medsam_core.registry import get_spec
 
-needs_local_blas = pytest.mark.skipif(_blas._local_setter() is None,
-                                      reason="NumPy's BLAS has no per-thread thread count")
+needs_local_blas = pytest.mark.skipif(
+    _blas._local_setter() is None, reason="NumPy's BLAS has no per-thread thread count"
+)
 
 
 def _cpu_s() -> float:
@@ -33,8 +34,9 @@ def test_resize_gives_the_same_bytes_as_the_default_threaded_product():
     threaded = wy @ img @ wx.T  # NumPy's default: all cores
     np.testing.assert_array_equal(resize_area(img, 256, 192), threaded)
     rgb = np.stack([img, img * 0.5, img * 0.25], axis=-1)
-    np.testing.assert_array_equal(resize_area(rgb, 256, 192)[..., 1], np.einsum("ih,hw,jw->ij", wy, rgb[..., 1], wx,
-                                                                             optimize=True))
+    np.testing.assert_array_equal(
+        resize_area(rgb, 256, 192)[..., 1], np.einsum("ih,hw,jw->ij", wy, rgb[..., 1], wx, optimize=True)
+    )
 
 
 def test_cached_area_weights_cannot_be_changed_by_a_caller():
