@@ -199,7 +199,8 @@ class Session(SettingsActions, PromptActions, History):
         return self.image_layer is not None and L.is_slide(self.image_layer, self.settings.channel_axis)
 
     def check_boxes_only(self, image2d=None) -> None:
-        """Raise PromptError when ``image2d`` (or the image on screen) is a whole-slide plane: boxes only."""
+        """Raise PromptError when ``image2d`` (or the image on screen) is a whole-slide plane, where only
+        boxes and points (on their box's crop) work: nothing may decode the whole plane there."""
         if isinstance(image2d, SlidePlane) or (image2d is None and self.slide is not None):
             raise PromptError(ONLY_BOXES)
 
