@@ -16,7 +16,10 @@ Key boxes ``{z: box}`` guide and bound the object (see walk.py); with ``bound_by
 the walk does not go past a key slice beyond the start in its direction.
 
 Prompt: ``anchor`` x the last key box passed + (1 - anchor) x the neighbour mask's box; a
-cross-check walk (mask boxes only) ends a direction where the two disagree (``min_agree``).
+cross-check walk (mask boxes only) ends a direction where the two disagree (``min_agree``). The
+stop rules' verdicts feed an evidence count cut at its maximum (``patience``, ``trip_weight``:
+walk_stop.py); ``output`` picks which decoder output a slice keeps ("anchor": the one most like
+the anchor slice's mask; "single"; "consistent").
 Margin: ``margin`` px plus the start slice's box slack plus ``growth`` slice spacings in physical
 units, converted to each in-plane axis's pixels; ``spacing`` (z, y, x) refers to the volume's own
 axes, whatever the slicing axis. Boxes are XYXY pixels in the slice plane: for ``axis=0`` x is the

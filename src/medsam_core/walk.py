@@ -18,16 +18,15 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
   SAM's ``mask_input``. Off by default: LiteMedSAM was not trained with mask prompts and its masks
   leak into the surroundings with one (cells3d nuclei: 3D Dice 0.04-0.63 instead of 0.79-0.91;
   clipping the logits to +-1 or +-4 does not help; docs/3d.md);
-* stop rules (``StopRules``), checked on every slice outside the key-box span; the slice that
-  trips one is not kept. Each is calibrated from the start slice, where the user's box says the
-  structure is: "vanished" (empty mask), "IoU fell to 0.31" (predicted IoU under ``min_iou`` or
-  under ``iou_drop`` x the start's), "area collapsed" (under ``min_area_ratio`` x the previous
-  slice's area), "area grew" (over ``max_growth`` x the previous slice's: the mask leaked into a
-  neighbour), "contrast faded" (mask-vs-surround contrast under ``min_contrast`` x the start's),
-  "intensity changed" (mean intensity inside the mask more than ``max_shift`` start-slice
-  standard deviations from the start's mean: the walk slid onto a neighbour of another grey),
-  "lost track (0.21)" (cross-check IoU under ``min_agree``). A slice that trips a rule is held
-  and kept if a later one passes; ``patience`` slices in a row end the direction.
+* kept mask (``output``): "anchor" (default) keeps, of the one-mask output and the three
+  multimask outputs for the slice's box, the one most like the mask on the anchor box's slice
+  (the start slice or the last key slice passed); the rules still see the one-mask output.
+  On the MRI atlas structures the one-mask output is often too tight (docs/3d.md);
+* stop rules (``walk_stop.StopRules``), checked on every slice outside the key-box span, each
+  calibrated from the start slice: "vanished", "IoU fell to 0.31", "area collapsed", "area grew",
+  "contrast faded", "intensity changed", "lost track (0.21)" (cross-check IoU under ``min_agree``);
+  their verdicts feed an evidence count (``walk_stop.Evidence``) that cuts the direction just
+  after its maximum once it has fallen ``patience`` below it.
 
 Key boxes: on a key slice the prompt is its key box; strictly between two keys (the start box is
 one) it is their linear blend and the stop rules are off (the user says the object is there).
