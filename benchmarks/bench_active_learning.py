@@ -27,10 +27,16 @@ jittered boxes and the fine-tuning, so strategies are compared pairwise per seed
 objects corrected among the round's objects, corrections the current model would need on the rest of
 the pool, held-out Dice after fine-tuning; per run: ``total_to_finish`` = corrections made in the
 rounds + corrections the last model needs on the objects never labelled (the cost of annotating the
-whole pool); ``saved_vs_random`` = random's total minus the strategy's (same seed; > 0 = saved).
+whole pool); ``saved_vs_random`` = random's total minus the strategy's (same seed; > 0 = saved);
+``corrections_left_after``: the errors the last model leaves among the objects never reviewed (what
+a person who stops after the rounds and accepts the rest would leave in the labels). Runs with one
+torch thread by default (``--threads``): on the shared 2-core machine two threads decoded 20x slower.
 
-    .venv/bin/python benchmarks/bench_active_learning.py --dataset dsb --seeds 3 --epochs 4
-    .venv/bin/python benchmarks/bench_active_learning.py --dataset cells3d --seeds 3 --epochs 4
+    MEDSAM_ENCODER_BACKEND=torch .venv/bin/python benchmarks/bench_active_learning.py --dataset dsb \
+        --seeds 3 --rounds 3 --per-round 15 --epochs 2 --strategies fitted,random
+    MEDSAM_ENCODER_BACKEND=torch .venv/bin/python benchmarks/bench_active_learning.py --dataset cells3d \
+        --seeds 3 --rounds 3 --per-round 10 --epochs 2 --strategies fitted,random
+    ... --strategies default --tag default --random-from benchmarks/results/active_learning_<dataset>.json
 """
 
 from __future__ import annotations
