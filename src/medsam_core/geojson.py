@@ -10,7 +10,9 @@ rasterises Polygon/MultiPolygon features back (a pixel belongs to a polygon when
 inside), so written labels come back pixel for pixel for ordinary (4-connected) objects.
 
 Large label images (zarr, memmap) are read tile by tile: a first pass finds each object's
-bounding box, the second reads only that box.
+bounding box, the second reads only that box. ``rasterise_geojson_to_store`` draws the polygons of a
+whole slide into a new on-disk ``labelstore.LabelStore`` tile by tile (each tile written once), so a
+100,000 x 100,000 slide's annotations never need its level 0 in memory.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class GeoObjects:
     labels: object
     classes: dict[int, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: rasterise_geojson_to_store: {label id: (y0, y1, x0, x1)} window holding every pixel of the object
+    extents: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 def _tiles(shape, regions):
@@ -192,6 +196,21 @@ def _fill(out, rings: list, lid: int, shape: tuple[int, int]) -> bool:
     return True
 
 
+def _load(path: Path) -> list[dict]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImageError(f"cannot read GeoJSON {path}: {exc}") from None
+    return _features(doc)
+
+
+def _feature_ids(feats: list[dict]) -> list[int]:
+    """``properties.medsam_label`` when every feature has a distinct positive one, else 1, 2, ... in order."""
+    given = [(f.get("properties") or {}).get("medsam_label") for f in feats]
+    keep = all(isinstance(g, int) and g > 0 for g in given) and len(set(given)) == len(given)
+    return [int(g) for g in given] if keep else list(range(1, len(feats) + 1))
+
+
 def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> GeoObjects:
     """Rasterise the Polygon/MultiPolygon features of a GeoJSON file (QuPath, ours, ...) into
     (H, W) labels -> GeoObjects. Label ids: ``properties.medsam_label`` when every feature has a
@@ -200,14 +219,9 @@ def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> G
     listed in ``skipped``; a malformed feature raises ImageError (into a given ``out``, the
     features before it are drawn already)."""
     path = Path(path).expanduser()
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImageError(f"cannot read GeoJSON {path}: {exc}") from None
-    feats = _features(doc)
+    feats = _load(path)
     shape = (int(shape[0]), int(shape[1]))
-    given = [(f.get("properties") or {}).get("medsam_label") for f in feats]
-    keep_ids = all(isinstance(g, int) and g > 0 for g in given) and len(set(given)) == len(given)
+    ids = _feature_ids(feats)
     labels = np.zeros(shape, np.uint32) if out is None else out
     result = GeoObjects(labels)
     for k, feat in enumerate(feats):
@@ -216,7 +230,7 @@ def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> G
         if kind not in ("Polygon", "MultiPolygon"):
             result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
             continue
-        lid = int(given[k]) if keep_ids else k + 1
+        lid = ids[k]
         polys = geom.get("coordinates") or []
         polys = [polys] if kind == "Polygon" else polys
         try:
@@ -229,4 +243,84 @@ def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> G
         name = _class_name(feat.get("properties") or {})
         if name:
             result.classes[lid] = str(name)
+    return result
+
+
+def _parts(rings: list, shape: tuple[int, int]):
+    """One polygon (exterior + holes) -> ([(n, 2) x, y rings], (y0, y1, x0, x1) pixel window clipped to
+    ``shape``), or None when no pixel centre of the image can be inside it."""
+    rings = [np.asarray(r, np.float64) for r in rings]
+    ext = rings[0]
+    if ext.ndim != 2 or ext.shape[0] < 3 or ext.shape[1] < 2 or not all(np.isfinite(r).all() for r in rings):
+        raise ImageError("a polygon ring needs at least 3 finite [x, y] points")
+    if any(r.ndim != 2 or r.shape[1] < 2 for r in rings):
+        raise ImageError("a polygon ring is not a list of [x, y] points")
+    x0, y0 = (max(0, int(np.floor(v - 0.5))) for v in ext[:, :2].min(axis=0))
+    x1, y1 = (min(int(np.ceil(v - 0.5)) + 1, lim) for v, lim in zip(ext[:, :2].max(axis=0), shape[::-1]))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return [r[:, :2] for r in rings], (y0, y1, x0, x1)
+
+
+def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, int], tile: int = 2048,
+                               chunk: int = 1024, name: str = "imported") -> GeoObjects:
+    """Rasterise the polygons of a GeoJSON file (QuPath, ours) into a new NGFF image-label at ``dest``
+    (``labelstore.LabelStore.create``) of level-0 ``shape`` (H, W), tile by tile: each ``tile`` x ``tile``
+    window holding polygons is drawn in memory once and written once, so memory stays at one tile
+    (plus the polygons) whatever the slide's size. Pixels, ids, overlaps (the earlier feature keeps a
+    pixel) and classes are those of ``read_geojson``. Returns GeoObjects whose ``labels`` is the
+    LabelStore (coarser levels built) and ``extents`` each object's window. A malformed feature
+    raises ImageError before the store is created."""
+    from skimage.draw import polygon
+
+    from .labelstore import LabelStore
+
+    path = Path(path).expanduser()
+    shape = (int(shape[0]), int(shape[1]))
+    feats = _load(path)
+    ids = _feature_ids(feats)
+    result = GeoObjects(None)
+    tiles: dict[tuple[int, int], list] = {}
+    for k, feat in enumerate(feats):
+        geom = feat.get("geometry") or {}
+        kind = geom.get("type")
+        if kind not in ("Polygon", "MultiPolygon"):
+            result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
+            continue
+        polys = geom.get("coordinates") or []
+        try:
+            parts = [_parts(rings, shape) for rings in ([polys] if kind == "Polygon" else polys) if rings]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ImageError(f"{path.name}: feature {k} has malformed coordinates ({exc})") from None
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            result.skipped.append(f"feature {k}: lies outside the {shape[1]} x {shape[0]} image")
+            continue
+        lid = ids[k]
+        for rings, (y0, y1, x0, x1) in parts:
+            for ty in range(y0 // tile, (y1 - 1) // tile + 1):
+                for tx in range(x0 // tile, (x1 - 1) // tile + 1):
+                    tiles.setdefault((ty, tx), []).append((lid, rings, (y0, y1, x0, x1)))
+        wins = [w for _, w in parts]
+        result.extents[lid] = (min(w[0] for w in wins), max(w[1] for w in wins),
+                               min(w[2] for w in wins), max(w[3] for w in wins))
+        cls = _class_name(feat.get("properties") or {})
+        if cls:
+            result.classes[lid] = str(cls)
+    store = LabelStore.create(dest, shape, name=name, chunk=chunk)
+    for (ty, tx), items in sorted(tiles.items()):
+        t0, t1 = ty * tile, min((ty + 1) * tile, shape[0])
+        s0, s1 = tx * tile, min((tx + 1) * tile, shape[1])
+        region = store.read_region((t0, t1, s0, s1))
+        for lid, rings, (y0, y1, x0, x1) in items:  # file order: the earlier feature keeps a pixel
+            a0, a1, b0, b1 = max(y0, t0), min(y1, t1), max(x0, s0), min(x1, s1)
+            inside = np.zeros((a1 - a0, b1 - b0), bool)
+            for j, r in enumerate(rings):
+                rr, cc = polygon(r[:, 1] - 0.5 - a0, r[:, 0] - 0.5 - b0, inside.shape)
+                inside[rr, cc] = j == 0
+            sub = region[a0 - t0 : a1 - t0, b0 - s0 : b1 - s0]
+            sub[inside & (sub == 0)] = lid
+        store.write_region((t0, t1, s0, s1), region)
+    store.update_levels()
+    result.labels = store
     return result
