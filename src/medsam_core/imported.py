@@ -43,29 +43,33 @@ class Imported:
 def import_labels(labels, source: str, classes: dict[int, str] | None = None) -> Imported:
     """(H, W) label image (numpy or lazy; read tile by tile) -> Imported (boxes, provenance)."""
     from .geojson import _object_boxes
-    from .provenance import Provenance
 
     classes = dict(classes or {})
     boxes = _object_boxes(labels)
-    prov = Provenance()
-    names: dict[str, int] = {}
     ids = np.array(sorted(boxes), np.int64)
+    prov = imported_provenance(ids.tolist(), source, classes)
     for lid in ids:
         y0, y1, x0, x1 = boxes[int(lid)]
-        name = classes.get(int(lid))
-        cls = None
-        if name:
-            cls = names.get(name)
-            if cls is None:
-                cls = names[name] = prov.classes.add(name)
         crop = np.asarray(labels[y0:y1, x0:x1]) == lid
-        rec = prov.record_model_mask(int(lid), np.zeros((1, 1), bool), model=f"imported from {source}",
-                                     class_id=cls)
+        rec = prov.records[int(lid)]
         rec.area = int(crop.sum())
         if labels.shape[0] * labels.shape[1] <= MAX_RECORDED_PIXELS:  # a slide: the labels store holds it
             rec.model_mask = placed_rle(crop, (y0, x0), labels.shape)
     xyxy = np.array([[b[2], b[0], b[3] - 1, b[1] - 1] for b in (boxes[int(i)] for i in ids)], np.float64)
     return Imported(ids, xyxy.reshape(-1, 4), prov, classes)
+
+
+def imported_provenance(ids, source: str, classes: dict[int, str] | None = None):
+    """A Provenance recording objects ``ids`` as "imported from <source>" with their class names
+    (no masks: the labels hold them; a whole slide's objects are recorded without reading a pixel)."""
+    from .provenance import Provenance
+
+    prov = Provenance()
+    for lid in ids:
+        name = (classes or {}).get(int(lid))
+        cls = prov.classes.add(name) if name else None
+        prov.record_model_mask(int(lid), np.zeros((1, 1), bool), model=f"imported from {source}", class_id=cls)
+    return prov
 
 
 def placed_rle(crop: np.ndarray, offset: tuple[int, int], shape) -> dict | None:

@@ -9,7 +9,9 @@
 * A ``.geojson`` file (QuPath's polygons, ours) is rasterised onto the image it belongs to: a GeoJSON
   file has pixel coordinates but no image size, so the reader takes the last 2D image open in the
   current napari viewer (its size, scale and translate) when every polygon fits on it, else the
-  polygons' own extent (the widget then asks for labels the size of the image).
+  polygons' own extent (the widget then asks for labels the size of the image). Onto a whole slide
+  (``_layers.is_slide``) the polygons are drawn tile by tile into labels on disk
+  (``slide_geojson_layer``), which the widget targets like its own slide labels.
 
 Both layers carry ``metadata["medsam_imported"]`` (the file name) and a provenance whose records
 say "imported from <file>" (2D only), with GeoJSON class names, so the MedSAM widget redoes one of
@@ -89,13 +91,23 @@ def _target_image(extent: tuple[int, int]):
         return None
     if viewer is None:
         return None
+    from ._layers import is_slide
+
     for layer in reversed(list(viewer.layers)):
-        if not isinstance(layer, Image) or layer.name.startswith("MedSAM") or layer.multiscale:
+        if not isinstance(layer, Image) or layer.name.startswith("MedSAM"):
             continue
-        shape = layer.data.shape[:2] if layer.rgb else layer.data.shape
+        if layer.multiscale and not is_slide(layer):
+            continue
+        shape = plane_shape(layer)
         if len(shape) == 2 and shape[0] >= extent[0] and shape[1] >= extent[1]:
             return layer
     return None
+
+
+def plane_shape(layer) -> tuple[int, ...]:
+    """(H, W) of a 2D image layer's level-0 plane (RGB channels dropped); longer for nD layers."""
+    shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+    return tuple(int(v) for v in shape[: layer.ndim])  # (an RGB layer's ndim leaves its channels out)
 
 
 def _extent(doc) -> tuple[int, int]:
@@ -130,10 +142,12 @@ def geojson_reader(path: str):
             doc = json.loads(Path(path).read_text(encoding="utf-8"))
             extent = _extent(doc)
             image = _target_image(extent)
-            shape = extent if image is None else (image.data.shape[:2] if image.rgb else image.data.shape)
+            if image is not None and image.multiscale:  # a whole slide: drawn into labels on disk
+                return [slide_geojson_layer(path, image)]
+            shape = extent if image is None else plane_shape(image)
             if shape[0] * shape[1] > MAX_PIXELS:
-                raise MedSAMError(f"its polygons span {shape[1]} x {shape[0]} pixels, a whole slide: the widget "
-                                  "keeps such labels only in its own store; use `medsam slide --boxes` on it")
+                raise MedSAMError(f"its polygons span {shape[1]} x {shape[0]} pixels, a whole slide: open the "
+                                  "slide first (its labels are then drawn on disk), or use `medsam slide --boxes`")
             found = read_geojson(path, shape)
         except (MedSAMError, OSError, ValueError) as exc:
             log.warning("napari-medsam could not read %s: %s", path, exc)
@@ -148,3 +162,41 @@ def geojson_reader(path: str):
         return [(found.labels, kwargs, "labels")]
 
     return reader
+
+
+def slide_geojson_layer(path, image) -> tuple:
+    """(levels, kwargs, "labels") for a GeoJSON opened onto whole-slide ``image``: its polygons drawn tile by
+    tile into a new NGFF image-label in a folder under ``_slide_plane.labels_root()`` (removed with the layer
+    unless edited and unsaved), marked imported (provenance "imported from <file>", classes kept), with the
+    ``SlideLabels`` the widget writes through. Level 0 is never held in memory."""
+    import shutil
+    import time
+
+    import napari
+
+    from medsam_core.geojson import rasterise_geojson_to_store
+    from medsam_core.imported import imported_provenance
+
+    from ._slide_plane import SLIDE_KEY, TILE, new_labels_folder, slide_labels_for, watch_release
+
+    name = Path(path).name
+    folder = new_labels_folder(name)
+    t0 = time.perf_counter()
+    try:
+        found = rasterise_geojson_to_store(path, folder / "labels.ome.zarr", plane_shape(image), chunk=TILE)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    for why in found.skipped:
+        log.warning("napari-medsam: %s: %s", name, why)
+    slide = slide_labels_for(found.labels, folder, found.extents)
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        watch_release(viewer, slide)
+    log.info("napari-medsam: %s: %d objects drawn on disk in %.1f s (%s)", name, len(found.extents),
+             time.perf_counter() - t0, folder)
+    meta = {IMPORT_KEY: name, SLIDE_KEY: slide, PROV_KEY: imported_provenance(sorted(found.extents), name,
+                                                                             found.classes)}
+    kwargs = {"name": name, "multiscale": True, "metadata": meta,
+              "scale": list(image.scale[-2:]), "translate": list(image.translate[-2:])}
+    return (list(found.labels.levels), kwargs, "labels")

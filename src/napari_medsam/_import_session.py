@@ -14,6 +14,10 @@ prompts it, and from then on is an ordinary MedSAM object (box, points, undo):
 * a point clicked inside it refines it from its tight box plus the point (the box appears on
   "MedSAM boxes", where it can be moved like a drawn one).
 
+On a whole slide (labels on disk, e.g. a QuPath GeoJSON drawn by ``_import_reader.slide_geojson_layer``)
+the same rule holds; only the labels under the box and each candidate's window are read
+(``_slide_plane.object_box_on_slide``), and undo writes back the window the redo changed.
+
 The drawn box is the prompt; the object's old mask is not given as a mask prompt (on the DSB nuclei
 that measured worse than the box alone: ``medsam_core.imported.refine_object``, docs/pathology.md).
 
@@ -36,7 +40,7 @@ from ._import_reader import IMPORT_KEY
 from ._objects import ObjectRecord
 from ._prompt_kinds import shape_ids
 from ._reader import PROV_KEY
-from ._slide_plane import check_slide_labels
+from ._slide_plane import check_slide_labels, object_box_on_slide, read_window
 
 #: A new box redoes a foreign object when IoU(box, the object's tight box) is at least this.
 ADOPT_IOU = 0.3
@@ -128,19 +132,27 @@ class ImportActions:
 
     def _usable(self) -> bool:
         s = self.s
-        return (s.image_layer is not None and s.labels_layer is not None and s.labels_layer in s.viewer.layers
-                and s.slide is None)  # a whole slide's labels are MedSAM's own store: nothing foreign
+        return s.image_layer is not None and s.labels_layer is not None and s.labels_layer in s.viewer.layers
 
     def foreign_under_box(self, plane: L.Plane, box) -> tuple[int, np.ndarray] | None:
-        """(label id, tight XYXY box) of the foreign object the box matches best, if IoU >= ADOPT_IOU."""
-        arr = L.read_labels_plane(self.s.labels_layer, plane, self.s.settings.channel_axis)
+        """(label id, tight XYXY box) of the foreign object the box matches best, if IoU >= ADOPT_IOU.
+        On a whole slide only the labels under the box and each candidate's own window are read."""
+        slide = self.s.slide
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        ids = np.unique(arr[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1])
+        if slide is not None:
+            h, w = slide.store.shape
+            arr = read_window(slide, (max(y0, 0), min(y1 + 1, h), max(x0, 0), min(x1 + 1, w)))[0]
+            ids = np.unique(arr)
+        else:
+            arr = L.read_labels_plane(self.s.labels_layer, plane, self.s.settings.channel_axis)
+            ids = np.unique(arr[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1])
         best, best_iou = None, ADOPT_IOU
         for lid in ids[ids > 0].tolist():
             if lid in self.s.objects:
                 continue
-            tight = tight_box(arr, lid, near=box)
+            tight = object_box_on_slide(slide, lid, near=box) if slide is not None else tight_box(arr, lid, near=box)
+            if tight is None:
+                continue
             iou = box_iou(box, tight)
             if iou >= best_iou:
                 best, best_iou = (int(lid), tight), iou
@@ -190,7 +202,19 @@ class ImportActions:
         lid = int(arr[y, x])
         if lid == 0 or lid in s.objects:
             return None
-        box = tight_box(arr, lid, near=(x, y, x, y))
+        return self.adopt(plane, lid, tight_box(arr, lid, near=(x, y, x, y)))
+
+    def adopt_on_slide(self, plane: L.Plane, lid: int, xy) -> int | None:
+        """A point at ``xy`` (x, y) on a whole slide lies in foreign object ``lid``: adopt it with its tight
+        box (read from its window of the labels on disk) as its rectangle."""
+        if not self._usable() or self.s.slide is None or lid in self.s.objects:
+            return None
+        box = object_box_on_slide(self.s.slide, lid, near=(xy[0], xy[1], xy[0], xy[1]))
+        return None if box is None else self.adopt(plane, lid, box)
+
+    def adopt(self, plane: L.Plane, lid: int, box) -> int:
+        """Make foreign object ``lid`` a MedSAM object with XYXY ``box`` as its rectangle (pending its commit)."""
+        s = self.s
         verts = L.box_to_vertices(box, plane, s.image_layer, s.shapes_layer, s.viewer.dims.point)
         with s.quiet():
             s.shapes_layer.add([verts], shape_type="rectangle")

@@ -17,7 +17,9 @@
   before and after, which commit and undo write back chunk by chunk.
 
 Boxes (ROI mode) and points (``_slide_points``, on the box's crop) work there; polygons and
-whole-plane tools are refused with a message.
+whole-plane tools are refused with a message. A QuPath GeoJSON opened onto a slide is drawn into such a
+store too (``_import_reader``): ``object_box_on_slide`` and ``read_window`` let the widget adopt its
+objects reading only windows of it.
 """
 
 from __future__ import annotations
@@ -142,22 +144,18 @@ def mark_saved(metadata) -> None:
         slide.saved = slide.version
 
 
-def new_slide_labels(viewer, name: str, shape, scale, translate, on_status=None, folder=None):
-    """An empty chunked label image of level-0 ``shape`` shown as a multiscale Labels layer, in a new
-    folder under ``labels_root()`` (removed with the layer when nothing unsaved is in it) unless ``folder``."""
-    from medsam_core.labelstore import LabelStore
+def new_labels_folder(name: str) -> Path:
+    """A new folder under ``labels_root()`` for one slide's labels, marked as this napari's (stale
+    folders of exited ones are removed first)."""
+    clean_stale()
+    folder = labels_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "created": time.time(), "name": name}))
+    return folder
 
-    owned = folder is None
-    if owned:
-        clean_stale()
-        folder = labels_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir(parents=True)
-        (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "created": time.time(), "name": name}))
-    folder = Path(folder)
-    store = LabelStore.create(folder / "labels.ome.zarr", tuple(shape), name="medsam", chunk=TILE)
-    layer = viewer.add_labels(list(store.levels), multiscale=True, name=name, scale=scale, translate=translate)
-    slide = SlideLabels(store, folder=folder if owned else None)
-    layer.metadata[SLIDE_KEY] = slide
+
+def watch_release(viewer, slide: SlideLabels, on_status=None) -> None:
+    """Remove ``slide``'s folder (``release``) when the layer holding it leaves ``viewer``."""
 
     def on_removed(event):
         if getattr(event.value, "metadata", {}).get(SLIDE_KEY) is slide:  # (the layer may come proxied)
@@ -165,9 +163,66 @@ def new_slide_labels(viewer, name: str, shape, scale, translate, on_status=None,
             release(slide, on_status)
 
     viewer.layers.events.removed.connect(on_removed)
+
+
+def new_slide_labels(viewer, name: str, shape, scale, translate, on_status=None, folder=None):
+    """An empty chunked label image of level-0 ``shape`` shown as a multiscale Labels layer, in a new
+    folder under ``labels_root()`` (removed with the layer when nothing unsaved is in it) unless ``folder``."""
+    from medsam_core.labelstore import LabelStore
+
+    owned = folder is None
+    folder = new_labels_folder(name) if owned else Path(folder)
+    store = LabelStore.create(folder / "labels.ome.zarr", tuple(shape), name="medsam", chunk=TILE)
+    layer = viewer.add_labels(list(store.levels), multiscale=True, name=name, scale=scale, translate=translate)
+    slide = SlideLabels(store, folder=folder if owned else None)
+    layer.metadata[SLIDE_KEY] = slide
+    watch_release(viewer, slide, on_status)
     if on_status is not None:
         on_status(f"MedSAM: whole slide: labels are kept on disk in {store.path}")
     return layer
+
+
+#: Reads of slide labels for a box or an object's window stay below this many pixels (a coarser level beyond).
+MAX_READ = 4096 * 4096
+
+
+def read_window(slide: SlideLabels, window) -> tuple[np.ndarray, int]:
+    """Labels in level-0 ``window`` (y0, y1, x0, x1) -> (region, k): read from level 0, or from the first
+    level k (2**k smaller) whose window holds at most MAX_READ pixels (a box drawn zoomed far out)."""
+    y0, y1, x0, x1 = (int(v) for v in window)
+    levels = slide.store.levels
+    k = 0
+    while k + 1 < len(levels) and ((y1 - y0) >> k) * ((x1 - x0) >> k) > MAX_READ:
+        k += 1
+    return np.asarray(levels[k][y0 >> k : -(-y1 >> k), x0 >> k : -(-x1 >> k)]), k
+
+
+def object_box_on_slide(slide: SlideLabels, label_id: int, near=None) -> np.ndarray | None:
+    """(4,) XYXY tight box of object ``label_id`` of slide labels, read only from the windows its pixels
+    were written to (``extents``), or around the XYXY box ``near`` for an object with none; None if absent."""
+    h, w = slide.store.shape
+    windows = list(slide.extents.get(int(label_id), ()))
+    if not windows and near is not None:
+        pad = max(64, int(max(near[2] - near[0], near[3] - near[1])))
+        windows = [(max(int(near[1]) - pad, 0), min(int(near[3]) + pad + 1, h),
+                    max(int(near[0]) - pad, 0), min(int(near[2]) + pad + 1, w))]
+    box = None
+    for y0, y1, x0, x1 in windows:
+        region, k = read_window(slide, (y0, y1, x0, x1))
+        rows, cols = np.nonzero(region == label_id)
+        if not len(rows):
+            continue
+        b = np.array([(cols.min() << k) + (x0 >> k << k), (rows.min() << k) + (y0 >> k << k),
+                      ((cols.max() + 1) << k) - 1 + (x0 >> k << k), ((rows.max() + 1) << k) - 1 + (y0 >> k << k)],
+                     float)
+        box = b if box is None else np.array([*np.minimum(box[:2], b[:2]), *np.maximum(box[2:], b[2:])])
+    return box
+
+
+def slide_labels_for(labels, folder: Path, extents: dict) -> SlideLabels:
+    """SlideLabels over a LabelStore filled elsewhere (an import): ``extents`` {id: (y0, y1, x0, x1)}."""
+    return SlideLabels(labels, extents={int(k): [tuple(int(v) for v in w)] for k, w in extents.items()},
+                       folder=folder)
 
 
 def slide_labels_of(labels_layer) -> SlideLabels | None:

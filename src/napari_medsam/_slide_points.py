@@ -2,7 +2,8 @@
 crop its box is segmented on, never on the whole plane.
 
 A point clicked on a slide goes to the object whose box is selected, else the object under it (one
-label pixel is read from the store), else the last object whose box holds it. The object's box gives
+label pixel is read from the store; an imported object there is adopted with its tight box, as
+``_import_session`` does on planes in memory), else the last object whose box holds it. The object's box gives
 the crop (``roi.plan_rois`` for that one box: the crop a box drawn alone is encoded on, so a point
 right after its box costs a decode only); the decoder gets the box, every point of the object in that
 crop's pixels and the object's last low-res logits. The new mask replaces the object's pixels inside
@@ -45,6 +46,8 @@ def target_of_point(s, plane: L.Plane, xy) -> int:
     if 0 <= y < h and 0 <= x < w:
         lid = int(np.asarray(s.slide.store.read_region((y, y + 1, x, x + 1)))[0, 0])
         if lid in s.objects:
+            return lid
+        if lid and s.imports.adopt_on_slide(plane, lid, xy) == lid:  # an imported object: refined from its box
             return lid
     for lid, rec in reversed(s.objects.items()):
         x0, y0, x1, y1 = rec.box
@@ -118,6 +121,7 @@ def refine_from_slide_point(s) -> None:
     pts = s.points_layer
     k = len(pts.data) - 1
     before = (np.array(pts.data[:-1], copy=True), pts.features.iloc[:-1].copy())
+    lid = None
     try:
         plane, xy = L.point_to_xy(pts, k, s.image_layer, s.viewer.dims, s.settings.channel_axis)
         lid = target_of_point(s, plane, xy)
@@ -128,4 +132,7 @@ def refine_from_slide_point(s) -> None:
         refine_on_slide(s, lid, points_before=before)
     except MedSAMError:
         restore_points(s, before)
+        if lid is not None:
+            s.imports.drop(lid)  # an adoption the refinement did not write is taken back
         raise
+    s.imports.report()
