@@ -82,3 +82,16 @@ def test_suggest_tab_ranks_with_weights_fitted_on_the_users_corrections(open_wid
     assert widget.last_error is None
     assert active.ranking is ranking and active.suggestions == before and "cancelled" in widget.status_label.text()
     assert panel.rank_btn.isEnabled() and not panel.cancel_btn.isEnabled()
+
+    # with an automatic head for this encoder, its agreement is one more signal (measured and fitted)
+    import torch
+
+    from medsam_core.autoguard import HeadSession
+    from medsam_core.autohead import AutoHead, PostParams, build_head
+
+    torch.manual_seed(0)
+    active.auto.heads = HeadSession(AutoHead(build_head(), PostParams(), widget.session.model.encoder_id))
+    _rank(widget, qtbot, calls)
+    assert active.ranking.signals == ("flip", "contrast", "head") and active.ranking.weights.fitted
+    assert all(0 <= s.components["head"] <= 1 for s in active.suggestions)
+    assert "head" in panel.weights_label.text()
