@@ -256,7 +256,8 @@ def _parts(rings: list, shape: tuple[int, int]):
     if any(r.ndim != 2 or r.shape[1] < 2 for r in rings):
         raise ImageError("a polygon ring is not a list of [x, y] points")
     x0, y0 = (max(0, int(np.floor(v - 0.5))) for v in ext[:, :2].min(axis=0))
-    x1, y1 = (min(int(np.ceil(v - 0.5)) + 1, lim) for v, lim in zip(ext[:, :2].max(axis=0), shape[::-1]))
+    top = ext[:, :2].max(axis=0)
+    x1, y1 = min(int(np.ceil(top[0] - 0.5)) + 1, shape[1]), min(int(np.ceil(top[1] - 0.5)) + 1, shape[0])
     if x1 <= x0 or y1 <= y0:
         return None
     return [r[:, :2] for r in rings], (y0, y1, x0, x1)
@@ -266,7 +267,8 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
                                chunk: int = 1024, name: str = "imported") -> GeoObjects:
     """Rasterise the polygons of a GeoJSON file (QuPath, ours) into a new NGFF image-label at ``dest``
     (``labelstore.LabelStore.create``) of level-0 ``shape`` (H, W), tile by tile: each ``tile`` x ``tile``
-    window holding polygons is drawn in memory once and written once, so memory stays at one tile
+    window holding polygons is drawn in memory once and written once (only the part its polygons reach),
+    so memory stays at one tile
     (plus the polygons) whatever the slide's size. Pixels, ids, overlaps (the earlier feature keeps a
     pixel) and classes are those of ``read_geojson``. Returns GeoObjects whose ``labels`` is the
     LabelStore (coarser levels built) and ``extents`` each object's window. A malformed feature
@@ -309,8 +311,9 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
             result.classes[lid] = str(cls)
     store = LabelStore.create(dest, shape, name=name, chunk=chunk)
     for (ty, tx), items in sorted(tiles.items()):
-        t0, t1 = ty * tile, min((ty + 1) * tile, shape[0])
-        s0, s1 = tx * tile, min((tx + 1) * tile, shape[1])
+        # only the part of the tile its polygons reach is read and written (a sparse slide: a few chunks)
+        t0, t1 = max(ty * tile, min(w[0] for _, _, w in items)), min((ty + 1) * tile, max(w[1] for _, _, w in items))
+        s0, s1 = max(tx * tile, min(w[2] for _, _, w in items)), min((tx + 1) * tile, max(w[3] for _, _, w in items))
         region = store.read_region((t0, t1, s0, s1))
         for lid, rings, (y0, y1, x0, x1) in items:  # file order: the earlier feature keeps a pixel
             a0, a1, b0, b1 = max(y0, t0), min(y1, t1), max(x0, s0), min(x1, s1)
