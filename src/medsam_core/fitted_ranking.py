@@ -9,7 +9,9 @@ labels layer knows all of this (``corrections_from_provenance``).
 
 1. measure the confidence components of each correction with the model that made it (the current
    predictor, or the previous one after a fine-tune); components measured earlier are passed in
-   ``measured`` and reused (a model that is gone cannot be asked again);
+   ``measured`` and reused (keyed by plane, label, box and weights: the same model on the same box
+   gives the same values, and a model that is gone cannot be asked again); a correction is measured
+   again only when it lacks one of the signals asked for and its model is loaded;
 2. fit the weights on them (``signals.weights_from_corrections``: NNLS once there are
    ``signals.MIN_CORRECTIONS``, the defaults before);
 3. score every candidate with the same signals and those weights, most uncertain first.
@@ -128,10 +130,11 @@ def ranking_steps(predictor, images: Mapping[Hashable, object], candidates: Sequ
     todo: dict[str, list[Correction]] = {}
     known, unused = [], 0
     for c in corrections:
-        if c.weights_sha256 in by_model:
+        comp = measured.get(c.key)
+        if comp is not None and (set(signals) <= set(comp) or c.weights_sha256 not in by_model):
+            known.append((comp, c.dice))  # measured before (by the same model on the same box): no decode
+        elif c.weights_sha256 in by_model:
             todo.setdefault(c.weights_sha256, []).append(c)
-        elif c.key in measured:
-            known.append((measured[c.key], c.dice))
         else:
             unused += 1
     jobs = [(by_model[m], [Candidate(c.image_id, c.box, c.z, c.label) for c in cs], cs) for m, cs in todo.items()]

@@ -129,6 +129,10 @@ def test_too_few_corrections_default_weights_and_reuse_of_measured_components():
                                       signals=("contrast",), n_jitter=0))
     assert steps == [(1, 1)] and pred.images == 1  # only the candidates' plane was decoded
     assert again.weights.fitted and again.weights.n == 9 and again.unused == 0
+    cur = BoxPredictor()  # measured before by the loaded model: reused, not decoded again
+    steps, reused = _run(ranking_steps(cur, {"a": img}, [Candidate("a", boxes[0])], corr, first.measured,
+                                       signals=("contrast",), n_jitter=0))
+    assert steps == [(1, 1)] and cur.images == 1 and reused.weights.fitted and reused.measured == {}
     _, none = _run(ranking_steps(pred, {"a": img}, [Candidate("a", boxes[0])], gone, None,
                                  signals=("contrast",), n_jitter=0))
     assert none.unused == 10 and not none.weights.fitted
