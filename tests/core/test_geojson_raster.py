@@ -63,3 +63,23 @@ def test_overlaps_outside_features_and_bad_input(tmp_path):
     with pytest.raises(ImageError, match="feature 0"):
         rasterise_geojson_to_store(bad, tmp_path / "b.zarr", (10, 10))
     assert not (tmp_path / "b.zarr").exists()  # nothing created for bad input
+
+
+def test_labels_of_another_tool_copied_into_a_store_tile_by_tile(tmp_path):
+    import zarr
+
+    from medsam_core.labelstore import copy_to_store
+
+    labels = _cells()
+    src = zarr.create_array(store=str(tmp_path / "src.zarr"), shape=labels.shape, chunks=(32, 32), dtype="u4")
+    src[:] = labels
+    store, extents = copy_to_store(src, tmp_path / "copy.zarr", chunk=32, tile=64)
+    np.testing.assert_array_equal(np.asarray(store.levels[0][:]), labels)
+    np.testing.assert_array_equal(np.asarray(store.levels[1][:]), labels[::2, ::2])
+    assert sorted(extents) == [1, 2, 3, 7]
+    for lid, (y0, y1, x0, x1) in extents.items():  # tight: each window is the object's bounding box
+        rows, cols = np.nonzero(labels == lid)
+        assert (y0, y1, x0, x1) == (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+    np.testing.assert_array_equal(src[:], labels)  # the source is only read
+    with pytest.raises(ImageError, match="2D integer"):
+        copy_to_store(np.zeros((4, 4), np.float32), tmp_path / "f.zarr")
