@@ -32,6 +32,7 @@ from .errors import PromptError
 from .signals import SIGNALS, FittedWeights, weights_from_corrections
 
 DEFAULT_SIGNALS = ("flip", "contrast")  # "head" is added by the caller when a head is trained
+AUTOMATIC = "automatic:"  # provenance model name prefix of objects accepted from "Segment everything"
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,15 @@ def corrections_from_provenance(image_id: Hashable, provenance, labels: np.ndarr
     """The corrections a labels image's ``provenance`` knows: every record with a model mask, a box
     (or a 3D key box, on its slice) and a model sha256; the kept mask is ``labels`` ((H, W) or
     (Z, H, W) int, the label image as it is now). Objects painted by hand (no model mask), made
-    from other prompts only (points, polygon, RECIST) or by a model without weights hash are skipped."""
+    from other prompts only (points, polygon, RECIST), by a model without weights hash, or accepted
+    from the automatic head (model "automatic:...": its mask is not the decoder's for the box) are skipped."""
     lab = np.asarray(labels)
     if lab.ndim not in (2, 3) or lab.dtype.kind not in "biu":
         raise PromptError(f"labels must be an integer (H, W) or (Z, H, W) array; got {lab.dtype} {lab.shape}")
     out = []
     for lid, rec in sorted(provenance.records.items()):
-        if rec.model_mask is None or not rec.weights_sha256:
-            continue
+        if rec.model_mask is None or not rec.weights_sha256 or str(rec.model or "").startswith(AUTOMATIC):
+            continue  # painted, no weights hash, or made by the automatic head (not the box's decoder mask)
         boxes = [p for p in rec.prompts if p.kind in ("box", "key_box") and (lab.ndim == 2) == (p.z is None)]
         if not boxes:
             continue

@@ -64,6 +64,7 @@ def test_corrections_from_provenance_2d_and_3d():
     prov.sync_with_labels(lab)  # records 3 as painted
     prov.record_model_mask(4, lab == 1, [Prompt("point", [8, 8])], _model())  # no box: skipped
     prov.record_model_mask(5, lab == 1, [Prompt("box", [4, 4, 15, 15])], "a-name-only")  # no weights hash
+    prov.record_model_mask(6, lab == 1, [Prompt("box", [4, 4, 15, 15])], _model()).model = "automatic:fake"
     got = corrections_from_provenance("img", prov, lab)
     assert [(c.label, c.weights_sha256) for c in got] == [(1, "current"), (2, "old")]
     assert got[0].dice == 1.0 and got[1].dice == pytest.approx(2 * 50 / 150)
