@@ -169,34 +169,63 @@ def slide_geojson_layer(path, image) -> tuple:
     tile into a new NGFF image-label in a folder under ``_slide_plane.labels_root()`` (removed with the layer
     unless edited and unsaved), marked imported (provenance "imported from <file>", classes kept), with the
     ``SlideLabels`` the widget writes through. Level 0 is never held in memory."""
+    from medsam_core.geojson import rasterise_geojson_to_store
+
+    from ._slide_plane import TILE
+
+    name = Path(path).name
+    found = _in_new_folder(name, lambda dest: rasterise_geojson_to_store(path, dest, plane_shape(image), chunk=TILE))
+    for why in found.skipped:
+        log.warning("napari-medsam: %s: %s", name, why)
+    return slide_layer_tuple(found.labels, found.extents, name, name, found.classes,
+                             list(image.scale[-2:]), list(image.translate[-2:]))
+
+
+def copied_slide_labels(level0, source: str, name: str, scale) -> tuple:
+    """(levels, kwargs, "labels") for whole-slide labels another tool wrote (an OME-Zarr's ``labels/``
+    group): copied tile by tile into a new store of the widget's (``labelstore.copy_to_store``), so
+    corrections never write into that file; marked imported from ``source``."""
+    from medsam_core.labelstore import copy_to_store
+
+    from ._slide_plane import TILE
+
+    store, extents = _in_new_folder(name, lambda dest: copy_to_store(level0, dest, chunk=TILE))
+    return slide_layer_tuple(store, extents, source, name, {}, list(scale), None)
+
+
+def _in_new_folder(name: str, make):
+    """``make(dest)`` for a new store in a new slide-labels folder (removed again if it fails); logs the time."""
     import shutil
     import time
 
-    import napari
+    from ._slide_plane import new_labels_folder
 
-    from medsam_core.geojson import rasterise_geojson_to_store
-    from medsam_core.imported import imported_provenance
-
-    from ._slide_plane import SLIDE_KEY, TILE, new_labels_folder, slide_labels_for, watch_release
-
-    name = Path(path).name
     folder = new_labels_folder(name)
     t0 = time.perf_counter()
     try:
-        found = rasterise_geojson_to_store(path, folder / "labels.ome.zarr", plane_shape(image), chunk=TILE)
+        out = make(folder / "labels.ome.zarr")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    for why in found.skipped:
-        log.warning("napari-medsam: %s: %s", name, why)
-    slide = slide_labels_for(found.labels, folder, found.extents)
+    log.info("napari-medsam: %s: labels on disk in %.1f s (%s)", name, time.perf_counter() - t0, folder)
+    return out
+
+
+def slide_layer_tuple(store, extents: dict, source: str, name: str, classes: dict, scale, translate) -> tuple:
+    """A multiscale Labels layer tuple over ``store`` (in a folder ``_in_new_folder`` made) marked imported
+    from ``source`` with its ``SlideLabels`` (removed with the layer of the current viewer)."""
+    import napari
+
+    from medsam_core.imported import imported_provenance
+
+    from ._slide_plane import SLIDE_KEY, slide_labels_for, watch_release
+
+    slide = slide_labels_for(store, store.path.parent, extents)
     viewer = napari.current_viewer()
     if viewer is not None:
         watch_release(viewer, slide)
-    log.info("napari-medsam: %s: %d objects drawn on disk in %.1f s (%s)", name, len(found.extents),
-             time.perf_counter() - t0, folder)
-    meta = {IMPORT_KEY: name, SLIDE_KEY: slide, PROV_KEY: imported_provenance(sorted(found.extents), name,
-                                                                             found.classes)}
-    kwargs = {"name": name, "multiscale": True, "metadata": meta,
-              "scale": list(image.scale[-2:]), "translate": list(image.translate[-2:])}
-    return (list(found.labels.levels), kwargs, "labels")
+    meta = {IMPORT_KEY: source, SLIDE_KEY: slide, PROV_KEY: imported_provenance(sorted(extents), source, classes)}
+    kwargs = {"name": name, "multiscale": True, "metadata": meta, "scale": scale}
+    if translate is not None:
+        kwargs["translate"] = translate
+    return (list(store.levels), kwargs, "labels")

@@ -11,7 +11,9 @@ pyramidal TIFF (OME-TIFF, SVS, NDPI, tiled BigTIFF; tifffile's zarr store) and O
 (NGFF multiscales; ``medsam_core.wsi``). 8-bit RGB stays one RGB layer; other channels become
 one layer each, named after the channel. The label images of an OME-Zarr's ``labels/`` group
 (and a store that is itself an NGFF image-label) open as multiscale Labels layers, with their
-provenance sidecar when there is one. ``metadata["medsam_pyramid"]`` holds the ``Pyramid``.
+provenance sidecar when there is one; a whole slide's (a plane larger than the widget keeps in
+memory) are copied tile by tile into a store of the widget's, marked imported, so the widget can
+correct them without writing into the file (``_import_reader.copied_slide_labels``). ``metadata["medsam_pyramid"]`` holds the ``Pyramid``.
 
 Label images of other tools (``*_cp_masks.tif``, ``*_labels.tif``, ...) and QuPath GeoJSON open as
 Labels layers marked imported, for correction in the widget (``_import_reader``).
@@ -135,9 +137,15 @@ def slide_layers(path: str) -> list[tuple]:
 def _slide_labels(path: Path, label: str | None, name: str) -> tuple:
     from medsam_core.wsi import open_pyramid
 
+    from . import _layers
+
     pyr = open_pyramid(path, label)
-    kwargs = {"name": name, "multiscale": True, "scale": list(pyr.spacing), "metadata": {PYRAMID_KEY: pyr}}
     label_dir = path if label is None else path / "labels" / label
+    if len(pyr.shape) == 2 and pyr.shape[0] * pyr.shape[1] > _layers.MAX_PLANE_PIXELS:  # copied to be corrected
+        from ._import_reader import copied_slide_labels
+
+        return copied_slide_labels(pyr.levels[0], label_dir.name, name, pyr.spacing)
+    kwargs = {"name": name, "multiscale": True, "scale": list(pyr.spacing), "metadata": {PYRAMID_KEY: pyr}}
     small = pyr.shape[0] * pyr.shape[1] <= 4096 * 4096  # provenance checks ids against the pixels
     kwargs["metadata"].update(read_provenance(label_dir, np.asarray(pyr.levels[0]) if small else None))
     return (pyr.levels, kwargs, "labels")

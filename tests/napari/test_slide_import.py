@@ -14,7 +14,6 @@ from napari_medsam import _layers
 from .person import drag_box, file_open
 from .test_wsi_widget import GuardedLevel, _click, _tissue
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT = 300_000
 
 
@@ -34,6 +33,8 @@ def _only_changed(before, after, lid):
     assert set(np.unique(before[diff]).tolist()) <= {0, lid} and set(np.unique(after[diff]).tolist()) <= {0, lid}
 
 
+@pytest.mark.gui
+@pytest.mark.slow
 def test_geojson_on_a_slide_is_the_target_and_one_object_is_redone(make_napari_viewer, qtbot, lite_model,
                                                                    monkeypatch, tmp_path):
     from napari_medsam._reader import PROV_KEY
@@ -94,3 +95,32 @@ def test_geojson_on_a_slide_is_the_target_and_one_object_is_redone(make_napari_v
     assert back.classes == classes
     viewer.layers.remove(geo)
     assert not slide.folder.exists()
+
+
+def test_ome_zarr_labels_of_a_slide_are_copied_into_a_store_the_widget_corrects(monkeypatch, tmp_path):
+    """An OME-Zarr slide with a ``labels/`` group: its labels open as a copy in the widget's own store
+    (marked imported, every object's window known), never written into the file."""
+    from medsam_core.ngff import write_ngff_image, write_ngff_labels
+    from napari_medsam import _slide_plane as SP
+    from napari_medsam._import_reader import IMPORT_KEY
+    from napari_medsam._reader import PROV_KEY, napari_get_reader
+
+    monkeypatch.setattr(_layers, "MAX_PLANE_PIXELS", 512 * 512)
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path / "cache"))
+    imported = _imported()
+    path = write_ngff_image(tmp_path / "slide.ome.zarr", [_tissue()[:, :, 0]], axes="yx")
+    write_ngff_labels(path, imported, name="qupath")
+    before = sorted(f.stat().st_mtime_ns for f in path.rglob("*") if f.is_file())
+    layers = napari_get_reader(str(path))(str(path))
+    (data, kwargs, kind), = [t for t in layers if t[2] == "labels"]
+    slide = kwargs["metadata"][SP.SLIDE_KEY]
+    assert kind == "labels" and kwargs["multiscale"] and kwargs["metadata"][IMPORT_KEY] == "qupath"
+    assert slide.folder.parent == tmp_path / "cache" / "slide-labels"
+    np.testing.assert_array_equal(np.asarray(data[0][:]), imported)
+    assert sorted(slide.extents) == [1, 2, 3, 4] and slide.top_id() == 4
+    box = SP.object_box_on_slide(slide, 3)
+    rows, cols = np.nonzero(imported == 3)
+    np.testing.assert_array_equal(box, [cols.min(), rows.min(), cols.max(), rows.max()])
+    assert kwargs["metadata"][PROV_KEY][3].model == "imported from qupath"
+    assert sorted(f.stat().st_mtime_ns for f in path.rglob("*") if f.is_file()) == before  # only read
+    assert SP.release(slide) and not slide.folder.exists()  # nothing unsaved: the copy goes with its layer
