@@ -78,19 +78,29 @@ class LabelStore:
         self.write_region(window, region)
 
     def update_levels(self) -> int:
-        """Rebuild the coarser levels over the windows written since the last call -> windows done."""
-        n = len(self.dirty)
-        for y0, y1, x0, x1 in self.dirty:
-            for k in range(1, len(self.levels)):
+        """Rebuild the coarser levels over the windows written since the last call -> windows done.
+
+        At each level the windows are halved and, within each chunk of that level, merged into their
+        bounding box (a superset: nearest sampling of a larger window gives the same pixels), so a
+        coarse chunk that many small windows fall into is rewritten once, not once per window."""
+        n, windows = len(self.dirty), list(self.dirty)
+        for k in range(1, len(self.levels)):
+            src, dst = self.levels[k - 1], self.levels[k]
+            ch, cw = (int(c) for c in dst.chunks[:2])
+            merged: dict[tuple[int, int], list[int]] = {}
+            for y0, y1, x0, x1 in windows:
                 y0, x0 = y0 // 2, x0 // 2
-                y1, x1 = -(-y1 // 2), -(-x1 // 2)
-                src, dst = self.levels[k - 1], self.levels[k]
-                y1, x1 = min(y1, dst.shape[0]), min(x1, dst.shape[1])
+                y1, x1 = min(-(-y1 // 2), dst.shape[0]), min(-(-x1 // 2), dst.shape[1])
+                for cy in range(y0 // ch, (y1 - 1) // ch + 1):
+                    for cx in range(x0 // cw, (x1 - 1) // cw + 1):
+                        w = [max(y0, cy * ch), min(y1, (cy + 1) * ch), max(x0, cx * cw), min(x1, (cx + 1) * cw)]
+                        old = merged.setdefault((cy, cx), w)
+                        old[:] = [min(old[0], w[0]), max(old[1], w[1]), min(old[2], w[2]), max(old[3], w[3])]
+            windows = [tuple(w) for w in merged.values() if w[1] > w[0] and w[3] > w[2]]
+            for y0, y1, x0, x1 in windows:
                 dst[y0:y1, x0:x1] = np.asarray(src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2])
         self.dirty = []
         return n
-
-
 
 def copy_to_store(src, dest, chunk: int = 1024, tile: int = 2048,
                   name: str = "imported") -> tuple[LabelStore, dict[int, tuple[int, int, int, int]]]:

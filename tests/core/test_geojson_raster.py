@@ -83,3 +83,21 @@ def test_labels_of_another_tool_copied_into_a_store_tile_by_tile(tmp_path):
     np.testing.assert_array_equal(src[:], labels)  # the source is only read
     with pytest.raises(ImageError, match="2D integer"):
         copy_to_store(np.zeros((4, 4), np.float32), tmp_path / "f.zarr")
+
+
+def test_update_levels_merges_windows_per_chunk_and_matches_a_full_rebuild(tmp_path):
+    from medsam_core.labelstore import LabelStore
+
+    store = LabelStore.create(tmp_path / "l.zarr", (300, 280), chunk=32)
+    rng = np.random.default_rng(1)
+    full = np.zeros((300, 280), np.uint32)
+    for lid in range(1, 40):  # many small writes, several falling in one coarse chunk
+        y, x = rng.integers(0, 290), rng.integers(0, 270)
+        h, w = rng.integers(1, 10, 2)
+        full[y : y + h, x : x + w] = lid
+        store.write_region((y, y + h, x, x + w), full[y : y + h, x : x + w])
+    assert store.update_levels() == 39 and store.dirty == []
+    ref = full
+    for level in store.levels[1:]:
+        ref = ref[::2, ::2]
+        np.testing.assert_array_equal(np.asarray(level[:]), ref)
