@@ -8,6 +8,7 @@ segments it, editing its vertices re-segments it under the same id, deleting it 
 polygon shrunk by 3 px is object, outside it grown by 3 px background, and in that band along the
 drawn edge the model's mask decides). Each change is one commit; undo puts the layer
 back from the objects (``rebuild``), and provenance records the polygon's box and its kind.
+On a whole-slide plane the polygon's window only is decoded and written (labels on disk).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class PolygonKind(PromptKind):
                     continue  # encoding in the background: synced again when it is done
                 res = decode_polygon(s.predictor, image2d, xy, s.roi_mode(), s.model_intensity(image2d),
                                      s.settings.channel, self.variant)
-                mask = res.full(image2d.shape[:2])  # the plane editor works on whole planes (_objects)
+                # the plane editor works on whole planes (_objects); a slide's editor on windows (_slide_plane)
+                mask = res if s.slide is not None else res.full(image2d.shape[:2])
             except MedSAMError as exc:
                 bad.append((i, rec))
                 error = error or exc

@@ -124,3 +124,30 @@ def test_ome_zarr_labels_of_a_slide_are_copied_into_a_store_the_widget_corrects(
     assert kwargs["metadata"][PROV_KEY][3].model == "imported from qupath"
     assert sorted(f.stat().st_mtime_ns for f in path.rglob("*") if f.is_file()) == before  # only read
     assert SP.release(slide) and not slide.folder.exists()  # nothing unsaved: the copy goes with its layer
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_a_polygon_on_a_slide_segments_its_window_into_the_labels_on_disk(make_napari_viewer, lite_model,
+                                                                          monkeypatch, tmp_path):
+    from napari_medsam._prompt_kinds import kinds
+
+    monkeypatch.setattr(_layers, "MAX_PLANE_PIXELS", 512 * 512)
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = _tissue()
+    level0 = GuardedLevel(data)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
+    widget.set_model(lite_model)
+    viewer.add_image([level0, data[::2, ::2].copy(), data[::4, ::4].copy()], multiscale=True, rgb=True, name="slide")
+    s = widget.session
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    xy = np.c_[900 + 30 * np.cos(t), 600 + 22 * np.sin(t)]
+    lid = kinds()["polygon"].segment_polygon(s, xy)
+    got = np.asarray(s.slide.store.level0[:])
+    ys, xs = np.nonzero(got == lid)
+    assert lid == 1 and len(ys) > 200 and set(np.unique(got).tolist()) == {0, 1}
+    assert 560 <= ys.min() and ys.max() <= 640 and 860 <= xs.min() and xs.max() <= 940  # near the polygon
+    assert max(r[0] * r[1] for r in level0.reads) < data.shape[0] * data.shape[1] // 4
+    widget.undo()
+    assert not np.asarray(s.slide.store.level0[:]).any()
