@@ -49,10 +49,8 @@ class PromptActions:
     def polygon_layer(self):
         """The "MedSAM polygons" Shapes layer, active in lasso mode: each polygon drawn becomes an object."""
         self.require_layers()
-        self.check_boxes_only()
         return kinds()["polygon"].layer(self)
 
     def segment_polygon(self, xy, z=None) -> int:
         """Segment the (V, 2) XY pixel polygon ``xy`` on the current slice (or slice ``z``); returns its label id."""
-        self.check_boxes_only()
-        return kinds()["polygon"].segment_polygon(self, xy, z)
+        return kinds()["polygon"].segment_polygon(self, xy, z)  # on a slide: its window only

@@ -40,8 +40,9 @@ from medsam_core import MedSAMError, PromptError
 log = logging.getLogger(__name__)
 SLIDE_KEY = "medsam_slide_labels"  # Labels layer metadata: the SlideLabels behind the layer
 TILE = 1024  # editor tile side (the label store's chunk)
-ONLY_BOXES = ("this is a whole-slide plane (larger than the widget keeps in memory): boxes and points segment "
-              "here, at full resolution; polygons and whole-plane tools need a plane that fits in memory")
+ONLY_BOXES = ("this is a whole-slide plane (larger than the widget keeps in memory): boxes, points and "
+              "polygons segment here, at full resolution; whole-plane tools (automatic segmentation, the model "
+              "preview of the whole plane) need a plane that fits in memory")
 KEEP_DAYS = 7  # kept unsaved slide labels of an exited napari are removed after this many days
 MARKER = "medsam-slide-labels.json"  # in each folder: the napari process that owns it, when it was made
 
