@@ -42,6 +42,7 @@ torch thread by default (``--threads``): on the shared 2-core machine two thread
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -120,10 +121,11 @@ def choose(strategy: str, predictor, previous, pool: Pool, remaining: list[int],
 
 
 def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model, make_predictor, train,
-             seed: int = 0, log=print) -> tuple[list[dict], dict]:
+             seed: int = 0, log=None) -> tuple[list[dict], dict]:
     """Rounds of choose -> annotate -> fine-tune. make_predictor(model) -> predictor;
     train(base_model, pool, labelled indices) -> (new model, held-out Dice). Returns one dict per
     round and the run's summary (total_to_finish, ...)."""
+    log = log or functools.partial(print, flush=True)
     rng = np.random.default_rng(seed)
     model, previous_model = base_model, None
     labelled: list[int] = []
@@ -153,7 +155,7 @@ def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model,
         })
         log(f"{strategy:8s} seed {seed} round {rnd}: corrected {corrected}/{len(chosen)}, pool needs "
             f"{rows[-1]['pool_corrections']}/{len(remaining)}, held-out Dice after {heldout:.4f} "
-            f"({rows[-1]['seconds']:.0f} s){'' if fw is None else '; ranking ' + fw.describe()}", flush=True)
+            f"({rows[-1]['seconds']:.0f} s){'' if fw is None else '; ranking ' + fw.describe()}")
         previous_model, model = model, new_model
     rest = [i for i in range(len(pool.objects)) if i not in set(labelled)]
     left = int(sum(d < ACCEPT_DICE for d in model_dice(make_predictor(model), pool, rest))) if rest else 0
@@ -162,7 +164,7 @@ def simulate(pool: Pool, strategy: str, rounds: int, per_round: int, base_model,
                "corrections_left_after": left, "total_to_finish": made + left,
                "heldout_dice_final": rows[-1]["heldout_dice_after"] if rows else None}
     log(f"{strategy:8s} seed {seed}: {made} corrections in the rounds + {left} of {len(rest)} left = "
-        f"{made + left} to finish the pool", flush=True)
+        f"{made + left} to finish the pool")
     return rows, summary
 
 

@@ -124,8 +124,8 @@ def test_simulated_annotator_bookkeeping():
         return base | {(pool_.objects[i][0], pool_.objects[i][1]) for i in labelled}, 0.5 + len(labelled) / 100
 
     known0 = frozenset({(0, 1), (0, 2)})  # the base model knows two objects
-    rows = bench.simulate(pool, "uncertainty", 2, 3, known0, lambda m: SquarePredictor(m, labels), train,
-                          log=lambda *_: None)
+    rows, summary = bench.simulate(pool, "uncertainty", 2, 3, known0, lambda m: SquarePredictor(m, labels), train,
+                                   log=lambda *_: None)
     assert [r["labelled"] for r in rows] == [3, 3] and [r["pool_left"] for r in rows] == [8, 5]
     assert [r["pool_corrections"] for r in rows] == [6, 3]
     # ranking picks unknown (uncertain) objects first: every labelled object needed a correction
@@ -133,8 +133,11 @@ def test_simulated_annotator_bookkeeping():
     assert not {pool.objects[i][:2] for r in rows for i in r["chosen"]} & known0
     assert calls[0] == rows[0]["chosen"] and calls[1] == rows[0]["chosen"] + rows[1]["chosen"]
     assert len(set(calls[1])) == 6 and rows[1]["heldout_dice_after"] == pytest.approx(0.56)
-    rnd = bench.simulate(pool, "random", 2, 4, known0, lambda m: SquarePredictor(m, labels), train,
-                         log=lambda *_: None)
+    # 6 corrected in the rounds; the 2 objects left are the ones the base model knew: nothing more to correct
+    assert summary["corrected_in_rounds"] == 6 and summary["left_after"] == 2
+    assert summary["corrections_left_after"] == 0 and summary["total_to_finish"] == 6
+    rnd, _ = bench.simulate(pool, "random", 2, 4, known0, lambda m: SquarePredictor(m, labels), train,
+                            log=lambda *_: None)
     assert sorted(rnd[0]["chosen"] + rnd[1]["chosen"]) == list(range(8))
 
 
