@@ -12,27 +12,13 @@ the crop (``SlideEditor``: only the tiles it touches), one undoable commit with 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from medsam_core import MedSAMError, PromptError, roi
 
 from . import _layers as L
 from ._prompt_kinds import shape_ids
-from ._sync import restore_points, set_point_features
-
-
-def object_points(s, lid: int, plane: L.Plane) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 2) XY pixels and (P,) 1/0 labels of the points already attached to object ``lid``."""
-    pts, xy, lab = s.points_layer, [], []
-    feats = pts.features
-    for k in np.flatnonzero(feats["label_id"].to_numpy() == lid):
-        p_plane, p_xy = L.point_to_xy(pts, int(k), s.image_layer, s.viewer.dims, s.settings.channel_axis)
-        if p_plane == plane:
-            xy.append(p_xy)
-            lab.append(int(bool(feats["positive"].iloc[k])))
-    return np.array(xy, float).reshape(-1, 2), np.array(lab, int)
+from ._sync import commit_refined, refine_points, restore_points, set_point_features
 
 
 def target_of_point(s, plane: L.Plane, xy) -> int:
@@ -59,17 +45,8 @@ def target_of_point(s, plane: L.Plane, xy) -> int:
 def refine_on_slide(s, lid: int, points=None, labels=None, points_before=None) -> int:
     """Re-segment slide object ``lid`` from its box, its points (+ new (P, 2) XY ``points`` with (P,)
     1/0 ``labels``) and its last logits, on its box's crop. Returns ``lid``."""
-    rec = s.object(lid)
-    xy, lab = object_points(s, lid, rec.plane)
-    new_xy, new_lab = np.zeros((0, 2)), np.zeros(0, int)
-    if points is not None:
-        new_xy = np.asarray(points, float).reshape(-1, 2)
-        new_lab = np.asarray(labels if labels is not None else np.ones(len(new_xy)), int).reshape(-1)
-        if len(new_lab) != len(new_xy):
-            raise PromptError(f"{len(new_xy)} points but {len(new_lab)} labels: give one 1/0 label per point")
-        xy, lab = np.concatenate([xy, new_xy]), np.concatenate([lab, new_lab])
-    if not len(xy):
-        raise PromptError(f"object {lid} has no points on its slice: add positive/negative points first")
+    rp = refine_points(s, lid, points, labels)
+    rec, xy, lab = rp.rec, rp.xy, rp.labels
     image2d = s.plane_image(rec.plane)
     shape = image2d.shape[:2]
     if not ((xy >= 0).all() and (xy[:, 0] < shape[1]).all() and (xy[:, 1] < shape[0]).all()):
@@ -93,27 +70,8 @@ def refine_on_slide(s, lid: int, points=None, labels=None, points_before=None) -
     editor = s.editor()
     editor.clear(rec.plane, lid)
     editor.write(rec.plane, mask, lid)
-    objects = dict(s.objects)
-    objects[lid] = replace(rec, logits=pred.low_res_logits[0].copy())
-    if points_before is None:
-        points_before = (np.array(s.points_layer.data, copy=True), s.points_layer.features.copy())
-    if len(new_xy):
-        add_points(s, L.plane_to_layer(new_xy[:, ::-1], rec.plane, s.image_layer, s.points_layer,
-                                       s.viewer.dims.point), lid, new_lab)
-    s.commit(editor, objects, f"refine label {lid}", points_before=points_before)
-    s.on_status(f"MedSAM: refined label {lid} with {len(xy)} point(s) on its {x1 - x0} x {y1 - y0} crop")
-    return lid
-
-
-def add_points(s, coords, lid: int, labels) -> None:
-    pts = s.points_layer
-    n0 = len(pts.data)
-    with s.quiet():
-        pts.add(coords)
-        feats = pts.features.copy()
-        feats.loc[n0:, "label_id"] = lid
-        feats.loc[n0:, "positive"] = np.asarray(labels, bool)
-        set_point_features(s, feats)
+    return commit_refined(s, editor, lid, rp, pred.low_res_logits[0], points_before,
+                          f"MedSAM: refined label {lid} with {len(xy)} point(s) on its {x1 - x0} x {y1 - y0} crop")
 
 
 def refine_from_slide_point(s) -> None:

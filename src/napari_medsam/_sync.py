@@ -153,7 +153,8 @@ def add_boxes(s, boxes, z=None) -> list[int]:
     return [int(v) for v in shape_ids(s.shapes_layer)[n0:]]
 
 
-def _object_points(s, lid: int, plane: L.Plane):
+def object_points(s, lid: int, plane: L.Plane) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) XY pixels and (P,) 1/0 labels of the points already attached to object ``lid`` on ``plane``."""
     pts = s.points_layer
     feats = pts.features
     xy, lab = [], []
@@ -165,11 +166,24 @@ def _object_points(s, lid: int, plane: L.Plane):
     return np.array(xy, float).reshape(-1, 2), np.array(lab, int)
 
 
-def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
-    """Re-segment object ``lid`` from its box, its points (+ new ``points``/``labels``) and last logits."""
+@dataclass
+class RefinePoints:
+    """What refining object ``lid`` is prompted with: its record, all its points (``xy``, ``labels``) and
+    the new ones among them (``new_xy``, ``new_labels``: added to the points layer on commit)."""
+
+    rec: ObjectRecord
+    xy: np.ndarray
+    labels: np.ndarray
+    new_xy: np.ndarray
+    new_labels: np.ndarray
+
+
+def refine_points(s, lid: int, points=None, labels=None) -> RefinePoints:
+    """Object ``lid``'s points on its plane + new (P, 2) XY ``points`` with (P,) 1/0 ``labels``; PromptError
+    (nothing changed) when the counts differ or the object ends up with no point."""
     rec = s.object(lid)
-    xy, lab = _object_points(s, lid, rec.plane)
-    new_xy = np.zeros((0, 2))
+    xy, lab = object_points(s, lid, rec.plane)
+    new_xy, new_lab = np.zeros((0, 2)), np.zeros(0, int)
     if points is not None:
         new_xy = np.asarray(points, float).reshape(-1, 2)
         new_lab = np.asarray(labels if labels is not None else np.ones(len(new_xy)), int).reshape(-1)
@@ -178,26 +192,41 @@ def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
         xy, lab = np.concatenate([xy, new_xy]), np.concatenate([lab, new_lab])
     if not len(xy):
         raise PromptError(f"object {lid} has no points on its slice: add positive/negative points first")
-    image2d = s.plane_image(rec.plane)
-    s.ensure_embedding(image2d, blocking=True)
-    logits = None if rec.logits is None else rec.logits[None]  # the last refinement's, if any
-    pred = s.predict(image2d, np.array([rec.box]), xy[None], lab[None], logits)
-    editor = s.editor()
-    editor.clear(rec.plane, lid)
-    editor.write(rec.plane, pred.masks[0], lid)
+    return RefinePoints(rec, xy, lab, new_xy, new_lab)
+
+
+def commit_refined(s, editor, lid: int, rp: RefinePoints, low_res_logits, points_before, status: str) -> int:
+    """Record object ``lid``'s new logits, add the new points to the points layer, commit (one undo step)."""
     objects = dict(s.objects)
-    objects[lid] = replace(rec, logits=pred.low_res_logits[0].copy())
+    objects[lid] = replace(rp.rec, logits=np.array(low_res_logits, copy=True))
     if points_before is None:
         points_before = (np.array(s.points_layer.data, copy=True), s.points_layer.features.copy())
-    if len(new_xy):
-        coords = L.plane_to_layer(new_xy[:, ::-1], rec.plane, s.image_layer, s.points_layer, s.viewer.dims.point)
-        _add_points(s, coords, lid, new_lab)
+    if len(rp.new_xy):
+        coords = L.plane_to_layer(rp.new_xy[:, ::-1], rp.rec.plane, s.image_layer, s.points_layer,
+                                  s.viewer.dims.point)
+        add_points(s, coords, lid, rp.new_labels)
     s.commit(editor, objects, f"refine label {lid}", points_before=points_before)
-    s.on_status(f"MedSAM: refined label {lid} with {len(xy)} point(s)")
+    s.on_status(status)
     return lid
 
 
-def _add_points(s, coords, lid, labels) -> None:
+def refine(s, lid: int, points=None, labels=None, points_before=None) -> int:
+    """Re-segment object ``lid`` from its box, its points (+ new ``points``/``labels``) and last logits."""
+    rp = refine_points(s, lid, points, labels)
+    rec = rp.rec
+    image2d = s.plane_image(rec.plane)
+    s.ensure_embedding(image2d, blocking=True)
+    logits = None if rec.logits is None else rec.logits[None]  # the last refinement's, if any
+    pred = s.predict(image2d, np.array([rec.box]), rp.xy[None], rp.labels[None], logits)
+    editor = s.editor()
+    editor.clear(rec.plane, lid)
+    editor.write(rec.plane, pred.masks[0], lid)
+    return commit_refined(s, editor, lid, rp, pred.low_res_logits[0], points_before,
+                          f"MedSAM: refined label {lid} with {len(rp.xy)} point(s)")
+
+
+def add_points(s, coords, lid: int, labels) -> None:
+    """Add (P, D) layer ``coords`` to the points layer as object ``lid``'s points with (P,) 1/0 ``labels``."""
     pts = s.points_layer
     n0 = len(pts.data)
     with s.quiet():
