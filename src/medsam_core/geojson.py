@@ -50,28 +50,34 @@ def _tiles(shape, regions):
     return [tuple(int(v) for v in r) for r in regions]
 
 
-def _object_boxes(labels, regions=None) -> dict[int, list[int]]:
-    """{id: [y0, y1, x0, x1]} over a possibly lazy (H, W) label image, tile by tile (or only in
-    ``regions``, (y0, y1, x0, x1) windows known to hold every object)."""
+def add_object_windows(tile: np.ndarray, ty: int, tx: int, windows: dict) -> None:
+    """Grow ``windows`` ({label id: (y0, y1, x0, x1)}) by the objects of one (h, w) label ``tile`` whose
+    top-left is (ty, tx) in the whole image: each id's window ends up holding all its pixels."""
     from scipy import ndimage
 
-    boxes: dict[int, list[int]] = {}
+    ids = np.unique(tile)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return
+    lut = np.zeros(int(ids.max()) + 1, np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    for k, sl in enumerate(ndimage.find_objects(lut[tile])):
+        if sl is None:
+            continue
+        b = (sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx)
+        old = windows.get(int(ids[k]))
+        windows[int(ids[k])] = b if old is None else (min(old[0], b[0]), max(old[1], b[1]),
+                                                      min(old[2], b[2]), max(old[3], b[3]))
+
+
+def object_windows(labels, regions=None) -> dict[int, tuple[int, int, int, int]]:
+    """{id: (y0, y1, x0, x1)} over a possibly lazy (H, W) label image, tile by tile (or only in
+    ``regions``, (y0, y1, x0, x1) windows known to hold every object)."""
+    boxes: dict[int, tuple[int, int, int, int]] = {}
     for ty, ty1, tx, tx1 in _tiles(labels.shape, regions):
         tile = np.asarray(labels[ty:ty1, tx:tx1])
-        if not tile.any():
-            continue
-        ids = np.unique(tile)
-        ids = ids[ids > 0]
-        lut = np.zeros(int(ids.max()) + 1, np.int64)
-        lut[ids] = np.arange(1, len(ids) + 1)
-        for k, sl in enumerate(ndimage.find_objects(lut[tile])):
-            if sl is None:
-                continue
-            lid = int(ids[k])
-            b = [sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx]
-            old = boxes.get(lid)
-            boxes[lid] = b if old is None else [min(old[0], b[0]), max(old[1], b[1]),
-                                               min(old[2], b[2]), max(old[3], b[3])]
+        if tile.any():
+            add_object_windows(tile, ty, tx, boxes)
     return boxes
 
 
@@ -112,7 +118,7 @@ def labels_to_features(labels, classes: dict[int, str] | None = None,
     regions: (y0, y1, x0, x1) windows holding every object (a slide is then not scanned whole)."""
     classes, colors = classes or {}, colors or {}
     feats = []
-    for lid, (y0, y1, x0, x1) in sorted(_object_boxes(labels, regions).items()):
+    for lid, (y0, y1, x0, x1) in sorted(object_windows(labels, regions).items()):
         mask = np.asarray(labels[y0:y1, x0:x1]) == lid
         polys = mask_polygons(mask, y0, x0)
         if not polys:

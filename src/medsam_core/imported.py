@@ -42,10 +42,10 @@ class Imported:
 
 def import_labels(labels, source: str, classes: dict[int, str] | None = None) -> Imported:
     """(H, W) label image (numpy or lazy; read tile by tile) -> Imported (boxes, provenance)."""
-    from .geojson import _object_boxes
+    from .geojson import object_windows
 
     classes = dict(classes or {})
-    boxes = _object_boxes(labels)
+    boxes = object_windows(labels)
     ids = np.array(sorted(boxes), np.int64)
     prov = imported_provenance(ids.tolist(), source, classes)
     for lid in ids:

@@ -109,7 +109,7 @@ def copy_to_store(src, dest, chunk: int = 1024, tile: int = 2048,
     Empty tiles are not written, so a sparse slide's labels cost what its objects cover; the coarser
     levels are rebuilt from the copy. Used to correct labels another tool wrote (an OME-Zarr's
     ``labels/`` group) without ever writing into that file."""
-    from scipy import ndimage
+    from .geojson import add_object_windows
 
     shape = tuple(int(s) for s in src.shape)
     if len(shape) != 2 or np.dtype(src.dtype).kind not in "iub":
@@ -125,16 +125,6 @@ def copy_to_store(src, dest, chunk: int = 1024, tile: int = 2048,
             if (region < 0).any():
                 raise ImageError(f"labels to copy hold negative ids (in window {window}); ids must be >= 0")
             store.write_region(window, region)
-            ids = np.unique(region)
-            ids = ids[ids > 0]
-            lut = np.zeros(int(ids.max()) + 1, np.int64)
-            lut[ids] = np.arange(1, len(ids) + 1)
-            for k, sl in enumerate(ndimage.find_objects(lut[region])):
-                if sl is None:
-                    continue
-                b = (sl[0].start + ty, sl[0].stop + ty, sl[1].start + tx, sl[1].stop + tx)
-                old = extents.get(int(ids[k]))
-                extents[int(ids[k])] = b if old is None else (min(old[0], b[0]), max(old[1], b[1]),
-                                                              min(old[2], b[2]), max(old[3], b[3]))
+            add_object_windows(region, ty, tx, extents)
     store.update_levels()
     return store, extents

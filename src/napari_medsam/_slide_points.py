@@ -17,29 +17,19 @@ import numpy as np
 from medsam_core import MedSAMError, PromptError, roi
 
 from . import _layers as L
-from ._prompt_kinds import shape_ids
-from ._sync import commit_refined, refine_points, restore_points, set_point_features
+from ._sync import commit_refined, refine_points, restore_points, set_point_features, target_of_point
 
 
-def target_of_point(s, plane: L.Plane, xy) -> int:
-    """The object a point clicked on the slide refines (see the module docstring)."""
-    for i in s.shapes_layer.selected_data:
-        lid = int(shape_ids(s.shapes_layer)[i])
-        if lid in s.objects:
-            return lid
-    x, y = int(round(xy[0])), int(round(xy[1]))
+def slide_target_of_point(s, plane: L.Plane, xy) -> int:
+    """The object a point clicked on the slide refines (``_sync.target_of_point``'s rule): the label under
+    the point is read from the store on disk; an imported object there is adopted (refined from its box)."""
     h, w = s.slide.store.shape
-    if 0 <= y < h and 0 <= x < w:
-        lid = int(np.asarray(s.slide.store.read_region((y, y + 1, x, x + 1)))[0, 0])
-        if lid in s.objects:
-            return lid
-        if lid and s.imports.adopt_on_slide(plane, lid, xy) == lid:  # an imported object: refined from its box
-            return lid
-    for lid, rec in reversed(s.objects.items()):
-        x0, y0, x1, y1 = rec.box
-        if rec.plane == plane and x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
-            return lid
-    raise PromptError("this point belongs to no MedSAM object: click inside an object (or select its box) first")
+
+    def id_under(x: int, y: int) -> int:
+        inside = 0 <= y < h and 0 <= x < w
+        return int(np.asarray(s.slide.store.read_region((y, y + 1, x, x + 1)))[0, 0]) if inside else 0
+
+    return target_of_point(s, plane, xy, id_under, lambda lid: s.imports.adopt_on_slide(plane, lid, xy))
 
 
 def refine_on_slide(s, lid: int, points=None, labels=None, points_before=None) -> int:
@@ -82,7 +72,7 @@ def refine_from_slide_point(s) -> None:
     lid = None
     try:
         plane, xy = L.point_to_xy(pts, k, s.image_layer, s.viewer.dims, s.settings.channel_axis)
-        lid = target_of_point(s, plane, xy)
+        lid = slide_target_of_point(s, plane, xy)
         with s.quiet():
             feats = pts.features.copy()
             feats.loc[k, "label_id"] = lid

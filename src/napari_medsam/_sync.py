@@ -246,14 +246,20 @@ def set_point_features(s, feats) -> None:
     pts.feature_defaults = defaults or {"positive": not s.settings.negative, "label_id": 0}
 
 
-def _target_of_point(s, plane: L.Plane, xy) -> int:
+def target_of_point(s, plane: L.Plane, xy, id_under=None, adopt=None) -> int:
+    """The object a clicked point at XY ``xy`` refines: a selected box's object, else the object under the
+    point (``id_under(x, y)`` -> label id; default: the labels plane in memory; an id the session did not
+    make is taken only when ``adopt(id)`` returns it), else the last box on ``plane`` holding the point."""
     for i in s.shapes_layer.selected_data:
         lid = int(shape_ids(s.shapes_layer)[i])
         if lid in s.objects:
             return lid
     x, y = int(round(xy[0])), int(round(xy[1]))
-    lid = int(L.read_labels_plane(s.labels_layer, plane, s.settings.channel_axis)[y, x])
-    if lid in s.objects:
+    if id_under is None:
+        lid = int(L.read_labels_plane(s.labels_layer, plane, s.settings.channel_axis)[y, x])
+    else:
+        lid = int(id_under(x, y))
+    if lid in s.objects or (lid and adopt is not None and adopt(lid) == lid):
         return lid
     for lid, rec in reversed(s.objects.items()):
         x0, y0, x1, y1 = rec.box
@@ -269,7 +275,7 @@ def refine_from_new_point(s) -> None:
     before = (np.array(pts.data[:-1], copy=True), pts.features.iloc[:-1].copy())
     try:
         plane, xy = L.point_to_xy(pts, k, s.image_layer, s.viewer.dims, s.settings.channel_axis)
-        lid = _target_of_point(s, plane, xy)
+        lid = target_of_point(s, plane, xy)
         positive = bool(pts.features["positive"].iloc[k])
         with s.quiet():
             feats = pts.features.copy()
