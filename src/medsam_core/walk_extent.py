@@ -1,0 +1,201 @@
+"""An extent prior for a 3D walk: the structure's ends along the walk axis, read on orthogonal planes.
+
+A box walk sees the structure one slice at a time, and on MRI atlas structures the ends are mostly
+not visible in any one slice (docs/3d.md). On a plane *orthogonal* to the slices (through the start
+slice's mask), the structure's whole profile along the walk axis is one image. ``estimate_extent``
+encodes two such planes (one along each in-plane axis, through the deepest point of the start mask),
+prompts the model there with a box whose in-plane side comes from the start slice and whose
+walk-axis side is a guess from the start cross-section's physical size, re-prompts with the box of
+the mask it got (``iterations``), and reads the first and last slice the mask covers.
+
+Planes whose slice spacing differs from the in-plane pixel size are resampled to square pixels
+before encoding (the model was trained on square pixels), and the rows mapped back to slices.
+
+Cost: ``len(planes)`` encoder calls (2 by default) and a few decoder calls per structure; the
+planes are ordinary images for the predictor's EmbeddingCache (keyed by content), so a second
+object through the same plane costs no encoder work.
+
+The estimate is a *prior*, not a stop: ``Extent.lo``/``hi`` say where the two planes put the ends;
+how a walk uses it (and whether it should) is measured in docs/3d.md ("Stop research: extent from
+orthogonal planes").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import PromptError
+from .preprocess import Intensity
+
+__all__ = ["Extent", "PlaneEstimate", "estimate_extent", "orthogonal_planes"]
+
+
+@dataclass(frozen=True)
+class PlaneEstimate:
+    """One orthogonal plane's reading: ``axis`` the in-plane axis it runs along ("x": the plane is
+    (slices, X) at row ``at``; "y": (slices, Y) at column ``at``), the first and last slice its mask
+    covers (``lo``, ``hi``; None when the mask was empty), the predicted IoU, and every box tried
+    ((4,) XYXY in the plane's own, possibly resampled, pixels; rows are slices x ``zoom``)."""
+
+    axis: str
+    at: int
+    lo: int | None
+    hi: int | None
+    score: float
+    zoom: float
+    boxes: tuple = field(default_factory=tuple, repr=False)
+
+
+@dataclass(frozen=True)
+class Extent:
+    """The prior: ``lo``..``hi`` (inclusive slice indices along the walk axis) combined over the
+    planes that found the structure (``combine``); None when none did."""
+
+    lo: int | None
+    hi: int | None
+    planes: tuple[PlaneEstimate, ...]
+
+    def depth(self, z: int, step: int) -> int | None:
+        """Slices from the start slice ``z`` to the estimated end in direction ``step`` (+1 up,
+        -1 down); None without an estimate."""
+        end = self.hi if step > 0 else self.lo
+        return None if end is None else max((end - z) * step, 0)
+
+
+def _deepest_point(mask: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the mask pixel farthest from its border: the line through the thick part."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(r), int(c)
+
+
+def orthogonal_planes(slices: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0, 1.0)):
+    """The two planes through the deepest point of ``mask`` ((Y, X) bool on one slice of ``slices``,
+    (Z, Y, X) walk axis first). Returns [(axis, at, plane, zoom, line_spacing)]: ``plane`` (Z', N)
+    with Z' = Z x ``zoom`` rows (resampled so the rows' spacing is the in-plane pixel size when the
+    slice spacing differs by more than 10 %), N = X for axis "x" (row ``at`` of every slice) or Y
+    for axis "y" (column ``at``)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        raise PromptError("the start mask is empty: there is no structure to read an extent for")
+    yc, xc = _deepest_point(mask)
+    sz, sy, sx = (float(s) for s in spacing)
+    out = []
+    for axis, at, plane, s_in in (("x", yc, slices[:, yc, :], sx), ("y", xc, slices[:, :, xc], sy)):
+        zoom = sz / s_in
+        plane = np.asarray(plane)
+        if abs(zoom - 1.0) > 0.1:
+            plane = ndimage.zoom(plane.astype(np.float32), (zoom, 1.0), order=1)
+            zoom = plane.shape[0] / slices.shape[0]
+        else:
+            zoom = 1.0
+        out.append((axis, at, plane, zoom, s_in))
+    return out
+
+
+def _line_run(line: np.ndarray, at: int) -> tuple[int, int]:
+    """First and last index of the run of ``line`` (1D bool) that holds ``at``."""
+    lo = hi = at
+    while lo > 0 and line[lo - 1]:
+        lo -= 1
+    while hi < len(line) - 1 and line[hi + 1]:
+        hi += 1
+    return lo, hi
+
+
+def _component_rows(mask: np.ndarray, row: float, col: float) -> tuple[int, int] | None:
+    """Row extent of the connected component of ``mask`` nearest to (row, col)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return None
+    lab, n = ndimage.label(mask)
+    r, c = int(round(row)), int(round(col))
+    pick = lab[min(max(r, 0), mask.shape[0] - 1), min(max(c, 0), mask.shape[1] - 1)]
+    if pick == 0:  # the point is outside every component: the nearest one
+        dist = ndimage.distance_transform_edt(lab == 0, return_indices=True)[1]
+        pick = lab[dist[0][r, c], dist[1][r, c]]
+    rows = np.flatnonzero((lab == pick).any(axis=1))
+    return int(rows[0]), int(rows[-1])
+
+
+def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int,
+                    spacing=(1.0, 1.0, 1.0), intensity: Intensity | None = None, *,
+                    reach: float = 2.0, iterations: int = 1, side: str = "box",
+                    combine: str = "mean") -> Extent:
+    """Estimate the structure's first and last slice along the walk axis from orthogonal planes.
+
+    slices: (Z, Y, X) volume, walk axis first; mask: (Y, X) bool start mask on slice ``z``;
+    box: (4,) XYXY the user's box on slice ``z``; spacing: (z, y, x) physical spacing in that
+    order; intensity: the volume's window (``volume_intensity``) so the planes are normalised
+    like the slices.
+    reach: the first box's walk-axis half side, in start cross-section radii (the radius of a disc
+    of the mask's physical area): a structure about as deep as it is wide fits in ``reach`` 1.
+    iterations: re-prompts with the box of the mask found (walk-axis side only, grown by the start
+    slice's slack between ``box`` and the mask) after the first prompt.
+    side: the box's in-plane side: "box" (the user's box) or "line" (the start mask's run along the
+    plane's line, grown by the same slack).
+    combine: "mean", "min" (the shorter estimate per end) or "max" over the planes that found it.
+    """
+    if side not in ("box", "line") or combine not in ("mean", "min", "max"):
+        raise PromptError(f"side must be 'box' or 'line' and combine 'mean', 'min' or 'max'; got {side!r}, {combine!r}")
+    if iterations < 0 or reach <= 0:
+        raise PromptError(f"reach must be > 0 and iterations >= 0, got {reach!r}, {iterations!r}")
+    mask = np.asarray(mask, bool)
+    box = np.asarray(box, float)
+    n = slices.shape[0]
+    sz, sy, sx = (float(s) for s in spacing)
+    radius = np.sqrt(mask.sum() / np.pi * sy * sx)  # physical
+    rows_idx = np.flatnonzero(mask.any(axis=1))
+    cols_idx = np.flatnonzero(mask.any(axis=0))
+    slack = {"x": max(((cols_idx[0] - box[0]) + (box[2] - cols_idx[-1])) / 2, 1.0) if mask.any() else 1.0,
+             "y": max(((rows_idx[0] - box[1]) + (box[3] - rows_idx[-1])) / 2, 1.0) if mask.any() else 1.0}
+    found = []
+    for axis, at, plane, zoom, s_in in orthogonal_planes(slices, mask, spacing):
+        line = mask[at, :] if axis == "x" else mask[:, at]
+        centre = _deepest_point(mask)[1 if axis == "x" else 0]
+        if side == "box":
+            a0, a1 = (box[0], box[2]) if axis == "x" else (box[1], box[3])
+        else:
+            lo_r, hi_r = _line_run(line, centre)
+            a0, a1 = lo_r - slack[axis], hi_r + slack[axis]
+        a0, a1 = max(a0, 0.0), min(a1, plane.shape[1] - 1.0)
+        zc = (z + 0.5) * zoom - 0.5  # the start slice's row in the plane
+        half = reach * radius / s_in  # rows of the (square-pixel) plane
+        pad = (slack["x"] + slack["y"]) / 2  # the start box's looseness; plane rows are in-plane pixels
+        lo_row, hi_row = zc - half, zc + half
+        predictor.set_image(plane, intensity=intensity)
+        boxes, got, score = [], None, 0.0
+        for _ in range(iterations + 1):
+            b = np.array([a0, max(lo_row, 0.0), a1, min(hi_row, plane.shape[0] - 1.0)])
+            boxes.append(b)
+            pred = predictor.predict(boxes=b[None])
+            m, score = pred[0][0], float(pred[1][0])
+            rows = _component_rows(m, zc, centre)
+            if rows is None:
+                break
+            got = rows
+            lo_row, hi_row = rows[0] - pad, rows[1] + pad
+        if got is None:
+            found.append(PlaneEstimate(axis, at, None, None, score, zoom, tuple(boxes)))
+            continue
+        lo = int(np.clip(np.floor((got[0] + 0.5) / zoom), 0, n - 1))
+        hi = int(np.clip(np.ceil((got[1] + 0.5) / zoom) - 1, 0, n - 1))
+        found.append(PlaneEstimate(axis, at, min(lo, z), max(hi, z), score, zoom, tuple(boxes)))
+    good = [p for p in found if p.lo is not None]
+    if not good:
+        return Extent(None, None, tuple(found))
+    pick = {"mean": lambda v: int(round(float(np.mean(v)))), "min": None, "max": None}[combine]
+    los, his = [p.lo for p in good], [p.hi for p in good]
+    if combine == "mean":
+        lo, hi = pick(los), pick(his)
+    elif combine == "min":  # the shorter estimate at each end
+        lo, hi = max(los), min(his)
+    else:
+        lo, hi = min(los), max(his)
+    return Extent(min(lo, z), max(hi, z), tuple(found))
