@@ -29,14 +29,16 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_3d import largest_slice_box, load  # noqa: E402
-from bench_3d_replay import STORE, _kept_stats  # noqa: E402
+from bench_3d_replay import OUTPUTS, STORE, _kept_stats, _unpack  # noqa: E402
 
+from medsam_core.walk_extent import deepest_point  # noqa: E402
 from medsam_core.walk_stop import Calibration, Evidence, StopRules, stop_reason  # noqa: E402
 
 ESTIMATES = Path("/tmp/medsam_3d_extent")
@@ -100,11 +102,16 @@ def combined(planes, how: str):
     return float(min(los)), float(max(his))
 
 
-def _verdicts(rows, rules: StopRules, cal: Calibration, area0: int):
-    """Per row: (why, empty) as the walk's rules see it."""
+def _verdicts(rows, rules: StopRules, cal: Calibration, area0: int, agree_min: float | None = None):
+    """Per row: (why, empty) as the walk's rules see it; ``agree_min`` replaces ``min_agree``."""
+    if agree_min is not None:
+        rules = replace(rules, min_agree=0.0)
     out, prev = [], area0
     for r in rows:
-        out.append((stop_reason(rules, r["f"], prev, cal), r["f"]["area"] == 0))
+        why = stop_reason(rules, r["f"], prev, cal)
+        if why is None and agree_min is not None and r["f"].get("agree", 1.0) < agree_min:
+            why = f"lost track ({r['f']['agree']:.2f})"
+        out.append((why, r["f"]["area"] == 0))
         prev = r["f"]["area"] or prev
     return out
 
@@ -125,28 +132,170 @@ def _count(rows, verdicts, rules: StopRules, force=None) -> int:
     return kept
 
 
-def stop_variants():
-    """name -> function(kev, depth_est, rows, verdicts, rules) -> slices kept."""
-    v = {"current": lambda kev, d, rows, ver, rules: kev}
-    for o in (-2, -1, 0, 1, 2):
-        v[f"extent{o:+d}"] = lambda kev, d, rows, ver, rules, o=o: int(np.clip(round(d + o), 0, len(rows)))
-    for a, b in itertools.product((0.25, 0.5), (0.25, 0.5, 1.0)):
-        v[f"clip({a},{b})"] = lambda kev, d, rows, ver, rules, a=a, b=b: int(
-            np.clip(kev, np.floor(d * (1 - a)), np.ceil(d * (1 + b))))
-    for a, b in itertools.product((0.25, 0.5, 1.0), (0.25, 0.5, 1.0, None)):
-        def guard(kev, d, rows, ver, rules, a=a, b=b):
+def _iou1(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def line_agreement(rec: dict, lines_of) -> dict:
+    """Per direction, per slice: the mean 1D IoU, along the two lines through the start mask's
+    deepest point, between the kept mask ("anchor" output) and ``lines_of(z) -> (row, col)``
+    (1D bool along X at that row, along Y at that column; None: no reading on that slice)."""
+    start = _unpack(rec["start"]["mask"], rec["shape"])
+    yc, xc = deepest_point(start)
+    out = {}
+    for d, rows in rec["dirs"].items():
+        vals = []
+        for r in rows:
+            ms = {k: _unpack(r["masks"][k], rec["shape"]) for k in OUTPUTS}
+            k = max(OUTPUTS, key=lambda k: (ms[k] & start).sum() / max((ms[k] | start).sum(), 1))
+            ref = lines_of(r["z"])
+            vals.append(None if ref is None else (_iou1(ms[k][yc, :], ref[0]) + _iou1(ms[k][:, xc], ref[1])) / 2)
+        out[d] = vals
+    return out
+
+
+@dataclass
+class Item:
+    """One structure: its rule-free walk profile, extent estimates and oracle Dice."""
+
+    case: str
+    name: str
+    rec: dict
+    stats: dict
+    est: dict
+    oracle: float
+    cal: Calibration
+    lines: dict  # source -> direction -> per-slice line agreement (``line_agreement``)
+
+    def dice(self, ku: int, kd: int) -> float:
+        a0, i0 = self.rec["start"]["stat"]
+        sel = self.stats["up"][:ku] + self.stats["down"][:kd]
+        return 2 * (i0 + sum(i for _, i in sel)) / (a0 + sum(a for a, _ in sel) + self.rec["gt_total"])
+
+    def depth(self, variant: str, how: str, d: str) -> float | None:
+        ext = combined(self.est["variants"][variant], how)
+        if ext is None:
+            return None
+        z0 = self.rec["z0"]
+        return max(ext[1] - z0 if d == "up" else z0 - ext[0], 0.0)
+
+    def agree_ref(self, n: int) -> float:
+        """Median agreement of the first ``n`` slices of both directions (calibration near the start)."""
+        vals = [r["f"].get("agree", 0.0) for d in ("up", "down") for r in self.rec["dirs"][d][:n]]
+        return float(np.median(vals)) if vals else 1.0
+
+
+def stop_variants(rules: StopRules, estimates: list[str]):
+    """name -> function(item, direction) -> slices kept in that direction."""
+
+    def evidence(agree=None, force_of=None):
+        def fn(it: Item, d: str) -> int:
+            rows = it.rec["dirs"][d]
+            ver = _verdicts(rows, rules, it.cal, it.rec["start"]["f"]["area"], agree(it) if agree else None)
+            force = force_of(it, d) if force_of else None
+            return _count(rows, ver, rules, force)
+        return fn
+
+    def guard_of(variant, how, a, b):
+        def force_of(it, d):
+            dep = it.depth(variant, how, d)
+            if dep is None:
+                return None
+
             def force(depth):
-                if depth <= d * (1 - a):
+                if depth <= dep * (1 - a):
                     return "pass"
-                if b is not None and depth > d * (1 + b):
+                if b is not None and depth > dep * (1 + b):
                     return "trip"
                 return None
-            return _count(rows, ver, rules, force)
-        v[f"guard({a},{b})"] = guard
+            return force
+        return force_of
+
+    v = {"current": evidence()}
+    for c, n in itertools.product((0.5, 0.6, 0.7, 0.8), (2, 3, 5)):
+        v[f"agree {c} x start({n})"] = evidence(agree=lambda it, c=c, n=n: c * it.agree_ref(n))
+        v[f"agree max(0.35, {c} x start({n}))"] = evidence(agree=lambda it, c=c, n=n: max(rules.min_agree, c * it.agree_ref(n)))
+    def line_rule(source, t):  # trip where the kept mask disagrees with the lines' reading
+        def fn(it: Item, d: str) -> int:
+            rows = it.rec["dirs"][d]
+            ver = _verdicts(rows, rules, it.cal, it.rec["start"]["f"]["area"])
+            la = it.lines[source][d]
+            ver = [(why or (f"off the planes ({a:.2f})" if a is not None and a < t else None), e)
+                   for (why, e), a in zip(ver, la, strict=True)]
+            return _count(rows, ver, rules)
+        return fn
+
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6):
+        v[f"lines reference < {t}"] = line_rule("reference", t)
+
+    def soft(tau, scale, calibrated=None):
+        """Evidence with graded weights: a slice that trips another rule costs 1, else it adds
+        clip((agree - tau) / scale, -1, 1): the cut lands where the agreement curve bends down.
+        ``calibrated`` (c, n): tau = c x the start's median agreement over n slices."""
+        def fn(it: Item, d: str) -> int:
+            rows = it.rec["dirs"][d]
+            thr = calibrated[0] * it.agree_ref(calibrated[1]) if calibrated else tau
+            ver = _verdicts(rows, replace(rules, min_agree=0.0), it.cal, it.rec["start"]["f"]["area"])
+            count = best = 0.0
+            kept = held = 0
+            for r, (why, empty) in zip(rows, ver, strict=True):
+                if empty:
+                    return kept
+                w = -rules.trip_weight if why else float(np.clip((r["f"].get("agree", 1.0) - thr) / scale, -1, 1))
+                count += w
+                held += 1
+                if count >= best - 1e-9:
+                    best, kept, held = count, kept + held, 0
+                elif best - count >= rules.patience - 1e-9:
+                    return kept
+            return kept
+        return fn
+
+    for tau, scale in itertools.product((0.3, 0.35, 0.4, 0.5), (0.1, 0.2, 0.3)):
+        v[f"soft agree tau {tau} scale {scale}"] = soft(tau, scale)
+    for c, scale, n in itertools.product((0.4, 0.5, 0.55, 0.6, 0.65, 0.7), (0.05, 0.1, 0.15, 0.2, 0.3), (3, 5, 7)):
+        v[f"soft agree tau {c} x start({n}) scale {scale}"] = soft(None, scale, (c, n))
+
+    def running(c, n):  # threshold c x the highest agreement so far (at least the start's median over n)
+        def fn(it: Item, d: str) -> int:
+            rows = it.rec["dirs"][d]
+            base = it.agree_ref(n)
+            ver, prev, top = [], it.rec["start"]["f"]["area"], base
+            for r in rows:
+                why = stop_reason(replace(rules, min_agree=0.0), r["f"], prev, it.cal)
+                a = r["f"].get("agree", 1.0)
+                if why is None and a < c * top:
+                    why = f"lost track ({a:.2f})"
+                top = max(top, a)
+                ver.append((why, r["f"]["area"] == 0))
+                prev = r["f"]["area"] or prev
+            return _count(rows, ver, rules)
+        return fn
+
+    for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5)):
+        v[f"agree {c} x running max(start({n}))"] = running(c, n)
+    for variant in estimates:
+        hows = ("mean",) if variant == "reference" else ("mean", "min", "max")
+        for how in hows:
+            tag = f"{variant} {how}"
+            for o in (-2, -1, 0, 1, 2):
+                v[f"{tag} | extent{o:+d}"] = lambda it, d, t=(variant, how, o): (
+                    lambda dep: len(it.rec["dirs"][d]) if dep is None else
+                    int(np.clip(round(dep + t[2]), 0, len(it.rec["dirs"][d]))))(it.depth(t[0], t[1], d))
+            for b in (0.0, 0.1, 0.25, 0.5):
+                v[f"{tag} | cap({b})"] = lambda it, d, t=(variant, how, b), ev=v["current"]: (
+                    lambda dep, k: k if dep is None else min(k, int(np.ceil(dep * (1 + t[2])))))(
+                    it.depth(t[0], t[1], d), ev(it, d))
+            for a, b in itertools.product((0.25, 0.5, 1.0), (0.25, 0.5, 1.0, None)):
+                v[f"{tag} | guard({a},{b})"] = evidence(force_of=guard_of(variant, how, a, b))
+                for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5)):  # with the calibrated agreement
+                    v[f"{tag} | guard({a},{b}) + agree {c} x start({n})"] = evidence(
+                        agree=lambda it, c=c, n=n: c * it.agree_ref(n), force_of=guard_of(variant, how, a, b))
     return v
 
 
-def replay(oracle_file: str, out_file: str | None, top: int) -> None:
+def replay(oracle_file: str, out_file: str | None, top: int, show=None) -> None:
     oracle = {c: {k: v["oracle"] for k, v in d["structures"].items()}
               for c, d in json.loads(Path(oracle_file).read_text())["cases"].items()}
     rules = StopRules()
@@ -154,69 +303,39 @@ def replay(oracle_file: str, out_file: str | None, top: int) -> None:
     data = {}
     for case in cases:
         recs = pickle.loads((STORE / f"{case}.pkl").read_bytes())
-        est = json.loads((ESTIMATES / f"{case}.json").read_text())
+        path = ESTIMATES / f"{case}.json"
+        est = json.loads(path.read_text()) if path.exists() else {}
+        _, labels, _, names = load(case)
         data[case] = []
         for name, rec in recs.items():
-            stats, (a0, i0) = _kept_stats(rec, "anchor"), rec["start"]["stat"]
-            cal = Calibration(**rec["cal"])
-            dirs = {}
-            for d in ("up", "down"):
-                rows = rec["dirs"][d]
-                ver = _verdicts(rows, rules, cal, rec["start"]["f"]["area"])
-                dirs[d] = (rows, ver, _count(rows, ver, rules))
-            data[case].append((name, rec, stats, a0, i0, dirs, est[name], oracle[case][name]))
+            zs = np.flatnonzero((labels == (names.index(name) + 1 if names else int(name.rsplit(" ", 1)[1]))).any(axis=(1, 2)))
+            e = est.get(name, {"variants": {}})
+            e["variants"]["reference"] = [[int(zs[0]), int(zs[-1]), 1.0]]  # an exact prior: the upper bound
+            obj = labels == (names.index(name) + 1 if names else int(name.rsplit(" ", 1)[1]))
+            start = _unpack(rec["start"]["mask"], rec["shape"])
+            yc, xc = deepest_point(start)
+            lines = {"reference": line_agreement(rec, lambda z, obj=obj, yc=yc, xc=xc: (obj[z, yc, :], obj[z, :, xc]))}
+            data[case].append(Item(case, name, rec, _kept_stats(rec, "anchor"), e, oracle[case][name],
+                                   Calibration(**rec["cal"]), lines))
 
-    def score(item, ku, kd):
-        name, rec, stats, a0, i0, *_ = item
-        sel = stats["up"][:ku] + stats["down"][:kd]
-        return 2 * (i0 + sum(i for _, i in sel)) / (a0 + sum(a for a, _ in sel) + rec["gt_total"])
-
-    def evaluate(fn, variant: str | None, how: str) -> dict:
+    def summarise(dices: dict) -> dict:
         res = {}
         for case in cases:
-            dice, ratios = [], []
-            for item in data[case]:
-                name, rec, _, _, _, dirs, est, orc = item
-                ext = combined(est["variants"][variant], how) if variant else None
-                ks = []
-                for d, step in (("up", 1), ("down", -1)):
-                    rows, ver, kev = dirs[d]
-                    if ext is None:
-                        ks.append(kev)
-                        continue
-                    depth = max((ext[1] - rec["z0"]) if step > 0 else (rec["z0"] - ext[0]), 0.0)
-                    ks.append(fn(kev, depth, rows, ver, rules))
-                dice.append(score(item, *ks))
-                ratios.append((dice[-1] / orc, name))
-            orcs = [it[-1] for it in data[case]]
-            worst = min(ratios)
-            res[case] = {"ratio": float(np.mean(dice) / np.mean(orcs)), "worst": [round(worst[0], 3), worst[1]]}
+            ratios = [(dices[case][i] / it.oracle, it.name) for i, it in enumerate(data[case])]
+            res[case] = {"ratio": float(np.mean(dices[case]) / np.mean([it.oracle for it in data[case]])),
+                         "worst": [round(min(ratios)[0], 3), min(ratios)[1]]}
         res["min_ratio"] = min(res[c]["ratio"] for c in cases)
         return res
 
-    rows_out = {"current": evaluate(lambda kev, *a: kev, None, "mean")}
-    perfect = {}
-    for case in cases:
-        best = [max(score(it, u, d) for u in range(len(it[2]["up"]) + 1) for d in range(len(it[2]["down"]) + 1))
-                for it in data[case]]
-        orcs = [it[-1] for it in data[case]]
-        r = [(b / o, it[0]) for b, o, it in zip(best, orcs, data[case], strict=True)]
-        perfect[case] = {"ratio": float(np.mean(best) / np.mean(orcs)), "worst": [round(min(r)[0], 3), min(r)[1]]}
-    perfect["min_ratio"] = min(perfect[c]["ratio"] for c in cases)
-    rows_out["perfect"] = perfect
-    # the reference's own ends as the extent (an exact prior): how much an extent prior could give
-    for case in cases:
-        for it in data[case]:
-            it[6]["variants"]["reference"] = [[it[6]["ref"][0], it[6]["ref"][1], 1.0]]
-    variants = list(next(iter(data["colin27"]))[6]["variants"])
-    fns = stop_variants()
-    for variant in variants:
-        for how in (("mean", "min", "max") if variant != "reference" else ("mean",)):
-            for sname, fn in fns.items():
-                if sname == "current":
-                    continue
-                rows_out[f"{variant} {how} | {sname}"] = evaluate(fn, variant, how)
-    ranked = sorted(rows_out.items(), key=lambda kv: -kv[1]["min_ratio"])
+    results = {"perfect": summarise({c: [max(it.dice(u, d) for u in range(len(it.stats["up"]) + 1)
+                                                for d in range(len(it.stats["down"]) + 1)) for it in data[c]]
+                                     for c in cases})}
+    estimates = [v for v in data["colin27"][0].est["variants"]
+                 if all(v in it.est["variants"] for c in cases for it in data[c])]
+    variants = stop_variants(rules, estimates)
+    for sname, fn in variants.items():
+        results[sname] = summarise({c: [it.dice(fn(it, "up"), fn(it, "down")) for it in data[c]] for c in cases})
+    ranked = sorted(results.items(), key=lambda kv: -kv[1]["min_ratio"])
 
     def line(name, r):
         return f"{r['min_ratio']:.3f} | " + " / ".join(
@@ -224,17 +343,28 @@ def replay(oracle_file: str, out_file: str | None, top: int) -> None:
 
     print("worst volume | colin27 / macaque / cells3d (worst structure) | variant")
     for name in ("current", "perfect"):
-        print(line(name, rows_out[name]))
-    print("-- reference ends as the prior (upper bound of an extent prior):")
-    for name, r in ranked:
-        if name.startswith("reference"):
+        print(line(name, results[name]))
+    groups = (("reference ends as the prior (an exact extent)", lambda n: n.startswith("reference")),
+              ("per-structure agreement threshold", lambda n: n.startswith("agree")),
+              ("graded agreement evidence (cut where the agreement curve bends)", lambda n: n.startswith("soft")),
+              ("per-slice agreement with the lines through the start (reference lines: a bound)", lambda n: n.startswith("lines")),
+              ("estimated extent", lambda n: n.startswith("reach") and "agree" not in n),
+              ("estimated extent + per-structure agreement threshold", lambda n: n.startswith("reach") and "agree" in n))
+    for title, keep in groups:
+        print(f"-- {title}, top {top}:")
+        for name, r in [kv for kv in ranked if keep(kv[0])][:top]:
             print(line(name, r))
-            break
-    print(f"-- top {top} estimated variants:")
-    for name, r in [kv for kv in ranked if not kv[0].startswith("reference") and kv[0] not in ("current", "perfect")][:top]:
-        print(line(name, r))
+    for name in show or ():
+        fn = variants[name]
+        print(f"-- per structure: {name} vs current (ratio to the oracle)")
+        for c in cases:
+            for it in data[c]:
+                cur = it.dice(variants["current"](it, "up"), variants["current"](it, "down"))
+                new = it.dice(fn(it, "up"), fn(it, "down"))
+                if abs(new - cur) > 0.005:
+                    print(f"   {c} {it.name}: {cur / it.oracle:.2f}x -> {new / it.oracle:.2f}x")
     if out_file:
-        Path(out_file).write_text(json.dumps({"rules": rules.__dict__, "results": rows_out}, indent=0))
+        Path(out_file).write_text(json.dumps({"rules": rules.__dict__, "results": results}, indent=0))
 
 
 def main() -> None:
@@ -245,12 +375,13 @@ def main() -> None:
     ap.add_argument("--oracle-from", default=str(Path(__file__).parent / "results" / "3d_walk.json"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--show", nargs="*", help="variants whose per-structure changes to print")
     args = ap.parse_args()
     if args.command == "estimate":
         for case in args.cases:
             estimate(case, args.cache)
     else:
-        replay(args.oracle_from, args.out, args.top)
+        replay(args.oracle_from, args.out, args.top, args.show)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import PromptError
 from .preprocess import Intensity
 
-__all__ = ["Extent", "PlaneEstimate", "estimate_extent", "orthogonal_planes"]
+__all__ = ["Extent", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Extent:
         return None if end is None else max((end - z) * step, 0)
 
 
-def _deepest_point(mask: np.ndarray) -> tuple[int, int]:
+def deepest_point(mask: np.ndarray) -> tuple[int, int]:
     """(row, col) of the mask pixel farthest from its border: the line through the thick part."""
     from scipy import ndimage
 
@@ -83,7 +83,7 @@ def orthogonal_planes(slices: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0, 1
 
     if not mask.any():
         raise PromptError("the start mask is empty: there is no structure to read an extent for")
-    yc, xc = _deepest_point(mask)
+    yc, xc = deepest_point(mask)
     sz, sy, sx = (float(s) for s in spacing)
     out = []
     for axis, at, plane, s_in in (("x", yc, slices[:, yc, :], sx), ("y", xc, slices[:, :, xc], sy)):
@@ -158,7 +158,7 @@ def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int
     found = []
     for axis, at, plane, zoom, s_in in orthogonal_planes(slices, mask, spacing):
         line = mask[at, :] if axis == "x" else mask[:, at]
-        centre = _deepest_point(mask)[1 if axis == "x" else 0]
+        centre = deepest_point(mask)[1 if axis == "x" else 0]
         if side == "box":
             a0, a1 = (box[0], box[2]) if axis == "x" else (box[1], box[3])
         else:

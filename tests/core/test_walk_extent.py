@@ -1,0 +1,114 @@
+"""The extent prior read on orthogonal planes (medsam_core.walk_extent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsam_core.errors import PromptError
+from medsam_core.walk_extent import Extent, deepest_point, estimate_extent, orthogonal_planes
+
+from .volume_fakes import FakePredictor, bbox, ellipsoid, render
+
+
+def _start(truth, z, pad=3.0):
+    return truth[z], bbox(truth[z], pad)
+
+
+def test_a_generous_box_reads_the_ellipsoids_ends_on_both_planes():
+    truth = ellipsoid()  # z 10..30 (radius 10.5 about 20)
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    mask, box = _start(truth, 20)
+    pred = FakePredictor()
+    ext = estimate_extent(pred, render(truth), mask, box, 20, reach=3.0, iterations=0)
+    assert (ext.lo, ext.hi) == (zs[0], zs[-1])
+    assert [p.axis for p in ext.planes] == ["x", "y"]
+    assert all((p.lo, p.hi) == (zs[0], zs[-1]) for p in ext.planes)
+    assert pred.images == 2  # one image per plane: two encodes
+    assert ext.depth(20, 1) == zs[-1] - 20 and ext.depth(20, -1) == 20 - zs[0]
+
+
+def test_re_prompting_grows_a_short_first_box_to_the_ends():
+    truth = ellipsoid()
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    mask, box = _start(truth, 20)
+    short = estimate_extent(FakePredictor(), render(truth), mask, box, 20, reach=0.2, iterations=0)
+    assert short.lo > zs[0] and short.hi < zs[-1]  # the fake fills its box: the box's rows only
+    grown = estimate_extent(FakePredictor(), render(truth), mask, box, 20, reach=0.2, iterations=6)
+    assert (grown.lo, grown.hi) == (zs[0], zs[-1])
+
+
+def test_planes_pass_through_the_masks_deepest_point_and_are_resampled_to_square_pixels():
+    truth = ellipsoid()
+    vol = render(truth)
+    assert deepest_point(truth[20]) == (32, 40)
+    planes = orthogonal_planes(vol, truth[20], spacing=(2.0, 1.0, 1.0))
+    (ax, at, plane, zoom, _), (ay, at_y, plane_y, _, _) = planes
+    assert (ax, at, ay, at_y) == ("x", 32, "y", 40)
+    assert plane.shape == (80, 80) and zoom == 2.0 and plane_y.shape == (80, 64)
+    assert orthogonal_planes(vol, truth[20])[0][2].shape == (40, 80)  # isotropic: the plane as is
+
+
+def test_thick_slices_map_the_ends_back_to_slice_indices():
+    """A 2 mm-slice ellipsoid (radius 5.25 slices = 10.5 mm): the planes are stretched 2x before
+    the model sees them, and the ends come back as slice indices."""
+    truth = ellipsoid(shape=(20, 64, 80), center=(10, 32, 40), radii=(5.25, 15, 20))
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    mask, box = _start(truth, 10)
+    ext = estimate_extent(FakePredictor(), render(truth), mask, box, 10, spacing=(2.0, 1.0, 1.0), reach=3.0)
+    assert abs(ext.lo - zs[0]) <= 1 and abs(ext.hi - zs[-1]) <= 1
+    assert all(p.zoom == 2.0 for p in ext.planes)
+
+
+def test_combine_picks_the_shorter_or_longer_plane_per_end():
+    """A block with a tail on one side: the x-plane (the row through the deepest point) runs
+    through the tail, the y-plane (the column) misses it, so the two planes disagree on the end."""
+    truth = np.zeros((30, 40, 40), bool)
+    truth[8:20, 10:30, 10:30] = True
+    truth[20:25, 10:30, 10:14] = True  # the tail: slices 20-24, only near x = 10..13
+    mask, box = _start(truth, 12)
+    yc, xc = deepest_point(mask)
+    assert truth[22, yc, 11] and not truth[22, :, xc].any()
+    ext = {c: estimate_extent(FakePredictor(), render(truth), mask, box, 12, combine=c, reach=3.0)
+           for c in ("min", "max", "mean")}
+    assert [(p.axis, p.lo, p.hi) for p in ext["min"].planes] == [("x", 8, 24), ("y", 8, 19)]
+    assert (ext["min"].lo, ext["min"].hi) == (8, 19)
+    assert (ext["max"].lo, ext["max"].hi) == (8, 24)
+    assert (ext["mean"].lo, ext["mean"].hi) == (8, 22)
+
+
+def test_nothing_found_and_bad_input():
+    truth = ellipsoid()
+    mask, box = _start(truth, 20)
+    blank = np.full(truth.shape, 20, np.uint16)  # nothing bright: the fake finds no mask anywhere
+    ext = estimate_extent(FakePredictor(), blank, mask, box, 20)
+    assert ext == Extent(None, None, ext.planes) and ext.depth(20, 1) is None
+    with pytest.raises(PromptError, match="empty"):
+        estimate_extent(FakePredictor(), render(truth), np.zeros_like(mask), box, 20)
+    with pytest.raises(PromptError, match="side"):
+        estimate_extent(FakePredictor(), render(truth), mask, box, 20, side="diagonal")
+    with pytest.raises(PromptError, match="reach"):
+        estimate_extent(FakePredictor(), render(truth), mask, box, 20, reach=0)
+
+
+@pytest.mark.slow
+def test_real_model_reads_a_cells3d_nucleus_extent(lite_model, cells3d):
+    """Bundled LiteMedSAM on a cells3d nucleus: the two planes put both ends within a few slices of
+    the reference, for two encodes (a second estimate through the same planes encodes nothing)."""
+    import medsam_core
+    from medsam_core import EmbeddingCache, Intensity, Predictor
+
+    vol, labels, spacing = cells3d
+    obj = labels == 3
+    z = int(np.argmax(obj.sum(axis=(1, 2))))
+    zs = np.flatnonzero(obj.any(axis=(1, 2)))
+    pred = Predictor(lite_model, cache=EmbeddingCache(max_bytes=2**28), encoder_backend="torch")
+    intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
+    pred.set_image(vol[z], intensity=intensity)
+    mask = pred.predict(boxes=bbox(obj[z], 3.0)[None])[0][0]
+    before = pred.encoder_calls
+    ext = estimate_extent(pred, vol, mask, bbox(obj[z], 3.0), z, spacing, intensity)
+    assert pred.encoder_calls - before == 2
+    assert abs(ext.lo - zs[0]) <= 4 and abs(ext.hi - zs[-1]) <= 4, (ext, zs[0], zs[-1])
+    estimate_extent(pred, vol, mask, bbox(obj[z], 3.0), z, spacing, intensity, reach=3.0)
+    assert pred.encoder_calls - before == 2
