@@ -103,6 +103,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               contrast_noise: float = 2.0, trip_weight: float = 1.0, anchor: float = 1.0,
               box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
+              key_shape: str = "linear", key_past: str = "hold", key_move: bool = False, key_reach: float | None = None,
+              key_calibrate: bool = False,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -130,8 +132,14 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
                           f"{margin}, {growth}, {max_shift}, {max_growth}")
     if box_rule not in ("mask", "track"):
         raise PromptError(f"box_rule must be 'mask' or 'track', got {box_rule!r}")
+    if key_shape not in ("linear", "ellipse"):
+        raise PromptError(f"key_shape must be 'linear' or 'ellipse', got {key_shape!r}")
+    if key_past not in ("hold", "taper"):
+        raise PromptError(f"key_past must be 'hold' or 'taper', got {key_past!r}")
     if output not in ("single", "anchor", "consistent"):
         raise PromptError(f"output must be 'single', 'anchor' or 'consistent', got {output!r}")
+    if key_reach is not None and not (isinstance(key_reach, (int, float, np.number)) and key_reach >= 1):
+        raise PromptError(f"key_reach must be a number >= 1 or None, got {key_reach!r}")
     if not trip_weight > 0:
         raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")
     if not isinstance(z, (int, np.integer)):
@@ -142,7 +150,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     if method is None:
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
                           float(patience), contrast_noise, float(trip_weight))
-        method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output)
+        method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
+                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach, key_calibrate=key_calibrate)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     return method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),

@@ -43,6 +43,7 @@ import numpy as np
 from .preprocess import Intensity
 from .prompts import box_from_mask
 from .volume import Cancel, check_cancel, is_blank
+from .walk_keys import interpolate, past_key
 from .walk_stop import Calibration, Evidence, Stop, StopRules, contrast, slice_features, stop_reason
 
 __all__ = ["BoxWalk", "Propagator", "SliceResult", "Stop", "StopRules", "WalkResult", "contrast"]
@@ -104,19 +105,6 @@ class Propagator(Protocol):
             cancel: Cancel) -> Generator[SliceResult, None, WalkResult]: ...
 
 
-def interpolate(keys: dict[int, np.ndarray], z: int) -> np.ndarray | None:
-    """The key box on slice z, or the linear blend of the two key boxes around it; None outside."""
-    if z in keys:
-        return keys[z]
-    below = [k for k in keys if k < z]
-    above = [k for k in keys if k > z]
-    if not below or not above:
-        return None
-    lo, hi = max(below), min(above)
-    t = (z - lo) / (hi - lo)
-    return (1 - t) * keys[lo] + t * keys[hi]
-
-
 def _expected_depth(mask: np.ndarray, spacing) -> int:
     """Slices a walk expects in one direction: the start cross-section's radius in slice spacings."""
     sz, sy, sx = spacing
@@ -140,6 +128,16 @@ class BoxWalk:
     # multimask outputs, the one most like the mask on the anchor box's slice), "consistent" (... most
     # like the neighbour's kept mask)
     output: str = "anchor"
+    # key boxes (walk_keys): ``key_shape`` between keys: "linear" blend, or "ellipse" (a side that
+    # shrinks towards the outer key follows an ellipse); ``key_past``: past the last key its box is
+    # held ("hold") or keeps shrinking along that ellipse to the tip ("taper");
+    # ``key_move`` carries the centre on past the last key; the walk ends past ``key_reach`` x the tip
+    # distance (None: no such end); ``key_calibrate``: stop rules calibrated on the last key passed
+    key_shape: str = "linear"
+    key_past: str = "hold"
+    key_move: bool = False
+    key_reach: float | None = None
+    key_calibrate: bool = False
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -159,8 +157,8 @@ class BoxWalk:
                                                        spacing, (depth, sum(spans[i + 1:])), cancel)
         return result
 
-    def _calibrate(self, image, result, intensity) -> Calibration:
-        z = result.start
+    def _calibrate(self, image, result, intensity, z: int | None = None) -> Calibration:
+        z = result.start if z is None else z
         mask, box = result.masks[z], result.keys[z]
         f = result.features[z]
         c0 = f["contrast"]
@@ -239,18 +237,26 @@ class BoxWalk:
         it is kept for good, the held slices after the count's maximum are dropped when the
         direction ends. ``prev`` is the neighbour's single-output mask (what the rules compare
         with), ``out`` its kept mask, ``shadow`` the cross-check walk's mask (``_check``)."""
-        last, evidence = z, Evidence(self.rules)
+        last, evidence, keyed = z, Evidence(self.rules), {}
         prev = shadow = out = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
-            key = interpolate(result.keys, zz)
+            key = interpolate(result.keys, zz, z, self.key_shape)
             guided = key is not None  # between or on key slices: the user says the object is there
             if not guided and not prev.any():
                 return self._drop(result, evidence) or Stop("vanished", zz)
             passed = [k for k in result.keys if (k - zz) * step < 0 and (k - z) * step >= 0]
             anchor_z = max(passed) if step > 0 else min(passed)
-            box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, result.keys[anchor_z])
+            anchor_box = result.keys[anchor_z]
+            if not guided and anchor_z != z:  # past a key beyond the start: what the keys say (walk_keys)
+                anchor_box, tip = past_key(result.keys, z, zz, self.key_past, self.key_move, self.key_reach)
+                if tip:
+                    return self._drop(result, evidence) or Stop("tip from key boxes", zz)
+                if self.key_calibrate and anchor_z not in keyed:
+                    keyed[anchor_z] = self._calibrate(slices[anchor_z], result, intensity, anchor_z)
+            rules_cal = keyed.get(anchor_z, cal)
+            box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             like = out if self.output == "consistent" else result.masks.get(anchor_z)
             mask = self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev,
@@ -261,7 +267,7 @@ class BoxWalk:
                 shadow = mask if mask.any() else shadow
             elif self.rules.min_agree:
                 shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, f)
-            why = None if guided else stop_reason(self.rules, f, int(prev.sum()), cal)
+            why = None if guided else stop_reason(self.rules, f, int(prev.sum()), rules_cal)
             kept, stop = evidence.add(zz, why, empty=not guided and not mask.any())
             if stop is not None:
                 return self._drop(result, evidence, stop)
