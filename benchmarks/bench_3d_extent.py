@@ -45,6 +45,7 @@ ESTIMATES = Path("/tmp/medsam_3d_extent")
 REACH = (1.0, 1.5, 2.0, 3.0)
 ITERATIONS = (0, 1, 2, 4)
 SIDES = ("box", "line")
+RADII = (0.5, 1.0, 1.5, 2.0)  # plane-free depth guesses, in start cross-section radii
 
 
 def variant_key(reach: float, iterations: int, side: str) -> str:
@@ -276,7 +277,7 @@ def stop_variants(rules: StopRules, estimates: list[str]):
     for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5)):
         v[f"agree {c} x running max(start({n}))"] = running(c, n)
     for variant in estimates:
-        hows = ("mean",) if variant == "reference" else ("mean", "min", "max")
+        hows = ("mean", "min", "max") if variant.startswith("reach") else ("mean",)
         for how in hows:
             tag = f"{variant} {how}"
             for o in (-2, -1, 0, 1, 2):
@@ -305,12 +306,17 @@ def replay(oracle_file: str, out_file: str | None, top: int, show=None) -> None:
         recs = pickle.loads((STORE / f"{case}.pkl").read_bytes())
         path = ESTIMATES / f"{case}.json"
         est = json.loads(path.read_text()) if path.exists() else {}
-        _, labels, _, names = load(case)
+        _, labels, spacing, names = load(case)
         data[case] = []
         for name, rec in recs.items():
             zs = np.flatnonzero((labels == (names.index(name) + 1 if names else int(name.rsplit(" ", 1)[1]))).any(axis=(1, 2)))
             e = est.get(name, {"variants": {}})
             e["variants"]["reference"] = [[int(zs[0]), int(zs[-1]), 1.0]]  # an exact prior: the upper bound
+            # no planes: the start cross-section's radius (physical) in slices, k times, each side
+            sz, sy, sx = spacing
+            r = np.sqrt(rec["start"]["stat"][0] / np.pi * sy * sx) / sz
+            for k in RADII:
+                e["variants"][f"radius={k:g}"] = [[rec["z0"] - k * r, rec["z0"] + k * r, 1.0]]
             obj = labels == (names.index(name) + 1 if names else int(name.rsplit(" ", 1)[1]))
             start = _unpack(rec["start"]["mask"], rec["shape"])
             yc, xc = deepest_point(start)
@@ -348,6 +354,7 @@ def replay(oracle_file: str, out_file: str | None, top: int, show=None) -> None:
               ("per-structure agreement threshold", lambda n: n.startswith("agree")),
               ("graded agreement evidence (cut where the agreement curve bends)", lambda n: n.startswith("soft")),
               ("per-slice agreement with the lines through the start (reference lines: a bound)", lambda n: n.startswith("lines")),
+              ("depth from the start cross-section's radius (no planes)", lambda n: n.startswith("radius")),
               ("estimated extent", lambda n: n.startswith("reach") and "agree" not in n),
               ("estimated extent + per-structure agreement threshold", lambda n: n.startswith("reach") and "agree" in n))
     for title, keep in groups:
