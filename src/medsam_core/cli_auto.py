@@ -7,9 +7,9 @@
 names, guarded like ``medsam train`` (held-out objects; refused -> exit 3, nothing written, unless
 ``--force``), and writes the model's checkpoint with the head inside (extra "auto_head"). Label
 images are taken as complete (every object labelled) unless ``--partial``: then unlabelled pixels
-count as background only near the labelled objects. ``auto`` writes ``<stem>.tif`` instance labels
-into ``--out`` for every 2D image of ``--images``; a checkpoint without a head is an error that
-says how to make one.
+count as background only near the labelled objects. ``auto`` is ``medsam batch --auto``: ``<stem>.tif``
+instance labels in ``--out`` for every 2D image of ``--images`` (resumable, with a report); a
+checkpoint without a head is an error that says how to make one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._paths import split_suffix
 from .errors import MedSAMError
 
 EXIT_REFUSED = 3
@@ -55,65 +54,37 @@ def register(sub) -> None:
     t.set_defaults(func=run_auto_train)
 
 
-def _image_files(folder) -> list[Path]:
-    from .io import READ_SUFFIXES
-
-    d = Path(folder).expanduser()
-    if not d.is_dir():
-        raise MedSAMError(f"--images {d} is not a folder")
-    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and any(p.name.lower().endswith(s) for s in READ_SUFFIXES))
-    if not files:
-        raise MedSAMError(f"no images in {d} (looked for {', '.join(READ_SUFFIXES)})")
-    return files
-
-
-def _stem(path: Path) -> str:
-    return split_suffix(path)[0]
-
-
 def run_auto(args: argparse.Namespace) -> int:
+    """``medsam auto``: ``medsam batch --auto`` under its own name (``batch.segment_folder(auto=True)``):
+    the same outputs (``<stem>.tif``; ``.nii.gz`` for NIfTI inputs), resume, report, Ctrl-C and
+    per-image failures (a 3D volume or a slide fails alone, with its reason)."""
     from ._paths import check_output_dir
     from .autobatch import no_head_error
-    from .autoguard import head_from_model, with_post
-    from .autoseg import segment_everything
-    from .cli import check_output, load_from_args, tqdm_progress
-    from .io import read_image, write_labels
+    from .autoguard import head_from_model
+    from .batch import REPORT_NAME, segment_folder
+    from .cli import load_from_args, tqdm_progress
     from .predictor import Predictor
 
-    files = _image_files(args.images)
-    out = check_output_dir(args.out, inputs=[args.images], what="output folder")
-    targets = {f: out / f"{_stem(f)}.tif" for f in files}
-    if len(set(targets.values())) != len(targets):
-        raise MedSAMError("two images share a file stem (e.g. a.tif and a.png): rename one so outputs stay apart")
-    for t in targets.values():
-        if t.exists():
-            check_output(t, (".tif",), "labels file", inputs=files + [args.checkpoint])
+    images = Path(args.images).expanduser()
+    if not images.is_dir():
+        raise MedSAMError(f"--images {images} is not a folder")
+    check_output_dir(args.out, inputs=[images], what="output folder")  # before the model loads
     model = load_from_args(args)
-    head = head_from_model(model)
-    if head is None:
+    if head_from_model(model) is None:  # before anything is written
         raise no_head_error(args.checkpoint or "the bundled model")
-    if args.refine:
-        head = with_post(head, refine=args.refine)
-    predictor = Predictor(model)
-    out.mkdir(parents=True, exist_ok=True)
     update, close = tqdm_progress("images")
-    written = 0
     try:
-        for i, f in enumerate(files, start=1):
-            image, meta = read_image(f)
-            if any(a not in "YXC" for a in meta.axes):
-                print(f"medsam: note: {f.name} has axes {meta.axes}; auto takes 2D images, skipped", file=sys.stderr)
-                continue
-            labels = segment_everything(predictor, head, image).to_labels()
-            write_labels(targets[f], labels)
-            written += 1
-            print(f"{f.name}: {int(labels.max())} objects -> {targets[f]}", flush=True)
-            update(i, len(files))
+        report = segment_folder(images, args.out, predictor=Predictor(model), auto=True, auto_masks=args.refine,
+                                on_progress=lambda done, total, _name: update(done, total))
     finally:
         close()
-    print(f"{written} of {len(files)} images segmented ({head.post.refine} masks)")
-    return 0
+    for r in report.results:
+        if r.status == "failed":
+            print(f"medsam auto: {r.image}: {r.message}", file=sys.stderr)
+        elif r.status == "done":
+            print(f"{r.image}: {r.objects} objects -> {r.output}", flush=True)
+    print(report.summary().split("\n")[0] + f"; report in {args.out}/{REPORT_NAME}")
+    return 0 if report.ok else 1
 
 
 def run_auto_train(args: argparse.Namespace) -> int:
