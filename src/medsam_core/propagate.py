@@ -103,8 +103,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               contrast_noise: float = 2.0, trip_weight: float = 1.0, anchor: float = 1.0,
               box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
-              key_shape: str = "linear", key_past: str = "hold", key_move: bool = False, key_reach: float | None = None,
-              key_calibrate: bool = False,
+              key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
+              key_calibrate: bool = False, key_restart: bool = True, key_extend: bool = False,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -151,11 +151,43 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
-                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach, key_calibrate=key_calibrate)
+                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach, key_calibrate=key_calibrate,
+                         key_restart=key_restart)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
-    return method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),
-                      _spacing(spacing, axis), cancel)
+    kept = {}
+    if previous is not None and not key_extend:
+        (lo, hi), kept = _previous_ends(previous, keys, z, sides, (lo, hi))
+    gen = method.run(predictor, slices, result, sides, (lo, hi), volume_intensity(slices, intensity),
+                     _spacing(spacing, axis), cancel)
+    return _restore_stops(gen, kept) if kept else gen
+
+
+def _previous_ends(previous: WalkResult, keys: dict, z: int, sides, bounds) -> tuple[tuple[int, int], dict]:
+    """A correction whose keys on a side all lie inside the span the previous walk kept there re-walks
+    that span and does not go past its end: the previous stop is kept (``key_extend=False``)."""
+    lo, hi = bounds
+    kept, done = {}, previous.slices
+    for side in sides:
+        far = [zz for zz in done if (zz - z) * (1 if side == "up" else -1) > 0]
+        ks = [k for k in keys if (k - z) * (1 if side == "up" else -1) > 0]
+        if not far or not ks or side not in previous.stops:
+            continue
+        end, outer = (max(far), max(ks)) if side == "up" else (min(far), min(ks))
+        if abs(outer - z) < abs(end - z):
+            kept[side] = (end, previous.stops[side])
+            hi, lo = (min(hi, end), lo) if side == "up" else (hi, max(lo, end))
+    return (lo, hi), kept
+
+
+def _restore_stops(gen, kept: dict):
+    """Run ``gen``; a side that ran to the previous walk's end gets the previous walk's stop back."""
+    result = yield from gen
+    for side, (end, stop) in kept.items():
+        if result.stops.get(side) is not None and result.stops[side].slice == end and \
+                result.stops[side].reason in ("end of volume", "reached key slice"):
+            result.stops[side] = stop
+    return result
 
 
 def walk_volume(predictor, volume, box, z: int, axis: int = 0, *,

@@ -133,11 +133,12 @@ class BoxWalk:
     # held ("hold") or keeps shrinking along that ellipse to the tip ("taper");
     # ``key_move`` carries the centre on past the last key; the walk ends past ``key_reach`` x the tip
     # distance (None: no such end); ``key_calibrate``: stop rules calibrated on the last key passed
-    key_shape: str = "linear"
+    key_shape: str = "ellipse"
     key_past: str = "hold"
-    key_move: bool = False
-    key_reach: float | None = None
+    key_move: bool = True
+    key_reach: float | None = 1.2
     key_calibrate: bool = False
+    key_restart: bool = True  # the cross-check walk restarts from each key slice's mask (False: its own masks)
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -263,7 +264,7 @@ class BoxWalk:
                                 None if zz in result.keys or self.output == "single" else like)
             result.rewalked += 1
             f = result.features[zz]
-            if guided:
+            if guided and self.key_restart:
                 shadow = mask if mask.any() else shadow
             elif self.rules.min_agree:
                 shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, f)

@@ -102,10 +102,17 @@ def test_key_boxes_interpolate_bound_and_override_stop_rules():
     vol = render(truth)
     b0, b10, b30 = np.array([14, 18, 46, 42.0]), np.array([10, 10, 50, 50.0]), np.array([16, 19, 44, 41.0])
     pred = FakePredictor()
-    results = list(propagate(pred, vol, b0, 20, key_boxes={10: b10, 30: b30}))
+    results = list(propagate(pred, vol, b0, 20, key_boxes={10: b10, 30: b30}, key_shape="linear"))
     assert sorted(r.z for r in results) == list(range(10, 31))  # bounded by the outermost keys
     boxes = {r.z: r.box for r in results}
     np.testing.assert_allclose(boxes[25], (b0 + b30) / 2)
+    # default key_shape="ellipse": towards the narrower key b30 the box's area follows an ellipse
+    ell = {r.z: r.box for r in propagate(FakePredictor(), vol, b0, 20, key_boxes={10: b10, 30: b30})}
+    a0, a30 = 32 * 24, 28 * 22
+    area = (ell[25][2] - ell[25][0]) * (ell[25][3] - ell[25][1])
+    assert area == pytest.approx(a0 - (a0 - a30) * 0.25)
+    np.testing.assert_allclose((ell[25][:2] + ell[25][2:]) / 2, ((b0 + b30) / 2)[:2] / 2 + ((b0 + b30) / 2)[2:] / 2)
+    np.testing.assert_allclose(ell[12], boxes[12])  # towards the wider key b10: the linear blend
     np.testing.assert_allclose(boxes[12], 0.2 * b0 + 0.8 * b10)
     np.testing.assert_array_equal(boxes[10], b10)
     assert not next(r for r in results if r.z == 15).mask.any()
