@@ -56,6 +56,17 @@ def image_data(layer) -> np.ndarray:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def window_volume(layer, channel_axis: int | None = None) -> np.ndarray | None:
+    """The 3D array whose intensity window a plane of ``layer`` takes: the data of an in-memory,
+    single-channel 3D image (what "Segment in 3D" walks), else None (2D, RGB, channels, 4D, lazy or
+    multiscale data: each plane its own window, no volume is read whole for it)."""
+    data = getattr(layer, "data", None)
+    if (getattr(layer, "multiscale", False) or getattr(layer, "rgb", False) or channel_axis is not None
+            or not isinstance(data, np.ndarray) or data.ndim != 3):
+        return None
+    return data
+
+
 def is_slide(layer, channel_axis: int | None = None) -> bool:
     """A 2D multiscale layer (grey or RGB) whose plane exceeds MAX_PLANE_PIXELS: segmented as a slide."""
     if not getattr(layer, "multiscale", False) or layer.ndim != 2 or (channel_axis or -1) >= 0:

@@ -252,7 +252,8 @@ class Session(SettingsActions, PromptActions, History):
 
     def model_intensity(self, image2d) -> Intensity:
         """The fixed window the whole plane and its ROI crops are normalised with (roi.global_intensity)."""
-        return self.windows.window(image2d, self.intensity(), self.settings.channel)
+        volume = L.window_volume(self.image_layer, self.settings.channel_axis)  # a slice: the volume's window
+        return self.windows.window(image2d, self.intensity(), self.settings.channel, volume)
 
     def roi_mode(self) -> str:
         mode = Z.roi_mode(self.settings.roi_zoom)

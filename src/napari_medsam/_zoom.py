@@ -9,7 +9,10 @@ session's EmbeddingCache: ``Needs`` lists what is missing so the session can enc
 worker, and the decode on the GUI thread then costs a decode only.
 
 The intensity window is fixed per image plane (``roi.global_intensity``): the whole image and
-every crop are normalised alike; it is computed once per plane and setting, then remembered.
+every crop are normalised alike; it is computed once per plane and setting, then remembered. A
+plane of an in-memory 3D volume takes the volume's window instead (``volume_intensity``, as
+"Segment in 3D", "Precompute all slices" and MedSAM's training pipeline for 3D data do): a 2D box
+on any slice then gives the mask the 3D walk gives there and reuses the walk's embeddings.
 """
 
 from __future__ import annotations
@@ -54,8 +57,17 @@ class WindowMemo:
         self.size = size
         self._memo: dict = {}
 
-    def window(self, image2d: np.ndarray, intensity: Intensity, channel) -> Intensity:
+    def window(self, image2d: np.ndarray, intensity: Intensity, channel, volume=None) -> Intensity:
+        """The window for ``image2d``; with ``volume`` (the 3D array it is a slice of), the volume's."""
         import hashlib
+
+        if volume is not None:
+            key = ("volume", id(volume), volume.shape, volume.dtype.str, repr(intensity))
+            if key not in self._memo:
+                from medsam_core.volume import volume_intensity
+
+                self._memo[key] = volume_intensity(volume, intensity)
+            return self._memo[key]
 
         if isinstance(image2d, SlidePlane):  # from the coarsest level only; keyed by the level-0 array
             key = ("slide", id(image2d.levels[0]), image2d.shape, repr(intensity), repr(channel))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import dice, ref_box
+from .conftest import dice, rect, ref_box
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT = 600_000  # ms: a loaded 2-core CPU encodes a slice in seconds; correctness, not speed, is tested
@@ -138,3 +138,36 @@ def test_synthetic_ball_stops_shown_with_go_to_buttons(open_widget):
     for (_, button), d in zip(rows, ("up", "down"), strict=True):
         button.click()
         assert viewer.dims.current_step[0] == stops[d].slice
+
+
+def test_2d_box_on_a_slice_takes_the_volume_window_and_the_walks_embedding(open_widget, stack):
+    """A box drawn on one slice of a 3D image is normalised with the volume's window, as the 3D walk
+    and "Precompute all slices" are (MedSAM's rule for 3D data): after a walk, a 2D box on a walked
+    slice costs no encode, and its mask is the scripting API's for that box under the volume's window."""
+    import medsam_core
+    from medsam_core import Intensity, volume_intensity
+
+    vol, ref, spacing = stack
+    viewer, widget = open_widget()
+    viewer.add_image(vol, scale=spacing)
+    z = 5
+    widget.segment_3d(ref_box(ref[z], True), z=z)
+    widget.wait(WAIT)
+    s = widget.session
+    walked = widget.volume.results[1][0]
+    y = next(k for k in sorted(walked.masks) if k != z)  # another slice the walk encoded
+    window = volume_intensity(vol, Intensity())
+    assert s.model_intensity(s.plane_image(s.plane_at(y))) == window  # not the slice's own percentiles
+    calls = s.encoder_calls
+    viewer.dims.set_current_step(0, y)
+    widget.wait(WAIT)
+    box = ref_box(ref[y], True)
+    widget.set_overwrite(True)  # the new object takes its pixels from the 3D one, to compare it whole
+    widget.shapes_layer.add([rect(box, lead=(y,))], shape_type="rectangle")
+    widget.wait(WAIT)
+    assert s.encoder_calls == calls  # the walk's embedding of that slice, same window, no encode
+    mine = widget.labels_layer.data[y] == 2
+    pred = medsam_core.Predictor(s.model, cache=s.cache)
+    api = medsam_core.predict_boxes(pred, vol[y], box[None], mode="whole", intensity=window)[0]
+    assert pred.encoder_calls == 0 and mine.any()
+    np.testing.assert_array_equal(mine, api.full(mine.shape))
