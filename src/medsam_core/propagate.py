@@ -12,8 +12,12 @@ The walk itself (box and mask prompt from the neighbour slice, margins, stop rul
 Corrections: ``previous=`` an earlier WalkResult of the same object, with one more (or a moved)
 key box, re-walks only the side(s) of the start slice where the keys changed and keeps the rest.
 
-Key boxes ``{z: box}`` guide and bound the object (see walk.py); with ``bound_by_keys`` (default)
-the walk does not go past a key slice beyond the start in its direction.
+Key boxes ``{z: box}`` guide and bound the object (see walk.py, walk_keys.py); with
+``bound_by_keys`` (default) the walk does not go past a key slice beyond the start in its direction.
+Past one (``bound_by_keys=False``) the key options shape the walk: ``key_shape``, ``key_past``,
+``key_move``, ``key_reach`` (the end a key box narrower than the start box implies), and with
+``key_extend=False`` (default) a correction whose keys lie inside the span the previous walk kept
+on a side re-walks that span only and keeps the previous stop there.
 
 Prompt: ``anchor`` x the last key box passed + (1 - anchor) x the neighbour mask's box; a
 cross-check walk (mask boxes only) ends a direction where the two disagree (``min_agree``). The

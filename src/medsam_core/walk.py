@@ -28,8 +28,12 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
   their verdicts feed an evidence count (``walk_stop.Evidence``) that cuts the direction just
   after its maximum once it has fallen ``patience`` below it.
 
-Key boxes: on a key slice the prompt is its key box; strictly between two keys (the start box is
-one) it is their linear blend and the stop rules are off (the user says the object is there).
+Key boxes (``walk_keys``): on a key slice the prompt is its key box; strictly between two keys (the
+start box is one) it is their blend and the stop rules are off (the user says the object is there):
+towards a key box of less area the box's area follows an ellipse (``key_shape="ellipse"``); past the
+outermost key its box is held (``key_past``), its centre carried on along the last two keys' line
+(``key_move``), and the walk ends at ``key_reach`` x the tip the narrowing keys imply ("tip from key
+boxes"). The cross-check walk restarts from each key slice's mask (``key_restart``).
 """
 
 from __future__ import annotations
