@@ -80,6 +80,20 @@ def worst_slice(out: np.ndarray, obj: np.ndarray) -> int:
     return int(zs[np.argmax(wrong)])
 
 
+def side_bound(pred, vol, obj, res, zw, pad, intensity) -> dict:
+    """What any correction on slice ``zw`` could reach when only its side is re-walked (the rest of
+    ``res`` kept): that side replaced by the per-slice oracle's masks on the structure's slices
+    (nothing past its end), by the reference itself, or by nothing."""
+    out = res.volume()
+    side = np.arange(len(vol)) > res.start if zw > res.start else np.arange(len(vol)) < res.start
+    perfect, orc, empty = out.copy(), out.copy(), out.copy()
+    perfect[side], orc[side], empty[side] = obj[side], False, False
+    for z in np.flatnonzero(side & obj.any(axis=(1, 2))):
+        pred.set_image(vol[z], intensity=intensity)
+        orc[z] = pred.predict(boxes=medsam_core.box_from_mask(obj[z], pad)[None])[0][0]
+    return {"oracle_side": dice(orc, obj), "reference_side": dice(perfect, obj), "empty_side": dice(empty, obj)}
+
+
 def stops_text(res) -> dict:
     return {d: {"reason": s.reason, "slice": s.slice} for d, s in res.stops.items()}
 
@@ -125,6 +139,7 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
         "time_s": t_walk, "slices_walked": len(res.masks),
         "correction_slice": zw, "dice_corrected": dice(fixed.volume(), obj), "time_correction_s": t_fix,
         "slices_rewalked": fixed.rewalked, "stops_corrected": stops_text(fixed),
+        **({"bound": side_bound(pred, vol, obj, res, zw, args.pad, intensity)} if args.side_bound else {}),
         "walk_slices_corrected": [int(fixed_found[0]), int(fixed_found[-1])] if fixed_found.size else None,
     }
 
@@ -155,7 +170,9 @@ def run_case(model, case: str, args, walk_opts) -> dict:
               f"corr@{r['correction_slice']} {r['dice_corrected']:.3f} ({r['dice_corrected'] - r['dice']:+.3f}, "
               f"{r['walk_slices_corrected']})  {r['time_s']:.2f} s  "
               f"up: {r['stops']['up']['reason']} @{r['stops']['up']['slice']}, "
-              f"down: {r['stops']['down']['reason']} @{r['stops']['down']['slice']}", flush=True)
+              f"down: {r['stops']['down']['reason']} @{r['stops']['down']['slice']}"
+              + (f"  side bound: oracle {r['bound']['oracle_side']:.3f}, reference {r['bound']['reference_side']:.3f}"
+                 if "bound" in r else ""), flush=True)
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("dice", "oracle", "dice_corrected")}
     low = [r for r in rows.values() if r["dice"] < 0.8 * r["oracle"]]
     summary = {**mean, "ratio": mean["dice"] / mean["oracle"],
@@ -231,8 +248,11 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", help="structure label ids to run (default: all)")
     ap.add_argument("--structures", nargs="*", help="structure names to run, e.g. 'cells3d 8' Pallidum_R")
     ap.add_argument("--fix", nargs="*", help="options for the correction walk only (key=value), on top of --walk")
+    ap.add_argument("--side-bound", action="store_true",
+                    help="also score the correction's side replaced by the oracle / the reference (upper bounds)")
     ap.add_argument("--first-cache", default=None,
-                    help="folder: pickle each one-box walk there and reuse it in later runs with the same --walk")
+                    help="folder: pickle each one-box walk there and reuse it in later runs with the same --walk "
+                         "(and the same walk code: empty it after changing the one-box walk)")
     ap.add_argument("--oracle-from", default=None, help="reuse the oracle Dice of this result file (same window)")
     args = ap.parse_args()
     if args.table:
