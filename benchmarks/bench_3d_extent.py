@@ -96,8 +96,8 @@ def combined(planes, how: str):
     if not good:
         return None
     los, his = [p[0] for p in good], [p[1] for p in good]
-    if how == "mean":
-        return float(np.mean(los)), float(np.mean(his))
+    if how == "mean":  # rounded as walk_extent.estimate_extent does
+        return float(round(float(np.mean(los)))), float(round(float(np.mean(his))))
     if how == "min":
         return float(max(los)), float(min(his))
     return float(min(los)), float(max(his))
@@ -108,9 +108,10 @@ def _verdicts(rows, rules: StopRules, cal: Calibration, area0: int, agree_min: f
     if agree_min is not None:
         rules = replace(rules, min_agree=0.0)
     out, prev = [], area0
-    for r in rows:
+    for i, r in enumerate(rows):
         why = stop_reason(rules, r["f"], prev, cal)
-        if why is None and agree_min is not None and r["f"].get("agree", 1.0) < agree_min:
+        thr = agree_min(i) if callable(agree_min) else agree_min
+        if why is None and thr is not None and r["f"].get("agree", 1.0) < thr:
             why = f"lost track ({r['f']['agree']:.2f})"
         out.append((why, r["f"]["area"] == 0))
         prev = r["f"]["area"] or prev
@@ -190,10 +191,28 @@ class Item:
 def stop_variants(rules: StopRules, estimates: list[str]):
     """name -> function(item, direction) -> slices kept in that direction."""
 
+    def causal(c, n):
+        """c x the median agreement of this direction's first slices seen so far (at most n): what a
+        walk that goes up first, then down, knows when it decides."""
+        def agree(it: Item, d: str):
+            vals = [r["f"].get("agree", 0.0) for r in it.rec["dirs"][d][:n]]
+            return lambda i: c * float(np.median(vals[: min(i, n - 1) + 1])) if vals else None
+        return agree
+
+    def inside(c, n, variant, how, a):
+        """``causal`` over at most n slices, and only those within (1 - a) x the estimated depth
+        (at least the first): the planes say they lie inside the structure."""
+        def agree(it: Item, d: str):
+            dep = it.depth(variant, how, d)
+            m = n if dep is None else max(1, min(n, int(np.floor(dep * (1 - a)))))
+            return causal(c, m)(it, d)
+        return agree
+
     def evidence(agree=None, force_of=None):
         def fn(it: Item, d: str) -> int:
             rows = it.rec["dirs"][d]
-            ver = _verdicts(rows, rules, it.cal, it.rec["start"]["f"]["area"], agree(it) if agree else None)
+            thr = None if agree is None else (agree(it, d) if getattr(agree, "per_direction", False) else agree(it))
+            ver = _verdicts(rows, rules, it.cal, it.rec["start"]["f"]["area"], thr)
             force = force_of(it, d) if force_of else None
             return _count(rows, ver, rules, force)
         return fn
@@ -213,7 +232,13 @@ def stop_variants(rules: StopRules, estimates: list[str]):
             return force
         return force_of
 
+    def per_direction(f):
+        f.per_direction = True
+        return f
+
     v = {"current": evidence()}
+    for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5)):
+        v[f"agree {c} x own({n})"] = evidence(agree=per_direction(causal(c, n)))
     for c, n in itertools.product((0.5, 0.6, 0.7, 0.8), (2, 3, 5)):
         v[f"agree {c} x start({n})"] = evidence(agree=lambda it, c=c, n=n: c * it.agree_ref(n))
         v[f"agree max(0.35, {c} x start({n}))"] = evidence(agree=lambda it, c=c, n=n: max(rules.min_agree, c * it.agree_ref(n)))
@@ -293,6 +318,12 @@ def stop_variants(rules: StopRules, estimates: list[str]):
                 for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5)):  # with the calibrated agreement
                     v[f"{tag} | guard({a},{b}) + agree {c} x start({n})"] = evidence(
                         agree=lambda it, c=c, n=n: c * it.agree_ref(n), force_of=guard_of(variant, how, a, b))
+                    v[f"{tag} | guard({a},{b}) + agree {c} x own({n})"] = evidence(
+                        agree=per_direction(causal(c, n)), force_of=guard_of(variant, how, a, b))
+                if b is None:  # calibrated on the guarded slices only (those the planes say are inside)
+                    for c, n in itertools.product((0.5, 0.6, 0.7), (3, 5, 99)):
+                        v[f"{tag} | guard({a},{b}) + agree {c} x guarded({n})"] = evidence(
+                            agree=per_direction(inside(c, n, variant, how, a)), force_of=guard_of(variant, how, a, b))
     return v
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import PromptError
 from .preprocess import Intensity
 
-__all__ = ["Extent", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes"]
+__all__ = ["Extent", "ExtentGuard", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _component_rows(mask: np.ndarray, row: float, col: float) -> tuple[int, int]
 
 def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int,
                     spacing=(1.0, 1.0, 1.0), intensity: Intensity | None = None, *,
-                    reach: float = 2.0, iterations: int = 1, side: str = "box",
+                    reach: float = 1.0, iterations: int = 1, side: str = "box",
                     combine: str = "mean") -> Extent:
     """Estimate the structure's first and last slice along the walk axis from orthogonal planes.
 
@@ -199,3 +199,31 @@ def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int
     else:
         lo, hi = min(los), max(his)
     return Extent(min(lo, z), max(hi, z), tuple(found))
+
+
+class ExtentGuard:
+    """How one direction of a walk uses the prior (docs/3d.md, "Stop research"): the slices within
+    ``guard`` x the estimated depth pass whatever they show (no stop well inside the structure the
+    planes see), and the cross-check rule ("lost track") becomes relative: a slice trips when its
+    agreement is under ``agree`` x the median agreement of the first guarded slices walked so far
+    (at most ``window``; at least the first slice). ``depth``: slices from the start to the
+    estimated end in this direction (``Extent.depth``), None without an estimate (no guard, the
+    calibration window is ``window``).
+
+    ``verdict(k, f, why)``: ``k`` the slice's distance from the start (1, 2, ...), ``f`` its features
+    (``f["agree"]``: IoU with the cross-check walk's mask), ``why`` what the other rules say
+    (``stop_reason`` with ``min_agree=0``). Returns the reason the slice trips, or None."""
+
+    def __init__(self, depth: float | None, guard: float = 0.5, agree: float = 0.6, window: int = 5):
+        self.inside = 0 if depth is None else int(np.floor(depth * guard))
+        self.window = window if depth is None else max(1, min(window, self.inside))
+        self.agree = agree
+        self.seen: list[float] = []
+
+    def verdict(self, k: int, f: dict, why: str | None) -> str | None:
+        a = float(f.get("agree", 1.0))
+        if len(self.seen) < self.window:
+            self.seen.append(a)
+        if why is None and a < self.agree * float(np.median(self.seen)):
+            why = f"lost track ({a:.2f})"
+        return None if k <= self.inside and f.get("area", 1) else why

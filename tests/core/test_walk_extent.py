@@ -112,3 +112,28 @@ def test_real_model_reads_a_cells3d_nucleus_extent(lite_model, cells3d):
     assert abs(ext.lo - zs[0]) <= 4 and abs(ext.hi - zs[-1]) <= 4, (ext, zs[0], zs[-1])
     estimate_extent(pred, vol, mask, bbox(obj[z], 3.0), z, spacing, intensity, reach=3.0)
     assert pred.encoder_calls - before == 2
+
+
+def test_guard_passes_the_slices_inside_half_the_depth_and_makes_lost_track_relative():
+    from medsam_core.walk_extent import ExtentGuard
+
+    g = ExtentGuard(depth=4)  # guards slices 1-2, calibrates on them
+    assert (g.inside, g.window) == (2, 2)
+    seq = [(0.99, None), (0.95, "contrast faded"), (0.48, None), (0.70, None), (0.70, "area grew")]
+    got = [g.verdict(k, {"agree": a, "area": 10}, why) for k, (a, why) in enumerate(seq, 1)]
+    # inside: a tripping rule is overruled; past it: under 0.6 x median(0.99, 0.95) = 0.58 trips
+    assert got == [None, None, "lost track (0.48)", None, "area grew"]
+    assert g.verdict(6, {"agree": 0.2, "area": 0}, "vanished") == "vanished"
+    inside = ExtentGuard(depth=10)
+    assert inside.verdict(1, {"agree": 0.5, "area": 0}, "vanished") == "vanished"  # an empty mask still ends it
+
+
+def test_guard_without_an_estimate_calibrates_on_the_first_slices_only():
+    from medsam_core.walk_extent import ExtentGuard
+
+    g = ExtentGuard(depth=None, window=3)
+    assert (g.inside, g.window) == (0, 3)
+    got = [g.verdict(k, {"agree": a, "area": 10}, None) for k, a in enumerate([0.9, 0.5, 0.8, 0.45, 0.2], 1)]
+    # the slice itself counts while the window fills: 0.6 x median(0.9, 0.5) = 0.42 (0.5 passes);
+    # from the 4th slice on, 0.6 x median(0.9, 0.5, 0.8) = 0.48
+    assert got == [None, None, None, "lost track (0.45)", "lost track (0.20)"]
