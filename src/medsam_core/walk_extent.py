@@ -124,10 +124,20 @@ def _component_rows(mask: np.ndarray, row: float, col: float) -> tuple[int, int]
     return int(rows[0]), int(rows[-1])
 
 
-def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int,
-                    spacing=(1.0, 1.0, 1.0), intensity: Intensity | None = None, *,
-                    reach: float = 1.0, iterations: int = 1, side: str = "box",
-                    combine: str = "mean") -> Extent:
+def estimate_extent(
+    predictor,
+    slices: np.ndarray,
+    mask: np.ndarray,
+    box,
+    z: int,
+    spacing=(1.0, 1.0, 1.0),
+    intensity: Intensity | None = None,
+    *,
+    reach: float = 1.0,
+    iterations: int = 1,
+    side: str = "box",
+    combine: str = "mean",
+) -> Extent:
     """Estimate the structure's first and last slice along the walk axis from orthogonal planes.
 
     slices: (Z, Y, X) volume, walk axis first; mask: (Y, X) bool start mask on slice ``z``;
@@ -143,7 +153,9 @@ def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int
     combine: "mean", "min" (the shorter estimate per end) or "max" over the planes that found it.
     """
     if side not in ("box", "line") or combine not in ("mean", "min", "max"):
-        raise PromptError(f"side must be 'box' or 'line' and combine 'mean', 'min' or 'max'; got {side!r}, {combine!r}")
+        raise PromptError(
+            f"side must be 'box' or 'line' and combine 'mean', 'min' or 'max'; got {side!r}, {combine!r}"
+        )
     if iterations < 0 or reach <= 0:
         raise PromptError(f"reach must be > 0 and iterations >= 0, got {reach!r}, {iterations!r}")
     mask = np.asarray(mask, bool)
@@ -153,8 +165,10 @@ def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int
     radius = np.sqrt(mask.sum() / np.pi * sy * sx)  # physical
     rows_idx = np.flatnonzero(mask.any(axis=1))
     cols_idx = np.flatnonzero(mask.any(axis=0))
-    slack = {"x": max(((cols_idx[0] - box[0]) + (box[2] - cols_idx[-1])) / 2, 1.0) if mask.any() else 1.0,
-             "y": max(((rows_idx[0] - box[1]) + (box[3] - rows_idx[-1])) / 2, 1.0) if mask.any() else 1.0}
+    slack = {
+        "x": max(((cols_idx[0] - box[0]) + (box[2] - cols_idx[-1])) / 2, 1.0) if mask.any() else 1.0,
+        "y": max(((rows_idx[0] - box[1]) + (box[3] - rows_idx[-1])) / 2, 1.0) if mask.any() else 1.0,
+    }
     found = []
     for axis, at, plane, zoom, s_in in orthogonal_planes(slices, mask, spacing):
         line = mask[at, :] if axis == "x" else mask[:, at]

@@ -69,8 +69,10 @@ def test_combine_picks_the_shorter_or_longer_plane_per_end():
     mask, box = _start(truth, 12)
     yc, xc = deepest_point(mask)
     assert truth[22, yc, 11] and not truth[22, :, xc].any()
-    ext = {c: estimate_extent(FakePredictor(), render(truth), mask, box, 12, combine=c, reach=3.0)
-           for c in ("min", "max", "mean")}
+    ext = {
+        c: estimate_extent(FakePredictor(), render(truth), mask, box, 12, combine=c, reach=3.0)
+        for c in ("min", "max", "mean")
+    }
     assert [(p.axis, p.lo, p.hi) for p in ext["min"].planes] == [("x", 8, 24), ("y", 8, 19)]
     assert (ext["min"].lo, ext["min"].hi) == (8, 19)
     assert (ext["max"].lo, ext["max"].hi) == (8, 24)
@@ -125,7 +127,9 @@ def test_guard_passes_the_slices_inside_half_the_depth_and_makes_lost_track_rela
     assert got == [None, None, "lost track (0.48)", None, "area grew"]
     assert g.verdict(6, {"agree": 0.2, "area": 0}, "vanished") == "vanished"
     inside = ExtentGuard(depth=10)
-    assert inside.verdict(1, {"agree": 0.5, "area": 0}, "vanished") == "vanished"  # an empty mask still ends it
+    assert (
+        inside.verdict(1, {"agree": 0.5, "area": 0}, "vanished") == "vanished"
+    )  # an empty mask still ends it
 
 
 def test_guard_without_an_estimate_calibrates_on_the_first_slices_only():
