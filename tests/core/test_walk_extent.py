@@ -141,3 +141,28 @@ def test_guard_without_an_estimate_calibrates_on_the_first_slices_only():
     # the slice itself counts while the window fills: 0.6 x median(0.9, 0.5) = 0.42 (0.5 passes);
     # from the 4th slice on, 0.6 x median(0.9, 0.5, 0.8) = 0.48
     assert got == [None, None, None, "lost track (0.45)", "lost track (0.20)"]
+
+
+def _has_extent_prior() -> bool:
+    import dataclasses
+
+    from medsam_core.walk import BoxWalk
+
+    return "extent_prior" in {f.name for f in dataclasses.fields(BoxWalk)}
+
+
+@pytest.mark.skipif(not _has_extent_prior(), reason="BoxWalk(extent_prior=...) is the lead's walk.py patch")
+def test_walk_with_the_extent_prior_reads_the_planes_and_finds_the_ends():
+    """walk_volume(..., extent_prior=True): two more images (the planes), the estimate on the
+    result, and the ellipsoid's exact extent (the guard does not keep slices past the end)."""
+    from medsam_core import walk_volume
+
+    truth = ellipsoid()
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    mask, box = _start(truth, 20)
+    plain, prior = FakePredictor(), FakePredictor()
+    a = walk_volume(plain, render(truth), box, 20)
+    b = walk_volume(prior, render(truth), box, 20, extent_prior=True)
+    assert prior.images == plain.images + 2
+    assert (b.extent.lo, b.extent.hi) == (zs[0], zs[-1])
+    assert b.slices == a.slices == list(range(zs[0], zs[-1] + 1))
