@@ -108,7 +108,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
-              key_calibrate: bool = False, key_restart: bool = True, key_extend: bool = False,
+              key_calibrate: bool = False, extent_prior: bool = True, key_restart: bool = True,
+              key_extend: bool = False,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -119,8 +120,10 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     plane. ``intensity`` is made volume-wide (volume_intensity). ``cancel`` (callable or
     threading.Event) is checked before every slice and raises CancelledError. The generator's
     return value (StopIteration.value) is the WalkResult. ``method`` replaces the default
-    ``BoxWalk`` built from the margin, prompt and rule arguments. Arguments are checked at the
-    call (PromptError / ImageError), before any slice is segmented.
+    ``BoxWalk`` built from the margin, prompt and rule arguments. ``extent_prior`` (default on)
+    reads the structure's extent on two planes orthogonal to the slices first (2 more encodes,
+    walk_extent.py) and guards the stop with it. Arguments are checked at the call
+    (PromptError / ImageError), before any slice is segmented.
     """
     slices = as_slices(volume, axis)
     n = len(slices)
@@ -155,8 +158,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
-                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach, key_calibrate=key_calibrate,
-                         key_restart=key_restart)
+                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
+                         key_calibrate=key_calibrate, extent_prior=extent_prior, key_restart=key_restart)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     kept = {}

@@ -14,6 +14,14 @@ from medsam_core.walk import Stop
 from .volume_fakes import FakePredictor, bbox, ellipsoid, render
 
 
+def _walk_volume_rules(*args, **kw):
+    """The per-slice stop rules alone (the orthogonal-plane extent prior off: test_walk_extent.py tests it)."""
+    return walk_volume(*args, **{"extent_prior": False, **kw})
+
+
+def _segment_volume_rules(*args, **kw):
+    return segment_volume(*args, **{"extent_prior": False, **kw})
+
 def _start(truth, z, pad=3.0):
     return bbox(truth[z], pad)
 
@@ -56,13 +64,13 @@ def test_stops_when_predicted_iou_drops():
     vol = render(truth)
     vol[24:][truth[24:]] = 150  # the model is "unsure" from slice 24 up
     pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
-    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.5)
+    out = _segment_volume_rules(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.5)
     zs = np.flatnonzero(out.any(axis=(1, 2)))
     assert zs[-1] == 23 and zs[0] == np.flatnonzero(truth.any(axis=(1, 2)))[0]
-    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.0)
+    out = _segment_volume_rules(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.0)
     np.testing.assert_array_equal(out, truth)
     # relative to the start slice's predicted IoU (0.9): 0.3 is under 0.7 x 0.9
-    out = segment_volume(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.7)
+    out = _segment_volume_rules(pred, vol, _start(truth, 20), 20, min_area_ratio=0.0, min_iou=0.2, iou_drop=0.7)
     assert np.flatnonzero(out.any(axis=(1, 2)))[-1] == 23
 
 
@@ -257,8 +265,8 @@ def test_real_model_on_a_cells3d_nucleus(lite_model, cells3d):
 
 
 def _walk(truth, vol=None, pred=None, **kw):
-    return walk_volume(pred or FakePredictor(), render(truth) if vol is None else vol, bbox(truth[20], 2), 20,
-                       **kw)
+    return _walk_volume_rules(pred or FakePredictor(), render(truth) if vol is None else vol, bbox(truth[20], 2),
+                              20, **kw)
 
 
 def test_stop_reasons_say_which_rule_and_where():
@@ -283,7 +291,7 @@ def test_stop_reasons_say_which_rule_and_where():
     stalk[5:26, 18:30, 18:30] = True
     stalk[22:26] = False
     stalk[22:26, 23:25, 23:25] = True
-    res = walk_volume(FakePredictor(), render(stalk), bbox(stalk[12], 2), 12, min_area_ratio=0.2, patience=1)
+    res = _walk_volume_rules(FakePredictor(), render(stalk), bbox(stalk[12], 2), 12, min_area_ratio=0.2, patience=1)
     assert res.stops["up"] == Stop("area collapsed", 22)
     tube = _cylinder()
     res = _walk(tube, key_boxes={30: bbox(tube[30], 2)})
@@ -335,11 +343,11 @@ def test_a_key_box_rewalks_only_its_side():
     vol = render(truth)
     vol[24:][truth[24:]] = 150  # the walk stops early going up ...
     pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
-    first = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
+    first = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
     assert first.stops["up"].slice == 24
     n_before = pred.images
     key = {27: bbox(truth[27], 2)}  # ... so the user draws a box on slice 27
-    fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0, patience=2,
+    fixed = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, min_area_ratio=0.0, patience=2,
                         bound_by_keys=False)
     up = [z for z in fixed.masks if z > 20]
     assert pred.images - n_before == fixed.rewalked == len(up) + 2  # + the two slices that stopped it (patience)
@@ -350,13 +358,13 @@ def test_a_key_box_rewalks_only_its_side():
     assert min(up) == 21 and max(up) >= 27 and fixed.stops["up"].reason == "IoU fell to 0.30"
     assert set(fixed.keys) == {20, 27}
     # nothing changed: nothing re-walked; a new start box: both sides
-    same = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=fixed, min_area_ratio=0.0, patience=2,
+    same = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=fixed, min_area_ratio=0.0, patience=2,
                        bound_by_keys=False)
     assert same.rewalked == 0 and set(same.masks) == set(fixed.masks)
-    moved = walk_volume(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0, patience=2)
+    moved = _walk_volume_rules(pred, vol, bbox(truth[20], 3), 20, previous=fixed, min_area_ratio=0.0, patience=2)
     assert moved.rewalked == len(moved.masks) + 3  # up: the two slices that tripped (patience); down: the empty one
     with pytest.raises(PromptError, match="previous walk"):
-        walk_volume(pred, vol[:, :, :60], bbox(truth[20], 2), 20, previous=fixed)
+        _walk_volume_rules(pred, vol[:, :, :60], bbox(truth[20], 2), 20, previous=fixed)
 
 
 @pytest.mark.slow
@@ -392,7 +400,8 @@ def test_real_model_on_a_small_mri_crop(lite_model):
                         previous=res, bound_by_keys=False)
     assert all(fixed.masks[z] is res.masks[z] for z in res.masks if z >= 4)
     assert fixed.rewalked <= 4 and fixed.stops["up"] is res.stops["up"]
-    assert pred.encoder_calls <= len(vol)  # every slice encoded at most once for both runs
+    # every slice encoded at most once for both runs, + the extent prior's 2 orthogonal planes
+    assert pred.encoder_calls <= len(vol) + 2 and res.extent is not None
 
 
 def test_uint8_volume_is_clipped_like_the_training_pipeline():
@@ -432,12 +441,12 @@ def test_patience_keeps_one_bad_slice_between_good_ones():
     vol = render(truth)
     vol[24][truth[24]] = 150  # one slice the model is unsure of
     pred = FakePredictor(score_fn=lambda im: 0.2 if im.max() == 150 else 0.9)
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
     assert 24 in res.slices and res.stops["up"].reason == "vanished"
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=1)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=1)
     assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23
     vol[25][truth[25]] = 150  # two in a row (patience 2): the walk stops at the first, keeping neither
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, patience=2)
     assert res.stops["up"] == Stop("IoU fell to 0.20", 24) and max(res.slices) == 23 and 25 not in res.masks
 
 
@@ -448,8 +457,8 @@ def test_contrast_rule_is_off_for_a_start_edge_within_the_noise():
     rng = np.random.default_rng(1)
     vol = (rng.normal(100, 10, truth.shape) + np.where(truth, -3.0, 0.0)).astype(np.float32)
     pred = FakePredictor(threshold=-1)  # the fake segments the whole box: masks follow the box only
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0)
     assert all(s.reason != "contrast faded" for s in res.stops.values())
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
                       contrast_noise=0.0, min_contrast=0.9)
     assert "contrast faded" in {s.reason for s in res.stops.values()}

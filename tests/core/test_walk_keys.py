@@ -16,6 +16,11 @@ from .volume_fakes import FakePredictor, bbox, ellipsoid, render
 LEGACY = {"key_shape": "linear", "key_past": "hold", "key_move": False, "key_reach": None, "key_extend": True}
 
 
+
+def _walk_volume_rules(*args, **kw):
+    """The per-slice stop rules alone (the orthogonal-plane extent prior off: test_walk_extent.py tests it)."""
+    return walk_volume(*args, **{"extent_prior": False, **kw})
+
 def _area(box):
     return float((box[2] - box[0]) * (box[3] - box[1]))
 
@@ -103,16 +108,16 @@ def test_a_key_inside_the_walked_span_keeps_the_previous_end():
     vol[24:][truth[24:]] = 150
     pred = FakePredictor(score_fn=lambda im: 0.3 if im.max() == 150 else 0.9)
     kw = {"min_area_ratio": 0.0, "patience": 2, "bound_by_keys": False}
-    first = walk_volume(pred, vol, bbox(truth[20], 2), 20, **kw)
+    first = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, **kw)
     assert first.stops["up"].slice == 24 and max(first.slices) == 23
     key = {22: bbox(truth[22], 2)}
-    fixed = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, **kw)
+    fixed = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, **kw)
     assert fixed.rewalked == 3 and max(fixed.slices) == 23  # 21-23 re-walked, nothing past the old end
     assert fixed.stops["up"] == first.stops["up"]
-    free = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, key_extend=True, **kw)
+    free = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, key_boxes=key, previous=first, key_extend=True, **kw)
     assert free.rewalked > 3  # it decodes past the old end before its own rules stop it
     # a key beyond the old end is walked to, and past
-    far = walk_volume(pred, vol, bbox(truth[20], 2), 20, key_boxes={26: bbox(truth[26], 2)}, previous=first, **kw)
+    far = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, key_boxes={26: bbox(truth[26], 2)}, previous=first, **kw)
     assert max(far.slices) >= 26
 
 
@@ -148,10 +153,11 @@ def test_real_model_correction_at_a_nucleus_tip(lite_model, cells3d):
     zs = np.flatnonzero(obj.any(axis=(1, 2)))
     z0 = int(np.argmax(obj.sum(axis=(1, 2))))
     pred = Predictor(lite_model)
-    first = walk_volume(pred, image, bbox(obj[z0], 3), z0, spacing=spacing)
+    # the key-box rules alone: with the extent prior (default) this nucleus no longer overruns at all
+    first = walk_volume(pred, image, bbox(obj[z0], 3), z0, spacing=spacing, extent_prior=False)
     key = {int(zs[-1]): bbox(obj[zs[-1]], 3)}
     fixed = walk_volume(pred, image, bbox(obj[z0], 3), z0, spacing=spacing, key_boxes=key, previous=first,
-                        bound_by_keys=False)
+                        bound_by_keys=False, extent_prior=False)
     assert max(first.slices) > zs[-1] + 5
     assert max(fixed.slices) <= zs[-1] + 2
     assert dice(fixed.volume(), obj) >= dice(first.volume(), obj) + 0.08

@@ -11,6 +11,10 @@ from medsam_core.walk_stop import Evidence, Stop, StopRules
 from .volume_fakes import FakePredictor, bbox, ellipsoid, render
 
 
+def _walk_volume_rules(*args, **kw):
+    """The per-slice stop rules alone (the orthogonal-plane extent prior off: test_walk_extent.py tests it)."""
+    return walk_volume(*args, **{"extent_prior": False, **kw})
+
 def _feed(rules, verdicts, start=1):
     ev, kept = Evidence(rules), []
     for i, why in enumerate(verdicts):
@@ -47,10 +51,10 @@ def test_walk_keeps_a_short_dip_and_drops_the_tail():
     vol = render(truth)
     vol[23:25][truth[23:25]] = 150  # two slices the model is unsure of, then good ones again
     pred = FakePredictor(score_fn=lambda im: 0.2 if im.max() == 150 else 0.9)
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
     assert {23, 24} <= set(res.slices) and res.stops["up"].reason == "vanished"
     vol[23:][truth[23:]] = 150  # unsure to the end: cut before the first unsure slice
-    res = walk_volume(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
+    res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0)
     assert res.stops["up"] == Stop("IoU fell to 0.20", 23) and max(res.slices) == 22
     assert all(z not in res.masks for z in (23, 24, 25))
 
