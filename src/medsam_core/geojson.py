@@ -179,27 +179,41 @@ def _class_name(props: dict) -> str | None:
     return props.get("class") or props.get("classification_name")
 
 
-def _fill(out, rings: list, lid: int, shape: tuple[int, int]) -> bool:
-    """Rasterise one polygon (exterior + holes) into ``out`` (pixel centres inside) region-wise."""
+def _draw(region: np.ndarray, origin: tuple[int, int], rings: list, lid: int) -> None:
+    """Draw one polygon (exterior + holes; pixel centres inside) as ``lid`` into ``region``, whose top-left
+    pixel is ``origin`` (y, x) of the image, in place; pixels an earlier object holds are kept."""
     from skimage.draw import polygon
 
-    ext = np.asarray(rings[0], np.float64)
-    if ext.ndim != 2 or ext.shape[0] < 3 or ext.shape[1] < 2 or not np.isfinite(ext).all():
-        raise ImageError("a polygon ring needs at least 3 finite [x, y] points")
-    x0, y0 = (max(0, int(np.floor(v - 0.5))) for v in ext[:, :2].min(axis=0))
-    x1, y1 = (int(np.ceil(v - 0.5)) + 1 for v in ext[:, :2].max(axis=0))
-    x1, y1 = min(x1, shape[1]), min(y1, shape[0])
-    if x1 <= x0 or y1 <= y0:
-        return False
-    region = np.asarray(out[y0:y1, x0:x1]).copy()
     inside = np.zeros(region.shape, bool)
-    for k, ring in enumerate(rings):
-        r = np.asarray(ring, np.float64)
-        rr, cc = polygon(r[:, 1] - 0.5 - y0, r[:, 0] - 0.5 - x0, region.shape)
+    for k, r in enumerate(rings):
+        rr, cc = polygon(r[:, 1] - 0.5 - origin[0], r[:, 0] - 0.5 - origin[1], region.shape)
         inside[rr, cc] = k == 0
-    region[inside & (region == 0)] = lid  # earlier objects keep overlapping pixels
-    out[y0:y1, x0:x1] = region
-    return True
+    region[inside & (region == 0)] = lid
+
+
+def _polygon_features(feats: list[dict], ids: list[int], path: Path, shape: tuple[int, int], result):
+    """Yield (label id, [(rings, window), ...]) for each Polygon/MultiPolygon feature with a part on the
+    image, in file order; other geometries and features outside the image go to ``result.skipped``,
+    classes to ``result.classes``; malformed coordinates raise ImageError."""
+    for k, feat in enumerate(feats):
+        geom = feat.get("geometry") or {}
+        kind = geom.get("type")
+        if kind not in ("Polygon", "MultiPolygon"):
+            result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
+            continue
+        polys = geom.get("coordinates") or []
+        try:
+            parts = [_parts(rings, shape) for rings in ([polys] if kind == "Polygon" else polys) if rings]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ImageError(f"{path.name}: feature {k} has malformed coordinates ({exc})") from None
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            result.skipped.append(f"feature {k}: lies outside the {shape[1]} x {shape[0]} image")
+            continue
+        cls = _class_name(feat.get("properties") or {})
+        if cls:
+            result.classes[ids[k]] = str(cls)
+        yield ids[k], parts
 
 
 def _load(path: Path) -> list[dict]:
@@ -230,25 +244,11 @@ def read_geojson(path: str | os.PathLike, shape: tuple[int, int], out=None) -> G
     ids = _feature_ids(feats)
     labels = np.zeros(shape, np.uint32) if out is None else out
     result = GeoObjects(labels)
-    for k, feat in enumerate(feats):
-        geom = feat.get("geometry") or {}
-        kind = geom.get("type")
-        if kind not in ("Polygon", "MultiPolygon"):
-            result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
-            continue
-        lid = ids[k]
-        polys = geom.get("coordinates") or []
-        polys = [polys] if kind == "Polygon" else polys
-        try:
-            drawn = [_fill(labels, rings, lid, shape) for rings in polys if rings]
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ImageError(f"{path.name}: feature {k} has malformed coordinates ({exc})") from None
-        if not any(drawn):
-            result.skipped.append(f"feature {k}: lies outside the {shape[1]} x {shape[0]} image")
-            continue
-        name = _class_name(feat.get("properties") or {})
-        if name:
-            result.classes[lid] = str(name)
+    for lid, parts in _polygon_features(feats, ids, path, shape, result):
+        for rings, (y0, y1, x0, x1) in parts:  # region by region: ``out`` may be a chunked store
+            region = np.asarray(labels[y0:y1, x0:x1]).copy()
+            _draw(region, (y0, x0), rings, lid)
+            labels[y0:y1, x0:x1] = region
     return result
 
 
@@ -279,8 +279,6 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
     pixel) and classes are those of ``read_geojson``. Returns GeoObjects whose ``labels`` is the
     LabelStore (coarser levels built) and ``extents`` each object's window. A malformed feature
     raises ImageError before the store is created."""
-    from skimage.draw import polygon
-
     from .labelstore import LabelStore
 
     path = Path(path).expanduser()
@@ -289,22 +287,7 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
     ids = _feature_ids(feats)
     result = GeoObjects(None)
     tiles: dict[tuple[int, int], list] = {}
-    for k, feat in enumerate(feats):
-        geom = feat.get("geometry") or {}
-        kind = geom.get("type")
-        if kind not in ("Polygon", "MultiPolygon"):
-            result.skipped.append(f"feature {k}: geometry {kind!r} is not a polygon")
-            continue
-        polys = geom.get("coordinates") or []
-        try:
-            parts = [_parts(rings, shape) for rings in ([polys] if kind == "Polygon" else polys) if rings]
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ImageError(f"{path.name}: feature {k} has malformed coordinates ({exc})") from None
-        parts = [p for p in parts if p is not None]
-        if not parts:
-            result.skipped.append(f"feature {k}: lies outside the {shape[1]} x {shape[0]} image")
-            continue
-        lid = ids[k]
+    for lid, parts in _polygon_features(feats, ids, path, shape, result):
         for rings, (y0, y1, x0, x1) in parts:
             for ty in range(y0 // tile, (y1 - 1) // tile + 1):
                 for tx in range(x0 // tile, (x1 - 1) // tile + 1):
@@ -312,9 +295,6 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
         wins = [w for _, w in parts]
         result.extents[lid] = (min(w[0] for w in wins), max(w[1] for w in wins),
                                min(w[2] for w in wins), max(w[3] for w in wins))
-        cls = _class_name(feat.get("properties") or {})
-        if cls:
-            result.classes[lid] = str(cls)
     store = LabelStore.create(dest, shape, name=name, chunk=chunk)
     for (ty, tx), items in sorted(tiles.items()):
         # only the part of the tile its polygons reach is read and written (a sparse slide: a few chunks)
@@ -323,12 +303,7 @@ def rasterise_geojson_to_store(path: str | os.PathLike, dest, shape: tuple[int, 
         region = store.read_region((t0, t1, s0, s1))
         for lid, rings, (y0, y1, x0, x1) in items:  # file order: the earlier feature keeps a pixel
             a0, a1, b0, b1 = max(y0, t0), min(y1, t1), max(x0, s0), min(x1, s1)
-            inside = np.zeros((a1 - a0, b1 - b0), bool)
-            for j, r in enumerate(rings):
-                rr, cc = polygon(r[:, 1] - 0.5 - a0, r[:, 0] - 0.5 - b0, inside.shape)
-                inside[rr, cc] = j == 0
-            sub = region[a0 - t0 : a1 - t0, b0 - s0 : b1 - s0]
-            sub[inside & (sub == 0)] = lid
+            _draw(region[a0 - t0 : a1 - t0, b0 - s0 : b1 - s0], (a0, b0), rings, lid)
         store.write_region((t0, t1, s0, s1), region)
     store.update_levels()
     result.labels = store
