@@ -108,8 +108,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
-              key_calibrate: bool = False, extent_prior: bool = True, key_restart: bool = True,
-              key_extend: bool = False,
+              key_extend: bool = False, extent_prior: bool = True,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -159,7 +158,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
                          key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
-                         key_calibrate=key_calibrate, extent_prior=extent_prior, key_restart=key_restart)
+                         extent_prior=extent_prior)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     kept = {}

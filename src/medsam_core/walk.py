@@ -33,7 +33,7 @@ start box is one) it is their blend and the stop rules are off (the user says th
 towards a key box of less area the box's area follows an ellipse (``key_shape="ellipse"``); past the
 outermost key its box is held (``key_past``), its centre carried on along the last two keys' line
 (``key_move``), and the walk ends at ``key_reach`` x the tip the narrowing keys imply ("tip from key
-boxes"). The cross-check walk restarts from each key slice's mask (``key_restart``).
+boxes"). The cross-check walk restarts from each key slice's mask.
 """
 
 from __future__ import annotations
@@ -138,13 +138,11 @@ class BoxWalk:
     # shrinks towards the outer key follows an ellipse); ``key_past``: past the last key its box is
     # held ("hold") or keeps shrinking along that ellipse to the tip ("taper");
     # ``key_move`` carries the centre on past the last key; the walk ends past ``key_reach`` x the tip
-    # distance (None: no such end); ``key_calibrate``: stop rules calibrated on the last key passed
+    # distance (None: no such end)
     key_shape: str = "ellipse"
     key_past: str = "hold"
     key_move: bool = True
     key_reach: float | None = 1.2
-    key_calibrate: bool = False
-    key_restart: bool = True  # the cross-check walk restarts from each key slice's mask (False: its own masks)
     # extent prior (walk_extent.py): the structure's ends read on two orthogonal planes (2 encodes);
     # no stop within half the estimated depth, and "lost track" relative to the guarded slices' agreement
     # (on by default: one box 0.865/0.903/0.911x -> 0.884/0.948/0.937x of the oracle, docs/3d.md)
@@ -170,8 +168,8 @@ class BoxWalk:
                                                        spacing, (depth, sum(spans[i + 1:])), cancel)
         return result
 
-    def _calibrate(self, image, result, intensity, z: int | None = None) -> Calibration:
-        z = result.start if z is None else z
+    def _calibrate(self, image, result, intensity) -> Calibration:
+        z = result.start
         mask, box = result.masks[z], result.keys[z]
         f = result.features[z]
         c0 = f["contrast"]
@@ -250,7 +248,7 @@ class BoxWalk:
         it is kept for good, the held slices after the count's maximum are dropped when the
         direction ends. ``prev`` is the neighbour's single-output mask (what the rules compare
         with), ``out`` its kept mask, ``shadow`` the cross-check walk's mask (``_check``)."""
-        last, evidence, keyed = z, Evidence(self.rules), {}
+        last, evidence = z, Evidence(self.rules)
         guard = ExtentGuard(result.extent.depth(z, step)) if result.extent is not None else None
         free = replace(self.rules, min_agree=0.0)  # with the guard, "lost track" is relative (ExtentGuard)
         prev = shadow = out = result.masks[z]
@@ -268,9 +266,6 @@ class BoxWalk:
                 anchor_box, tip = past_key(result.keys, z, zz, self.key_past, self.key_move, self.key_reach)
                 if tip:
                     return self._drop(result, evidence) or Stop("tip from key boxes", zz)
-                if self.key_calibrate and anchor_z not in keyed:
-                    keyed[anchor_z] = self._calibrate(slices[anchor_z], result, intensity, anchor_z)
-            rules_cal = keyed.get(anchor_z, cal)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             like = out if self.output == "consistent" else result.masks.get(anchor_z)
@@ -278,16 +273,14 @@ class BoxWalk:
                                 None if zz in result.keys or self.output == "single" else like)
             result.rewalked += 1
             f = result.features[zz]
-            if guided and self.key_restart:
-                shadow = mask if mask.any() else shadow
-            elif self.rules.min_agree:
-                shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, f)
+            why = None  # on and between key slices the user says the object is there: no rules
             if guided:
-                why = None
-            elif guard is not None:
-                why = guard.verdict(abs(zz - z), f, stop_reason(free, f, int(prev.sum()), rules_cal))
+                shadow = mask if mask.any() else shadow
             else:
-                why = stop_reason(self.rules, f, int(prev.sum()), rules_cal)
+                if self.rules.min_agree:
+                    shadow = self._check(predictor, slices[zz], shadow, box, mask, cal, spacing, f)
+                why = stop_reason(self.rules if guard is None else free, f, int(prev.sum()), cal)
+                why = why if guard is None else guard.verdict(abs(zz - z), f, why)
             kept, stop = evidence.add(zz, why, empty=not guided and not mask.any())
             if stop is not None:
                 return self._drop(result, evidence, stop)
