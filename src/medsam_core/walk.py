@@ -47,7 +47,7 @@ import numpy as np
 from .preprocess import Intensity
 from .prompts import box_from_mask
 from .volume import Cancel, check_cancel, is_blank
-from .walk_extent import Extent, ExtentGuard, estimate_extent
+from .walk_extent import PLANES, Extent, ExtentGuard, read_extent
 from .walk_keys import interpolate, past_key
 from .walk_stop import Calibration, Evidence, Stop, StopRules, contrast, slice_features, stop_reason
 
@@ -59,11 +59,14 @@ class SliceResult(tuple):
     predicted IoU. Also carries ``box`` ((4,) XYXY prompt used) and ``total``: the expected number
     of slices the walk decodes in all, for progress bars (from the start slice's cross-section:
     a structure about as deep as it is wide; it grows while a direction goes on past that and
-    shrinks when one stops early; always more than the slices done until the walk ends)."""
+    shrinks when one stops early; always more than the slices done until the walk ends).
+    ``stage``: "slice" for a decoded slice; "plane" for each of the extent prior's orthogonal planes
+    (an encode: a progress step of its own, counted in ``total``; it repeats the start slice's
+    mask, so code that paints each step's mask stays right)."""
 
-    def __new__(cls, z: int, mask: np.ndarray, score: float, box: np.ndarray, total: int):
+    def __new__(cls, z: int, mask: np.ndarray, score: float, box: np.ndarray, total: int, stage: str = "slice"):
         obj = super().__new__(cls, (z, mask, score))
-        obj.z, obj.mask, obj.score, obj.box, obj.total = z, mask, score, box, total
+        obj.z, obj.mask, obj.score, obj.box, obj.total, obj.stage = z, mask, score, box, total, stage
         return obj
 
 
@@ -147,6 +150,9 @@ class BoxWalk:
     # no stop within half the estimated depth, and "lost track" relative to the guarded slices' agreement
     # (on by default: one box 0.865/0.903/0.911x -> 0.884/0.948/0.937x of the oracle, docs/3d.md)
     extent_prior: bool = True
+    # with the prior: where both planes agree on an end, a direction ends this x its depth (at least 3
+    # slices) past that end ("past the estimated end", Extent.cap); None: no such end
+    extent_cap: float | None = 0.5
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -157,16 +163,33 @@ class BoxWalk:
             result.rewalked += 1
         depth = _expected_depth(result.masks[z], spacing)
         spans = [min(bounds[1] - z if d == "up" else z - bounds[0], depth) for d in directions]
+        prior = self.extent_prior and result.masks[z].any() and not is_blank(slices[z])
+        planes = PLANES if prior else 0  # each plane read is a progress step (an encode, unlike a decode)
         if fresh:
-            yield SliceResult(z, result.masks[z], result.scores[z], keys[z], 1 + sum(spans))
+            yield SliceResult(z, result.masks[z], result.scores[z], keys[z], 1 + planes + sum(spans))
         cal = self._calibrate(slices[z], result, intensity)
-        if self.extent_prior and result.masks[z].any() and not is_blank(slices[z]):
-            result.extent = estimate_extent(predictor, slices, result.masks[z], keys[z], z, spacing, intensity)
+        if prior:
+            result.extent = yield from self._read_extent(predictor, slices, result, spacing, intensity,
+                                                         int(fresh) + planes + sum(spans), cancel)
         for i, name in enumerate(directions):
             step, end = (1, bounds[1]) if name == "up" else (-1, bounds[0])
             result.stops[name] = yield from self._walk(predictor, slices, result, z, step, end, cal, intensity,
-                                                       spacing, (depth, sum(spans[i + 1:])), cancel)
+                                                       spacing, (depth, sum(spans[i + 1:]) + planes), cancel)
         return result
+
+    @staticmethod
+    def _read_extent(predictor, slices, result, spacing, intensity, total, cancel):
+        """The extent prior's planes (walk_extent.read_extent), one progress step each: a
+        SliceResult of the start slice with ``stage="plane"``. Cancel is checked before each."""
+        z = result.start
+        steps = read_extent(predictor, slices, result.masks[z], result.keys[z], z, spacing, intensity,
+                            cancel=cancel)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            yield SliceResult(z, result.masks[z], result.scores[z], result.keys[z], total, stage="plane")
 
     def _calibrate(self, image, result, intensity) -> Calibration:
         z = result.start
@@ -250,6 +273,7 @@ class BoxWalk:
         with), ``out`` its kept mask, ``shadow`` the cross-check walk's mask (``_check``)."""
         last, evidence = z, Evidence(self.rules)
         guard = ExtentGuard(result.extent.depth(z, step)) if result.extent is not None else None
+        cap = self._cap(result, z, step)
         free = replace(self.rules, min_agree=0.0)  # with the guard, "lost track" is relative (ExtentGuard)
         prev = shadow = out = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
@@ -257,6 +281,8 @@ class BoxWalk:
             check_cancel(cancel)
             key = interpolate(result.keys, zz, z, self.key_shape)
             guided = key is not None  # between or on key slices: the user says the object is there
+            if cap is not None and not guided and abs(zz - z) > cap:
+                return self._drop(result, evidence) or Stop("past the estimated end", zz)
             if not guided and not prev.any():
                 return self._drop(result, evidence) or Stop("vanished", zz)
             passed = [k for k in result.keys if (k - zz) * step < 0 and (k - z) * step >= 0]
@@ -299,6 +325,15 @@ class BoxWalk:
         if end in result.keys and end != z:
             return Stop("reached key slice", end)
         return Stop("end of volume", end)
+
+    def _cap(self, result, z: int, step: int) -> int | None:
+        """Extent.cap for this direction, moved past the farthest key box on this side (a key box
+        says the object is there, whatever the planes saw)."""
+        if result.extent is None or self.extent_cap is None:
+            return None
+        cap = result.extent.cap(z, step, self.extent_cap)
+        keys = [(k - z) * step for k in result.keys if (k - z) * step > 0]
+        return cap if cap is None or not keys else max(cap, max(keys) + 3)
 
     @staticmethod
     def _drop(result, evidence: Evidence, stop: Stop | None = None) -> Stop | None:

@@ -22,14 +22,19 @@ orthogonal planes").
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cancel import Cancel, check_cancel
 from .errors import PromptError
 from .preprocess import Intensity
 
-__all__ = ["Extent", "ExtentGuard", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes"]
+__all__ = ["PLANES", "Extent", "ExtentGuard", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes",
+           "read_extent"]
+
+PLANES = 2  # orthogonal planes read per structure (one along each in-plane axis): 2 encodes
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,22 @@ class Extent:
         -1 down); None without an estimate."""
         end = self.hi if step > 0 else self.lo
         return None if end is None else max((end - z) * step, 0)
+
+    def cap(self, z: int, step: int, past: float = 0.5, least: int = 3, agree: float = 0.1) -> int | None:
+        """Slices from ``z`` in direction ``step`` past which a walk ends ("past the estimated end"),
+        or None. Only where both planes put this end within ``agree`` x the estimated depth (at
+        least 1 slice) of each other: two independent readings that agree. The walk may go
+        ``max(past x this side's depth, least)`` slices past the end they agree on: it stops
+        overruns (an out-of-focus blob beyond a nucleus) without cutting a structure the planes see
+        a little short (docs/3d.md, "Past the estimated end")."""
+        good = [p for p in self.planes if p.lo is not None]
+        depth = self.depth(z, step)
+        if len(good) < 2 or depth is None:
+            return None
+        ends = [p.hi if step > 0 else p.lo for p in good]
+        if max(ends) - min(ends) > max(1.0, agree * (self.hi - self.lo)):
+            return None
+        return depth + int(np.ceil(max(past * depth, least)))
 
 
 def deepest_point(mask: np.ndarray) -> tuple[int, int]:
@@ -137,7 +158,33 @@ def estimate_extent(
     iterations: int = 1,
     side: str = "box",
     combine: str = "mean",
+    cancel: Cancel = None,
 ) -> Extent:
+    """``read_extent`` run to the end: the Extent (arguments as there)."""
+    steps = read_extent(predictor, slices, mask, box, z, spacing, intensity, reach=reach,
+                        iterations=iterations, side=side, combine=combine, cancel=cancel)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def read_extent(
+    predictor,
+    slices: np.ndarray,
+    mask: np.ndarray,
+    box,
+    z: int,
+    spacing=(1.0, 1.0, 1.0),
+    intensity: Intensity | None = None,
+    *,
+    reach: float = 1.0,
+    iterations: int = 1,
+    side: str = "box",
+    combine: str = "mean",
+    cancel: Cancel = None,
+) -> Generator[PlaneEstimate, None, Extent]:
     """Estimate the structure's first and last slice along the walk axis from orthogonal planes.
 
     slices: (Z, Y, X) volume, walk axis first; mask: (Y, X) bool start mask on slice ``z``;
@@ -151,6 +198,10 @@ def estimate_extent(
     side: the box's in-plane side: "box" (the user's box) or "line" (the start mask's run along the
     plane's line, grown by the same slack).
     combine: "mean", "min" (the shorter estimate per end) or "max" over the planes that found it.
+    cancel: checked before each plane's encode (``CancelledError``; nothing is changed).
+
+    A generator (for progress bars: each plane costs an encode): yields each plane's
+    PlaneEstimate as it is read and returns the Extent. ``estimate_extent`` runs it to the end.
     """
     if side not in ("box", "line") or combine not in ("mean", "min", "max"):
         raise PromptError(
@@ -183,6 +234,7 @@ def estimate_extent(
         half = reach * radius / s_in  # rows of the (square-pixel) plane
         pad = (slack["x"] + slack["y"]) / 2  # the start box's looseness; plane rows are in-plane pixels
         lo_row, hi_row = zc - half, zc + half
+        check_cancel(cancel)
         predictor.set_image(plane, intensity=intensity)
         boxes, got, score = [], None, 0.0
         for _ in range(iterations + 1):
@@ -197,10 +249,12 @@ def estimate_extent(
             lo_row, hi_row = rows[0] - pad, rows[1] + pad
         if got is None:
             found.append(PlaneEstimate(axis, at, None, None, score, zoom, tuple(boxes)))
+            yield found[-1]
             continue
         lo = int(np.clip(np.floor((got[0] + 0.5) / zoom), 0, n - 1))
         hi = int(np.clip(np.ceil((got[1] + 0.5) / zoom) - 1, 0, n - 1))
         found.append(PlaneEstimate(axis, at, min(lo, z), max(hi, z), score, zoom, tuple(boxes)))
+        yield found[-1]
     good = [p for p in found if p.lo is not None]
     if not good:
         return Extent(None, None, tuple(found))

@@ -74,13 +74,15 @@ class WalkProgress:
     done: int
     total: int
     seconds_left: float | None = None
+    planes: int = 0  # of ``done``: the extent prior's orthogonal planes read so far (an encode each)
+    stage: str = "slice"  # what this step was: "slice" or "plane"
 
 
 def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel, previous=None):
     """Generator run in a worker: yields WalkProgress; returns the WalkResult."""
     from medsam_core import propagate
 
-    done, t0 = 0, time.perf_counter()
+    done, planes, t_slices, last = 0, 0, 0.0, time.perf_counter()
     # key boxes guide (interpolated between key slices) but do not end the object: a key box drawn to
     # correct one slice must not cut off the slices beyond it (the stop rules still end the walk there)
     gen = propagate(predictor, volume, box, z, 0, key_boxes=keys or None, spacing=spacing, intensity=intensity,
@@ -91,9 +93,15 @@ def _walk(predictor, volume, box, z, keys, spacing, intensity, cancel, previous=
         except StopIteration as stop:
             result = stop.value
             break
+        now, stage = time.perf_counter(), getattr(res, "stage", "slice")
         done += 1
-        rate = (time.perf_counter() - t0) / done
-        yield WalkProgress(done, max(res.total, done + 1), rate * max(res.total - done, 0))
+        if stage == "plane":  # planes come before the walked slices and cost an encode each:
+            planes += 1  # the time left is timed on the slices alone
+        else:
+            t_slices += now - last
+        last = now
+        left = t_slices / (done - planes) * max(res.total - done, 0) if done > planes else None
+        yield WalkProgress(done, max(res.total, done + 1), left, planes, stage)
     check_cancel(cancel)
     return result
 
@@ -118,6 +126,7 @@ class VolumeActions(RecistLines):
         self.last_owner: int | None = None
         self.on_result: Callable[[int], None] = lambda owner: None  # after a 3D object's walk is committed
         self.seconds_left: float | None = None  # the running walk's time estimate, read by on_progress
+        self.walk_step: WalkProgress | None = None  # the running walk's last step (None for an encode)
         self.results: dict[int, tuple[WalkResult, int]] = {}  # label id -> (last walk, image slicing axis)
         self.cancel_event: threading.Event | None = None
         self._job: VolumeJob | None = None
@@ -288,10 +297,10 @@ class VolumeActions(RecistLines):
 
     def _on_step(self, step) -> None:
         if isinstance(step, WalkProgress):
-            self.seconds_left = step.seconds_left
+            self.seconds_left, self.walk_step = step.seconds_left, step
             self.on_progress(step.done, step.total)
         else:
-            self.seconds_left = None
+            self.seconds_left, self.walk_step = None, None
             self.on_progress(*step)
 
     def _on_error(self, exc: Exception) -> None:

@@ -18,6 +18,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medsam_core.walk_extent import PLANES
+
 VOLUME_SHORTCUTS = (  # (napari key, Qt key, action, widget method)
     ("Shift-G", "Shift+G", "segment the selected box in 3D", "segment_3d"),
 )
@@ -72,12 +74,19 @@ class VolumePanel(QGroupBox):
         self.progress.setRange(0, total)
         self.progress.setValue(min(int(done), total))
         left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
-        self.progress.setFormat(f"{int(done)} of ~{total} slices{left}")
+        step = self.actions.walk_step
+        planes = step.planes if step is not None else 0  # steps that read the extent prior's planes
+        if step is not None and step.stage == "plane":
+            self.progress.setFormat(f"reading the depth: orthogonal plane {planes} of {PLANES}{left}")
+        else:
+            self.progress.setFormat(f"{int(done) - planes} of ~{total - planes} slices{left}")
 
     def finished(self, what: str) -> None:
         if what == "done":
+            step = self.actions.walk_step
+            planes = step.planes if step is not None else 0
             self.progress.setValue(self.progress.maximum())
-            self.progress.setFormat(f"{self.progress.maximum()} slices, done")
+            self.progress.setFormat(f"{self.progress.maximum() - planes} slices, done")
         self.cancel_btn.setEnabled(False)
         self.segment_btn.setEnabled(True)
         self.precompute_btn.setEnabled(True)

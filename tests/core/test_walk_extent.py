@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medsam_core.errors import PromptError
+from medsam_core.walk import Stop
 from medsam_core.walk_extent import Extent, deepest_point, estimate_extent, orthogonal_planes
 
 from .volume_fakes import FakePredictor, bbox, ellipsoid, render
@@ -157,3 +158,88 @@ def test_walk_with_the_extent_prior_reads_the_planes_and_finds_the_ends():
     assert prior.images == plain.images + 2
     assert (b.extent.lo, b.extent.hi) == (zs[0], zs[-1])
     assert b.slices == a.slices == list(range(zs[0], zs[-1] + 1))
+
+
+def test_the_planes_are_progress_steps_counted_in_the_total():
+    """propagate yields the start slice, then one "plane" step per orthogonal plane (each an encode),
+    then the walked slices; every step's total counts the planes, so a bar does not hold while the
+    planes are encoded."""
+    from medsam_core import propagate
+
+    truth = ellipsoid()
+    mask, box = _start(truth, 20)
+    pred = FakePredictor()
+    gen = propagate(pred, render(truth), box, 20)
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    stages = [s.stage for s in steps]
+    assert stages[:3] == ["slice", "plane", "plane"] and set(stages[3:]) == {"slice"}
+    assert [s.z for s in steps[:3]] == [20, 20, 20] and all(s.mask is steps[0].mask for s in steps[:3])
+    assert all(s.total >= 3 for s in steps[:3]) and steps[-1].total >= len(steps)
+    assert len(steps) == len(result.slices) + 2  # every kept slice once, and the two planes
+    plain = list(propagate(FakePredictor(), render(truth), box, 20, extent_prior=False))
+    assert {s.stage for s in plain} == {"slice"} and len(plain) == len(result.slices)
+
+
+def test_cancel_between_the_planes_stops_before_the_second_encode():
+    from medsam_core import propagate
+    from medsam_core.errors import CancelledError
+
+    truth = ellipsoid()
+    mask, box = _start(truth, 20)
+    pred = FakePredictor()
+    flag = {"stop": False}
+    gen = propagate(pred, render(truth), box, 20, cancel=lambda: flag["stop"])
+    assert next(gen).stage == "slice" and next(gen).stage == "plane"
+    images = pred.images  # the start slice and the first plane
+    flag["stop"] = True
+    with pytest.raises(CancelledError):
+        next(gen)
+    assert pred.images == images  # the second plane was not encoded
+
+
+def _tailed():
+    """The ellipsoid (z 10..30) with a bright tail below it (z 0..12) off both planes' lines: the
+    walk's anchored box keeps finding the tail, the planes see the ellipsoid's ends."""
+    truth = ellipsoid()
+    zz, yy, xx = np.ogrid[:40, :64, :80]
+    tail = (zz <= 12) & (((yy - 22) ** 2 + (xx - 30) ** 2) <= 36)
+    return truth, render(truth | tail)
+
+
+def test_a_walk_ends_past_an_end_both_planes_agree_on():
+    from medsam_core import walk_volume
+
+    truth, vol = _tailed()
+    box = bbox(truth[20], 3)
+    free = walk_volume(FakePredictor(), vol, box, 20, extent_cap=None)
+    assert free.slices[0] == 0 and free.stops["down"].reason == "end of volume"  # the tail, to the end
+    capped = walk_volume(FakePredictor(), vol, box, 20)  # the default: extent_cap=0.5
+    assert (capped.extent.lo, capped.extent.hi) == (10, 30)
+    # 10 slices to the agreed end, then max(0.5 x 10, 3) = 5 more: slices 5..30 kept
+    assert capped.stops["down"] == Stop("past the estimated end", 4) and capped.slices[0] == 5
+    assert capped.stops["up"] == free.stops["up"] and capped.slices[-1] == free.slices[-1] == 30
+    # a key box beyond the cap says the object is there: the cap moves past it
+    keyed = walk_volume(FakePredictor(), vol, box, 20, key_boxes={2: bbox(vol[2] > 100, 2)}, bound_by_keys=False)
+    assert keyed.slices[0] == 0
+
+
+def test_the_cap_needs_both_planes_to_agree():
+    from medsam_core.walk_extent import PlaneEstimate
+
+    def extent(lo, hi, *ends):  # the combined ends, then each plane's
+        planes = [PlaneEstimate(a, 0, e0, e1, 0.9, 1.0) for a, (e0, e1) in zip("xy", ends, strict=False)]
+        return Extent(lo, hi, tuple(planes))
+
+    agree = extent(10, 30, (10, 30), (11, 31))
+    assert agree.cap(20, 1) == 10 + 5 and agree.cap(20, -1) == 10 + 5  # depth 10, then max(0.5 x 10, 3)
+    assert extent(10, 26, (10, 30), (10, 21)).cap(20, 1) is None  # the planes disagree on the upper end
+    assert extent(10, 26, (10, 30), (10, 21)).cap(20, -1) == 10 + 5  # ... not on the lower one
+    assert extent(18, 22, (18, 22), (18, 22)).cap(20, 1) == 2 + 3  # at least 3 slices past a near end
+    assert extent(10, 30, (10, 30)).cap(20, 1) is None  # one plane alone is no agreement
+    assert extent(10, 30, (None, None), (10, 30)).cap(20, 1) is None

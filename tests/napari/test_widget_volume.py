@@ -26,9 +26,16 @@ def test_segment_3d_in_a_worker_then_undo(open_widget, qtbot, stack):
     z = 5
     widget.set_overwrite(False)
     before = widget.labels_layer.data.copy()
+    bar = widget.volume_panel.progress
+    shown, on_progress = [], widget.volume.on_progress
+    widget.volume.on_progress = lambda done, total: (on_progress(done, total), shown.append(bar.format()))
     widget.segment_3d(ref_box(ref[z], True), z=z)
     assert widget.volume.running and widget.volume_panel.cancel_btn.isEnabled()
     widget.wait(WAIT)
+    # the bar moves while the extent prior's two planes are encoded, and says so; then it counts slices
+    assert shown[1].startswith("reading the depth: orthogonal plane 1 of 2"), shown
+    assert shown[2].startswith("reading the depth: orthogonal plane 2 of 2"), shown
+    assert shown[0].startswith("1 of ~") and shown[3].startswith("2 of ~"), shown
     labels = widget.labels_layer.data
     assert not widget.volume.running
     assert set(np.unique(labels)) == {0, 1}  # one 3D label id
@@ -36,7 +43,6 @@ def test_segment_3d_in_a_worker_then_undo(open_widget, qtbot, stack):
     assert len(slices) >= 8  # the whole nucleus, not just the start slice
     d = dice(labels == 1, ref)
     assert d >= 0.85, d  # measured 0.93 on this crop; the core gets 0.93 on the full 30-slice nucleus
-    bar = widget.volume_panel.progress
     assert bar.value() == bar.maximum() > 1 and bar.format().endswith("slices, done")
     assert int(widget.shapes_layer.features["label_id"].iloc[-1]) == 1
     # why the walk stopped, per direction, with the slice, and a button that shows that slice
