@@ -327,13 +327,14 @@ class BoxWalk:
         return Stop("end of volume", end)
 
     def _cap(self, result, z: int, step: int) -> int | None:
-        """Extent.cap for this direction, moved past the farthest key box on this side (a key box
-        says the object is there, whatever the planes saw)."""
+        """Extent.cap for this direction; none when a key box on this side lies past the estimated
+        end (the user says the object is there: the planes' end is wrong on this side)."""
         if result.extent is None or self.extent_cap is None:
             return None
-        cap = result.extent.cap(z, step, self.extent_cap)
-        keys = [(k - z) * step for k in result.keys if (k - z) * step > 0]
-        return cap if cap is None or not keys else max(cap, max(keys) + 3)
+        depth = result.extent.depth(z, step)
+        if depth is not None and any((k - z) * step > depth for k in result.keys):
+            return None
+        return result.extent.cap(z, step, self.extent_cap)
 
     @staticmethod
     def _drop(result, evidence: Evidence, stop: Stop | None = None) -> Stop | None:

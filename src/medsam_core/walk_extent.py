@@ -52,6 +52,17 @@ class PlaneEstimate:
     zoom: float
     boxes: tuple = field(default_factory=tuple, repr=False)
 
+    def at_box_edge(self, step: int) -> bool:
+        """True when the end in direction ``step`` lies within a slice of the last box's edge: the
+        model's mask may have stopped because the box did (a structure deeper than the box), so
+        the end is not one the plane saw."""
+        end = self.hi if step > 0 else self.lo
+        if end is None or not self.boxes:
+            return True
+        box = self.boxes[-1]
+        edge = np.ceil((box[3] + 0.5) / self.zoom) - 1 if step > 0 else np.floor((box[1] + 0.5) / self.zoom)
+        return abs(end - edge) <= 1
+
 
 @dataclass(frozen=True)
 class Extent:
@@ -71,7 +82,8 @@ class Extent:
     def cap(self, z: int, step: int, past: float = 0.5, least: int = 3, agree: float = 0.1) -> int | None:
         """Slices from ``z`` in direction ``step`` past which a walk ends ("past the estimated end"),
         or None. Only where both planes put this end within ``agree`` x the estimated depth (at
-        least 1 slice) of each other: two independent readings that agree. The walk may go
+        least 1 slice) of each other, each more than a slice inside its last box (an end the plane
+        saw, not where its box stopped): two independent readings that agree. The walk may go
         ``max(past x this side's depth, least)`` slices past the end they agree on: it stops
         overruns (an out-of-focus blob beyond a nucleus) without cutting a structure the planes see
         a little short (docs/3d.md, "Past the estimated end")."""
@@ -81,6 +93,8 @@ class Extent:
             return None
         ends = [p.hi if step > 0 else p.lo for p in good]
         if max(ends) - min(ends) > max(1.0, agree * (self.hi - self.lo)):
+            return None
+        if any(p.at_box_edge(step) for p in good):  # the mask ended where its box did: not an end seen
             return None
         return depth + int(np.ceil(max(past * depth, least)))
 

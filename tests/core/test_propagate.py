@@ -10,6 +10,7 @@ import pytest
 from medsam_core import Intensity, WalkResult, propagate, segment_volume, walk_volume
 from medsam_core.errors import CancelledError, ImageError, PromptError
 from medsam_core.walk import Stop
+from medsam_core.walk_extent import PLANES
 
 from .volume_fakes import FakePredictor, bbox, ellipsoid, render
 
@@ -38,8 +39,9 @@ def test_ellipsoid_exact_extent_both_directions():
         except StopIteration as stop:
             why = stop.value
             break
-        order.append(res.z)
         np.testing.assert_array_equal(res.mask, truth[res.z])
+        if res.stage == "slice":  # the extent prior's two plane steps repeat the start slice
+            order.append(res.z)
     zs = np.flatnonzero(truth.any(axis=(1, 2)))
     assert order == list(range(20, zs[-1] + 1)) + list(range(19, zs[0] - 1, -1))  # start, up, then down
     assert why.stops["up"].reason == why.stops["down"].reason == "vanished"
@@ -111,7 +113,7 @@ def test_key_boxes_interpolate_bound_and_override_stop_rules():
     b0, b10, b30 = np.array([14, 18, 46, 42.0]), np.array([10, 10, 50, 50.0]), np.array([16, 19, 44, 41.0])
     pred = FakePredictor()
     results = list(propagate(pred, vol, b0, 20, key_boxes={10: b10, 30: b30}, key_shape="linear"))
-    assert sorted(r.z for r in results) == list(range(10, 31))  # bounded by the outermost keys
+    assert sorted(r.z for r in results if r.stage == "slice") == list(range(10, 31))  # bounded by the outer keys
     boxes = {r.z: r.box for r in results}
     np.testing.assert_allclose(boxes[25], (b0 + b30) / 2)
     # default key_shape="ellipse": towards the narrower key b30 the box's area follows an ellipse
@@ -171,7 +173,7 @@ def test_progress_and_cancel_leave_labels_untouched():
     calls = []
     out = segment_volume(FakePredictor(), vol, _start(truth, 20), 20, min_area_ratio=0.0,
                          on_progress=lambda d, t: calls.append((d, t)))
-    n = int(truth.any(axis=(1, 2)).sum())
+    n = int(truth.any(axis=(1, 2)).sum()) + PLANES  # every slice, and the extent prior's planes
     assert [d for d, _ in calls] == list(range(1, n + 1)) + [n] and calls[-1] == (n, n)
     # the expected total follows the walk (no jump from a whole-volume bound to done): always ahead
     # of the slices done until the end; from the first slice, the guess of a structure about as deep
@@ -432,7 +434,7 @@ def test_anchored_box_stops_where_the_cross_check_loses_the_object():
     assert res.features[zs[-1] + 1]["agree"] == 0.0
     np.testing.assert_array_equal(res.boxes[zs[-1]], box)  # anchored: the user's box on every slice
     off = walk_volume(FakePredictor(), vol, box, 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
-                      patience=1)
+                      patience=1, extent_cap=None)
     assert max(off.slices) == len(vol) - 1  # without the cross-check the decoy is walked to the end
 
 

@@ -224,7 +224,7 @@ def test_a_walk_ends_past_an_end_both_planes_agree_on():
     # 10 slices to the agreed end, then max(0.5 x 10, 3) = 5 more: slices 5..30 kept
     assert capped.stops["down"] == Stop("past the estimated end", 4) and capped.slices[0] == 5
     assert capped.stops["up"] == free.stops["up"] and capped.slices[-1] == free.slices[-1] == 30
-    # a key box beyond the cap says the object is there: the cap moves past it
+    # a key box past the estimated end says the object is there: no cap on that side
     keyed = walk_volume(FakePredictor(), vol, box, 20, key_boxes={2: bbox(vol[2] > 100, 2)}, bound_by_keys=False)
     assert keyed.slices[0] == 0
 
@@ -233,7 +233,8 @@ def test_the_cap_needs_both_planes_to_agree():
     from medsam_core.walk_extent import PlaneEstimate
 
     def extent(lo, hi, *ends):  # the combined ends, then each plane's
-        planes = [PlaneEstimate(a, 0, e0, e1, 0.9, 1.0) for a, (e0, e1) in zip("xy", ends, strict=False)]
+        planes = [PlaneEstimate(a, 0, e0, e1, 0.9, 1.0, ((0.0, 0.0, 9.0, 39.0),))  # ends inside the box
+                  for a, (e0, e1) in zip("xy", ends, strict=False)]
         return Extent(lo, hi, tuple(planes))
 
     agree = extent(10, 30, (10, 30), (11, 31))
@@ -241,5 +242,7 @@ def test_the_cap_needs_both_planes_to_agree():
     assert extent(10, 26, (10, 30), (10, 21)).cap(20, 1) is None  # the planes disagree on the upper end
     assert extent(10, 26, (10, 30), (10, 21)).cap(20, -1) == 10 + 5  # ... not on the lower one
     assert extent(18, 22, (18, 22), (18, 22)).cap(20, 1) == 2 + 3  # at least 3 slices past a near end
+    edge = Extent(10, 30, tuple(PlaneEstimate(a, 0, 10, 30, 0.9, 1.0, ((0.0, 5.0, 9.0, 30.0),)) for a in "xy"))
+    assert edge.cap(20, 1) is None and edge.cap(20, -1) == 15  # the upper end is where the box ended
     assert extent(10, 30, (10, 30)).cap(20, 1) is None  # one plane alone is no agreement
     assert extent(10, 30, (None, None), (10, 30)).cap(20, 1) is None
