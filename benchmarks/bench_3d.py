@@ -123,7 +123,7 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
     out = res.volume()
     orc_dice = known_oracle if known_oracle is not None else dice(oracle(pred, vol, obj, args.pad, intensity), obj)
     zw = worst_slice(out, obj)
-    key = medsam_core.box_from_mask(obj[zw], args.pad)
+    key = medsam_core.box_from_mask(obj[zw], args.pad if args.key_pad is None else args.key_pad)
     t0 = time.perf_counter()
     fixed = medsam_core.walk_volume(pred, vol, box, z, spacing=spacing, intensity=intensity,
                                     key_boxes={zw: key}, previous=res, bound_by_keys=False,
@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print docs tables: BEFORE then AFTER file(s)")
     ap.add_argument("--cases", nargs="*", default=list(CASES))
     ap.add_argument("--pad", type=float, default=3.0, help="box padding in px around the reference")
+    ap.add_argument("--key-pad", type=float, default=None,
+                    help="the correction's key box padding (default: --pad; 0: a key drawn tighter than the start box)")
     ap.add_argument("--intensity", default="auto", help="Intensity mode made volume-wide (auto, percentile, minmax)")
     ap.add_argument("--cache", default="/tmp/medsam_bench_cache")
     ap.add_argument("--walk", nargs="*", help="walk options key=value (JSON values)")
