@@ -300,6 +300,7 @@ class BoxWalk:
                 if tip:
                     return self._drop(result, evidence) or Stop("tip from key boxes", zz)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
+            box = box if zz in result.keys else _fit_box(box, slices.shape[1:])
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             like = out if self.output == "consistent" else result.masks.get(anchor_z)
             mask = self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev,
@@ -370,6 +371,22 @@ class BoxWalk:
     def stop_reason(self, f: dict, prev: np.ndarray, cal: Calibration) -> str | None:
         """The rule ``f`` (a slice's features) trips, as a short user-readable reason, or None."""
         return stop_reason(self.rules, f, int(prev.sum()), cal)
+
+
+def _fit_box(box, size, least: float = 2.0) -> np.ndarray:
+    """A box the walk made (blended, carried on or tapered between and past key boxes) as a valid
+    prompt: at least ``least`` px a side and inside the (H, W) image, keeping its size where it
+    fits (moved inside rather than clipped). A carried-on or tapered box can otherwise leave the
+    image or shrink under a pixel, which the predictor rightly refuses for a user's box. A box the
+    predictor takes as it is (after its own clipping) is returned unchanged."""
+    box = np.asarray(box, float)
+    h, w = size
+    clipped = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+    if np.all(clipped[2:] - clipped[:2] >= least):
+        return box
+    side = np.minimum(np.maximum(box[2:] - box[:2], least), [w - 1, h - 1])
+    centre = np.clip((box[:2] + box[2:]) / 2, side / 2, np.array([w - 1, h - 1]) - side / 2)
+    return np.concatenate([centre - side / 2, centre + side / 2])
 
 
 def _most_consistent(predictor, box, mask, neighbour, kw) -> np.ndarray:

@@ -163,3 +163,35 @@ def test_real_model_correction_at_a_nucleus_tip(lite_model, cells3d):
     assert max(first.slices) > zs[-1] + 5
     assert max(fixed.slices) <= zs[-1] + 2
     assert dice(fixed.volume(), obj) >= dice(first.volume(), obj) + 0.08
+
+
+def test_a_box_carried_past_a_key_at_the_image_edge_stays_a_valid_prompt():
+    """A small key box at the image's edge: past it the centre is carried on along the line of the
+    keys, out of the image, and the tapered box shrinks under a pixel. The walk moves such a box
+    back inside (at least 2 px a side) instead of failing with the predictor's PromptError."""
+    truth = np.zeros((40, 64, 64), bool)
+    truth[10:21, 28:36, 36:44] = True
+    truth[21, 28:36, 46:54] = True  # the object swings right, into the image's edge
+    truth[22:30, 28:36, 56:64] = True
+    vol = render(truth)
+    start = bbox(truth[20], 1)
+    key = {22: bbox(truth[22], 1)}  # at the right edge: the line of the keys runs out of the image
+    box, _ = past_key({20: start, **key}, 20, 24, "taper", move=True)
+    assert box[0] > 63  # the carried-on box lies wholly outside the image
+    from medsam_core.preprocess import check_boxes
+
+    class Checking(FakePredictor):  # refuses boxes as the real Predictor does
+        def predict(self, boxes, **kw):
+            check_boxes(boxes, self.image.shape)
+            return super().predict(boxes, **kw)
+
+    res = walk_volume(Checking(), vol, start, 20, key_boxes=key, bound_by_keys=False, key_past="taper",
+                      min_area_ratio=0.0, extent_prior=False)
+    assert max(res.slices) >= 23  # followed on along the edge, past the key
+    for b in res.boxes.values():  # every prompt is one the predictor takes: >= 1 px a side once clipped
+        clipped = np.clip(b, 0, 63)
+        assert np.all(clipped[2:] - clipped[:2] >= 1), b
+    from medsam_core.walk import _fit_box
+
+    np.testing.assert_array_equal(_fit_box([254.3, 23.2, 255.3, 29.2], (256, 256)), [253.0, 23.2, 255.0, 29.2])
+    np.testing.assert_array_equal(_fit_box([-5.0, 10, 100, 50], (256, 256)), [-5.0, 10, 100, 50])  # as it was
