@@ -159,24 +159,10 @@ def _component_rows(mask: np.ndarray, row: float, col: float) -> tuple[int, int]
     return int(rows[0]), int(rows[-1])
 
 
-def estimate_extent(
-    predictor,
-    slices: np.ndarray,
-    mask: np.ndarray,
-    box,
-    z: int,
-    spacing=(1.0, 1.0, 1.0),
-    intensity: Intensity | None = None,
-    *,
-    reach: float = 1.0,
-    iterations: int = 1,
-    side: str = "box",
-    combine: str = "mean",
-    cancel: Cancel = None,
-) -> Extent:
-    """``read_extent`` run to the end: the Extent (arguments as there)."""
-    steps = read_extent(predictor, slices, mask, box, z, spacing, intensity, reach=reach,
-                        iterations=iterations, side=side, combine=combine, cancel=cancel)
+def estimate_extent(predictor, slices: np.ndarray, mask: np.ndarray, box, z: int, spacing=(1.0, 1.0, 1.0),
+                    intensity: Intensity | None = None, **options) -> Extent:
+    """``read_extent`` run to the end: the Extent (arguments and keyword ``options`` as there)."""
+    steps = read_extent(predictor, slices, mask, box, z, spacing, intensity, **options)
     while True:
         try:
             next(steps)
