@@ -108,7 +108,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               box_rule: str = "mask", output: str = "anchor",
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
-              key_extend: bool = False, key_tip: str = "box", extent_prior: bool = True, extent_cap: float | None = 0.5,
+              key_extend: bool = False, extent_prior: bool = True, extent_cap: float | None = 0.5,
               intensity: Intensity | None = None, previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -143,8 +143,6 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         raise PromptError(f"box_rule must be 'mask' or 'track', got {box_rule!r}")
     if key_shape not in ("linear", "ellipse"):
         raise PromptError(f"key_shape must be 'linear' or 'ellipse', got {key_shape!r}")
-    if key_tip not in ("box", "mask"):
-        raise PromptError(f"key_tip must be 'box' or 'mask', got {key_tip!r}")
     if key_past not in ("hold", "taper"):
         raise PromptError(f"key_past must be 'hold' or 'taper', got {key_past!r}")
     if output not in ("single", "anchor", "consistent"):
@@ -164,7 +162,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
-                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach, key_tip=key_tip,
+                         key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
                          extent_prior=extent_prior, extent_cap=extent_cap)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0

@@ -146,9 +146,6 @@ class BoxWalk:
     key_past: str = "hold"
     key_move: bool = True
     key_reach: float | None = 1.2
-    # the tip is read from the key boxes ("box") or from the key slices' masks' boxes ("mask": how
-    # loosely each box was drawn does not move it)
-    key_tip: str = "box"
     # extent prior (walk_extent.py): the structure's ends read on two orthogonal planes (2 encodes);
     # no stop within half the estimated depth, and "lost track" relative to the guarded slices' agreement
     # (on by default: one box 0.865/0.903/0.911x -> 0.884/0.948/0.937x of the oracle, docs/3d.md)
@@ -292,11 +289,7 @@ class BoxWalk:
             anchor_z = max(passed) if step > 0 else min(passed)
             anchor_box = result.keys[anchor_z]
             if not guided and anchor_z != z:  # past a key beyond the start: what the keys say (walk_keys)
-                sizes = None
-                if self.key_tip == "mask":
-                    sizes = {k: box_from_mask(result.masks[k]) for k in result.keys
-                             if k in result.masks and result.masks[k].any()}
-                anchor_box, tip = past_key(result.keys, z, zz, self.key_past, self.key_move, self.key_reach, sizes)
+                anchor_box, tip = past_key(result.keys, z, zz, self.key_past, self.key_move, self.key_reach)
                 if tip:
                     return self._drop(result, evidence) or Stop("tip from key boxes", zz)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)

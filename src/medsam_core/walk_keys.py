@@ -80,24 +80,19 @@ def tip_distance(inner: np.ndarray, outer: np.ndarray) -> float | None:
 
 
 def past_key(keys: dict[int, np.ndarray], start: int, z: int, past: str = "taper", move: bool = False,
-             reach: float | None = None, sizes: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, bool]:
+             reach: float | None = None) -> tuple[np.ndarray, bool]:
     """(prompt box, past the tip) for slice ``z`` beyond the outermost key on its side of the start
     (the caller makes sure there is one). The prompt goes on along the profile of the last two keys
     (``_blend`` with t > 1: with ``past="taper"`` a key box smaller than the one before it keeps
     shrinking to the tip; with "hold" it is held); past ``reach`` x the tip distance (``tip_distance``)
-    the slice lies past the object's expected end. ``sizes``: boxes to read the tip from instead of
-    the key boxes (the walk passes the key slices' masks' boxes: how loosely a user drew each box
-    then does not move the tip)."""
+    the slice lies past the object's expected end."""
     step = 1 if z > start else -1
     side = sorted((k for k in keys if (k - start) * step >= 0 and (k - z) * step < 0), key=lambda k: abs(k - start))
     outer, inner = side[-1], side[-2]
     bo, bi = np.asarray(keys[outer], float), np.asarray(keys[inner], float)
     seg = abs(outer - inner)
     t = abs(z - inner) / seg
-    if sizes is not None and outer in sizes and inner in sizes:
-        tip = tip_distance(np.asarray(sizes[inner], float), np.asarray(sizes[outer], float)) if reach is not None else None
-    else:
-        tip = tip_distance(bi, bo) if reach is not None else None
+    tip = tip_distance(bi, bo) if reach is not None else None
     beyond = tip is not None and t > reach * tip
     if past == "hold" and not move:
         return bo, beyond
