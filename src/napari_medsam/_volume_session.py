@@ -266,6 +266,7 @@ class VolumeActions(RecistLines):
         spacing = tuple(float(s.image_layer.scale[a]) for a in job.perm)
         z, box = job.start if job.start is not None else (job.plane.index[0][1], job.box)
         self._job, self.cancel_event = job, threading.Event()
+        self.seconds_left = self.walk_step = None
         s.on_status(f"MedSAM: segmenting object {job.owner} in 3D from slice {z}...")
         s.runner.run_steps(_walk, Predictor(s.model, cache=s.cache), volume, box, z, job.keys, spacing,
                            s.intensity(), self.cancel_event, job.previous, on_step=self._on_step,
@@ -377,6 +378,7 @@ class VolumeActions(RecistLines):
         s.model_ready(blocking=True)
         volume = np.ascontiguousarray(np.transpose(np.asarray(L.image_data(s.image_layer)), perm))
         self.cancel_event = threading.Event()
+        self.seconds_left = self.walk_step = None
         s.on_status("MedSAM: precomputing the embeddings of all slices...")
         s.runner.run_steps(_embed, Predictor(s.model, cache=s.cache), volume, s.intensity(), self.cancel_event,
                            on_step=self._on_step, on_done=self._on_precompute_done, on_error=self._on_error,

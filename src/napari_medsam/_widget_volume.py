@@ -83,10 +83,11 @@ class VolumePanel(QGroupBox):
 
     def finished(self, what: str) -> None:
         if what == "done":
-            step = self.actions.walk_step
-            planes = step.planes if step is not None else 0
-            self.progress.setValue(self.progress.maximum())
-            self.progress.setFormat(f"{self.progress.maximum() - planes} slices, done")
+            step = self.actions.walk_step  # a walk's last step: the slices it kept (the total was a guess)
+            done = step.done if step is not None else self.progress.maximum()
+            self.progress.setRange(0, max(done, 1))
+            self.progress.setValue(max(done, 1))
+            self.progress.setFormat(f"{done - (step.planes if step is not None else 0)} slices, done")
         self.cancel_btn.setEnabled(False)
         self.segment_btn.setEnabled(True)
         self.precompute_btn.setEnabled(True)
