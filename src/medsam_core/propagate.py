@@ -124,8 +124,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     walk_extent.py) and guards the stop with it; ``extent_cap`` (0.5; None: off) ends a direction
     that runs past an end both planes agree on by more than that x its depth (at least 3 slices;
     stop reason "past the estimated end"). Each plane read is a step of its own (``stage="plane"``,
-    the start slice's mask again), so progress bars move while the planes are encoded. Arguments are checked at the call
-    (PromptError / ImageError), before any slice is segmented.
+    the start slice's mask again), so progress bars move while the planes are encoded. Arguments
+    are checked at the call (PromptError / ImageError), before any slice is segmented.
     """
     slices = as_slices(volume, axis)
     n = len(slices)
@@ -207,8 +207,8 @@ def walk_volume(predictor, volume, box, z: int, axis: int = 0, *,
     """Run ``propagate`` to the end and return its WalkResult (``.volume()`` is the 3D mask).
 
     ``on_progress(done, total_estimate)`` is called after each step (a decoded slice, or one of the
-    extent prior's planes) and once at the end
-    with ``(done, done)``; the estimate only shrinks. ``options`` go to ``propagate``.
+    extent prior's planes) and once at the end with ``(done, done)``; the estimate only shrinks.
+    ``options`` go to ``propagate``.
     """
     gen = propagate(predictor, volume, box, z, axis, cancel=cancel, **options)
     done = 0
