@@ -117,6 +117,28 @@ def test_real_model_reads_a_cells3d_nucleus_extent(lite_model, cells3d):
     assert pred.encoder_calls - before == 2
 
 
+@pytest.mark.slow
+def test_real_planes_agree_on_the_end_a_one_box_walk_overran(lite_model, cells3d):
+    """cells3d nucleus 9 (slices 20-47): the walk without the cap followed out-of-focus light below it
+    to slice 0. Both real planes see its lower end inside their boxes and agree, so the cap ends the
+    walk a few slices past the nucleus."""
+    import medsam_core
+    from medsam_core import EmbeddingCache, Intensity, Predictor
+
+    vol, labels, spacing = cells3d
+    obj = labels == 9
+    z = int(np.argmax(obj.sum(axis=(1, 2))))
+    zs = np.flatnonzero(obj.any(axis=(1, 2)))
+    pred = Predictor(lite_model, cache=EmbeddingCache(max_bytes=2**28), encoder_backend="torch")
+    intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
+    pred.set_image(vol[z], intensity=intensity)
+    box = bbox(obj[z], 3.0)
+    ext = estimate_extent(pred, vol, pred.predict(boxes=box[None])[0][0], box, z, spacing, intensity)
+    assert not any(p.at_box_edge(-1) for p in ext.planes)
+    cap = ext.cap(z, -1)
+    assert cap is not None and zs[0] - 8 <= z - cap <= zs[0], (cap, z, zs[0])
+
+
 def test_guard_passes_the_slices_inside_half_the_depth_and_makes_lost_track_relative():
     from medsam_core.walk_extent import ExtentGuard
 
