@@ -94,26 +94,33 @@ def test_nothing_found_and_bad_input():
         estimate_extent(FakePredictor(), render(truth), mask, box, 20, reach=0)
 
 
-@pytest.mark.slow
-def test_real_model_reads_a_cells3d_nucleus_extent(lite_model, cells3d):
-    """Bundled LiteMedSAM on a cells3d nucleus: the two planes put both ends within a few slices of
-    the reference, for two encodes (a second estimate through the same planes encodes nothing)."""
+def _real_start(lite_model, cells3d, nucleus):
+    """The bundled LiteMedSAM (torch encoder) on a cells3d nucleus's largest slice: (predictor, volume,
+    spacing, window, slice, reference box + 3 px, start mask, the nucleus's slices)."""
     import medsam_core
     from medsam_core import EmbeddingCache, Intensity, Predictor
 
     vol, labels, spacing = cells3d
-    obj = labels == 3
+    obj = labels == nucleus
     z = int(np.argmax(obj.sum(axis=(1, 2))))
-    zs = np.flatnonzero(obj.any(axis=(1, 2)))
     pred = Predictor(lite_model, cache=EmbeddingCache(max_bytes=2**28), encoder_backend="torch")
     intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
     pred.set_image(vol[z], intensity=intensity)
-    mask = pred.predict(boxes=bbox(obj[z], 3.0)[None])[0][0]
+    box = bbox(obj[z], 3.0)
+    mask = pred.predict(boxes=box[None])[0][0]
+    return pred, vol, spacing, intensity, z, box, mask, np.flatnonzero(obj.any(axis=(1, 2)))
+
+
+@pytest.mark.slow
+def test_real_model_reads_a_cells3d_nucleus_extent(lite_model, cells3d):
+    """Bundled LiteMedSAM on a cells3d nucleus: the two planes put both ends within a few slices of
+    the reference, for two encodes (a second estimate through the same planes encodes nothing)."""
+    pred, vol, spacing, intensity, z, box, mask, zs = _real_start(lite_model, cells3d, 3)
     before = pred.encoder_calls
-    ext = estimate_extent(pred, vol, mask, bbox(obj[z], 3.0), z, spacing, intensity)
+    ext = estimate_extent(pred, vol, mask, box, z, spacing, intensity)
     assert pred.encoder_calls - before == 2
     assert abs(ext.lo - zs[0]) <= 4 and abs(ext.hi - zs[-1]) <= 4, (ext, zs[0], zs[-1])
-    estimate_extent(pred, vol, mask, bbox(obj[z], 3.0), z, spacing, intensity, reach=3.0)
+    estimate_extent(pred, vol, mask, box, z, spacing, intensity, reach=3.0)
     assert pred.encoder_calls - before == 2
 
 
@@ -122,18 +129,8 @@ def test_real_planes_agree_on_the_end_a_one_box_walk_overran(lite_model, cells3d
     """cells3d nucleus 9 (slices 20-47): the walk without the cap followed out-of-focus light below it
     to slice 0. Both real planes see its lower end inside their boxes and agree, so the cap ends the
     walk a few slices past the nucleus."""
-    import medsam_core
-    from medsam_core import EmbeddingCache, Intensity, Predictor
-
-    vol, labels, spacing = cells3d
-    obj = labels == 9
-    z = int(np.argmax(obj.sum(axis=(1, 2))))
-    zs = np.flatnonzero(obj.any(axis=(1, 2)))
-    pred = Predictor(lite_model, cache=EmbeddingCache(max_bytes=2**28), encoder_backend="torch")
-    intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-    pred.set_image(vol[z], intensity=intensity)
-    box = bbox(obj[z], 3.0)
-    ext = estimate_extent(pred, vol, pred.predict(boxes=box[None])[0][0], box, z, spacing, intensity)
+    pred, vol, spacing, intensity, z, box, mask, zs = _real_start(lite_model, cells3d, 9)
+    ext = estimate_extent(pred, vol, mask, box, z, spacing, intensity)
     assert not any(p.at_box_edge(-1) for p in ext.planes)
     cap = ext.cap(z, -1)
     assert cap is not None and zs[0] - 8 <= z - cap <= zs[0], (cap, z, zs[0])
