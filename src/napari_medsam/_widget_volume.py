@@ -75,19 +75,23 @@ class VolumePanel(QGroupBox):
         self.progress.setValue(min(int(done), total))
         left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
         step = self.actions.walk_step
-        planes = step.planes if step is not None else 0  # steps that read the extent prior's planes
+        planes = self._planes()  # steps that read the extent prior's planes
         if step is not None and step.stage == "plane":
             self.progress.setFormat(f"reading the depth: orthogonal plane {planes} of {PLANES}{left}")
         else:
             self.progress.setFormat(f"{int(done) - planes} of ~{total - planes} slices{left}")
 
+    def _planes(self) -> int:
+        step = self.actions.walk_step
+        return step.planes if step is not None else 0
+
     def finished(self, what: str) -> None:
         if what == "done":
             step = self.actions.walk_step  # a walk's last step: the slices it kept (the total was a guess)
-            done = step.done if step is not None else self.progress.maximum()
-            self.progress.setRange(0, max(done, 1))
-            self.progress.setValue(max(done, 1))
-            self.progress.setFormat(f"{done - (step.planes if step is not None else 0)} slices, done")
+            done = max(step.done if step is not None else self.progress.maximum(), 1)
+            self.progress.setRange(0, done)
+            self.progress.setValue(done)
+            self.progress.setFormat(f"{done - self._planes()} slices, done")
         self.cancel_btn.setEnabled(False)
         self.segment_btn.setEnabled(True)
         self.precompute_btn.setEnabled(True)
