@@ -12,7 +12,7 @@ from medsam_core.errors import CancelledError, ImageError, PromptError
 from medsam_core.walk import Stop
 from medsam_core.walk_extent import PLANES
 
-from .volume_fakes import FakePredictor, bbox, ellipsoid, render
+from .volume_fakes import BG, FG, FakePredictor, bbox, ellipsoid, render
 
 
 def _walk_volume_rules(*args, **kw):
@@ -126,7 +126,8 @@ def test_key_boxes_interpolate_bound_and_override_stop_rules():
     np.testing.assert_allclose(boxes[12], 0.2 * b0 + 0.8 * b10)
     np.testing.assert_array_equal(boxes[10], b10)
     assert not next(r for r in results if r.z == 15).mask.any()
-    out = segment_volume(FakePredictor(), vol, b0, 20, key_boxes={10: b10, 30: b30}, bound_by_keys=False)
+    out = segment_volume(FakePredictor(), vol, b0, 20, key_boxes={10: b10, 30: b30}, bound_by_keys=False,
+                         vote=None)  # the vote would fill the empty slice 15 (test_the_vote_...)
     np.testing.assert_array_equal(out, truth)  # past the keys the neighbour-mask rule takes over
 
 
@@ -216,6 +217,7 @@ def test_bad_input_is_refused_and_changes_nothing():
         (PromptError, dict(key_boxes={-1: box})),
         (PromptError, dict(spacing=(1.0, 0.0, 1.0))),
         (PromptError, dict(min_iou=1.5)),
+        (PromptError, dict(vote=-1)),
         (PromptError, dict(labels=np.zeros((3, 3, 3), np.int32))),
         (ImageError, dict(volume=vol[0])),
         (ImageError, dict(axis=3)),
@@ -464,3 +466,56 @@ def test_contrast_rule_is_off_for_a_start_edge_within_the_noise():
     res = _walk_volume_rules(pred, vol, bbox(truth[20], 2), 20, min_area_ratio=0.0, max_growth=None, min_agree=0.0,
                       contrast_noise=0.0, min_contrast=0.9)
     assert "contrast faded" in {s.reason for s in res.stops.values()}
+
+
+def test_the_vote_outvotes_one_flickering_slice_and_keeps_the_decoded_masks():
+    truth = _cylinder()
+    vol = render(truth)
+    vol[25, 20:30, 16:30] = BG  # the model drops a part of slice 25, which its neighbours all hold
+    vol[22, 41:46, 16:44] = FG  # and takes a strip of tissue next to the object on slice 22
+    vol[20, 20:24, 16:44] = BG  # the start slice flickers too: a key slice keeps what its box gave
+    box = bbox(truth[20], 2)
+    res = _walk_volume_rules(FakePredictor(), vol, box, 20, key_boxes={35: bbox(truth[35], 2)})
+    assert res.vote == 2  # no spacing: isotropic, 2 slices each side
+    raw, voted = res.volume(voted=False), res.volume()
+    np.testing.assert_array_equal(raw[25], truth[25] & (vol[25] > 100))  # masks stay as decoded
+    assert not raw[25, 20:30, 16:30].any() and raw[22, 41:46].any()
+    np.testing.assert_array_equal(voted[25], truth[25])  # the part the neighbours hold is back
+    np.testing.assert_array_equal(voted[22], truth[22])  # the strip only one slice took is gone
+    np.testing.assert_array_equal(voted[20], raw[20])  # key slices: the user's box decides there
+    np.testing.assert_array_equal(voted[35], raw[35])
+    np.testing.assert_array_equal(voted[:20], raw[:20])  # elsewhere the cylinder was decoded right
+    np.testing.assert_array_equal(voted[26:35], truth[26:35])
+    assert not (voted ^ raw)[~np.isin(np.arange(40), [22, 25])].any()
+    off = _walk_volume_rules(FakePredictor(), vol, box, 20, key_boxes={35: bbox(truth[35], 2)}, vote=None)
+    assert off.vote == 0
+    np.testing.assert_array_equal(off.volume(), raw)
+    out = _segment_volume_rules(FakePredictor(), vol, box, 20, key_boxes={35: bbox(truth[35], 2)})
+    np.testing.assert_array_equal(out, voted)  # segment_volume returns the voted volume
+
+
+@pytest.mark.parametrize(("spacing", "reach"), [(None, 2), ((1.0, 1.0, 1.0), 2), ((0.5, 0.5, 0.5), 2),
+                                                 ((0.29, 0.26, 0.26), 2), ((2.5, 0.8, 0.8), 1),
+                                                 ((5.0, 0.7, 0.7), 0), ((0.25, 1.0, 1.0), 8)])
+def test_the_vote_reaches_the_slices_within_two_pixels(spacing, reach):
+    truth = _cylinder()
+    res = _walk_volume_rules(FakePredictor(), render(truth), bbox(truth[20], 2), 20, spacing=spacing)
+    assert res.vote == reach
+    np.testing.assert_array_equal(res.volume(), truth)  # a straight cylinder: nothing to outvote
+
+
+def test_the_vote_keeps_a_shape_that_grows_steadily_and_its_ends():
+    truth = ellipsoid()  # cross-sections grow to the middle, then shrink: a centred window keeps each
+    res = _walk_volume_rules(FakePredictor(), render(truth), _start(truth, 20), 20, min_area_ratio=0.0)
+    assert res.vote == 2
+    np.testing.assert_array_equal(res.volume(), truth)
+    stack = np.zeros((9, 8, 8), bool)
+    stack[2:7, 2:6, 2:6] = True
+    stack[2, 0, 0] = stack[6, 7, 7] = True  # end slices: no window around them within the span
+    stack[4, 2:6, 2:6] = False
+    from medsam_core.walk import vote_slices
+    out = vote_slices(stack, 2)
+    np.testing.assert_array_equal(out[[2, 6]], stack[[2, 6]])
+    assert out[4, 2:6, 2:6].all() and not out[[0, 1, 7, 8]].any()
+    np.testing.assert_array_equal(vote_slices(stack, 2, keep={4}), np.where(np.arange(9)[:, None, None] == 4,
+                                                                             stack, out))
