@@ -38,7 +38,9 @@ def test_segment_volume_through_real_predictor_is_exact(volume):
     vol, truth = volume
     pred = Predictor(fake_model())
     for obj in _objects(truth):
-        out = segment_volume(pred, vol, bbox(obj[8], 3), 8, min_area_ratio=0.0)
+        # vote=None: the slice vote (test_propagate.py) trims the widest slice of the second object,
+        # which is not the start slice, to its neighbours' size (Dice 0.996); here the masks are exact
+        out = segment_volume(pred, vol, bbox(obj[8], 3), 8, min_area_ratio=0.0, vote=None)
         np.testing.assert_array_equal(out, obj)
 
 
