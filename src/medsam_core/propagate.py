@@ -126,9 +126,10 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     stop reason "past the estimated end"). ``vote`` (2 in-plane pixels; None: off): the WalkResult's
     ``volume()`` takes each slice off the key slices as the majority of the walked slices that lie
     within that distance (``walk.vote_reach``: 2 slices each side for isotropic voxels, none for
-    slices much thicker than the pixels); the steps yielded and ``masks`` are as decoded. Each plane read is a step of its own (``stage="plane"``,
-    the start slice's mask again), so progress bars move while the planes are encoded. Arguments
-    are checked at the call (PromptError / ImageError), before any slice is segmented.
+    slices much thicker than the pixels); the steps yielded and ``masks`` are as decoded. Each
+    plane read is a step of its own (``stage="plane"``, the start slice's mask again), so progress
+    bars move while the planes are encoded. Arguments are checked at the call (PromptError /
+    ImageError), before any slice is segmented.
     """
     slices = as_slices(volume, axis)
     n = len(slices)

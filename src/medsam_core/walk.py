@@ -403,15 +403,16 @@ def vote_slices(stack: np.ndarray, reach: int, keep=()) -> np.ndarray:
     if reach <= 0 or zs.size < 2:
         return stack
     lo, hi = int(zs[0]), int(zs[-1])
-    counts = np.cumsum(np.concatenate([np.zeros((1, *stack.shape[1:]), np.int32),
-                                       stack[lo:hi + 1].astype(np.int32)]), axis=0)
+    rows = np.flatnonzero(stack[lo:hi + 1].any(axis=(0, 2)))
+    cols = np.flatnonzero(stack[lo:hi + 1].any(axis=(0, 1)))
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the walk's pixels only
     out = stack.copy()
     for z in range(lo, hi + 1):
-        if z in keep:
-            continue
         r = min(reach, z - lo, hi - z)
-        if r > 0:
-            out[z] = 2 * (counts[z + r + 1 - lo] - counts[z - r - lo]) > 2 * r + 1
+        if z in keep or r <= 0:
+            continue
+        votes = stack[z - r:z + r + 1, crop[0], crop[1]].sum(axis=0, dtype=np.uint16)  # one window at a time
+        out[z, crop[0], crop[1]] = 2 * votes > 2 * r + 1
     return out
 
 
