@@ -144,12 +144,19 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
     }
 
 
+def cached_predictor(model, case: str, vol, mode: str = "auto", cache: str = "/tmp/medsam_bench_cache",
+                     max_bytes: int = 2**32, **predictor_kw):
+    """(Predictor, Intensity) for ``case``: the volume-wide window, and a disk EmbeddingCache per
+    volume and window, so every benchmark shares each slice's one encode."""
+    intensity = medsam_core.volume_intensity(vol, Intensity(mode=mode))
+    tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
+    store = Path(cache) / f"{case}-{tag}"
+    return Predictor(model, cache=EmbeddingCache(max_bytes=max_bytes, disk_dir=store), **predictor_kw), intensity
+
+
 def run_case(model, case: str, args, walk_opts) -> dict:
     vol, labels, spacing, names = load(case)
-    intensity = medsam_core.volume_intensity(vol, Intensity(mode=args.intensity))
-    tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-    store = Path(args.cache) / f"{case}-{tag}"
-    pred = Predictor(model, cache=EmbeddingCache(max_bytes=2**32, disk_dir=store))
+    pred, intensity = cached_predictor(model, case, vol, args.intensity, args.cache)
     ids = [int(i) for i in np.unique(labels) if i > 0 and (labels == i).any(axis=(1, 2)).sum() >= 3]
     ids = [i for i in ids if not args.only or i in args.only]
     if args.structures:

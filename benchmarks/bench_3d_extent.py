@@ -31,7 +31,6 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_3d_extent.py estimate c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_3d import largest_slice_box, load  # noqa: E402
+from bench_3d import cached_predictor, largest_slice_box, load  # noqa: E402
 from bench_3d_replay import OUTPUTS, STORE, _kept_stats, _unpack  # noqa: E402
 
 from medsam_core.walk_extent import deepest_point  # noqa: E402
@@ -65,18 +64,12 @@ def estimate(case: str, cache: str) -> None:
     import torch
 
     import medsam_core
-    from medsam_core import EmbeddingCache, Intensity, Predictor
     from medsam_core.walk_extent import estimate_extent
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     vol, labels, spacing, names = load(case)
-    intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-    tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-    pred = Predictor(
-        medsam_core.load_model("lite_medsam", device="cpu"),
-        cache=EmbeddingCache(max_bytes=2**31, disk_dir=Path(cache) / f"{case}-{tag}"),
-        encoder_backend="torch",
-    )
+    pred, intensity = cached_predictor(medsam_core.load_model("lite_medsam", device="cpu"), case, vol, cache=cache,
+                                       max_bytes=2**31, encoder_backend="torch")
     recs = pickle.loads((STORE / f"{case}.pkl").read_bytes())
     out = {}
     for name, rec in recs.items():
@@ -515,7 +508,6 @@ def walk(specs: list[str], cache: str, out_file: str | None) -> None:
     import torch
 
     import medsam_core
-    from medsam_core import EmbeddingCache, Intensity, Predictor
     from medsam_core.metrics import dice
     from medsam_core.walk import BoxWalk
 
@@ -528,13 +520,7 @@ def walk(specs: list[str], cache: str, out_file: str | None) -> None:
     for spec in specs:
         case, _, only = spec.partition(":")
         vol, labels, spacing, names = load(case)
-        intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-        tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-        pred = Predictor(
-            model,
-            cache=EmbeddingCache(max_bytes=2**32, disk_dir=Path(cache) / f"{case}-{tag}"),
-            encoder_backend="torch",
-        )
+        pred, intensity = cached_predictor(model, case, vol, cache=cache, encoder_backend="torch")
         ids = (
             [int(x) for x in only.split(",")]
             if only

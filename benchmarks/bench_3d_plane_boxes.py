@@ -17,7 +17,6 @@ Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_3d_plane_boxes.py /tmp/
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import pickle
 import sys
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_3d  # noqa: E402
 
 import medsam_core  # noqa: E402
-from medsam_core import EmbeddingCache, Intensity, Predictor  # noqa: E402
 from medsam_core.metrics import dice  # noqa: E402
 from medsam_core.walk import vote_reach  # noqa: E402
 from medsam_core.walk_extent import orthogonal_planes  # noqa: E402
@@ -70,9 +68,7 @@ def main(first_cache: str, oracle_file: str, *cases: str, cache: str = "/tmp/med
     tagdir = sorted(glob.glob(f"{first_cache}/*"))[0]
     for case in cases:
         vol, labels, spacing, names = bench_3d.load(case)
-        intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-        tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-        pred = Predictor(model, cache=EmbeddingCache(max_bytes=2**32, disk_dir=Path(cache) / f"{case}-{tag}"))
+        pred, intensity = bench_3d.cached_predictor(model, case, vol, cache=cache)
         rows = {}
         for i in [int(i) for i in np.unique(labels) if i > 0]:
             obj, name = labels == i, names[i - 1] if names else f"{case} {i}"

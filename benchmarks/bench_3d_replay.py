@@ -16,7 +16,6 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_3d_replay.py extract co
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pickle
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_3d import largest_slice_box, load, parse_opts  # noqa: E402
+from bench_3d import cached_predictor, largest_slice_box, load, parse_opts  # noqa: E402
 
 from medsam_core.walk import BoxWalk, WalkResult  # noqa: E402
 from medsam_core.walk_stop import Calibration, Evidence, StopRules, slice_features, stop_reason  # noqa: E402
@@ -38,14 +37,10 @@ OUTPUTS = ("single", "mm0", "mm1", "mm2")
 
 def extract(case: str, past: int, cache: str) -> None:
     import medsam_core
-    from medsam_core import EmbeddingCache, Intensity, Predictor
     from medsam_core.volume import is_blank
 
     vol, labels, spacing, names = load(case)
-    intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-    tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-    pred = Predictor(medsam_core.load_model("lite_medsam", device="cpu"),
-                     cache=EmbeddingCache(max_bytes=2**32, disk_dir=Path(cache) / f"{case}-{tag}"))
+    pred, intensity = cached_predictor(medsam_core.load_model("lite_medsam", device="cpu"), case, vol, cache=cache)
     walk, out = BoxWalk(), {}
     for i in [int(i) for i in np.unique(labels) if i > 0 and (labels == i).any(axis=(1, 2)).sum() >= 3]:
         obj = labels == i

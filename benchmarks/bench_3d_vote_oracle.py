@@ -10,7 +10,6 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_3d_vote_oracle.py bench
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_3d  # noqa: E402
 
 import medsam_core  # noqa: E402
-from medsam_core import EmbeddingCache, Intensity, Predictor  # noqa: E402
 from medsam_core.metrics import dice  # noqa: E402
 from medsam_core.walk import vote_reach, vote_slices  # noqa: E402
 
@@ -31,9 +29,7 @@ def main(result_file: str, cache: str = "/tmp/medsam_bench_cache") -> None:
     model = medsam_core.load_model("lite_medsam", device="cpu")
     for case in walks:
         vol, labels, spacing, names = bench_3d.load(case)
-        intensity = medsam_core.volume_intensity(vol, Intensity(mode="auto"))
-        tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-        pred = Predictor(model, cache=EmbeddingCache(max_bytes=2**32, disk_dir=Path(cache) / f"{case}-{tag}"))
+        pred, intensity = bench_3d.cached_predictor(model, case, vol, cache=cache)
         reach = vote_reach(spacing, 2.0)
         raw, voted, walk = [], [], []
         for i in [int(i) for i in np.unique(labels) if i > 0]:

@@ -155,7 +155,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         raise PromptError(f"key_reach must be a number >= 1 or None, got {key_reach!r}")
     if extent_cap is not None and not (isinstance(extent_cap, (int, float, np.number)) and extent_cap >= 0):
         raise PromptError(f"extent_cap must be a number >= 0 or None, got {extent_cap!r}")
-    if vote is not None and not (isinstance(vote, (int, float, np.number)) and vote >= 0):
+    if vote is not None and (isinstance(vote, bool) or not (isinstance(vote, (int, float, np.number)) and vote >= 0)):
         raise PromptError(f"vote must be a number >= 0 (in-plane pixels) or None, got {vote!r}")
     if not trip_weight > 0:
         raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")

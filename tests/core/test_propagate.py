@@ -218,6 +218,7 @@ def test_bad_input_is_refused_and_changes_nothing():
         (PromptError, dict(spacing=(1.0, 0.0, 1.0))),
         (PromptError, dict(min_iou=1.5)),
         (PromptError, dict(vote=-1)),
+        (PromptError, dict(vote=True)),
         (PromptError, dict(labels=np.zeros((3, 3, 3), np.int32))),
         (ImageError, dict(volume=vol[0])),
         (ImageError, dict(axis=3)),
