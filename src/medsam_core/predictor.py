@@ -47,8 +47,9 @@ class Embedded:
 class Prediction(tuple):
     """Unpacks as ``(masks, scores)``; ``low_res_logits`` rides along.
 
-    masks: (N, H, W) bool (or (N, 3, H, W) with multimask_output); scores: (N,) predicted IoU
-    (or (N, 3)); low_res_logits: (N, M, 256, 256) float32, usable as ``mask_input`` later.
+    masks: (N, H, W) bool (or (N, M, H, W) with multimask_output: M = 3, or 4 with "all"); scores:
+    (N,) predicted IoU (or (N, M)); low_res_logits: (N, M, 256, 256) float32, usable as
+    ``mask_input`` later (one channel of it).
     """
 
     def __new__(cls, masks, scores, low_res_logits):
@@ -248,16 +249,20 @@ class Predictor:
 
     # -- prompts ---------------------------------------------------------------------------------
     def predict(self, boxes=None, points=None, point_labels=None, mask_input=None,
-                multimask_output: bool = False) -> Prediction:
+                multimask_output: bool | str = False) -> Prediction:
         """Segment N objects on the current image.
 
         boxes: (N, 4) XYXY pixel coordinates (x_min, y_min, x_max, y_max), or None.
         points: (N, P, 2) XY pixel coordinates with point_labels (N, P): 1 foreground, 0 background.
         mask_input: (N, 1, 256, 256) low-res logits from an earlier Prediction, to refine.
         Returns Prediction(masks (N, H, W) bool, scores (N,)) with ``low_res_logits``; with
-        ``multimask_output`` masks are (N, 3, H, W) and scores (N, 3).
+        ``multimask_output`` masks are (N, 3, H, W) and scores (N, 3); ``multimask_output="all"``
+        gives (N, 4, H, W) and (N, 4) from one decoder pass: the one-mask output first, then the
+        three multimask outputs (one call instead of two where both are wanted).
         """
         self._require_image()
+        if multimask_output not in (False, True, "all"):
+            raise PromptError(f"multimask_output must be False, True or 'all', got {multimask_output!r}")
         import torch
 
         prep = self._prepared
@@ -266,7 +271,7 @@ class Predictor:
             mask_input = np.asarray(mask_input, np.float32)
             if mask_input.shape != (n, 1, 256, 256):
                 raise PromptError(f"mask_input must have shape ({n}, 1, 256, 256), got {mask_input.shape}")
-        m = 3 if multimask_output else 1
+        m = {False: 1, True: 3, "all": 4}[multimask_output]
         h, w = prep.original_size
         if n == 0:
             shape = (0, m, h, w) if multimask_output else (0, h, w)

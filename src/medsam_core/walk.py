@@ -230,19 +230,21 @@ class BoxWalk:
         """Decode slice z with ``box``; the rules see the single-output mask (returned). With
         ``choose`` (a (Y, X) bool mask to be like: see ``output``) the kept mask is the one among
         that mask and the three multimask outputs that overlaps ``choose`` most."""
-        kw = {}
+        choosing = choose is not None and choose.any()
         if is_blank(image):
-            mask, score, logits = np.zeros(image.shape, bool), 0.0, None
+            mask, score, logits, others = np.zeros(image.shape, bool), 0.0, None, []
         else:
             predictor.set_image(image, intensity=intensity)
             kw = {"mask_input": mask_input[None, None]} if mask_input is not None else {}
-            pred = predictor.predict(boxes=box[None], **kw)
-            mask, score = pred[0][0], float(pred[1][0])
+            # with a choice to make, one decoder pass gives the one-mask output and the three others
+            pred = predictor.predict(boxes=box[None], multimask_output="all" if choosing else False, **kw)
+            masks, scores = (pred[0][0], pred[1][0]) if choosing else (pred[0][:1], pred[1][:1])
+            mask, score, others = masks[0], float(scores[0]), list(masks[1:])
             low = getattr(pred, "low_res_logits", None)
             logits = None if low is None else low[0, 0].astype(np.float32)
         kept = mask
-        if choose is not None and choose.any() and mask.any():
-            kept = _most_consistent(predictor, box, mask, choose, kw)
+        if choosing and mask.any():
+            kept = _most_consistent([mask, *others], choose)
         result.masks[z], result.scores[z], result.boxes[z] = kept, score, np.asarray(box, float)
         if logits is not None and self.mask_prompt:
             result.logits[z] = logits
@@ -432,12 +434,12 @@ def _fit_box(box, size, least: float = 2.0) -> np.ndarray:
     return np.concatenate([centre - side / 2, centre + side / 2])
 
 
-def _most_consistent(predictor, box, mask, neighbour, kw) -> np.ndarray:
-    """Among ``mask`` and the multimask outputs for ``box``, the one with the highest IoU with
-    ``neighbour`` (the previous kept mask): the object's own cross-section, not a part or a leak."""
-    pred = predictor.predict(boxes=box[None], multimask_output=True, **kw)
-    best, best_iou = mask, -1.0
-    for m in [mask, *pred[0][0]]:
+def _most_consistent(candidates, neighbour) -> np.ndarray:
+    """Among ``candidates`` (the one-mask output, then the three multimask outputs for the same
+    box), the one with the highest IoU with ``neighbour`` (the mask to be like): the object's own
+    cross-section, not a part or a leak; the first one on a tie."""
+    best, best_iou = candidates[0], -1.0
+    for m in candidates:
         union = (m | neighbour).sum()
         iou = (m & neighbour).sum() / union if union else 0.0
         if iou > best_iou:

@@ -83,6 +83,22 @@ def test_multimask_output(lite_model, nuclei):
     _compare(lite_model, emb, boxes=boxes[:5], multimask_output=True)
 
 
+def test_all_outputs_in_one_pass(lite_model, nuclei):
+    """multimask_output="all": the reference's four mask tokens (one-mask output first), and each
+    equal to what the one-mask and the multimask calls return on their own."""
+    emb, boxes = nuclei
+    _compare(lite_model, emb, boxes=boxes[:5], multimask_output="all")
+    with torch.inference_mode():
+        both, both_iou = lite_model.decode(emb, boxes=boxes[:5], multimask_output="all")
+        one, one_iou = lite_model.decode(emb, boxes=boxes[:5])
+        three, three_iou = lite_model.decode(emb, boxes=boxes[:5], multimask_output=True)
+    assert both.shape == (5, 4, 256, 256)
+    assert torch.equal(both[:, :1] > 0, one > 0) and torch.equal(both[:, 1:] > 0, three > 0)
+    assert (both_iou - torch.cat([one_iou, three_iou], 1)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="multimask_output"):
+        lite_model.decode(emb, boxes=boxes[:1], multimask_output="two")
+
+
 def test_no_prompts_gives_empty_outputs(lite_model, nuclei):
     emb, _ = nuclei
     with torch.inference_mode():

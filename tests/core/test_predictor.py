@@ -50,6 +50,15 @@ def test_real_nuclei_batched_and_consistent(lite_model, dsb2018):
     # Multimask output: 3 candidates per box.
     mm, ms = p.predict(boxes=boxes[:2], multimask_output=True)
     assert mm.shape == (2, 3, 512, 512) and ms.shape == (2, 3)
+    # "all": the one-mask output and the three from one decoder pass, as the two calls give them.
+    both = p.predict(boxes=boxes[:2], multimask_output="all")
+    assert both.masks.shape == (2, 4, 512, 512) and both.scores.shape == (2, 4)
+    assert both.low_res_logits.shape == (2, 4, 256, 256)
+    np.testing.assert_array_equal(both.masks[:, 0], masks[:2])
+    np.testing.assert_array_equal(both.masks[:, 1:], mm)
+    np.testing.assert_allclose(both.scores, np.concatenate([scores[:2, None], ms], 1), atol=1e-5)
+    with pytest.raises(PromptError, match="multimask_output"):
+        p.predict(boxes=boxes[:1], multimask_output="both")
 
 
 @pytest.mark.slow

@@ -49,18 +49,22 @@ class FakePredictor:
     def predict(self, boxes, mask_input=None, multimask_output=False):
         """Like Predictor.predict: unpacks as (masks, scores); ``low_res_logits`` (1, 1, 256, 256)
         are filled with the call's number, so a test can tell which slice's logits came back.
-        ``multimask_output``: (1, 3, H, W) masks from ``multimask_fn(mask) -> three masks`` (default:
-        the same mask three times); not recorded in ``boxes``."""
+        ``multimask_output=True``: (1, 3, H, W) masks from ``multimask_fn(mask) -> three masks``
+        (default: the same mask three times); not recorded in ``boxes``. ``"all"``: (1, 4, H, W),
+        the one-mask output then those three, recorded as one call."""
         box = np.asarray(boxes, float)[0]
-        if multimask_output:
-            mask = self._mask(box)
-            masks = np.stack(self.multimask_fn(mask) if self.multimask_fn else [mask] * 3)[None]
-            return FakePrediction(masks, np.full((1, 3), 0.5, np.float32), np.zeros((1, 3, 256, 256), np.float32))
+        mask = self._mask(box)
+        three = np.stack(self.multimask_fn(mask) if self.multimask_fn else [mask] * 3)
+        if multimask_output is True:
+            return FakePrediction(three[None], np.full((1, 3), 0.5, np.float32), np.zeros((1, 3, 256, 256), np.float32))
         self.boxes.append(box)
         self.mask_inputs.append(None if mask_input is None else float(np.asarray(mask_input).flat[0]))
-        mask = self._mask(box)
-        return FakePrediction(mask[None], np.array([self.score_fn(self.image)], np.float32),
-                              np.full((1, 1, 256, 256), float(len(self.boxes)), np.float32))
+        score = np.array([self.score_fn(self.image)], np.float32)
+        logits = np.full((1, 1, 256, 256), float(len(self.boxes)), np.float32)
+        if multimask_output == "all":
+            return FakePrediction(np.concatenate([mask[None], three])[None], np.concatenate([score, [0.5] * 3])[None],
+                                  np.repeat(logits, 4, axis=1))
+        return FakePrediction(mask[None], score, logits)
 
 
     def _mask(self, box):

@@ -45,6 +45,9 @@ _MARGIN_TOKENS = 3  # window margin around a box, in image tokens (4 input pixel
 # passes keep the working set and those costs down: 100 boxes, 1 thread, measured 3.0 s CPU at 64
 # per pass, 2.7 s at 16, 2.45 s at 8 (1.8-2.2 s with MALLOC_MMAP/TRIM_THRESHOLD_ raised).
 _CHUNK = 8
+# decoder tokens each ``multimask_output`` returns (token 0 is the IoU token; mask token k is k + 1):
+# the one-mask output, the three multimask outputs, or all four from one pass ("all")
+_OUTPUTS = {False: [1], True: [2, 3, 4], "all": [1, 2, 3, 4]}
 _PER_PIXEL = {"LayerNorm2d", "GELU", "ReLU", "Identity", "SiLU"}  # layers that mix no pixels
 
 
@@ -128,7 +131,7 @@ class FastDecoder:
         embedding: Tensor,
         boxes: Tensor | None,
         points: tuple[Tensor, Tensor] | None,
-        multimask_output: bool,
+        multimask_output: bool | str,
         input_size: int,
         windowed: bool = True,
     ) -> tuple[Tensor, Tensor]:
@@ -142,7 +145,7 @@ class FastDecoder:
         wt, it = self._terms(prompt_encoder, mask_decoder, embedding)
         n = len(boxes) if boxes is not None else len(points[0])
         if n == 0:
-            m = 3 if multimask_output else 1
+            m = len(_OUTPUTS[multimask_output])
             low = (4 * it.grid[0], 4 * it.grid[1])
             return embedding.new_zeros((0, m) + low), embedding.new_zeros((0, m))
         parts = []
@@ -155,16 +158,16 @@ class FastDecoder:
             return parts[0]
         return torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts])
 
-    def _decode_chunk(self, wt, it, prompt_encoder, mask_decoder, boxes, points, multimask_output: bool,
+    def _decode_chunk(self, wt, it, prompt_encoder, mask_decoder, boxes, points, multimask_output: bool | str,
                       input_size: int, windowed: bool) -> tuple[Tensor, Tensor]:
         sparse, _ = prompt_encoder(points=points, boxes=boxes[:, None, :] if boxes is not None else None,
                                    masks=None)
         n = sparse.shape[0]
-        out_idx = [2, 3, 4] if multimask_output else [1]  # token indices; token 0 is the IoU token
+        out_idx = _OUTPUTS[multimask_output]  # token indices; token 0 is the IoU token
         gh, gw = it.grid
         q_final, keys = _transformer(wt, it, sparse.float(), mask_decoder, out_idx)
         iou = mask_decoder.iou_prediction_head(q_final[:, 0])
-        iou = iou[:, 1:] if multimask_output else iou[:, :1]
+        iou = iou[:, [i - 1 for i in out_idx]]
         hyper = torch.stack(
             [mask_decoder.output_hypernetworks_mlps[i - 1](q_final[:, 1 + j]) for j, i in enumerate(out_idx)], 1
         )  # (N, M, C/8)

@@ -36,7 +36,7 @@ class SamModel(nn.Module):
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_input: torch.Tensor | None = None,
-        multimask_output: bool = False,
+        multimask_output: bool | str = False,
         fast: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode N prompts against one image embedding.
@@ -44,13 +44,17 @@ class SamModel(nn.Module):
         embedding: (1, 256, 64, 64); boxes: (N, 4) XYXY; points: ((N, P, 2) XY, (N, P) labels,
         1 foreground / 0 background); mask_input: (N, 1, 256, 256) logits of an earlier mask.
         Returns low-res logits (N, M, 256, 256) and predicted IoU (N, M), M = 3 if
-        ``multimask_output`` else 1.
+        ``multimask_output`` else 1; ``multimask_output="all"`` gives M = 4 from the same pass:
+        the one-mask output first, then the three multimask outputs (SAM's decoder computes all
+        four mask tokens whichever it returns).
 
         fast: use ``fast_decoder.FastDecoder`` (same function, shared image-side work, logits only
         in a window around each prompt, ``OUTSIDE_LOGIT`` elsewhere) when it covers the call:
         box/point prompts without ``mask_input``, gradients off, the standard decoder layout.
         Otherwise, and with ``fast=False``, the reference segment-anything forward pass runs.
         """
+        if multimask_output not in (False, True, "all"):
+            raise ValueError(f"multimask_output must be False, True or 'all', got {multimask_output!r}")
         if fast and (boxes is not None or points is not None) and not torch.is_grad_enabled():
             from .fast_decoder import FastDecoder
 
@@ -63,6 +67,11 @@ class SamModel(nn.Module):
         sparse, dense = self.prompt_encoder(
             points=points, boxes=boxes[:, None, :] if boxes is not None else None, masks=mask_input
         )
+        if multimask_output == "all":
+            return self.mask_decoder.predict_masks(
+                image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            )
         logits, iou = self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
