@@ -372,7 +372,9 @@ class BoxWalk:
         if not shadow.any() or is_blank(image):
             f["agree"] = 0.0
             return shadow
-        own = self._rule_box(shadow, [(None, None)], cal, spacing, shadow.shape)
+        # a valid prompt even where the shadow mask runs along the image's edge with under a pixel
+        # of slack (a nucleus cut by the image border, a tight start box)
+        own = _fit_box(self._rule_box(shadow, [(None, None)], cal, spacing, shadow.shape), image.shape)
         other = mask if np.allclose(own, box) else predictor.predict(boxes=own[None])[0][0]
         union = (mask | other).sum()
         f["agree"] = float((mask & other).sum() / union) if union else 0.0

@@ -195,3 +195,26 @@ def test_a_box_carried_past_a_key_at_the_image_edge_stays_a_valid_prompt():
 
     np.testing.assert_array_equal(_fit_box([254.3, 23.2, 255.3, 29.2], (256, 256)), [253.0, 23.2, 255.0, 29.2])
     np.testing.assert_array_equal(_fit_box([-5.0, 10, 100, 50], (256, 256)), [-5.0, 10, 100, 50])  # as it was
+
+
+def test_the_cross_check_box_at_the_image_edge_stays_a_valid_prompt():
+    """A structure cut by the image's right edge that thins to one column there, started with a
+    tight box (half a pixel of slack): the cross-check walk's box (its mask's box + that slack) is
+    under a pixel wide once clipped, which the real Predictor refuses. The walk must fit it as it
+    fits its own boxes, not end with a PromptError (found on cells3d with a 1-px box padding)."""
+    from medsam_core.preprocess import check_boxes
+
+    truth = np.zeros((40, 64, 64), bool)
+    for z in range(8, 33):
+        w = max(1, 10 - 2 * abs(z - 20))  # 10 columns wide at slice 20, one column from 5 slices away
+        truth[z, 20:31, 64 - w:] = True
+    vol = render(truth)
+
+    class Checking(FakePredictor):  # refuses boxes as the real Predictor does
+        def predict(self, boxes, **kw):
+            check_boxes(boxes, self.image.shape)
+            return super().predict(boxes, **kw)
+
+    res = walk_volume(Checking(), vol, bbox(truth[20], 0.5), 20, min_area_ratio=0.0, extent_prior=False)
+    assert min(res.slices) <= 14 and max(res.slices) >= 26  # walked on into the one-column slices
+    assert res.volume()[20].sum() == truth[20].sum()

@@ -107,7 +107,7 @@ def fake_model(encoder_id: str = "fake-encoder"):
             b = boxes[:, :, None, None]
             inside = (xx >= b[:, 0]) & (xx <= b[:, 2]) & (yy >= b[:, 1]) & (yy <= b[:, 3])
             logits = torch.where(inside & (img > 0.5), 10.0, -10.0)[:, None]
-            m = 3 if multimask_output else 1
+            m = {False: 1, True: 3, "all": 4}[multimask_output]
             return logits.repeat(1, m, 1, 1), torch.full((len(boxes), m), 0.9)
 
     return FakeModel()
