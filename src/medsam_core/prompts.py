@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import PromptError
 
-__all__ = ["RECIST_SHORT_RATIO", "box_from_mask", "box_from_recist", "clip_box"]
+__all__ = ["RECIST_SHORT_RATIO", "box_from_mask", "box_from_recist", "clip_box", "fit_box"]
 
 #: Assumed short/long axis ratio of a lesion when only the long axis is drawn.
 RECIST_SHORT_RATIO = 0.8
@@ -114,3 +114,20 @@ def box_from_recist(long_axis, short_axis=None, image_size: tuple[int, int] | No
     if image_size is not None:
         box = clip_box(box, image_size)
     return box
+
+
+def fit_box(box, size, least: float = 2.0) -> np.ndarray:
+    """A box a 3D walk made (blended, carried on or tapered between and past key boxes; the
+    cross-check walk's; an extent plane's) as a valid prompt: at least ``least`` px a side and
+    inside the (H, W) image, keeping its size where it fits (moved inside rather than clipped).
+    Such a box can otherwise leave the image or shrink under a pixel, which the predictor rightly
+    refuses for a user's box. A box the predictor takes as it is (after its own clipping) is
+    returned unchanged."""
+    box = np.asarray(box, float)
+    h, w = size
+    clipped = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+    if np.all(clipped[2:] - clipped[:2] >= least):
+        return box
+    side = np.minimum(np.maximum(box[2:] - box[:2], least), [w - 1, h - 1])
+    centre = np.clip((box[:2] + box[2:]) / 2, side / 2, np.array([w - 1, h - 1]) - side / 2)
+    return np.concatenate([centre - side / 2, centre + side / 2])

@@ -50,7 +50,7 @@ from typing import Protocol
 import numpy as np
 
 from .preprocess import Intensity
-from .prompts import box_from_mask
+from .prompts import box_from_mask, fit_box
 from .volume import Cancel, check_cancel, is_blank
 from .walk_extent import PLANES, Extent, ExtentGuard, read_extent
 from .walk_keys import interpolate, past_key
@@ -310,7 +310,7 @@ class BoxWalk:
                 if tip:
                     return self._drop(result, evidence) or Stop("tip from key boxes", zz)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
-            box = box if zz in result.keys else _fit_box(box, slices.shape[1:])
+            box = box if zz in result.keys else fit_box(box, slices.shape[1:])
             mi = result.logits.get(last) if self.mask_prompt and key is None else None
             like = out if self.output == "consistent" else result.masks.get(anchor_z)
             mask = self._decode(predictor, slices[zz], box, mi, intensity, result, zz, prev,
@@ -374,7 +374,7 @@ class BoxWalk:
             return shadow
         # a valid prompt even where the shadow mask runs along the image's edge with under a pixel
         # of slack (a nucleus cut by the image border, a tight start box)
-        own = _fit_box(self._rule_box(shadow, [(None, None)], cal, spacing, shadow.shape), image.shape)
+        own = fit_box(self._rule_box(shadow, [(None, None)], cal, spacing, shadow.shape), image.shape)
         other = mask if np.allclose(own, box) else predictor.predict(boxes=own[None])[0][0]
         union = (mask | other).sum()
         f["agree"] = float((mask & other).sum() / union) if union else 0.0
@@ -419,21 +419,6 @@ def vote_slices(stack: np.ndarray, reach: int, keep=()) -> np.ndarray:
         out[z, crop[0], crop[1]] = 2 * votes > 2 * r + 1
     return out
 
-
-def _fit_box(box, size, least: float = 2.0) -> np.ndarray:
-    """A box the walk made (blended, carried on or tapered between and past key boxes) as a valid
-    prompt: at least ``least`` px a side and inside the (H, W) image, keeping its size where it
-    fits (moved inside rather than clipped). A carried-on or tapered box can otherwise leave the
-    image or shrink under a pixel, which the predictor rightly refuses for a user's box. A box the
-    predictor takes as it is (after its own clipping) is returned unchanged."""
-    box = np.asarray(box, float)
-    h, w = size
-    clipped = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
-    if np.all(clipped[2:] - clipped[:2] >= least):
-        return box
-    side = np.minimum(np.maximum(box[2:] - box[:2], least), [w - 1, h - 1])
-    centre = np.clip((box[:2] + box[2:]) / 2, side / 2, np.array([w - 1, h - 1]) - side / 2)
-    return np.concatenate([centre - side / 2, centre + side / 2])
 
 
 def _most_consistent(candidates, neighbour) -> np.ndarray:

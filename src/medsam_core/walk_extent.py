@@ -30,6 +30,7 @@ import numpy as np
 from .cancel import Cancel, check_cancel
 from .errors import PromptError
 from .preprocess import Intensity
+from .prompts import fit_box
 
 __all__ = ["PLANES", "Extent", "ExtentGuard", "PlaneEstimate", "deepest_point", "estimate_extent", "orthogonal_planes",
            "read_extent"]
@@ -238,7 +239,9 @@ def read_extent(
         predictor.set_image(plane, intensity=intensity)
         boxes, got, score = [], None, 0.0
         for _ in range(iterations + 1):
-            b = np.array([a0, max(lo_row, 0.0), a1, min(hi_row, plane.shape[0] - 1.0)])
+            # fitted: a tiny start mask, a structure at the volume's first or last slice, or a plane
+            # squeezed by resampling can leave a box under a pixel, which the predictor refuses
+            b = fit_box([a0, max(lo_row, 0.0), a1, min(hi_row, plane.shape[0] - 1.0)], plane.shape)
             boxes.append(b)
             pred = predictor.predict(boxes=b[None])
             m, score = pred[0][0], float(pred[1][0])

@@ -191,7 +191,7 @@ def test_a_box_carried_past_a_key_at_the_image_edge_stays_a_valid_prompt():
     for b in res.boxes.values():  # every prompt is one the predictor takes: >= 1 px a side once clipped
         clipped = np.clip(b, 0, 63)
         assert np.all(clipped[2:] - clipped[:2] >= 1), b
-    from medsam_core.walk import _fit_box
+    from medsam_core.prompts import fit_box as _fit_box
 
     np.testing.assert_array_equal(_fit_box([254.3, 23.2, 255.3, 29.2], (256, 256)), [253.0, 23.2, 255.0, 29.2])
     np.testing.assert_array_equal(_fit_box([-5.0, 10, 100, 50], (256, 256)), [-5.0, 10, 100, 50])  # as it was
