@@ -45,6 +45,7 @@ from _machine import cpu_model  # noqa: E402
 import medsam_core  # noqa: E402
 from medsam_core import EmbeddingCache, Intensity, Predictor  # noqa: E402
 from medsam_core.metrics import dice  # noqa: E402
+from medsam_core.prompts import fit_box  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -61,16 +62,22 @@ def load(case: str):
         return d["image"], d["labels"], tuple(float(s) for s in d["spacing"]), names
 
 
+def reference_box(mask2d: np.ndarray, pad: float) -> np.ndarray:
+    """The reference's box on one slice pushed out by ``pad`` px, made a valid prompt where the slice
+    is under 2 px wide or high (``--pad 0`` on a one-pixel-wide slice gives an empty box otherwise)."""
+    return fit_box(medsam_core.box_from_mask(mask2d, pad), mask2d.shape)
+
+
 def largest_slice_box(obj: np.ndarray, pad: float) -> tuple[int, np.ndarray]:
     z = int(np.argmax(obj.sum(axis=(1, 2))))
-    return z, medsam_core.box_from_mask(obj[z], pad)
+    return z, reference_box(obj[z], pad)
 
 
 def oracle(pred, vol, obj, pad, intensity) -> np.ndarray:
     out = np.zeros(obj.shape, bool)
     for z in np.flatnonzero(obj.any(axis=(1, 2))):
         pred.set_image(vol[z], intensity=intensity)
-        masks, _ = pred.predict(boxes=medsam_core.box_from_mask(obj[z], pad)[None])
+        masks, _ = pred.predict(boxes=reference_box(obj[z], pad)[None])
         out[z] = masks[0]
     return out
 
@@ -92,7 +99,7 @@ def side_bound(pred, vol, obj, res, zw, pad, intensity) -> dict:
     perfect[side], orc[side], empty[side] = obj[side], False, False
     for z in np.flatnonzero(side & obj.any(axis=(1, 2))):
         pred.set_image(vol[z], intensity=intensity)
-        orc[z] = pred.predict(boxes=medsam_core.box_from_mask(obj[z], pad)[None])[0][0]
+        orc[z] = pred.predict(boxes=reference_box(obj[z], pad)[None])[0][0]
     return {"oracle_side": dice(orc, obj), "reference_side": dice(perfect, obj), "empty_side": dice(empty, obj)}
 
 
@@ -126,7 +133,7 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
     out = res.volume()
     orc_dice = known_oracle if known_oracle is not None else dice(oracle(pred, vol, obj, args.pad, intensity), obj)
     zw = worst_slice(out, obj)
-    key = medsam_core.box_from_mask(obj[zw], args.pad if args.key_pad is None else args.key_pad)
+    key = reference_box(obj[zw], args.pad if args.key_pad is None else args.key_pad)
     t0 = time.perf_counter()
     fixed = medsam_core.walk_volume(pred, vol, box, z, spacing=spacing, intensity=intensity,
                                     key_boxes={zw: key}, previous=res, bound_by_keys=False,
