@@ -261,7 +261,9 @@ class Predictor:
         three multimask outputs (one call instead of two where both are wanted).
         """
         self._require_image()
-        if multimask_output not in (False, True, "all"):
+        from .modeling.sam import MASK_OUTPUTS  # torch is imported here anyway (just below)
+
+        if multimask_output not in MASK_OUTPUTS:
             raise PromptError(f"multimask_output must be False, True or 'all', got {multimask_output!r}")
         import torch
 
@@ -271,7 +273,7 @@ class Predictor:
             mask_input = np.asarray(mask_input, np.float32)
             if mask_input.shape != (n, 1, 256, 256):
                 raise PromptError(f"mask_input must have shape ({n}, 1, 256, 256), got {mask_input.shape}")
-        m = {False: 1, True: 3, "all": 4}[multimask_output]
+        m = len(MASK_OUTPUTS[multimask_output])
         h, w = prep.original_size
         if n == 0:
             shape = (0, m, h, w) if multimask_output else (0, h, w)

@@ -420,7 +420,6 @@ def vote_slices(stack: np.ndarray, reach: int, keep=()) -> np.ndarray:
     return out
 
 
-
 def _most_consistent(candidates, neighbour) -> np.ndarray:
     """Among ``candidates`` (the one-mask output, then the three multimask outputs for the same
     box), the one with the highest IoU with ``neighbour`` (the mask to be like): the object's own

@@ -37,6 +37,7 @@ from ._fast_terms import (
     image_terms,
     weight_terms,
 )
+from .sam import MASK_OUTPUTS
 
 OUTSIDE_LOGIT = -40.0  # low-res logit given to pixels outside the evaluated window
 _MARGIN_TOKENS = 3  # window margin around a box, in image tokens (4 input pixels at 256)
@@ -45,9 +46,6 @@ _MARGIN_TOKENS = 3  # window margin around a box, in image tokens (4 input pixel
 # passes keep the working set and those costs down: 100 boxes, 1 thread, measured 3.0 s CPU at 64
 # per pass, 2.7 s at 16, 2.45 s at 8 (1.8-2.2 s with MALLOC_MMAP/TRIM_THRESHOLD_ raised).
 _CHUNK = 8
-# decoder tokens each ``multimask_output`` returns (token 0 is the IoU token; mask token k is k + 1):
-# the one-mask output, the three multimask outputs, or all four from one pass ("all")
-_OUTPUTS = {False: [1], True: [2, 3, 4], "all": [1, 2, 3, 4]}
 _PER_PIXEL = {"LayerNorm2d", "GELU", "ReLU", "Identity", "SiLU"}  # layers that mix no pixels
 
 
@@ -145,7 +143,7 @@ class FastDecoder:
         wt, it = self._terms(prompt_encoder, mask_decoder, embedding)
         n = len(boxes) if boxes is not None else len(points[0])
         if n == 0:
-            m = len(_OUTPUTS[multimask_output])
+            m = len(MASK_OUTPUTS[multimask_output])
             low = (4 * it.grid[0], 4 * it.grid[1])
             return embedding.new_zeros((0, m) + low), embedding.new_zeros((0, m))
         parts = []
@@ -163,7 +161,7 @@ class FastDecoder:
         sparse, _ = prompt_encoder(points=points, boxes=boxes[:, None, :] if boxes is not None else None,
                                    masks=None)
         n = sparse.shape[0]
-        out_idx = _OUTPUTS[multimask_output]  # token indices; token 0 is the IoU token
+        out_idx = [k + 1 for k in MASK_OUTPUTS[multimask_output]]  # output tokens; token 0 is the IoU token
         gh, gw = it.grid
         q_final, keys = _transformer(wt, it, sparse.float(), mask_decoder, out_idx)
         iou = mask_decoder.iou_prediction_head(q_final[:, 0])

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Mask tokens each ``multimask_output`` returns (SAM's decoder computes all four whichever it
+#: returns): the one-mask output, the three multimask outputs, or all four ("all", one-mask first).
+MASK_OUTPUTS = {False: (0,), True: (1, 2, 3), "all": (0, 1, 2, 3)}
+
 
 class SamModel(nn.Module):
     """image_encoder: (B, 3, S, S) -> (B, 256, 64, 64); decode: prompts -> low-res logits + IoU.
@@ -53,7 +57,7 @@ class SamModel(nn.Module):
         box/point prompts without ``mask_input``, gradients off, the standard decoder layout.
         Otherwise, and with ``fast=False``, the reference segment-anything forward pass runs.
         """
-        if multimask_output not in (False, True, "all"):
+        if multimask_output not in MASK_OUTPUTS:
             raise ValueError(f"multimask_output must be False, True or 'all', got {multimask_output!r}")
         if fast and (boxes is not None or points is not None) and not torch.is_grad_enabled():
             from .fast_decoder import FastDecoder
@@ -67,16 +71,11 @@ class SamModel(nn.Module):
         sparse, dense = self.prompt_encoder(
             points=points, boxes=boxes[:, None, :] if boxes is not None else None, masks=mask_input
         )
-        if multimask_output == "all":
-            return self.mask_decoder.predict_masks(
-                image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-            )
-        logits, iou = self.mask_decoder(
+        logits, iou = self.mask_decoder.predict_masks(  # all four; MaskDecoder.forward slices the same way
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
         )
-        return logits, iou
+        keep = list(MASK_OUTPUTS[multimask_output])
+        return logits[:, keep], iou[:, keep]
