@@ -166,24 +166,36 @@ def cached_predictor(model, case: str, vol, mode: str = "auto", cache: str = "/t
     return Predictor(model, cache=EmbeddingCache(max_bytes=max_bytes, disk_dir=store), **predictor_kw), intensity
 
 
+def walk_axis_first(vol, labels, spacing, axis: int = 0):
+    """The volume, labels and spacing with ``axis`` first (same voxels, slices of another plane)."""
+    if axis:
+        vol, labels = (np.ascontiguousarray(np.moveaxis(a, axis, 0)) for a in (vol, labels))
+        spacing = (spacing[axis], *(s for i, s in enumerate(spacing) if i != axis))
+    return vol, labels, spacing
+
+
+def thick_slices(vol, labels, spacing, stride: int):
+    """Every ``stride``-th slice, the slice spacing multiplied to match: a thick-slice scan. Take the
+    intensity window from the whole volume first (``cached_predictor``), so each kept slice is the same
+    image as before and its cached encode is reused."""
+    if stride <= 1:
+        return vol, labels, spacing
+    return vol[::stride], labels[::stride], (spacing[0] * stride, *spacing[1:])
+
+
 def run_case(model, case: str, args, walk_opts) -> dict:
     vol, labels, spacing, names = load(case)
-    if args.axis:  # walk across another axis: that axis first (same voxels, slices of another plane)
-        vol, labels = (np.ascontiguousarray(np.moveaxis(a, args.axis, 0)) for a in (vol, labels))
-        spacing = (spacing[args.axis], *(s for i, s in enumerate(spacing) if i != args.axis))
+    vol, labels, spacing = walk_axis_first(vol, labels, spacing, args.axis)
     pred, intensity = cached_predictor(model, case, vol, args.intensity, args.cache)
-    if args.stride > 1:  # thicker slices: every k-th slice (the window stays the whole volume's, so
-        # each kept slice is the same image as before and its cached encode is reused)
-        vol, labels = vol[::args.stride], labels[::args.stride]
-        spacing = (spacing[0] * args.stride, *spacing[1:])
+    vol, labels, spacing = thick_slices(vol, labels, spacing, args.stride)
     ids = [int(i) for i in np.unique(labels) if i > 0 and (labels == i).any(axis=(1, 2)).sum() >= 3]
     ids = [i for i in ids if not args.only or i in args.only]
     if args.structures:
         ids = [i for i in ids if (names[i - 1] if names else f"{case} {i}") in args.structures]
     known = {}
     if args.oracle_from:  # the oracle is deterministic: reuse a run made with the same window and pad
-        old = json.loads(Path(args.oracle_from).read_text())["cases"].get(case)
         meta = json.loads(Path(args.oracle_from).read_text())
+        old = meta["cases"].get(case)
         same_axis = meta.get("axis", 0) == args.axis and meta.get("stride", 1) == args.stride
         if old and same_axis and old["summary"]["window"] == list(intensity.value_range or ()):
             known = {k: v["oracle"] for k, v in old["structures"].items()}

@@ -38,8 +38,7 @@ def main() -> None:
     model = medsam_core.load_model("lite_medsam", device="cpu")
     vol, lab, sp, names = b.load(args.case)
     pred, inten = b.cached_predictor(model, args.case, vol)
-    vol, lab = vol[:: args.stride], lab[:: args.stride]
-    sp = (sp[0] * args.stride, *sp[1:])
+    vol, lab, sp = b.thick_slices(vol, lab, sp, args.stride)
     for name in args.structures:
         obj = lab == ((names.index(name) + 1) if names else int(name.split()[-1]))
         z, box = b.largest_slice_box(obj, args.pad)
@@ -52,15 +51,16 @@ def main() -> None:
             pred.set_image(vol[zz], intensity=inten)
             if obj[zz].any():
                 orc[zz] = pred.predict(boxes=b.reference_box(obj[zz], args.pad)[None])[0][0]
-            multi, scores = pred.predict(boxes=box[None], multimask_output=True)
+            # one decoder pass: the one-mask output first, then the three multimask outputs
+            masks, ious = pred.predict(boxes=box[None], multimask_output="all")
+            multi, scores = masks[0][1:], ious[0][1:]
             if obj[zz].any():
-                held[zz] = pred.predict(boxes=box[None])[0][0]
+                held[zz] = masks[0][0]
             f = res.features.get(zz, {})
             rules = " ".join(f"{k} {f[k]:.2f}" for k in ("score", "agree", "contrast", "mean") if k in f)
             print(f"  slice {zz:3d} ref {int(obj[zz].sum()):5d} | oracle {dice(orc[zz], obj[zz]):.2f} "
                   f"({int(orc[zz].sum()):5d}) | held {dice(held[zz], obj[zz]):.2f} ({int(held[zz].sum()):5d}) "
-                  f"multimask " + " ".join(f"{dice(m, obj[zz]):.2f}/{s:.2f}" for m, s in zip(multi[0], scores[0],
-                                                                                           strict=True))
+                  f"multimask " + " ".join(f"{dice(m, obj[zz]):.2f}/{s:.2f}" for m, s in zip(multi, scores, strict=True))
                   + f" | walk {dice(out[zz], obj[zz]):.2f} ({int(out[zz].sum()):5d}) {rules}")
         o, h, w = dice(orc, obj), dice(held, obj), dice(out, obj)
         print(f"  3D Dice: oracle {o:.3f}, held box on every reference slice {h:.3f} ({h / o:.2f}x), "
