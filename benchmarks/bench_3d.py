@@ -55,10 +55,18 @@ CASES = {
     "macaque": "mri_t1_macaque_inia19_dev.npz",
     "cells3d": "confocal3d_nuclei_cells3d.npz",
 }
+# check cases (make_check_volumes.py: other structures of the same two MRI brains; never tuned on),
+# read from $MEDSAM_CHECK_VOLUMES (default /tmp/medsam_check_volumes); each shares its brain's
+# embedding cache (the same slices)
+CHECK_DIR = Path(os.environ.get("MEDSAM_CHECK_VOLUMES", "/tmp/medsam_check_volumes"))
+CHECK_CASES = {"colin27-other": "mri_t1_colin27_aal_other.npz", "macaque-other": "mri_t1_macaque_inia19_other.npz"}
 
 
 def load(case: str):
-    with np.load(DATA / CASES[case]) as d:
+    path = CHECK_DIR / CHECK_CASES[case] if case in CHECK_CASES else DATA / CASES[case]
+    if not path.exists():
+        sys.exit(f"{path} is missing" + (": build it with make_check_volumes.py" if case in CHECK_CASES else ""))
+    with np.load(path) as d:
         names = [str(n) for n in d["label_names"]] if "label_names" in d else None
         return d["image"], d["labels"], tuple(float(s) for s in d["spacing"]), names
 
@@ -162,7 +170,7 @@ def cached_predictor(model, case: str, vol, mode: str = "auto", cache: str = "/t
     volume and window, so every benchmark shares each slice's one encode."""
     intensity = medsam_core.volume_intensity(vol, Intensity(mode=mode))
     tag = hashlib.sha256(repr(intensity).encode()).hexdigest()[:8]
-    store = Path(cache) / f"{case}-{tag}"
+    store = Path(cache) / f"{case.removesuffix('-other')}-{tag}"
     return Predictor(model, cache=EmbeddingCache(max_bytes=max_bytes, disk_dir=store), **predictor_kw), intensity
 
 
@@ -279,7 +287,8 @@ def table(before_path: str, *after_paths: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print docs tables: BEFORE then AFTER file(s)")
-    ap.add_argument("--cases", nargs="*", default=list(CASES))
+    ap.add_argument("--cases", nargs="*", default=list(CASES),
+                    help=f"of {', '.join([*CASES, *CHECK_CASES])} (the last two: make_check_volumes.py)")
     ap.add_argument("--pad", type=float, default=3.0, help="box padding in px around the reference")
     ap.add_argument("--key-pad", type=float, default=None,
                     help="the correction's key box padding (default: --pad; 0: a key drawn tighter than the start box)")

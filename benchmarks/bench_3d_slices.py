@@ -29,7 +29,7 @@ from medsam_core.metrics import dice  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("case", choices=list(b.CASES))
+    ap.add_argument("case", choices=[*b.CASES, *b.CHECK_CASES])
     ap.add_argument("structures", nargs="+", help="names, e.g. ParaHippocampal_R or 'macaque 1'")
     ap.add_argument("--pad", type=float, default=3.0)
     ap.add_argument("--stride", type=int, default=1)
