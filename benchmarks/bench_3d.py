@@ -131,11 +131,27 @@ def first_walk(pred, vol, box, z, spacing, intensity, walk_opts, store: Path | N
     return res, t_walk
 
 
+def extra_keys(obj: np.ndarray, z: int, how: str | None, pad: float) -> dict:
+    """``--keys``: the reference boxes (+ ``pad``) a user adds to the start box. "ends": on the
+    structure's first and last slice, the walk bound by them; "ends-guide": the same boxes as the
+    widget uses key boxes (they guide, the stop rules end the walk); "mid": half way from the start
+    to each end (the walk goes on past them); None: no more keys (the one-box walk)."""
+    if how is None:
+        return {}
+    zs = np.flatnonzero(obj.any(axis=(1, 2)))
+    where = [zs[0], zs[-1]] if how.startswith("ends") else [round((z + zs[0]) / 2), round((z + zs[-1]) / 2)]
+    return {int(k): reference_box(obj[int(k)], pad) for k in where if int(k) != z}
+
+
 def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_oracle=None, name="") -> dict:
     z, box = largest_slice_box(obj, args.pad)
+    keys = extra_keys(obj, z, args.keys, args.pad)
+    if keys:  # a few boxes: the walk between and (with "mid") past them
+        walk_opts = {**walk_opts, "key_boxes": keys, "bound_by_keys": args.keys == "ends"}
     store = None
     if args.first_cache:
-        setting = [walk_opts, args.pad, args.intensity] + ([args.axis] if args.axis else []) + \
+        setting = [{k: v for k, v in walk_opts.items() if k != "key_boxes"}, args.pad, args.intensity] + \
+            ([args.axis] if args.axis else []) + ([args.keys] if args.keys else []) + \
             ([args.stride] if args.stride > 1 else [])
         tag = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
         store = Path(args.first_cache) / tag / f"{name.replace(' ', '_')}.pkl"
@@ -146,14 +162,14 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
     key = reference_box(obj[zw], args.pad if args.key_pad is None else args.key_pad)
     t0 = time.perf_counter()
     fixed = medsam_core.walk_volume(pred, vol, box, z, spacing=spacing, intensity=intensity,
-                                    key_boxes={zw: key}, previous=res, bound_by_keys=False,
-                                    **{**walk_opts, **args.fix_opts})
+                                    **{**walk_opts, **args.fix_opts, "key_boxes": {**keys, zw: key},
+                                       "previous": res, "bound_by_keys": False})
     t_fix = time.perf_counter() - t0
     zs = np.flatnonzero(obj.any(axis=(1, 2)))
     found = np.flatnonzero(out.any(axis=(1, 2)))
     fixed_found = np.flatnonzero(fixed.volume().any(axis=(1, 2)))
     return {
-        "start": z, "ref_slices": [int(zs[0]), int(zs[-1])],
+        "start": z, "ref_slices": [int(zs[0]), int(zs[-1])], "keys": sorted(keys),
         "walk_slices": [int(found[0]), int(found[-1])] if found.size else None,
         "dice": dice(out, obj), "oracle": orc_dice, "stops": stops_text(res),
         "time_s": t_walk, "slices_walked": len(res.masks),
@@ -310,6 +326,10 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=1,
                     help="keep every k-th slice along the walk axis (slice spacing x k): thick-slice scans "
                          "the defaults were not tuned on")
+    ap.add_argument("--keys", choices=["ends", "ends-guide", "mid"], default=None,
+                    help="a few boxes: the start box plus the reference boxes on the structure's first and last "
+                         "slice (ends: the walk bound by them; ends-guide: as the widget's key boxes, not bound) "
+                         "or half way to each end (mid)")
     ap.add_argument("--oracle-from", default=None, help="reuse the oracle Dice of this result file (same window)")
     args = ap.parse_args()
     if args.table:
@@ -320,7 +340,7 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), load avg {os.getloadavg()[0]:.1f}; walk options {walk_opts}")
     model = medsam_core.load_model("lite_medsam", device="cpu")
-    results = {"machine": cpu_model(), "pad": args.pad, "axis": args.axis, "stride": args.stride,
+    results = {"machine": cpu_model(), "pad": args.pad, "axis": args.axis, "stride": args.stride, "keys": args.keys,
                "walk_options": walk_opts,
                "correction_options": args.fix_opts, "cases": {}}
     for case in args.cases:
