@@ -47,6 +47,26 @@ def mri(tmp_path):
     return colin27_nifti(tmp_path, STRUCTURE)
 
 
+def drag_and_walk(viewer, widget, qtbot, ref, z):
+    """Show slice ``z``, drag the reference box (+ 3 px) on the canvas (its slice is segmented in 2D),
+    select it, 3D tab > Segment in 3D; returns a copy of the labels once the walk has finished."""
+    n = widget.shapes_layer.nshapes
+    viewer.dims.set_current_step(0, z)
+    qtbot.wait(100)
+    viewer.layers.selection.active = widget.shapes_layer
+    widget.shapes_layer.mode = "add_rectangle"
+    drag_box(viewer, qtbot, ref_box(ref[z], True, 3))
+    widget.wait(WAIT)
+    assert widget.shapes_layer.nshapes == n + 1  # the drag made one box
+    assert (widget.labels_layer.data[z] != 0).any()  # and segmented its slice
+    widget.shapes_layer.selected_data = {n}
+    widget.tabs.setCurrentIndex([widget.tabs.tabText(i) for i in range(widget.tabs.count())].index("3D"))
+    widget.volume_panel.segment_btn.click()
+    widget.wait(WAIT)
+    assert not widget.volume.running
+    return np.asarray(widget.labels_layer.data).copy()
+
+
 def test_one_box_on_an_mri_structure_by_mouse(make_napari_viewer, qtbot, lite_model, mri, tmp_path):
     import nibabel as nib
 
@@ -59,20 +79,7 @@ def test_one_box_on_an_mri_structure_by_mouse(make_napari_viewer, qtbot, lite_mo
     widget.set_model(lite_model)
     widget.wait(WAIT)
     z = int(np.argmax(ref.sum(axis=(1, 2))))
-    viewer.dims.set_current_step(0, z)
-    qtbot.wait(100)
-    viewer.layers.selection.active = widget.shapes_layer
-    widget.shapes_layer.mode = "add_rectangle"
-    drag_box(viewer, qtbot, ref_box(ref[z], True, 3))
-    widget.wait(WAIT)
-    assert widget.shapes_layer.nshapes == 1  # the drag made one box: its slice is segmented in 2D
-    assert (widget.labels_layer.data[z] == 1).any()
-    widget.shapes_layer.selected_data = {0}
-    widget.tabs.setCurrentIndex([widget.tabs.tabText(i) for i in range(widget.tabs.count())].index("3D"))
-    widget.volume_panel.segment_btn.click()
-    widget.wait(WAIT)
-    assert not widget.volume.running
-    labels = np.asarray(widget.labels_layer.data)
+    labels = drag_and_walk(viewer, widget, qtbot, ref, z)
     assert set(np.unique(labels)) == {0, 1}  # one 3D object, one label id
     walked = np.flatnonzero((labels == 1).any(axis=(1, 2)))
     assert len(walked) >= 8 and walked[0] < z < walked[-1]  # it went both ways from the box's slice
@@ -124,29 +131,14 @@ def test_a_key_box_past_the_walk_extends_a_structure_that_bends(make_napari_view
     widget.wait(WAIT)
     zs = np.flatnonzero(ref.any(axis=(1, 2)))
     z = int(np.argmax(ref.sum(axis=(1, 2))))
-    widget.tabs.setCurrentIndex([widget.tabs.tabText(i) for i in range(widget.tabs.count())].index("3D"))
-
-    def drag_and_walk(zz):
-        viewer.dims.set_current_step(0, zz)
-        qtbot.wait(100)
-        viewer.layers.selection.active = widget.shapes_layer
-        widget.shapes_layer.mode = "add_rectangle"
-        drag_box(viewer, qtbot, ref_box(ref[zz], True, 3))
-        widget.wait(WAIT)
-        widget.shapes_layer.selected_data = {widget.shapes_layer.nshapes - 1}
-        widget.volume_panel.segment_btn.click()
-        widget.wait(WAIT)
-        assert not widget.volume.running
-        return np.asarray(widget.labels_layer.data).copy()
-
-    one = drag_and_walk(z)
+    one = drag_and_walk(viewer, widget, qtbot, ref, z)
     walked = np.flatnonzero((one == 1).any(axis=(1, 2)))
     key_z = int(round((z + zs[-1]) / 2))  # half way from the largest slice to the far end
     assert walked[-1] < key_z, (walked, key_z)  # the one-box walk stops short of it (measured: 7-24 vs 25)
     d_one = dice(one == 1, ref)
     qtbot.mouseClick(widget.volume_panel.key_check, Qt.MouseButton.LeftButton)
     assert widget.volume_panel.key_check.isChecked() and widget.volume.key_mode
-    two = drag_and_walk(key_z)
+    two = drag_and_walk(viewer, widget, qtbot, ref, key_z)
     assert set(np.unique(two)) == {0, 1}  # the box joined object 1, no second object
     assert sorted(widget.shapes_layer.features["label_id"].tolist()) == [-1, 1]  # its key box
     extended = np.flatnonzero((two == 1).any(axis=(1, 2)))
