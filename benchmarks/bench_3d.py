@@ -82,6 +82,18 @@ def largest_slice_box(obj: np.ndarray, pad: float) -> tuple[int, np.ndarray]:
     return z, reference_box(obj[z], pad)
 
 
+def start_box(obj: np.ndarray, pad: float, how: str = "largest") -> tuple[int, np.ndarray]:
+    """The one box: on the structure's largest slice (the issue's bar), or (``"middle"``) on the
+    middle of its slice range (MedSAM's own recipe; the structure's slice nearest to it if that one is
+    empty), the reference box there + ``pad``."""
+    if how == "largest":
+        return largest_slice_box(obj, pad)
+    zs = np.flatnonzero(obj.any(axis=(1, 2)))
+    mid = (zs[0] + zs[-1]) / 2
+    z = int(zs[np.argmin(np.abs(zs - mid))])
+    return z, reference_box(obj[z], pad)
+
+
 def oracle(pred, vol, obj, pad, intensity) -> np.ndarray:
     out = np.zeros(obj.shape, bool)
     for z in np.flatnonzero(obj.any(axis=(1, 2))):
@@ -144,7 +156,7 @@ def extra_keys(obj: np.ndarray, z: int, how: str | None, pad: float) -> dict:
 
 
 def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_oracle=None, name="") -> dict:
-    z, box = largest_slice_box(obj, args.pad)
+    z, box = start_box(obj, args.pad, args.start)
     keys = extra_keys(obj, z, args.keys, args.pad)
     if keys:  # a few boxes: the walk between and (with "mid") past them
         walk_opts = {**walk_opts, "key_boxes": keys, "bound_by_keys": args.keys == "ends"}
@@ -152,7 +164,7 @@ def run_structure(pred, vol, obj, spacing, intensity, args, walk_opts, known_ora
     if args.first_cache:
         setting = [{k: v for k, v in walk_opts.items() if k != "key_boxes"}, args.pad, args.intensity] + \
             ([args.axis] if args.axis else []) + ([args.keys] if args.keys else []) + \
-            ([args.stride] if args.stride > 1 else [])
+            ([args.stride] if args.stride > 1 else []) + ([args.start] if args.start != "largest" else [])
         tag = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
         store = Path(args.first_cache) / tag / f"{name.replace(' ', '_')}.pkl"
     res, t_walk = first_walk(pred, vol, box, z, spacing, intensity, walk_opts, store)
@@ -330,6 +342,9 @@ def main() -> None:
                     help="a few boxes: the start box plus the reference boxes on the structure's first and last "
                          "slice (ends: the walk bound by them; ends-guide: as the widget's key boxes, not bound) "
                          "or half way to each end (mid)")
+    ap.add_argument("--start", choices=["largest", "middle"], default="largest",
+                    help="the one box's slice: the structure's largest (the bar's setting) or the middle of its "
+                         "slice range (MedSAM's recipe)")
     ap.add_argument("--oracle-from", default=None, help="reuse the oracle Dice of this result file (same window)")
     args = ap.parse_args()
     if args.table:
@@ -341,7 +356,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), load avg {os.getloadavg()[0]:.1f}; walk options {walk_opts}")
     model = medsam_core.load_model("lite_medsam", device="cpu")
     results = {"machine": cpu_model(), "pad": args.pad, "axis": args.axis, "stride": args.stride, "keys": args.keys,
-               "walk_options": walk_opts,
+               "start": args.start, "walk_options": walk_opts,
                "correction_options": args.fix_opts, "cases": {}}
     for case in args.cases:
         print(f"== {case}", flush=True)

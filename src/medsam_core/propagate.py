@@ -109,7 +109,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
               key_extend: bool = False, extent_prior: bool = True, extent_cap: float | None = 0.5,
-              vote: float | None = 2.0, intensity: Intensity | None = None, previous: WalkResult | None = None,
+              vote: float | None = 2.0, follow: float | None = 3.0, intensity: Intensity | None = None,
+              previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
 
@@ -126,7 +127,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     stop reason "past the estimated end"). ``vote`` (2 in-plane pixels; None: off): the WalkResult's
     ``volume()`` takes each slice off the key slices as the majority of the walked slices that lie
     within that distance (``walk.vote_reach``: 2 slices each side for isotropic voxels, none for
-    slices much thicker than the pixels); the steps yielded and ``masks`` are as decoded. Each
+    slices much thicker than the pixels); the steps yielded and ``masks`` are as decoded. ``follow``
+    (3 px per slice at isotropic spacing; None or 0: off) moves the anchored box with the image
+    under it between neighbour slices (block matching, ``walk_follow``). Each
     plane read is a step of its own (``stage="plane"``, the start slice's mask again), so progress
     bars move while the planes are encoded. Arguments are checked at the call (PromptError /
     ImageError), before any slice is segmented.
@@ -157,6 +160,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         raise PromptError(f"extent_cap must be a number >= 0 or None, got {extent_cap!r}")
     if vote is not None and (isinstance(vote, bool) or not (isinstance(vote, (int, float, np.number)) and vote >= 0)):
         raise PromptError(f"vote must be a number >= 0 (in-plane pixels) or None, got {vote!r}")
+    if follow is not None and (isinstance(follow, bool) or not (isinstance(follow, (int, float, np.number))
+                                                                 and follow >= 0)):
+        raise PromptError(f"follow must be a number >= 0 (pixels per slice) or None, got {follow!r}")
     if not trip_weight > 0:
         raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")
     if not isinstance(z, (int, np.integer)):
@@ -169,7 +175,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
                          key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
-                         extent_prior=extent_prior, extent_cap=extent_cap, vote=vote)
+                         extent_prior=extent_prior, extent_cap=extent_cap, vote=vote, follow=follow)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     kept = {}
