@@ -322,9 +322,9 @@ class BoxWalk:
             if radius and not guided:
                 if drift_from != anchor_z:
                     drift, drift_from = np.zeros(2), anchor_z
-                moved = np.asarray(anchor_box, float) + np.tile(drift, 2)
-                drift = drift + image_shift(slices[last], slices[zz], moved, radius)
-                anchor_box = np.asarray(anchor_box, float) + np.tile(drift, 2)
+                held = np.asarray(anchor_box, float)
+                drift = drift + image_shift(slices[last], slices[zz], held + np.tile(drift, 2), radius)
+                anchor_box = held + np.tile(drift, 2)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
             box = box if zz in result.keys else fit_box(box, slices.shape[1:])
             mi = result.logits.get(last) if self.mask_prompt and key is None else None

@@ -32,7 +32,8 @@ def image_shift(a: np.ndarray, b: np.ndarray, box: Sequence[float], radius: int,
                 gain: float = 0.02) -> tuple[int, int]:
     """(dx, dy): the whole-pixel shift within +-``radius`` at which slice ``b`` best matches slice
     ``a``'s region under ``box`` (XYXY pixels), by normalised cross-correlation; (0, 0) unless
-    the best match beats no shift by ``gain`` (or the region is under 5 px a side, or flat)."""
+    the best match beats no shift by ``gain`` (or the region is under 5 px a side, or flat on
+    either slice: a blank slice says nothing about motion)."""
     h, w = a.shape
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     x0, y0 = max(x0, radius), max(y0, radius)
@@ -41,16 +42,15 @@ def image_shift(a: np.ndarray, b: np.ndarray, box: Sequence[float], radius: int,
         return 0, 0
     step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / MAX_SIDE)))
     rows, cols = np.arange(y0, y1 + 1, step), np.arange(x0, x1 + 1, step)
-    ref = _normalised(a[np.ix_(rows, cols)])
-    if ref is None:
+    ref, here = _normalised(a[np.ix_(rows, cols)]), _normalised(b[np.ix_(rows, cols)])
+    if ref is None or here is None:
         return 0, 0
-    best, best_score, still = (0, 0), -np.inf, 0.0
+    still = float(np.mean(ref * here))
+    best, best_score = (0, 0), still
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
-            cand = _normalised(b[np.ix_(rows + dy, cols + dx)])
+            cand = _normalised(b[np.ix_(rows + dy, cols + dx)]) if (dx or dy) else None
             score = -np.inf if cand is None else float(np.mean(ref * cand))
-            if dx == 0 and dy == 0:
-                still = score
             if score > best_score:
                 best, best_score = (dx, dy), score
     return best if best_score - still >= gain else (0, 0)

@@ -46,6 +46,9 @@ def test_a_shift_beyond_the_radius_or_a_flat_or_tiny_region_gives_no_shift():
     a = _texture()
     flat = np.full_like(a, 7.0)
     assert image_shift(flat, flat, (30, 25, 60, 55), radius=3) == (0, 0)
+    blank = np.zeros_like(a)  # the next slice is blank under the box, its surroundings are not
+    blank[:, :30] = a[:, :30]  # shifted left, the window would take in texture
+    assert image_shift(a, blank, (30, 25, 60, 55), radius=3) == (0, 0)
     assert image_shift(a, _moved(a, 1, 1), (30, 25, 33, 28), radius=3) == (0, 0)  # under 5 px a side
     found = image_shift(a, _moved(a, 6, 0), (30, 25, 60, 55), radius=3)
     assert found != (6, 0) and max(abs(v) for v in found) <= 3
