@@ -16,8 +16,8 @@ slice, same predictor). Also the mean distance (px, |dx| + |dy|) between the box
 reference box's centre, held and followed. A structure whose "centred" ratio is high but "held" low
 leaves the box by moving, not by changing size.
 
-    OMP_NUM_THREADS=1 python bench_3d_position.py --cases colin27 macaque cells3d colin27-other macaque-other \
-        --out results/3d_position.json
+    OMP_NUM_THREADS=1 python bench_3d_position.py --out results/3d_position.json
+    (default cases: the three dev volumes and the two check volumes of make_check_volumes.py)
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ def main() -> None:
         summary = {w: float(np.mean([r["dice"][w] for r in rows.values()])) / orc for w in WAYS[:-1]}
         summary.update({f"centre_error_{k}": float(np.mean([r["centre_error_px"][k] for r in rows.values()]))
                         for k in ("held", "followed")})
-        print(f"{case}: " + ", ".join(f"{w} {summary[w]:.3f}x" for w in WAYS[:-1]) + " the oracle (ratio of means); "
-              f"centre off by {summary['centre_error_held']:.1f} px held, {summary['centre_error_followed']:.1f} px "
-              "followed", flush=True)
+        ratios = ", ".join(f"{w} {summary[w]:.3f}x" for w in WAYS[:-1])
+        print(f"{case}: {ratios} the oracle (ratio of means); centre off by {summary['centre_error_held']:.1f} px "
+              f"held, {summary['centre_error_followed']:.1f} px followed", flush=True)
         out["cases"][case] = {"structures": rows, "summary": summary}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
