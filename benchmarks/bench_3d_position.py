@@ -113,7 +113,8 @@ def main() -> None:
         summary.update({f"centre_error_{k}": float(np.mean([r["centre_error_px"][k] for r in rows.values()]))
                         for k in ("held", "followed")})
         ratios = ", ".join(f"{w} {summary[w]:.3f}x" for w in WAYS[:-1])
-        off = f"{summary['centre_error_held']:.1f} px held, {summary['centre_error_followed']:.1f} px followed"
+        held, followed = summary["centre_error_held"], summary["centre_error_followed"]
+        off = f"{held:.1f} px held, {followed:.1f} px followed"
         print(f"{case}: {ratios} the oracle (ratio of means); centre off by {off}", flush=True)
         out["cases"][case] = {"structures": rows, "summary": summary}
     if args.out:
