@@ -109,7 +109,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               mask_prompt: bool = False, adaptive_margin: bool = True, bound_by_keys: bool = True,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
               key_extend: bool = False, extent_prior: bool = True, extent_cap: float | None = 0.5,
-              vote: float | None = 2.0, follow: float | None = 3.0, intensity: Intensity | None = None,
+              vote: float | None = 2.0, follow: float | None = 3.0, follow_frames: int = 1,
+              intensity: Intensity | None = None,
               previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
     """Walk an object through ``volume`` (Z, Y, X) from ``box`` ((4,) XYXY pixels) on slice ``z``.
@@ -129,7 +130,10 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     within that distance (``walk.vote_reach``: 2 slices each side for isotropic voxels, none for
     slices much thicker than the pixels); the steps yielded and ``masks`` are as decoded. ``follow``
     (3 px per slice at isotropic spacing; None or 0: off) moves the anchored box with the image
-    under it between neighbour slices (block matching, ``walk_follow``). Each
+    under it between neighbour slices (block matching, ``walk_follow``); each slice is matched against
+    the last one where the box moved, up to ``follow_frames`` (default 1: always the neighbour)
+    slices back; 3 lets motion of less than a pixel per slice add up (a better tracker, but not a
+    better walk on our volumes: docs/3d.md). Each
     plane read is a step of its own (``stage="plane"``, the start slice's mask again), so progress
     bars move while the planes are encoded. Arguments are checked at the call (PromptError /
     ImageError), before any slice is segmented.
@@ -163,6 +167,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     if follow is not None and (isinstance(follow, bool) or not (isinstance(follow, (int, float, np.number))
                                                                  and follow >= 0)):
         raise PromptError(f"follow must be a number >= 0 (pixels per slice) or None, got {follow!r}")
+    if isinstance(follow_frames, bool) or not isinstance(follow_frames, (int, np.integer)) \
+            or follow_frames < 1:
+        raise PromptError(f"follow_frames must be a whole number of slices >= 1, got {follow_frames!r}")
     if not trip_weight > 0:
         raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")
     if not isinstance(z, (int, np.integer)):
@@ -175,7 +182,8 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
                           float(patience), contrast_noise, float(trip_weight))
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
                          key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
-                         extent_prior=extent_prior, extent_cap=extent_cap, vote=vote, follow=follow)
+                         extent_prior=extent_prior, extent_cap=extent_cap, vote=vote, follow=follow,
+                         follow_frames=int(follow_frames))
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     kept = {}

@@ -14,7 +14,10 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
 * follow (``follow``, 3 px per slice): the anchored box moves with the image under it, read by
   block matching between ``p`` and ``z`` (``walk_follow``: the model's masks play no part), so a
   structure that slides across the slices is not left behind by a held box (one box: colin27
-  0.908x -> 0.914x, macaque 0.954x -> 0.962x the per-slice oracle; docs/3d.md);
+  0.908x -> 0.914x, macaque 0.954x -> 0.962x the per-slice oracle; docs/3d.md). With
+  ``follow_frames`` > 1, ``z`` is matched against the last slice where the box moved, up to that
+  many slices back, so motion under a pixel per slice adds up instead of being lost between
+  neighbours (off by default: it tracks better but the walk's stops do worse with it; docs/3d.md);
 * cross-check: a second walk, prompted only by its own neighbour mask's box (+ slack), is decoded
   on the same slice; the IoU of the two masks ("lost track") ends the walk where a fixed box would
   still find something past the structure's end;
@@ -175,6 +178,11 @@ class BoxWalk:
     # off key spans the anchored box moves with the image under it (walk_follow.py: block matching
     # between neighbour slices, up to this many pixels per slice at isotropic spacing); None: held still
     follow: float | None = 3.0
+    # the slice the next one is matched against: the last one where the box moved, up to this many
+    # slices back (1: always the neighbour). A structure that moves less than a pixel per slice moves
+    # nothing neighbour to neighbour; against an older slice its motion adds up to whole pixels.
+    # 3 centres the box better on MRI but the walk overruns more with it (docs/3d.md), so 1
+    follow_frames: int = 1
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start
@@ -303,6 +311,7 @@ class BoxWalk:
         prev = shadow = out = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         drift, drift_from = np.zeros(2), None  # how far the image moved since the anchor box's slice
+        frame, frame_drift = z, drift  # the slice matched against, and the drift there
         radius = follow_radius(self.follow, spacing) if self.follow else 0
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
@@ -322,8 +331,13 @@ class BoxWalk:
             if radius and not guided:
                 if drift_from != anchor_z:
                     drift, drift_from = np.zeros(2), anchor_z
+                    frame, frame_drift = last, drift
                 held = np.asarray(anchor_box, float)
-                drift = drift + image_shift(slices[last], slices[zz], held + np.tile(drift, 2), radius)
+                moved = np.asarray(image_shift(slices[frame], slices[zz], held + np.tile(frame_drift, 2),
+                                               radius))
+                drift = frame_drift + moved
+                if moved.any() or abs(zz - frame) >= max(1, self.follow_frames):
+                    frame, frame_drift = zz, drift
                 anchor_box = held + np.tile(drift, 2)
             box = key if guided else self._next_box(prev, track, cal, spacing, prev.shape, anchor_box)
             box = box if zz in result.keys else fit_box(box, slices.shape[1:])

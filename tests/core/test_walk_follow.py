@@ -107,3 +107,32 @@ def test_follow_off_or_zero_is_the_held_box_and_bad_values_are_refused():
     for bad in (-1, "3", True):
         with pytest.raises(PromptError, match="follow"):
             walk_volume(FakePredictor(), vol, box, 0, follow=bad, **opts)
+
+
+def _drifting_blob(n=25, step=0.5, shape=(64, 96)):
+    """A bright blob on a smooth texture, the whole image moving ``step`` px right per slice (sub-pixel,
+    cubic interpolation): neighbours differ by less than the one-pixel shifts block matching tries."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), 2.0)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    base = 40 + 15 * texture / texture.std() + 160 * np.exp(-((yy - 32) ** 2 + (xx - 20) ** 2) / 50.0)
+    vol = np.stack([ndimage.shift(base, (0, step * z), order=3, mode="nearest") for z in range(n)])
+    return np.clip(vol, 0, 255).astype(np.uint16)
+
+
+def test_motion_under_a_pixel_per_slice_adds_up_against_the_last_slice_the_box_moved_on():
+    vol = _drifting_blob()
+    box = np.array([10.0, 22.0, 30.0, 42.0])  # the blob on slice 0
+    opts = {"extent_prior": False, "vote": None}
+    neighbour = walk_volume(FakePredictor(), vol, box, 0, **opts)  # follow_frames=1 (default)
+    framed = walk_volume(FakePredictor(), vol, box, 0, follow_frames=3, **opts)
+    # matched neighbour to neighbour, half a pixel per slice is never a whole-pixel shift: the box stays
+    assert all(neighbour.boxes[z][0] == box[0] for z in neighbour.boxes)
+    # matched against the last slice where the box moved, it moves 1 px every 2 slices, as the image does
+    assert [framed.boxes[z][0] - box[0] for z in (4, 8, 12, 16, 20)] == [2, 4, 6, 8, 10]
+    assert framed.stops["up"].reason == "end of volume"
+    for bad in (0, 1.5, True, "3"):
+        with pytest.raises(PromptError, match="follow_frames"):
+            walk_volume(FakePredictor(), vol, box, 0, follow_frames=bad, **opts)
