@@ -311,7 +311,6 @@ class BoxWalk:
         prev = shadow = out = result.masks[z]
         track = [(result.boxes[z], box_from_mask(prev) if prev.any() else None)]  # (box used, mask's tight box)
         drift, drift_from = np.zeros(2), None  # how far the image moved since the anchor box's slice
-        frame, frame_drift = z, drift  # the slice matched against, and the drift there
         radius = follow_radius(self.follow, spacing) if self.follow else 0
         for zz in range(z + step, end + step, step):
             check_cancel(cancel)
@@ -331,7 +330,7 @@ class BoxWalk:
             if radius and not guided:
                 if drift_from != anchor_z:
                     drift, drift_from = np.zeros(2), anchor_z
-                    frame, frame_drift = last, drift
+                    frame, frame_drift = last, drift  # the slice matched against, and the drift there
                 held = np.asarray(anchor_box, float)
                 moved = np.asarray(image_shift(slices[frame], slices[zz], held + np.tile(frame_drift, 2),
                                                radius))
