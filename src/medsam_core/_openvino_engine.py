@@ -31,7 +31,7 @@ import numpy as np
 
 from .backends import EngineError, import_openvino
 
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2  # 2: the encoder graph without 4D permutes after the local convolutions (tiny_vit.py)
 # Refuse an engine whose embedding differs from PyTorch by more than this (float32 export:
 # ~4e-6 measured) or whose masks differ (IoU per box). Low precision is judged by its masks: its
 # embedding moves by ~5e-2 (bfloat16), so only a gross error is refused on the embedding; whether

@@ -157,7 +157,13 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self._window_attention(x)
-        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        b, h, w, c = x.shape
+        # Back to channels-last through a (B, C, H*W) -> (B, H*W, C) transpose, not a 4D permute:
+        # the same numbers (bit for bit in PyTorch), but OpenVINO turns a 4D permute of the
+        # convolution's output into a relabelled layout and then converts it back before the
+        # residual and the LayerNorm with a slow generic reorder (20 % of the engine's time on
+        # a Zen 5 EPYC); the 3D transpose is one fast copy (docs/engines.md, "Layout").
+        x = self.local_conv(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2).reshape(b, h, w, c)
         return x + self.mlp(x)
 
 
@@ -181,11 +187,12 @@ class AttentionStage(nn.Module):
         self.downsample = PatchMerging(dim, out_dim, stride) if out_dim is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW in and out; channels-last inside."""
-        x = x.permute(0, 2, 3, 1)
+        """NCHW in and out; channels-last inside (3D transposes, as in TinyViTBlock.forward)."""
+        b, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2).reshape(b, h, w, c)
         for block in self.blocks:
             x = block(x)
-        x = x.permute(0, 3, 1, 2)
+        x = x.reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)
         return self.downsample(x) if self.downsample is not None else x
 
 
