@@ -87,7 +87,8 @@ def main() -> None:
             report[f"export_s_{w}"] = time.perf_counter() - t0
         for prec in ("f32", "bf16"):
             engines[f"{w} {prec}"] = ove.compile_engine(folders[w], 2, prec)
-            report[f"max_abs_vs_eager {w} {prec}"] = float(np.abs(engines[f"{w} {prec}"](x) - ref["old"]).max())
+            out = engines[f"{w} {prec}"](x)
+            report[f"max_abs_vs_eager {w} {prec}"] = float(np.abs(out - ref["old"]).max())
     use("new")
     print(json.dumps(report), flush=True)
     times: dict[str, list[float]] = {n: [] for n in engines}
@@ -114,7 +115,8 @@ def main() -> None:
     print("\n| case | objects | mean Dice new vs old (f32) | min Dice | max abs IoU-prediction change |\n"
           "|---|---|---|---|---|")
     for k, c in cases.items():
-        print(f"| {k} | {c['objects']} | {c['mean_dice']:.4f} | {c['min_dice']:.4f} | {c['max_iou_change']:.5f} |")
+        print(f"| {k} | {c['objects']} | {c['mean_dice']:.4f} | {c['min_dice']:.4f} "
+              f"| {c['max_iou_change']:.5f} |")
     report["load_avg_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
