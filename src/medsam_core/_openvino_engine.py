@@ -308,4 +308,22 @@ def _export(model, folder: Path, size: int, precision: str, num_threads: int | N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune_older_formats(folder)
     return meta
+
+
+def prune_older_formats(folder: Path) -> list[Path]:
+    """Delete the exports that ``folder`` (a new export) supersedes: the same encoder, OpenVINO
+    build, precision and input size with an older ``ENGINE_FORMAT``. They can no longer be served
+    (engine_dir names the current format) and each holds ~55 MB. Exports of other encoders,
+    precisions or OpenVINO builds (another environment sharing the cache) are kept. Returns the
+    folders removed; a folder that cannot be removed is left as it is."""
+    stem, _, current = folder.name.rpartition("-v")
+    removed = []
+    for old in folder.parent.glob(f"{stem}-v*"):
+        fmt = old.name.rpartition("-v")[2]
+        if old.is_dir() and fmt.isdigit() and current.isdigit() and int(fmt) < int(current):
+            shutil.rmtree(old, ignore_errors=True)
+            if not old.exists():
+                removed.append(old)
+    return removed

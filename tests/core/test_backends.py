@@ -461,3 +461,22 @@ def test_int8_backend_quantises_verifies_and_serves(lite_model, ov_backend, ov_c
     m32, _ = p32.predict(boxes=boxes)
     m8, _ = p8.predict(boxes=boxes)
     assert backend.name == "openvino" and min(_iou(a, b) for a, b in zip(m32, m8, strict=True)) > 0.8
+
+
+def test_a_new_export_removes_only_the_exports_it_supersedes(tmp_path):
+    """After the encoder graph's format changes (ENGINE_FORMAT), the old format's ~55 MB export of the
+    same encoder, OpenVINO build, precision and size is deleted; every other export is kept."""
+    root = tmp_path / "engines" / "abc123"
+    new = root / f"openvino-2026.4.1-d0acc4f9-f32-256x256-v{ove.ENGINE_FORMAT}"
+    older = root / "openvino-2026.4.1-d0acc4f9-f32-256x256-v1"
+    kept = [root / "openvino-2026.4.1-d0acc4f9-bf16-256x256-v1",  # another precision
+            root / "openvino-2025.3.0-0badbeef-f32-256x256-v1",  # another OpenVINO build
+            root / "openvino-2026.4.1-d0acc4f9-f32-1024x1024-v1",  # another input size
+            tmp_path / "engines" / "other" / "openvino-2026.4.1-d0acc4f9-f32-256x256-v1"]  # another encoder
+    for d in [new, older, *kept]:
+        d.mkdir(parents=True)
+        (d / "encoder.xml").write_text("x")
+    assert ove.ENGINE_FORMAT >= 2
+    assert ove.prune_older_formats(new) == [older]
+    assert not older.exists() and new.exists() and all(d.exists() for d in kept)
+    assert ove.prune_older_formats(new) == []  # nothing left to remove
