@@ -319,10 +319,12 @@ def prune_older_formats(folder: Path) -> list[Path]:
     precisions or OpenVINO builds (another environment sharing the cache) are kept. Returns the
     folders removed; a folder that cannot be removed is left as it is."""
     stem, _, current = folder.name.rpartition("-v")
-    removed = []
+    removed: list[Path] = []
+    if not current.isdigit():
+        return removed
     for old in folder.parent.glob(f"{stem}-v*"):
         fmt = old.name.rpartition("-v")[2]
-        if old.is_dir() and fmt.isdigit() and current.isdigit() and int(fmt) < int(current):
+        if old.is_dir() and fmt.isdigit() and int(fmt) < int(current):
             shutil.rmtree(old, ignore_errors=True)
             if not old.exists():
                 removed.append(old)
