@@ -133,7 +133,17 @@ def run_segment(args: argparse.Namespace) -> int:
         save_png(overlay, picture)
     found = len(np.unique(labels)) - 1
     print(f"{len(boxes)} boxes -> {found} objects written to {out}" + (f"; overlay {overlay}" if overlay else ""))
+    note_background_engine(predictor)
     return 0
+
+
+def note_background_engine(predictor) -> None:
+    """Tell the user (stderr) when this run ended before the fast encoder was ready."""
+    backend = getattr(predictor, "_backend", None)  # only if this run made one
+    if backend is not None and backend.info.get("pending"):
+        print("note: the fast CPU encoder (OpenVINO) is being built in the background, once for these "
+              "weights (about a minute); later runs use it. 'medsam export' builds it in the foreground.",
+              file=sys.stderr)
 
 
 # -- info ---------------------------------------------------------------------------------------
@@ -208,6 +218,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"sample: {sample.image_path.name} {sample.image.shape}, {len(sample.boxes)} boxes")
     print(f"wrote {out / 'labels.tif'} and {out / 'overlay.png'}")
     print(f"mean Dice {np.mean(dices):.3f}  mean NSD (2 px) {np.mean(nsds):.3f}  against the reference labels")
+    note_background_engine(predictor)
     return 0
 
 

@@ -393,7 +393,10 @@ print(backend.job.proc.pid, backend.job.state(), flush=True)
 
 @pytest.mark.slow
 @needs_openvino
-def test_interpreter_exits_cleanly_while_the_export_runs(tmp_path):
+def test_a_short_run_exits_at_once_and_the_next_run_gets_the_engine(tmp_path):
+    """A CLI run shorter than the export (``medsam segment`` on one image) exits cleanly without
+    waiting; the export goes on in its own session and lands in the cache, so the next run's
+    ``auto`` backend is the engine, not a new export."""
     import os
     import subprocess
     import time
@@ -405,19 +408,48 @@ def test_interpreter_exits_cleanly_while_the_export_runs(tmp_path):
         assert bad not in res.stderr
     pid, state = res.stdout.split()
     assert state == "running"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    assert os.getsid(int(pid)) == int(pid)  # its own session: a Ctrl+C in the terminal does not reach it
+    group = f"/proc/{pid}/autogroup"  # Linux: its own session is its own scheduling group, niced too
+    if os.path.exists(group):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and open(group).read().split()[-1] != "10":
+            time.sleep(0.2)
+        assert open(group).read().split()[-1] == "10"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # the parent has exited; the child is init's now
         try:
-            os.kill(int(pid), 0)
-            with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone too
+            with open(f"/proc/{pid}/stat") as fh:
                 if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
                     break
-        except (ProcessLookupError, FileNotFoundError):
+        except FileNotFoundError:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     else:
-        pytest.fail("the export process outlived the interpreter")
-    assert not list(tmp_path.rglob(".weights-*")) and not list(tmp_path.rglob("meta.json"))
+        pytest.fail("the export did not finish")
+    metas = list(tmp_path.rglob("meta.json"))
+    assert len(metas) == 1, [p.read_text() for p in tmp_path.rglob(".export-*.log")]
+    assert "exported" in next(tmp_path.rglob(".export-f32.log")).read_text()
+    assert not list(tmp_path.rglob(".weights-*")) and not list(tmp_path.rglob("*.tmp*"))
+    code = ("import sys, medsam_core; from medsam_core.backends import make_encoder_backend; "
+            "m = medsam_core.load_model('lite_medsam', device='cpu'); "
+            "print(make_encoder_backend(m, 'auto', cache_dir=sys.argv[1], precision='f32').name)")
+    nxt = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert nxt.returncode == 0, nxt.stderr[-2000:]
+    assert nxt.stdout.split()[-1] == "openvino"
+
+
+def test_the_export_child_cancels_its_time_limit_and_handlers(tmp_path, capsys):
+    """main() run in a process (as here) must not leave an alarm or its SIGTERM handler behind."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    weights = tmp_path / ".weights-x.pt"
+    weights.write_bytes(b"not a checkpoint")
+    rc = _engine_build.main(["lite_medsam", str(weights), str(tmp_path), "f32", "0" * 64])
+    assert rc == 1 and "Error" in capsys.readouterr().out
+    assert signal.alarm(0) == 0  # no alarm was pending
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)) == before
+    assert not weights.exists()  # the copy of the weights is removed even when the export fails
 
 
 @needs_openvino

@@ -81,6 +81,17 @@ def test_demo_writes_labels_overlay_and_scores(tmp_path, real_model, capsys):
     assert mean_dice >= 0.65 and "NSD" in text
 
 
+def test_a_run_that_ends_before_the_fast_encoder_says_so(capsys):
+    """A run whose encoder export is still going tells the user once, on stderr; otherwise nothing."""
+    pending = types.SimpleNamespace(_backend=types.SimpleNamespace(info={"pending": True}))
+    cli.note_background_engine(pending)
+    assert "being built in the background" in capsys.readouterr().err
+    for done in (types.SimpleNamespace(_backend=types.SimpleNamespace(info={"engine": "openvino"})),
+                 types.SimpleNamespace(_backend=None)):
+        cli.note_background_engine(done)
+        assert capsys.readouterr().err == ""
+
+
 @pytest.mark.slow
 def test_info_prints_model_hash_device_versions(real_model, capsys):
     assert cli.main(["info"]) == 0
