@@ -1,4 +1,4 @@
-"""The encoder graph before and after the layout change (3D transposes for the channels-last round
+"""The encoder graph before and after a change of tiny_vit.py (stop 34: 3D transposes for the channels-last round
 trips, tiny_vit.py), side by side: PyTorch outputs, OpenVINO speed, and the masks on every 2D case.
 
 The old graph is git's ``HEAD~N:src/medsam_core/modeling/tiny_vit.py`` at ``--old-rev`` (default: the
@@ -59,11 +59,11 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     old = old_module(args.old_rev, args.workdir)
-    new = (tv.TinyViTBlock.forward, tv.AttentionStage.forward)
+    new = (tv.TinyViTBlock.forward, tv.AttentionStage.forward, tv.Attention.forward)
 
     def use(which: str) -> None:
-        block, stage = (old.TinyViTBlock.forward, old.AttentionStage.forward) if which == "old" else new
-        tv.TinyViTBlock.forward, tv.AttentionStage.forward = block, stage
+        chosen = (old.TinyViTBlock.forward, old.AttentionStage.forward, old.Attention.forward) if which == "old" else new
+        tv.TinyViTBlock.forward, tv.AttentionStage.forward, tv.Attention.forward = chosen
 
     torch.set_num_threads(2)
     model = medsam_core.load_model("lite_medsam", device="cpu")

@@ -31,7 +31,9 @@ import numpy as np
 
 from .backends import EngineError, import_openvino
 
-ENGINE_FORMAT = 2  # 2: the encoder graph without 4D permutes after the local convolutions (tiny_vit.py)
+# 2: the encoder graph without 4D permutes after the local convolutions; 3: q, k and v as three
+# projections (both tiny_vit.py)
+ENGINE_FORMAT = 3
 # Refuse an engine whose embedding differs from PyTorch by more than this (float32 export:
 # ~4e-6 measured) or whose masks differ (IoU per box). Low precision is judged by its masks: its
 # embedding moves by ~5e-2 (bfloat16), so only a gross error is refused on the embedding; whether

@@ -1,11 +1,13 @@
-"""The encoder's channels-last round trips (3D transposes, chosen for the OpenVINO engine's speed)
-give exactly what the plain 4D permutes give: same numbers, bit for bit, in PyTorch."""
+"""The encoder's channels-last round trips (3D transposes) and its three q / k / v projections, both
+chosen for the OpenVINO engine's speed, give exactly what the plain formulation gives: same
+numbers, bit for bit, in PyTorch (also when LoRA wraps the projection)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from medsam_core.modeling.tiny_vit import AttentionStage, TinyViTBlock
+from medsam_core.modeling.tiny_vit import Attention, AttentionStage, TinyViTBlock
 
 
 def _permute_block(block: TinyViTBlock, x: torch.Tensor) -> torch.Tensor:
@@ -45,3 +47,33 @@ def test_stage_equals_the_4d_permute_formulation():
         got = stage(x)
     assert got.shape == (1, 48, 7, 5)
     assert torch.equal(got, expected)
+
+
+def _one_projection(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's layout read directly: one qkv projection, [q, k, v] head by head."""
+    b, n, c = x.shape
+    qkv = attn.qkv(attn.norm(x)).view(b, n, attn.num_heads, 3, attn.head_dim)
+    q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.attention_biases[:, attn.bias_index])
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class _Wrapped(torch.nn.Module):
+    """Stands for a LoRA-wrapped projection: a module that is not an nn.Linear."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.base = linear
+
+    def forward(self, x):
+        return self.base(x)
+
+
+def test_three_projections_equal_the_checkpoint_layout_and_the_wrapped_path():
+    attn = _randomised(Attention(dim=40, num_heads=4, window=7))
+    x = torch.randn(3, 49, 40, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = _one_projection(attn, x)
+        assert torch.equal(attn(x), expected)
+        attn.qkv = _Wrapped(attn.qkv)
+        assert torch.equal(attn(x), expected)
