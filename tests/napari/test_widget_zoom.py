@@ -27,14 +27,15 @@ def test_drawn_boxes_on_2048_image_match_the_scripting_api(make_napari_viewer, q
     viewer.add_image(big, name="tiled nuclei")
     widget.wait(WAIT)  # the background whole-image encode, started when the image was picked
     assert widget.session.encoder_calls == 1
-    viewer.camera.center, viewer.camera.zoom = (256, 256), 1.5  # a person zooms in to draw small boxes
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene
+    camera.center, camera.zoom = (256, 256), 1.5  # a person zooms in to draw small boxes
     qtbot.wait(100)
     a, b = big_objects(ref, 2)
     boxes = [ref_box(ref, a, 3), ref_box(ref, b, 3)]  # their copies in the top-left tile
     for box in boxes:
         drag_box(viewer, qtbot, box)
         widget.wait(WAIT)
-    viewer.camera.center, viewer.camera.zoom = (1024, 1024), 0.3
+    camera.center, camera.zoom = (1024, 1024), 0.3
     qtbot.wait(100)
     drag_box(viewer, qtbot, (900, 900, 1700, 1500))  # a big box: no zoom needed
     widget.wait(WAIT)
