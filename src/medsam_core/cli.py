@@ -139,8 +139,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def note_background_engine(predictor) -> None:
     """Tell the user (stderr) when this run ended before the fast encoder was ready."""
-    backend = getattr(predictor, "_backend", None)  # only if this run made one
-    if backend is not None and backend.info.get("pending"):
+    if predictor.encoder_state() == "pending":
         print("note: the fast CPU encoder (OpenVINO) is being built in the background, once for these "
               "weights (about a minute); later runs use it. 'medsam export' builds it in the foreground.",
               file=sys.stderr)

@@ -238,6 +238,15 @@ class Predictor:
                 self._backend = make_encoder_backend(self.model, self._backend_choice)
             return self._backend
 
+    def encoder_state(self) -> str | None:
+        """What runs the image encoder, for status lines, without making a backend: None before the
+        first encode, "pending" while the fast engine is built in the background (PyTorch serves
+        meanwhile), else the backend's name ("openvino", "torch", ...)."""
+        backend = self._backend
+        if backend is None:
+            return None
+        return "pending" if backend.info.get("pending") else backend.name
+
     def reset_image(self) -> None:
         self._embedding = None
         self._prepared = None

@@ -99,6 +99,17 @@ class Session(SettingsActions, PromptActions, History):
         return str(self.predictor.device) if self.predictor else "-"
 
     @property
+    def encoder_text(self) -> str:
+        """For the model line: what encodes images ("" before the first image)."""
+        states = [p.encoder_state() for p in (self._encoder, self.predictor) if p is not None]
+        state = next((st for st in states if st is not None), None)
+        if state is None:
+            return ""
+        if state == "pending":
+            return "encoder: PyTorch while the fast one is built (once, about a minute)"
+        return "encoder: " + {"openvino": "OpenVINO", "torch": "PyTorch"}.get(state, state)
+
+    @property
     def encoder_calls(self) -> int:
         return (self.predictor.encoder_calls + self._encoder.encoder_calls) if self.predictor else 0
 

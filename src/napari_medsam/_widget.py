@@ -197,7 +197,7 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.status_label.setText(text)
         self.viewer.status = text
         if self.session.predictor is not None:
-            self.device_label.setText(f"{self.session.model.spec.name} on {self.session.device}")
+            self.device_label.setText(self._model_line())
 
     def _on_layers_changed(self, event=None) -> None:
         opened = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
@@ -282,7 +282,12 @@ class MedSAMWidget(WorkflowMethods, QWidget):
     def set_model(self, model) -> None:
         """Use an already loaded ``medsam_core`` model (e.g. shared between widgets or tests)."""
         self.session.set_model(model)
-        self.device_label.setText(f"{model.spec.name} on {self.session.device}")
+        self.device_label.setText(self._model_line())
+
+    def _model_line(self) -> str:
+        """"lite_medsam on cpu", and once an image was encoded, which encoder ran it."""
+        line = f"{self.session.model.spec.name} on {self.session.device}"
+        return f"{line}; {self.session.encoder_text}" if self.session.encoder_text else line
 
     def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None) -> None:
         """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread."""

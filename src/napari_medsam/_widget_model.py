@@ -56,6 +56,7 @@ def _model_box(self) -> QGroupBox:
     row.addWidget(self.checkpoint_edit)
     row.addWidget(self.browse_btn)
     self.device_label = QLabel("not loaded (loads on first use)")
+    self.device_label.setWordWrap(True)  # it also names the encoder, e.g. while the fast one is built
     form.addRow("Model", self.model_combo)
     form.addRow("Checkpoint", row)
     form.addRow(self.load_btn, self.device_label)

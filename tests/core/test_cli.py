@@ -81,15 +81,19 @@ def test_demo_writes_labels_overlay_and_scores(tmp_path, real_model, capsys):
     assert mean_dice >= 0.65 and "NSD" in text
 
 
-def test_a_run_that_ends_before_the_fast_encoder_says_so(capsys):
+def test_a_run_that_ends_before_the_fast_encoder_says_so(lite_model, capsys):
     """A run whose encoder export is still going tells the user once, on stderr; otherwise nothing."""
-    pending = types.SimpleNamespace(_backend=types.SimpleNamespace(info={"pending": True}))
-    cli.note_background_engine(pending)
+    from medsam_core import Predictor
+
+    predictor = Predictor(lite_model, encoder_backend="torch")
+    cli.note_background_engine(predictor)  # no encode yet: no backend, no note
+    assert capsys.readouterr().err == ""
+    predictor._backend = types.SimpleNamespace(name="torch", info={"pending": True})
+    cli.note_background_engine(predictor)
     assert "being built in the background" in capsys.readouterr().err
-    for done in (types.SimpleNamespace(_backend=types.SimpleNamespace(info={"engine": "openvino"})),
-                 types.SimpleNamespace(_backend=None)):
-        cli.note_background_engine(done)
-        assert capsys.readouterr().err == ""
+    predictor._backend = types.SimpleNamespace(name="openvino", info={"engine": "openvino"})
+    cli.note_background_engine(predictor)
+    assert capsys.readouterr().err == "" and predictor.encoder_state() == "openvino"
 
 
 @pytest.mark.slow

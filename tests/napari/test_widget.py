@@ -45,6 +45,10 @@ def test_draw_move_undo_threaded(open_widget, qtbot, dsb2018):
     assert dice(labels.data == 1, ref == b) >= 0.8
     assert dice(labels.data == 1, ref == a) == 0
     assert widget.session.encoder_calls == 1  # decoding never re-encodes
+    # The model line says which encoder ran the image (PyTorch, OpenVINO, or PyTorch while the fast
+    # one is built in the background), read from the predictors without making a backend.
+    assert widget.session.encoder_text.startswith("encoder: ")
+    assert widget.device_label.text() == f"lite_medsam on cpu; {widget.session.encoder_text}"
 
     widget.undo()
     np.testing.assert_array_equal(labels.data, before_move)
@@ -224,3 +228,18 @@ def test_screenshot_of_widget_segmenting_real_data(open_widget, qtbot, dsb2018):
     assert shot.shape[1] > canvas.shape[1]  # the dock widget is in the picture
     REPO_DOCS.joinpath("images").mkdir(parents=True, exist_ok=True)
     iio.imwrite(REPO_DOCS / "images" / "widget.png", shot)
+
+
+def test_model_line_tells_a_pending_fast_encoder(open_widget, monkeypatch):
+    """Before any image: no encoder named; while the engine is built: said so; then its name."""
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    session = widget.session
+    assert session.encoder_text == "" and widget._model_line() == "lite_medsam on cpu"
+    state = {"value": "pending"}
+    monkeypatch.setattr(session._encoder, "encoder_state", lambda: state["value"])
+    widget.show_status("MedSAM: ready")
+    assert "while the fast one is built" in widget.device_label.text()
+    state["value"] = "openvino"
+    widget.show_status("MedSAM: ready")
+    assert widget.device_label.text() == "lite_medsam on cpu; encoder: OpenVINO"
