@@ -139,7 +139,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def note_background_engine(predictor) -> None:
     """Tell the user (stderr) when this run ended before the fast encoder was ready."""
-    if predictor.encoder_state() == "pending":
+    state = getattr(predictor, "encoder_state", None)  # a stand-in predictor may not have it
+    if state is not None and state() == "pending":
         print("note: the fast CPU encoder (OpenVINO) is being built in the background, once for these "
               "weights (about a minute); later runs use it. 'medsam export' builds it in the foreground.",
               file=sys.stderr)
