@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, interleaved_times, paired_ratio  # noqa: E402
 from bench_precision import CASES, DATA, compare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,20 +91,12 @@ def main() -> None:
             report[f"max_abs_vs_eager {w} {prec}"] = float(np.abs(out - ref["old"]).max())
     use("new")
     print(json.dumps(report), flush=True)
-    times: dict[str, list[float]] = {n: [] for n in engines}
-    for e in engines.values():
-        e(x)
-    for r in range(args.rounds):
-        for n in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
-            time.sleep(0.2)
-            t0 = time.perf_counter()
-            engines[n](x)
-            times[n].append(time.perf_counter() - t0)
+    times = interleaved_times(engines, x, args.rounds)
     print("\n| engine | median s | min s | paired x old (same precision) |\n|---|---|---|---|")
     report["speed"] = {}
     for n, ts in times.items():
         base = times["old " + n.split()[1]]
-        paired = statistics.median(t / b for t, b in zip(ts, base, strict=True))
+        paired = paired_ratio(ts, base)
         report["speed"][n] = {"median_s": statistics.median(ts), "min_s": min(ts), "paired_x_old": paired}
         print(f"| {n} | {statistics.median(ts):.3f} | {min(ts):.3f} | {paired:.3f} |")
     eager = TorchEncoder(model, num_threads=2)

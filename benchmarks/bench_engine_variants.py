@@ -6,14 +6,16 @@ Variants (``--variant``, repeatable):
   stage0-strips  the first stage (MBConv blocks at 256x256, 64 -> 256 channels, and the merge into
                  stage 1) computed in horizontal strips with a one-row halo, so that the 256-channel
                  intermediates of a strip stay in cache (``--strips`` strips).
-  qkv-split      the qkv projection's rows reordered (q, k, v of all heads, then split): 4D
-                 transposes that OpenVINO's attention subgraph can absorb, instead of one 5D
-                 transpose per block.
-  qkv-three      the same as three separate projections (no split copy).
+  qkv-split      the qkv projection's rows reordered (q, k, v of all heads), one projection, then
+                 split into q, k, v.
+  qkv-one        one projection and a 5D permute per block (the graph of ENGINE_FORMAT 2).
+The package itself projects q, k and v separately (format 3); the result files named
+``engine_variants_zen4*`` were taken before, when the package was format 2 and that was the
+variant "qkv-three".
 Each reports the eager max |diff| to the package's forward (0 = the same numbers) and the engine's
 max |diff| to eager.
 
-Run: .venv/bin/python benchmarks/bench_engine_variants.py --variant stage0-strips --variant qkv-split
+Run: .venv/bin/python benchmarks/bench_engine_variants.py --variant stage0-strips --variant qkv-one
      [--rounds 12] [--json PATH]
 """
 
@@ -24,13 +26,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, interleaved_times, paired_ratio  # noqa: E402
 
 
 def _mbconv_strips(block, x, n):
@@ -78,9 +79,8 @@ def _attention(mode):
         w = self.qkv.weight.view(h, 3, d, c).transpose(0, 1).reshape(3 * c, c)
         bias = self.qkv.bias.view(h, 3, d).transpose(0, 1).reshape(3 * c)
         xn = self.norm(x)
-        if mode == "three":
-            q, k, v = (F.linear(xn, w[i * c:(i + 1) * c], bias[i * c:(i + 1) * c]).view(b, n, h, d).transpose(1, 2)
-                       for i in range(3))
+        if mode == "one":
+            q, k, v = self.qkv(xn).view(b, n, h, 3, d).permute(3, 0, 2, 1, 4).unbind(0)
         else:
             q, k, v = (t.view(b, n, h, d).transpose(1, 2) for t in F.linear(xn, w, bias).split(c, dim=-1))
         mask = self.attention_biases[:, self.bias_index].to(q.dtype)
@@ -99,7 +99,7 @@ def patches(variant: str, strips: int):
                 x = _mbconv_strips(block, x, strips)
             return _merge_strips(self.downsample, x, strips)
         return [(tv.ConvStage, "forward", stage)]
-    if variant in ("qkv-split", "qkv-three"):
+    if variant in ("qkv-split", "qkv-one"):
         return [(tv.Attention, "forward", _attention(variant.split("-")[1]))]
     raise SystemExit(f"unknown variant {variant}")
 
@@ -145,21 +145,12 @@ def main() -> None:
     engines = {n: ove.compile_engine(f, 2, "f32") for n, f in folders.items()}
     for n in engines:
         report["variants"].setdefault(n, {})["engine_max_abs_vs_eager"] = float(np.abs(engines[n](x) - ref).max())
-    times: dict[str, list[float]] = {n: [] for n in engines}
-    for e in engines.values():
-        e(x)
-        e(x)
-    for r in range(args.rounds):
-        for n in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
-            time.sleep(0.2)
-            t0 = time.perf_counter()
-            engines[n](x)
-            times[n].append(time.perf_counter() - t0)
+    times = interleaved_times(engines, x, args.rounds, warm=2)
     print(f"CPU {report['cpu']}; load {report['load_avg']}\n")
     print("| graph | eager max abs vs package | engine max abs vs eager | median s | paired x package |\n"
           "|---|---|---|---|---|")
     for n, ts in times.items():
-        paired = statistics.median(t / p for t, p in zip(ts, times["package"], strict=True))
+        paired = paired_ratio(ts, times["package"])
         row = report["variants"].setdefault(n, {})
         row.update(median_s=statistics.median(ts), paired_x_package=paired)
         print(f"| {n} | {row.get('eager_max_abs_vs_package', 0):.1e} | {row.get('engine_max_abs_vs_eager', 0):.1e} "

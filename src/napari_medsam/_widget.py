@@ -286,8 +286,8 @@ class MedSAMWidget(WorkflowMethods, QWidget):
 
     def _model_line(self) -> str:
         """"lite_medsam on cpu", and once an image was encoded, which encoder ran it."""
-        line = f"{self.session.model.spec.name} on {self.session.device}"
-        return f"{line}; {self.session.encoder_text}" if self.session.encoder_text else line
+        line, encoder = f"{self.session.model.spec.name} on {self.session.device}", self.session.encoder_text
+        return f"{line}; {encoder}" if encoder else line
 
     def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None) -> None:
         """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread."""
