@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from _machine import cpu_model  # benchmarks/_machine.py (scripts run from benchmarks/ on sys.path)
 
+from medsam_core.backends import cpu_has_bf16  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
 MALLOC_VARIANTS = {
     "default glibc": {},
@@ -194,7 +196,10 @@ def build_engines(model, threads: int, workdir: Path, report: dict, quick: bool 
                           "cached_load_s": t_cached, "verification": backend.info["verification"]}
     if not quick:
         engines["OpenVINO f32, 1 thread"] = ove.compile_engine(folder, 1, "f32")
-    engines[f"OpenVINO bf16, {threads} threads"] = ove.compile_engine(folder, threads, "bf16")
+    if cpu_has_bf16():
+        engines[f"OpenVINO bf16, {threads} threads"] = ove.compile_engine(folder, threads, "bf16")
+    else:  # OpenVINO would run the f32 kernels under that name (an AVX2-only CPU: Zen 3)
+        print("OpenVINO bf16: skipped, this CPU has no native bf16 (no AVX512-BF16 or AMX)", flush=True)
     onnx_path = workdir / "onnx" / "encoder.onnx"
     try:
         if quick:
@@ -331,7 +336,7 @@ def batch_throughput(model, engines: dict, folder: Path, image: np.ndarray, slic
     pre = model.spec.preprocessing
     stack = np.stack([prepare_image(synthetic_stack(image, z), pre).tensor for z in range(slices)])
     runs = {}
-    for precision in ("f32", "bf16"):
+    for precision in ("f32", "bf16") if cpu_has_bf16() else ("f32",):
         engine = ove.compile_engine(folder, threads, precision)
         for b in (1, 4, 8):
             runs[f"OpenVINO {precision}, batch {b}"] = (engine, b)

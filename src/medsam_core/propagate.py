@@ -110,6 +110,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
               key_extend: bool = False, extent_prior: bool = True, extent_cap: float | None = 0.5,
               vote: float | None = 2.0, follow: float | None = 3.0, follow_frames: int = 1,
+              min_slack: float | None = 1.5,
               intensity: Intensity | None = None,
               previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
@@ -133,7 +134,10 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     under it between neighbour slices (block matching, ``walk_follow``); each slice is matched against
     the last one where the box moved, up to ``follow_frames`` (default 1: always the neighbour)
     slices back; 3 lets motion of less than a pixel per slice add up (a better tracker, but not a
-    better walk on our volumes: docs/3d.md). Each
+    better walk on our volumes: docs/3d.md). ``min_slack`` (1.5 pixels of the model's 256 grid; None
+    or 0: off): a start box closer than that to the start slice's mask is pushed out to it on those
+    sides, the start slice decoded again with it, and that box held (``WalkResult.boxes[z]``; the
+    user's box stays ``keys[z]``): a box drawn tight to the object. Each
     plane read is a step of its own (``stage="plane"``, the start slice's mask again), so progress
     bars move while the planes are encoded. Arguments are checked at the call (PromptError /
     ImageError), before any slice is segmented.
@@ -170,6 +174,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     if isinstance(follow_frames, bool) or not isinstance(follow_frames, (int, np.integer)) \
             or follow_frames < 1:
         raise PromptError(f"follow_frames must be a whole number of slices >= 1, got {follow_frames!r}")
+    if min_slack is not None and (isinstance(min_slack, bool) or not (
+            isinstance(min_slack, (int, float, np.number)) and min_slack >= 0)):
+        raise PromptError(f"min_slack must be a number >= 0 (pixels of the model's 256 grid) or None, got {min_slack!r}")
     if not trip_weight > 0:
         raise PromptError(f"trip_weight must be a number > 0, got {trip_weight!r}")
     if not isinstance(z, (int, np.integer)):
@@ -183,7 +190,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         method = BoxWalk(rules, margin, growth, adaptive_margin, mask_prompt, box_rule, anchor=anchor, output=output,
                          key_shape=key_shape, key_past=key_past, key_move=key_move, key_reach=key_reach,
                          extent_prior=extent_prior, extent_cap=extent_cap, vote=vote, follow=follow,
-                         follow_frames=int(follow_frames))
+                         follow_frames=int(follow_frames), min_slack=min_slack)
     hi = max(keys) if bound_by_keys and max(keys) > z else n - 1
     lo = min(keys) if bound_by_keys and min(keys) < z else 0
     kept = {}

@@ -520,3 +520,31 @@ def test_the_vote_keeps_a_shape_that_grows_steadily_and_its_ends():
     assert out[4, 2:6, 2:6].all() and not out[[0, 1, 7, 8]].any()
     np.testing.assert_array_equal(vote_slices(stack, 2, keep={4}), np.where(np.arange(9)[:, None, None] == 4,
                                                                              stack, out))
+
+
+def test_a_tight_start_box_is_widened_for_the_walk_and_the_users_box_is_kept():
+    """``min_slack`` (pixels of the model's 256 grid): a start box closer than that to the start
+    slice's mask is pushed out on those sides, the start slice decoded again with it and that box
+    held on every later slice; the user's box stays the key; a loose enough box is left alone."""
+    tube = _cylinder()  # 64 x 64 slices: 1 grid pixel = 0.25 image pixels
+    tight = bbox(tube[20])
+    pred = FakePredictor()
+    res = walk_volume(pred, render(tube), tight, 20, min_slack=8.0, follow=None, extent_prior=False)
+    wide = tight + [-2, -2, 2, 2]
+    np.testing.assert_allclose(res.keys[20], tight)
+    np.testing.assert_allclose(pred.boxes[0], tight)  # decoded first with the user's box ...
+    np.testing.assert_allclose(pred.boxes[1], wide)  # ... then again with the widened one
+    for z in (20, 21, 30, 0, 39):
+        np.testing.assert_allclose(res.boxes[z], wide)
+    assert res.slices == list(range(40))
+    # one side already loose enough: only the tight sides move
+    half = tight + [-5, 0, 0, 5]  # left and bottom 5 px loose, top and right tight
+    res = walk_volume(FakePredictor(), render(tube), half, 20, min_slack=8.0, follow=None, extent_prior=False)
+    np.testing.assert_allclose(res.boxes[21], tight + [-5, -2, 2, 5])
+    # a loose box, or the option off: the user's box everywhere
+    loose = tight + [-3, -3, 3, 3]
+    for box, slack in ((loose, 8.0), (tight, None)):
+        res = walk_volume(FakePredictor(), render(tube), box, 20, min_slack=slack, follow=None, extent_prior=False)
+        np.testing.assert_allclose(res.boxes[21], box)
+    with pytest.raises(PromptError, match="min_slack"):
+        walk_volume(FakePredictor(), render(tube), tight, 20, min_slack=-1)
