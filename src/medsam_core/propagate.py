@@ -110,7 +110,7 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
               key_shape: str = "ellipse", key_past: str = "hold", key_move: bool = True, key_reach: float | None = 1.2,
               key_extend: bool = False, extent_prior: bool = True, extent_cap: float | None = 0.5,
               vote: float | None = 2.0, follow: float | None = 3.0, follow_frames: int = 1,
-              min_slack: float | None = 1.5,
+              min_slack: float | None = None,
               intensity: Intensity | None = None,
               previous: WalkResult | None = None,
               method: Propagator | None = None, cancel: Cancel = None) -> Generator[SliceResult, None, WalkResult]:
@@ -134,10 +134,10 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
     under it between neighbour slices (block matching, ``walk_follow``); each slice is matched against
     the last one where the box moved, up to ``follow_frames`` (default 1: always the neighbour)
     slices back; 3 lets motion of less than a pixel per slice add up (a better tracker, but not a
-    better walk on our volumes: docs/3d.md). ``min_slack`` (1.5 pixels of the model's 256 grid; None
-    or 0: off): a start box closer than that to the start slice's mask is pushed out to it on those
-    sides, the start slice decoded again with it, and that box held (``WalkResult.boxes[z]``; the
-    user's box stays ``keys[z]``): a box drawn tight to the object. Each
+    better walk on our volumes: docs/3d.md). ``min_slack`` (pixels of the model's 256 grid; None, the
+    default, or 0: off): a start box closer than that to the start slice's mask is pushed out to it
+    on those sides, the start slice decoded again with it, and that box held (``WalkResult.boxes[z]``;
+    the user's box stays ``keys[z]``): for a box drawn flush with the object (docs/3d.md). Each
     plane read is a step of its own (``stage="plane"``, the start slice's mask again), so progress
     bars move while the planes are encoded. Arguments are checked at the call (PromptError /
     ImageError), before any slice is segmented.

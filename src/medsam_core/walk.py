@@ -11,10 +11,9 @@ One step (slice ``z`` after slice ``p`` in the walk's direction):
   the start slice between the user's box and its mask, plus ``growth`` slice spacings in physical
   units. The anchored box carries no mask error from slice to slice (on MRI atlas structures the
   model's mask and the structure differ, and a box from the last mask drifts; docs/3d.md);
-* tight start box (``min_slack``, 1.5 px of the model's 256 grid): where the user's box lies closer
-  than that to the start slice's mask it is pushed out to it, the start slice decoded again, and
-  that box held (``boxes[start]``; ``keys`` keep the user's box). A box drawn flush with the object
-  cut its rim on every slice (pad 0: macaque 0.768x -> 0.832x the oracle; docs/3d.md);
+* tight start box (``min_slack``, off by default): where the user's box lies closer than that
+  many 256-grid pixels to the start slice's mask it is pushed out to it, the start slice decoded
+  again, and that box held (``boxes[start]``; ``keys`` keep the user's box); measured in docs/3d.md;
 * follow (``follow``, 3 px per slice): the anchored box moves with the image under it, read by
   block matching between ``p`` and ``z`` (``walk_follow``: the model's masks play no part), so a
   structure that slides across the slices is not left behind by a held box (one box: colin27
@@ -189,10 +188,10 @@ class BoxWalk:
     follow_frames: int = 1
     # a start box closer than this many pixels of the model's 256 grid to the start slice's mask is
     # pushed out to that distance on those sides; the start slice is decoded again with it and that box
-    # is held (the user's box stays the key). LiteMedSAM was trained on boxes pushed out by a few such
-    # pixels, and a box drawn tight to the object cuts it on the slices around (one box drawn tight:
-    # macaque 0.768x -> 0.832x the oracle; docs/3d.md "A tight start box"); None or 0: the box as drawn
-    min_slack: float | None = 1.5
+    # is held (the user's box stays the key). Off by default: 1.5 lifts a box drawn flush with the
+    # object on the dev volumes (macaque 0.768x -> 0.832x the oracle) but not on the check structures
+    # nobody tuned on, and costs where the mask leaks to a loose box's edge (docs/3d.md "A tight start box")
+    min_slack: float | None = None
 
     def run(self, predictor, slices, result, directions, bounds, intensity, spacing, cancel):
         keys, z = result.keys, result.start

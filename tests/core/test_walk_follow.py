@@ -99,7 +99,7 @@ def test_a_sliding_object_is_followed_where_a_held_box_loses_it():
 def test_follow_off_or_zero_is_the_held_box_and_bad_values_are_refused():
     vol, _ = _sliding_disk(n=8)
     box = np.array([13.0, 25.0, 27.0, 39.0])
-    opts = {"extent_prior": False, "vote": None, "min_slack": None}  # the box exactly as drawn
+    opts = {"extent_prior": False, "vote": None}
     off = walk_volume(FakePredictor(), vol, box, 0, follow=None, **opts)
     zero = walk_volume(FakePredictor(), vol, box, 0, follow=0, **opts)
     assert all(np.array_equal(off.boxes[z], box) for z in off.boxes)
