@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from _machine import cpu_model  # benchmarks/_machine.py (scripts run from benchmarks/ on sys.path)
 
-from medsam_core.backends import cpu_has_bf16  # noqa: E402
+from medsam_core.backends import cpu_has_bf16
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fluo_nuclei_dsb2018.npz"
 MALLOC_VARIANTS = {

@@ -136,6 +136,12 @@ class Propagator(Protocol):
             cancel: Cancel) -> Generator[SliceResult, None, WalkResult]: ...
 
 
+def _start_box(result: WalkResult) -> np.ndarray:
+    """The box the walk holds from the start slice: the one its mask was decoded with (the user's box,
+    or that box widened with ``min_slack``); the user's box where the start slice is not decoded yet."""
+    return result.boxes.get(result.start, result.keys[result.start])
+
+
 def _expected_depth(mask: np.ndarray, spacing) -> int:
     """Slices a walk expects in one direction: the start cross-section's radius in slice spacings."""
     sz, sy, sx = spacing
@@ -236,7 +242,7 @@ class BoxWalk:
         """The extent prior's planes (walk_extent.read_extent), one progress step each: a
         SliceResult of the start slice with ``stage="plane"``. Cancel is checked before each."""
         z = result.start
-        steps = read_extent(predictor, slices, result.masks[z], result.boxes.get(z, result.keys[z]), z, spacing, intensity,
+        steps = read_extent(predictor, slices, result.masks[z], _start_box(result), z, spacing, intensity,
                             cancel=cancel)
         while True:
             try:
@@ -247,7 +253,7 @@ class BoxWalk:
 
     def _calibrate(self, image, result, intensity) -> Calibration:
         z = result.start
-        mask, box = result.masks[z], result.boxes.get(z, result.keys[z])
+        mask, box = result.masks[z], _start_box(result)
         f = result.features[z]
         c0 = f["contrast"]
         window = intensity.value_range
@@ -345,7 +351,7 @@ class BoxWalk:
                 return self._drop(result, evidence) or Stop("vanished", zz)
             passed = [k for k in result.keys if (k - zz) * step < 0 and (k - z) * step >= 0]
             anchor_z = max(passed) if step > 0 else min(passed)
-            anchor_box = result.keys[anchor_z] if anchor_z != z else result.boxes.get(z, result.keys[z])
+            anchor_box = result.keys[anchor_z] if anchor_z != z else _start_box(result)
             if not guided and anchor_z != z:  # past a key beyond the start: what the keys say (walk_keys)
                 anchor_box, tip = past_key(result.keys, z, zz, self.key_past, self.key_move, self.key_reach)
                 if tip:

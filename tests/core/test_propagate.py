@@ -280,6 +280,7 @@ def test_real_model_on_a_cells3d_nucleus(lite_model, cells3d):
     assert (widened.boxes[z][:2] <= flush[:2]).all() and (widened.boxes[z][2:] >= flush[2:]).all()
     assert np.abs(widened.boxes[z] - flush).max() >= 0.5
     np.testing.assert_array_equal(drawn.boxes[z], flush)
+    assert pred.encoder_calls == len(seen)  # the second decode of the start slice reuses its embedding
     d_drawn, d_wide = dice(drawn.volume(), obj), dice(widened.volume(), obj)
     print(f"nucleus 2, flush box: 3D Dice {d_drawn:.3f} as drawn, {d_wide:.3f} widened")
     assert d_wide >= d_drawn + 0.02
