@@ -9,6 +9,9 @@ compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16; masks come from the same
 Per object: Dice of the bf16 mask against the f32 mask, and |predicted IoU change|.
 ``--mixed``: also bf16 with parts of the encoder kept in f32 (``MIXED``: the IR split at stage
 outputs, each piece compiled with its own precision), judged the same way.
+``--matmul-bf16``: also the f32 IR with bf16 only inside its matrix products (explicit Converts
+around every MatMul, compiled f32: layer norms, softmax, GELU, convolutions and the residual
+stream stay float32), judged the same way.
 ``--int8``: also an int8 IR (NNCF post-training quantisation of the same IR, ``engine_int8.py``;
 calibrated on slices that are not evaluated: every 3D file's slices away from the evaluated ones
 and dsb2018 flipped), judged the same way.
@@ -139,6 +142,34 @@ def split_engine(xml: Path, cuts: list[str], precisions: list[str], threads: int
     return run
 
 
+def matmul_bf16_engine(xml: Path, threads: int):
+    """callable (B, 3, S, S) -> (B, 256, 64, 64): the IR with each MatMul's inputs converted to
+    bf16 and its output back to f32, compiled with f32 inference precision, so only the matrix
+    products run in bf16 (OpenVINO runs them as bf16 FullyConnected kernels on AMX/AVX512-BF16)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    core = ov.Core()
+    m = core.read_model(str(xml))
+    for op in [op for op in m.get_ops() if op.get_type_name() == "MatMul"]:
+        consumers = [t for out in op.outputs() for t in out.get_target_inputs()]
+        for i in range(2):
+            op.input(i).replace_source_output(ops.convert(op.input_value(i), ov.Type.bf16).output(0))
+        op.validate_and_infer_types()
+        back = ops.convert(op.output(0), ov.Type.f32)
+        for t in consumers:
+            t.replace_source_output(back.output(0))
+    m.validate_nodes_and_infer_types()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    request = core.compile_model(m, "CPU", config).create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.array(request.infer({0: batch[i:i + 1]})[0], np.float32, copy=True)
+                               for i in range(len(batch))])
+
+    return run
+
+
 def calibration_images(cases: list[Path], per_volume: int = 10) -> list[np.ndarray]:
     """2D images for int8 calibration that the accuracy check does not use: per 3D file
     ``per_volume`` slices spread over z away from every evaluated (largest-object) slice, and
@@ -177,6 +208,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medsam-bench-engines"))
+    ap.add_argument("--low", nargs="+", default=["bf16"], choices=["bf16", "f16"],
+                    help="OpenVINO inference precisions to judge against f32 (f16 where the CPU has it: "
+                         "AVX512-FP16 / AMX-FP16)")
+    ap.add_argument("--matmul-bf16", action="store_true",
+                    help="also bf16 inside the matrix products only (f32 elsewhere; explicit Converts in the IR)")
     ap.add_argument("--int8", action="store_true", help="also quantise to int8 (needs nncf) and check it")
     ap.add_argument("--mixed", action="store_true",
                     help="also bf16 with parts kept in f32 (the IR split at stage outputs; MIXED)")
@@ -186,7 +222,13 @@ def main() -> None:
 
     import medsam_core
     from medsam_core import _openvino_engine as ove
-    from medsam_core.backends import EngineEncoder, TorchEncoder, cpu_has_bf16, make_encoder_backend
+    from medsam_core.backends import (
+        EngineEncoder,
+        TorchEncoder,
+        cpu_has_bf16,
+        cpu_has_f16,
+        make_encoder_backend,
+    )
     from medsam_core.preprocess import prepare_image
 
     torch.set_num_threads(args.threads)
@@ -197,9 +239,11 @@ def main() -> None:
                                    precision="f32")
     eager = TorchEncoder(model, num_threads=args.threads)
     folder = Path(f32.info["path"])
-    bf16 = EngineEncoder(ove.compile_engine(folder, args.threads, "bf16"), eager, dict(f32.info, precision="bf16"))
-    engines = {"f32": f32, "bf16": bf16}
-    report = {"machine": {"cpu": cpu_model(), "cpu_has_bf16": cpu_has_bf16(), "threads": args.threads,
+    engines = {"f32": f32}
+    for low in args.low:
+        engines[low] = EngineEncoder(ove.compile_engine(folder, args.threads, low), eager, dict(f32.info, precision=low))
+    report = {"machine": {"cpu": cpu_model(), "cpu_has_bf16": cpu_has_bf16(), "cpu_has_f16": cpu_has_f16(),
+                          "threads": args.threads,
                           "load_avg": __import__("os").getloadavg()}}
     cases = [DATA / c for c in CASES]
     if args.int8:
@@ -215,6 +259,9 @@ def main() -> None:
         print(f"int8: {report['int8']}")
         engines["int8"] = EngineEncoder(ove.compile_engine(int8_dir, args.threads, "f32"), eager,
                                         dict(f32.info, precision="int8"))
+    if args.matmul_bf16:
+        engines["bf16 matmul only"] = EngineEncoder(matmul_bf16_engine(folder / "encoder.xml", args.threads), eager,
+                                                    dict(f32.info, precision="bf16 matmul only"))
     if args.mixed:
         for name, (cuts, precisions) in MIXED.items():
             run = split_engine(folder / "encoder.xml", cuts, precisions, args.threads)

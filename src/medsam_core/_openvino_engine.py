@@ -6,7 +6,8 @@ encoder gets its own engine. Cache layout::
     <cache_root>/engines/<encoder_id[:32]>/openvino-<version>-<precision>-<S>x<S>-v<FORMAT>/
         encoder.xml, encoder.bin   (weights kept float32: compress_to_fp16=False)
         meta.json                  (encoder_id, versions, verification report, accepted)
-        blob/                      (OpenVINO's compiled-model cache: faster second compile)
+        blob/                      (OpenVINO's compiled-model cache: faster second compile;
+                                    blob-<precision>/ when compiled at another precision)
 
 The folder is written under a temporary name and renamed into place, so a half-written export
 is never read. The key holds the full encoder weight hash, the OpenVINO version, the inference
@@ -140,6 +141,15 @@ def compile_engine(folder: Path, num_threads: int | None, precision: str, stream
     return _Engine(folder, num_threads, precision, streams)
 
 
+def _blob_dir(folder: Path, precision: str) -> Path:
+    """OpenVINO's compiled-model cache for ``precision``: ``blob/`` for the precision the folder
+    was exported for, ``blob-<precision>/`` for any other. OpenVINO (2026.4) leaves the inference
+    precision out of its cache key, and a bf16 compile that imports an f32 blob crashes the
+    process at the first inference (segfault, seen on an AMX Xeon), so precisions never share."""
+    own = (_read_meta(folder) or {}).get("precision", precision)  # no meta yet: the export's own
+    return folder / ("blob" if own == precision else f"blob-{precision}")
+
+
 class _Engine:
     def __init__(self, folder: Path, num_threads: int | None, precision: str, streams: int | None):
         ov = import_openvino()
@@ -149,7 +159,7 @@ class _Engine:
         self._config = {
             "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": int(num_threads or 0),  # 0: OpenVINO's default (physical cores)
-            "CACHE_DIR": str(folder / "blob"),
+            "CACHE_DIR": str(_blob_dir(folder, precision)),
         }
         self._streams = streams
         self._request = self._compile("LATENCY").create_infer_request()
@@ -292,7 +302,8 @@ def _export(model, folder: Path, size: int, precision: str, num_threads: int | N
         route = export_ir(model.image_encoder, size, tmp / "encoder.xml")
         export_s = time.perf_counter() - t0
         report = verify(model, compile_engine(tmp, num_threads, precision), precision=precision)
-        shutil.rmtree(tmp / "blob", ignore_errors=True)  # compiled for the temp path; remade later
+        for blob in tmp.glob("blob*"):  # compiled for the temp path; remade later
+            shutil.rmtree(blob, ignore_errors=True)
         meta = {
             "format": ENGINE_FORMAT, "engine": "openvino", "engine_version": ov.get_version(),
             "encoder_id": model.encoder_id, "input_shape": [1, 3, size, size], "precision": precision,

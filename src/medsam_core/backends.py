@@ -356,6 +356,15 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def cpu_has_f16() -> bool:
+    """True when the CPU computes float16 natively (AVX512_FP16 or AMX_FP16), as OpenVINO reports it."""
+    try:
+        ov = import_openvino()
+        return "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, or a plugin without the property
+        return False
+
+
 def _precision_setting(precision: str | None) -> str:
     """"f32" or "bf16" from the argument, else ``$MEDSAM_ENCODER_PRECISION``, else "auto"."""
     value = (precision or os.environ.get("MEDSAM_ENCODER_PRECISION") or "auto").strip().lower()

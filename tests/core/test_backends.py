@@ -211,6 +211,25 @@ def test_engine_masks_equal_pytorch_masks_on_real_boxes(ov_backend, lite_model, 
 
 
 @pytest.mark.slow
+def test_each_precision_compiles_into_its_own_blob_cache(ov_backend, lite_model, dsb2018):
+    """OpenVINO leaves the inference precision out of its compiled-model cache key: a bf16 compile
+    of the f32 export imported the f32 blob and crashed the process at its first inference (a
+    segfault on an AMX Xeon). Each precision other than the export's own gets ``blob-<precision>``."""
+    from pathlib import Path
+
+    folder = Path(ov_backend.info["path"])
+    assert ove._blob_dir(folder, "f32") == folder / "blob"
+    assert ove._blob_dir(folder, "bf16") == folder / "blob-bf16"
+    assert any((folder / "blob").iterdir())  # the f32 compile has cached its blob
+    image, _ = dsb2018
+    x = prepare_image(image, lite_model.spec.preprocessing).tensor[None]
+    low = ove.compile_engine(folder, 2, "bf16")(x)
+    assert low.shape == (1, 256, 64, 64) and np.isfinite(low).all()
+    assert any((folder / "blob-bf16").iterdir())
+    assert np.abs(low - ov_backend.encode(x)).max() < ove.THRESHOLDS["bf16"][0]
+
+
+@pytest.mark.slow
 def test_engine_batch_runs_parallel_requests_with_the_single_image_result(ov_backend, dsb2018):
     image, _ = dsb2018
     from medsam_core import registry
