@@ -11,8 +11,8 @@ refused) ends in a warning and PyTorch eager, never in a crash.
 Settings (environment, read when a backend is made):
 
 * ``MEDSAM_ENCODER_BACKEND``: ``auto`` (default), ``openvino`` or ``torch``.
-* ``MEDSAM_ENCODER_PRECISION``: ``auto`` (default: bf16 where the CPU has native bf16, else
-  f32), ``f32`` or ``bf16`` (OpenVINO engine only).
+* ``MEDSAM_ENCODER_PRECISION``: ``auto`` (default: f32; bf16 only if ``BF16_BY_DEFAULT`` is
+  switched on by a passing mask check), ``f32``, ``bf16`` or ``f16`` (OpenVINO engine only).
 * ``MEDSAM_NUM_THREADS``: intra-op threads for the encoder (both engines); unset = the engine's
   own default (all physical cores).
 * ``MEDSAM_CACHE_DIR``: root of the on-disk cache (default: the user cache dir,
@@ -285,8 +285,9 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
     as is), or None (``$MEDSAM_ENCODER_BACKEND``, default "auto").
     cache_dir: root of the engine cache (default ``default_cache_dir()``).
     num_threads: intra-op threads (default ``$MEDSAM_NUM_THREADS`` or the engine's own default).
-    precision: OpenVINO inference precision: "f32", "bf16" or "auto" (bf16 where the CPU computes
-    it natively, else f32; docs/engines.md says how bf16's masks were checked); None reads
+    precision: OpenVINO inference precision: "f32", "bf16", "f16" or "auto" (f32: bf16 and f16
+    fail the mask check, docs/engines.md "Precision"; ``BF16_BY_DEFAULT`` would make it bf16
+    where the CPU computes bf16 natively); None reads
     ``$MEDSAM_ENCODER_PRECISION`` (default "auto").
     Never raises for engine trouble: it warns and returns a TorchEncoder (for "auto" without an
     export yet: an ``_engine_build.BackgroundEngineEncoder`` that runs eager until a separate process has
@@ -344,7 +345,7 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
     return EngineEncoder(engine, eager, info)
 
 
-PRECISIONS = ("auto", "f32", "bf16")
+PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
 def cpu_has_bf16() -> bool:
@@ -366,9 +367,9 @@ def cpu_has_f16() -> bool:
 
 
 def _precision_setting(precision: str | None) -> str:
-    """"f32" or "bf16" from the argument, else ``$MEDSAM_ENCODER_PRECISION``, else "auto"."""
+    """"f32", "bf16" or "f16" from the argument, else ``$MEDSAM_ENCODER_PRECISION``, else "auto"."""
     value = (precision or os.environ.get("MEDSAM_ENCODER_PRECISION") or "auto").strip().lower()
-    if value not in (*PRECISIONS, "f16"):
+    if value not in PRECISIONS:
         raise EngineError(f"encoder precision {value!r} is not one of {', '.join(PRECISIONS)}: "
                           "set MEDSAM_ENCODER_PRECISION to one of them, or unset it")
     if value == "auto":
