@@ -331,6 +331,39 @@ def test_precision_setting(monkeypatch):
         backends._precision_setting(None)
 
 
+def test_a_low_precision_the_cpu_lacks_falls_back_to_f32_with_a_warning(monkeypatch):
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_f16", lambda: True)
+    with pytest.warns(RuntimeWarning, match="does not compute bf16 natively: using f32"):
+        assert backends._native_or_f32("bf16") == "f32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends._native_or_f32("f16") == "f16"
+        assert backends._native_or_f32("f32") == "f32"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends._native_or_f32("bf16") == "bf16"
+
+
+def test_make_encoder_backend_asks_for_the_precision_the_cpu_has(lite_model, monkeypatch, tmp_path):
+    """bf16 on a CPU without it: the f32 engine is loaded (not a second export named bf16)."""
+    asked = []
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+
+    def fake_load(model, root, threads, precision):
+        asked.append(precision)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ove, "load_or_export", fake_load)
+    with pytest.warns(RuntimeWarning) as record:
+        make_encoder_backend(lite_model, "openvino", cache_dir=tmp_path, precision="bf16")
+    messages = [str(w.message) for w in record]
+    assert any("natively: using f32" in m for m in messages) and any("stop here" in m for m in messages)
+    assert asked == ["f32"]
+
+
 @needs_openvino
 def test_auto_exports_in_a_separate_process_and_serves_eager_meanwhile(lite_model, monkeypatch, tmp_path):
     """A first export takes tens of seconds: "auto" returns at once, encodes eagerly, and the
