@@ -241,11 +241,15 @@ class Predictor:
     def encoder_state(self) -> str | None:
         """What runs the image encoder, for status lines, without making a backend: None before the
         first encode, "pending" while the fast engine is built in the background (PyTorch serves
-        meanwhile), else the backend's name ("openvino", "torch", ...)."""
+        meanwhile), else the backend's name ("openvino", "torch", ...), followed by its precision
+        where that is not float32 ("openvino bf16": masks differ slightly from float32's)."""
         backend = self._backend
         if backend is None:
             return None
-        return "pending" if backend.info.get("pending") else backend.name
+        if backend.info.get("pending"):
+            return "pending"
+        precision = backend.info.get("precision", "f32")
+        return backend.name if backend.name == "torch" or precision == "f32" else f"{backend.name} {precision}"
 
     def reset_image(self) -> None:
         self._embedding = None

@@ -107,7 +107,9 @@ class Session(SettingsActions, PromptActions, History):
             return ""
         if state == "pending":
             return "encoder: PyTorch while the fast one is built (once, about a minute)"
-        return "encoder: " + {"openvino": "OpenVINO", "torch": "PyTorch"}.get(state, state)
+        name, _, precision = state.partition(" ")  # "openvino bf16": an opted-in low precision
+        return "encoder: " + " ".join(filter(None, [{"openvino": "OpenVINO", "torch": "PyTorch"}.get(name, name),
+                                                     precision]))
 
     @property
     def encoder_calls(self) -> int:

@@ -94,6 +94,10 @@ def test_a_run_that_ends_before_the_fast_encoder_says_so(lite_model, capsys):
     predictor._backend = types.SimpleNamespace(name="openvino", info={"engine": "openvino"})
     cli.note_background_engine(predictor)
     assert capsys.readouterr().err == "" and predictor.encoder_state() == "openvino"
+    predictor._backend = types.SimpleNamespace(name="openvino", info={"engine": "openvino", "precision": "bf16"})
+    assert predictor.encoder_state() == "openvino bf16"  # an opted-in low precision is named
+    predictor._backend = types.SimpleNamespace(name="torch", info={"engine": "openvino", "precision": "bf16"})
+    assert predictor.encoder_state() == "torch"  # fell back to eager: float32
 
 
 @pytest.mark.slow

@@ -243,3 +243,6 @@ def test_model_line_tells_a_pending_fast_encoder(open_widget, monkeypatch):
     state["value"] = "openvino"
     widget.show_status("MedSAM: ready")
     assert widget.device_label.text() == "lite_medsam on cpu; encoder: OpenVINO"
+    state["value"] = "openvino bf16"  # MEDSAM_ENCODER_PRECISION=bf16: the user sees it
+    widget.show_status("MedSAM: ready")
+    assert widget.device_label.text() == "lite_medsam on cpu; encoder: OpenVINO bf16"
