@@ -366,6 +366,9 @@ def cpu_has_f16() -> bool:
         return False
 
 
+_NATIVE = {"bf16": lambda: cpu_has_bf16(), "f16": lambda: cpu_has_f16()}  # late-bound: tests patch them
+
+
 def _precision_setting(precision: str | None) -> str:
     """"f32", "bf16" or "f16" from the argument, else ``$MEDSAM_ENCODER_PRECISION``, else "auto"."""
     value = (precision or os.environ.get("MEDSAM_ENCODER_PRECISION") or "auto").strip().lower()
@@ -377,11 +380,21 @@ def _precision_setting(precision: str | None) -> str:
     return value
 
 
+def requested_precision() -> str:
+    """The precision ``make_encoder_backend`` would ask the OpenVINO engine for now:
+    $MEDSAM_ENCODER_PRECISION resolved ("auto": f32 unless ``BF16_BY_DEFAULT``), f32 where the CPU
+    lacks the low precision natively. No warning (``make_encoder_backend`` gives it). Part of every
+    embedding key (``Predictor.encoder_precision``)."""
+    precision = _precision_setting(None)
+    native = _NATIVE.get(precision)
+    return precision if native is None or native() else "f32"
+
+
 def _native_or_f32(precision: str) -> str:
     """``precision``, or "f32" with a warning where the CPU lacks it natively: OpenVINO then
     computes in float32 anyway (measured for bf16 on an AVX2-only EPYC: the same numbers and time
     as f32), and a second export under the low precision's name would only cost disk and a build."""
-    native = {"bf16": cpu_has_bf16, "f16": cpu_has_f16}.get(precision)
+    native = _NATIVE.get(precision)
     if native is None or native():
         return precision
     warnings.warn(f"encoder precision {precision!r} was asked for (MEDSAM_ENCODER_PRECISION or precision=), "

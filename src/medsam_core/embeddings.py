@@ -44,14 +44,18 @@ class EmbeddingKey:
     image: str  # content hash of the raw image (or slice)
     encoder_id: str  # hash of the image-encoder weights
     preprocessing: str  # repr of the spec's Preprocessing + intensity + channel settings
+    precision: str = "f32"  # the encoder's inference precision the session asked for (bf16: opted in)
 
     @property
     def signature(self) -> dict:
-        return {
+        sig = {
             "format": CACHE_FORMAT_VERSION,
             "encoder_id": self.encoder_id,
             "preprocessing": self.preprocessing,
         }
+        if self.precision != "f32":  # float32 keys and stores stay as they were before the field
+            sig["precision"] = self.precision
+        return sig
 
     @property
     def digest(self) -> str:
@@ -175,11 +179,11 @@ class EmbeddingCache:
                     "delete the folder or choose another one"
                 ) from None
             if have != want:
-                diff = [k for k in want if have.get(k) != want[k]]
+                diff = [k for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
                 raise CacheMismatchError(
                     f"embedding store {self.disk_dir} was made with a different {', '.join(diff)} "
-                    "(another model, weights, or preprocessing); its embeddings would give wrong masks. "
-                    "Choose another folder, or delete this one to rebuild it."
+                    "(another model, weights, preprocessing or encoder precision); its embeddings would give "
+                    "wrong masks. Choose another folder, or delete this one to rebuild it."
                 )
         else:
             try:

@@ -9,12 +9,14 @@ volumes (``embed_volume``), series prefetch and fine-tuning all call it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import backends
 from .backends import EncoderBackend, make_encoder_backend
 from .cancel import Cancel, check_cancel
 from .embeddings import CacheEntry, EmbeddingCache, EmbeddingKey, content_hash
@@ -77,6 +79,7 @@ class Predictor:
         # Built at the first encode (an engine export can take a while), see backends.py.
         self._backend_choice = encoder_backend
         self._backend: EncoderBackend | None = None
+        self._precision: str | None = None  # encoder_precision, worked out at the first key
         self._backend_lock = threading.Lock()
         self.cache = cache if cache is not None else EmbeddingCache()
         self.intensity = intensity or Intensity()
@@ -109,7 +112,25 @@ class Predictor:
         intensity = intensity or self.intensity
         channel = self.channel if channel is None else channel
         settings = f"{self.spec.preprocessing!r}|{intensity!r}|channel={channel!r}"
-        return EmbeddingKey(content_hash(np.asarray(image)), self.model.encoder_id, settings)
+        return EmbeddingKey(content_hash(np.asarray(image)), self.model.encoder_id, settings,
+                            self.encoder_precision)
+
+    @property
+    def encoder_precision(self) -> str:
+        """The precision this predictor's encoder is meant to run at, part of every embedding key:
+        "f32", or a low precision the user opted into ($MEDSAM_ENCODER_PRECISION, or a backend
+        instance such as an int8 engine). A float32 session never reads a bf16 session's embeddings
+        from a shared store (their masks differ). Images the eager encoder serves while the engine
+        is built are float32 under the low precision's key: more exact than asked, never less."""
+        if self._precision is None:
+            choice = self._backend_choice
+            if isinstance(choice, EncoderBackend):
+                self._precision = str(choice.info.get("precision", "f32"))
+            elif (choice or os.environ.get("MEDSAM_ENCODER_BACKEND") or "auto").lower() == "torch":
+                self._precision = "f32"
+            else:
+                self._precision = backends.requested_precision()
+        return self._precision
 
     def set_image(self, image, intensity: Intensity | None = None, channel=None) -> bool:
         """Make ``image`` ((H, W) grey or (H, W, C) channels-last) the current image.

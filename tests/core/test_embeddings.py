@@ -113,6 +113,37 @@ def test_store_of_another_model_or_preprocessing_is_refused(volume, tmp_path):
     assert sorted(p.name for p in store.iterdir()) == files  # the store was not touched
 
 
+def test_a_store_is_not_shared_between_float32_and_an_opted_in_low_precision(volume, tmp_path, monkeypatch):
+    """A bf16 session's embeddings differ from float32's (masks move): a store made by one is refused
+    to the other, both ways, and a float32 key is the same as before the precision field existed."""
+    from medsam_core import backends
+    from medsam_core.embeddings import EmbeddingKey
+
+    f32_key = EmbeddingKey("img", "enc", "pre")
+    assert "precision" not in f32_key.signature  # float32 stores made before stay readable
+    assert EmbeddingKey("img", "enc", "pre", "bf16").digest != f32_key.digest
+    vol, _ = volume
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv("MEDSAM_ENCODER_PRECISION", raising=False)
+    for first, second in (("f32", "bf16"), ("bf16", "f32")):
+        store = tmp_path / f"made-{first}"
+        monkeypatch.setenv("MEDSAM_ENCODER_PRECISION", first)
+        maker = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store))
+        assert maker.encoder_precision == first
+        list(embed_volume(maker, vol[6:10]))
+        monkeypatch.setenv("MEDSAM_ENCODER_PRECISION", second)
+        reader = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store))
+        assert reader.encoder_precision == second
+        with pytest.raises(CacheMismatchError, match="precision"):
+            list(embed_volume(reader, vol[6:10]))
+        assert reader.encoder_calls == 0
+    monkeypatch.setenv("MEDSAM_ENCODER_PRECISION", "bf16")
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)  # asked for, not native: f32 runs
+    assert Predictor(fake_model()).encoder_precision == "f32"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    assert Predictor(fake_model(), encoder_backend="torch").encoder_precision == "f32"
+
+
 def test_memory_bound_is_checked_before_work(volume):
     vol, _ = volume
     small = Predictor(fake_model(), cache=EmbeddingCache(max_bytes=3 * 256 * 64 * 64 * 4))
