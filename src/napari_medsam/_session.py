@@ -34,6 +34,12 @@ LABELS = "MedSAM labels"
 __all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
 
 
+def _raw(layer):
+    """The layer itself: napari hands plugins a viewer whose layers come wrapped in a new proxy at
+    each access (``PublicOnlyProxy``), so two handles on one layer are ``==`` but not ``is``."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 class Session(SettingsActions, PromptActions, History):
     """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``).
 
@@ -67,6 +73,9 @@ class Session(SettingsActions, PromptActions, History):
         self.on_undo: Callable | None = None
         self.new_kind, self.new_source = "box", None  # what the next new box-layer objects come from
         self.imports = ImportActions(self)  # objects of the labels layer no prompt made: adopted when prompted
+        # Each image's own labels layer: id(image layer) -> (image layer, labels layer). Going back to
+        # an image writes into its labels again; another image never writes into them.
+        self._labels_by_image: dict[int, tuple] = {}
 
     @contextmanager
     def making(self, kind: str, source=None):
@@ -154,9 +163,11 @@ class Session(SettingsActions, PromptActions, History):
             L.check_labels_fit(labels_layer, layer, self.settings.channel_axis)
             check_slide_labels(labels_layer, layer, self.settings.channel_axis)
         self._disconnect()
+        kept = self._fitting_labels(layer)  # before image_layer changes: the same image keeps its labels
         self.image_layer, self.objects, self.history = layer, {}, []
         self.imports.reset()
-        self.labels_layer = labels_layer or self._fitting_labels() or self.imports.imported_layer() or self._new_labels()
+        self.labels_layer = labels_layer or kept or self.imports.imported_layer() or self._new_labels()
+        self._labels_by_image[id(_raw(layer))] = (_raw(layer), self.labels_layer)
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
             self.viewer.layers.remove(polygons)
@@ -174,6 +185,7 @@ class Session(SettingsActions, PromptActions, History):
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
+        self._labels_by_image[id(_raw(self.image_layer))] = (_raw(self.image_layer), labels_layer)
         self.imports.reset()
         with self.quiet():
             for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
@@ -192,12 +204,19 @@ class Session(SettingsActions, PromptActions, History):
         img = self.image_layer
         return {"ndim": img.ndim, "scale": img.scale, "translate": img.translate}
 
-    def _fitting_labels(self):
-        lab = self.labels_layer
+    def _fitting_labels(self, layer):
+        """The labels layer image ``layer`` had in this session (the current one when ``layer`` is
+        the current image, e.g. chosen again or its channel axis changed), if still open and still
+        fitting. A different image never gets another image's labels: its masks would mix with
+        theirs in one layer, under the new image where nobody sees them."""
+        lab = self.labels_layer if _raw(layer) is _raw(self.image_layer) else None
+        if lab is None:
+            known = self._labels_by_image.get(id(_raw(layer)))
+            lab = known[1] if known is not None and known[0] is _raw(layer) else None
         if lab is not None and lab in self.viewer.layers:
             try:
-                L.check_labels_fit(lab, self.image_layer, self.settings.channel_axis)
-                check_slide_labels(lab, self.image_layer, self.settings.channel_axis)
+                L.check_labels_fit(lab, layer, self.settings.channel_axis)
+                check_slide_labels(lab, layer, self.settings.channel_axis)
                 return lab
             except MedSAMError:
                 return None
@@ -220,8 +239,14 @@ class Session(SettingsActions, PromptActions, History):
     def _new_labels(self):
         shape, scale, translate = L.labels_geometry(self.image_layer, self.settings.channel_axis)
         if self._is_slide():  # labels on disk, chunk by chunk
-            return new_slide_labels(self.viewer, LABELS, shape, scale, translate, self.on_status)
-        return self.viewer.add_labels(np.zeros(shape, np.int32), name=LABELS, scale=scale, translate=translate)
+            return new_slide_labels(self.viewer, self._labels_name(), shape, scale, translate, self.on_status)
+        return self.viewer.add_labels(np.zeros(shape, np.int32), name=self._labels_name(), scale=scale,
+                                      translate=translate)
+
+    def _labels_name(self) -> str:
+        """"MedSAM labels"; when that name is taken (another image's labels), "MedSAM labels (<image>)"."""
+        taken = {ly.name for ly in self.viewer.layers}
+        return LABELS if LABELS not in taken else f"{LABELS} ({self.image_layer.name})"
 
     def _disconnect(self) -> None:
         if self.shapes_layer is not None:

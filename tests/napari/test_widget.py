@@ -246,3 +246,53 @@ def test_model_line_tells_a_pending_fast_encoder(open_widget, monkeypatch):
     state["value"] = "openvino bf16"  # MEDSAM_ENCODER_PRECISION=bf16: the user sees it
     widget.show_status("MedSAM: ready")
     assert widget.device_label.text() == "lite_medsam on cpu; encoder: OpenVINO bf16"
+
+
+def test_another_image_gets_its_own_labels_and_going_back_finds_the_first(open_widget, qtbot, dsb2018):
+    """Two images of the same shape: picking the second in **Image** gives it a new labels layer above
+    it (before, the first image's labels were reused: the second image's masks went into them, under
+    the second image where nobody saw them); going back writes into the first image's labels again."""
+    from .person import drag_box
+
+    image, ref = dsb2018
+    viewer, widget = open_widget(show=True)
+    viewer.add_image(image, name="first")
+    s = widget.session
+    widget.wait(WAIT)
+    first_labels = s.labels_layer
+    a, b = nuclei(ref, 2)
+    drag_box(viewer, qtbot, ref_box(ref, a))
+    widget.wait(WAIT)
+    assert set(np.unique(first_labels.data)) == {0, 1}
+    assert dice(np.asarray(first_labels.data) == 1, ref == a) > 0.8
+    kept = np.asarray(first_labels.data).copy()
+    viewer.add_image(image[::-1].copy(), name="second")
+    assert s.image_layer.name == "first"  # a new layer does not take the widget's image away
+
+    def choose(name):  # the person picks an item in the Image drop-down
+        combo = widget.image_combo
+        combo.setCurrentIndex(combo.findText(name))
+        combo.activated.emit(combo.currentIndex())
+        widget.wait(WAIT)
+
+    choose("second")
+    assert widget.last_error is None and s.image_layer.name == "second"
+    second_labels = s.labels_layer
+    assert second_labels is not first_labels and second_labels.name == "MedSAM labels (second)"
+    assert viewer.layers.index(second_labels) > viewer.layers.index(viewer.layers["second"])  # seen
+    assert widget.labels_combo.currentText() == "MedSAM labels (second)"
+    drag_box(viewer, qtbot, ref_box(ref[::-1], b))
+    widget.wait(WAIT)
+    assert set(np.unique(second_labels.data)) == {0, 1}
+    assert dice(np.asarray(second_labels.data) == 1, ref[::-1] == b) > 0.8
+    np.testing.assert_array_equal(first_labels.data, kept)  # the first image's labels untouched
+
+    choose("first")
+    assert s.labels_layer is first_labels and widget.labels_combo.currentText() == "MedSAM labels"
+    choose("first")  # chosen again: still its labels
+    assert s.labels_layer is first_labels
+    viewer.layers.selection.active = s.shapes_layer
+    s.shapes_layer.mode = "add_rectangle"
+    drag_box(viewer, qtbot, ref_box(ref, b))
+    widget.wait(WAIT)
+    assert set(np.unique(first_labels.data)) == {0, 1, 2} and np.array_equal(second_labels.data == 1, second_labels.data > 0)
