@@ -94,3 +94,38 @@ def test_cancel_in_a_plain_script_is_not_an_error(tmp_path):
     assert proc.returncode == 0, tail  # was 134 (abort) or a traceback for a user's Cancel
     assert "CLEAN EXIT" in proc.stdout, tail
     assert "Traceback" not in proc.stderr, tail
+
+
+ENDS_WHILE_ENCODING = textwrap.dedent(
+    r"""
+    import sys
+    import numpy as np
+    import napari
+
+    viewer = napari.Viewer(show=False)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM")
+    widget.wait(300_000)  # the model
+    viewer.add_image(np.random.default_rng(0).random((300, 300)).astype(np.float32), name="a")
+    assert widget.runner.busy, "the widget should be encoding the new image in a worker"
+    if sys.argv[1] == "close":
+        viewer.close()
+    print("SCRIPT END", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["close", "exit"])
+def test_a_script_that_ends_while_the_widget_encodes_exits_cleanly(tmp_path, ending):
+    """A batch script that adds an image and then closes the viewer (or just ends) while the widget
+    still encodes in a worker: the worker's signals were deleted under it and Python aborted (exit
+    134, "wrapped C/C++ object of type WorkerBaseSignals has been deleted"). Now the running tasks
+    are cancelled and their threads waited for at exit."""
+    script = tmp_path / "ends_while_encoding.py"
+    script.write_text(ENDS_WHILE_ENCODING)
+    env = dict(os.environ, MEDSAM_SYNC_WORKERS="0", MEDSAM_ENCODER_BACKEND="torch", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), ending], capture_output=True, text=True, env=env,
+                          timeout=600)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert "SCRIPT END" in proc.stdout, tail
+    assert "WorkerBaseSignals" not in proc.stderr and "Traceback" not in proc.stderr, tail
