@@ -167,6 +167,7 @@ class Session(SettingsActions, PromptActions, History):
         self.image_layer, self.objects, self.history = layer, {}, []
         self.imports.reset()
         self.labels_layer = labels_layer or kept or self.imports.imported_layer() or self._new_labels()
+        self._labels_by_image = {k: v for k, v in self._labels_by_image.items() if v[0] in self.viewer.layers}
         self._labels_by_image[id(_raw(layer))] = (_raw(layer), self.labels_layer)
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
