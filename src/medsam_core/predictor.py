@@ -60,6 +60,11 @@ class Prediction(tuple):
         return obj
 
 
+def _autocast_name(dtype) -> str:
+    """torch.bfloat16 -> "cuda-bfloat16"; None (no autocast) -> "f32"."""
+    return "f32" if dtype is None else "cuda-" + str(dtype).removeprefix("torch.")
+
+
 class Predictor:
     """Box/point-prompted segmentation of one image at a time.
 
@@ -121,11 +126,17 @@ class Predictor:
         "f32", or a low precision the user opted into ($MEDSAM_ENCODER_PRECISION, or a backend
         instance such as an int8 engine). A float32 session never reads a bf16 session's embeddings
         from a shared store (their masks differ). Images the eager encoder serves while the engine
-        is built are float32 under the low precision's key: more exact than asked, never less."""
+        is built are float32 under the low precision's key: more exact than asked, never less.
+        On a GPU the eager encoder runs under autocast: "cuda-bfloat16" or "cuda-float16", so a store
+        shared with a CPU machine is not mixed either."""
         if self._precision is None:
             choice = self._backend_choice
-            if isinstance(choice, EncoderBackend):
+            if isinstance(choice, backends.TorchEncoder):
+                self._precision = _autocast_name(choice.autocast_dtype())
+            elif isinstance(choice, EncoderBackend):
                 self._precision = str(choice.info.get("precision", "f32"))
+            elif self.device.type != "cpu":  # eager on the model's device, whatever was asked for
+                self._precision = _autocast_name(backends.TorchEncoder(self.model).autocast_dtype())
             elif (choice or os.environ.get("MEDSAM_ENCODER_BACKEND") or "auto").lower() == "torch":
                 self._precision = "f32"
             else:

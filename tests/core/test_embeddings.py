@@ -144,6 +144,26 @@ def test_a_store_is_not_shared_between_float32_and_an_opted_in_low_precision(vol
     assert Predictor(fake_model(), encoder_backend="torch").encoder_precision == "f32"
 
 
+def test_a_gpu_session_under_autocast_has_its_own_embedding_keys(monkeypatch):
+    """On CUDA the eager encoder runs under autocast (bf16 or f16): its embeddings are not float32's,
+    so its keys say so (the CUDA device and autocast are stood in for: no GPU here)."""
+    import torch
+
+    from medsam_core import backends
+
+    image = np.zeros((32, 32), np.float32)
+    cpu = Predictor(fake_model())
+    assert cpu.encoder_precision == "f32"
+    monkeypatch.setattr(Predictor, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(backends.TorchEncoder, "autocast_dtype", lambda self: torch.bfloat16)
+    gpu = Predictor(fake_model())
+    assert gpu.encoder_precision == "cuda-bfloat16"
+    assert gpu.key_for(image).digest != cpu.key_for(image).digest
+    monkeypatch.setattr(backends.TorchEncoder, "autocast_dtype", lambda self: None)  # autocast="off"
+    assert Predictor(fake_model()).encoder_precision == "f32"
+    assert Predictor(fake_model(), encoder_backend=backends.TorchEncoder(fake_model())).encoder_precision == "f32"
+
+
 def test_memory_bound_is_checked_before_work(volume):
     vol, _ = volume
     small = Predictor(fake_model(), cache=EmbeddingCache(max_bytes=3 * 256 * 64 * 64 * 4))
