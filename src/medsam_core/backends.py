@@ -348,25 +348,32 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX), as OpenVINO reports it."""
+def _cpu_has(capability: str) -> bool:
+    """True when OpenVINO lists ``capability`` ("BF16", "FP16") among the CPU's optimisation capabilities."""
     try:
         ov = import_openvino()
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no openvino, or a plugin without the property
         return False
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX), as OpenVINO reports it."""
+    return _cpu_has("BF16")
 
 
 def cpu_has_f16() -> bool:
     """True when the CPU computes float16 natively (AVX512_FP16 or AMX_FP16), as OpenVINO reports it."""
-    try:
-        ov = import_openvino()
-        return "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # no openvino, or a plugin without the property
-        return False
+    return _cpu_has("FP16")
 
 
-_NATIVE = {"bf16": lambda: cpu_has_bf16(), "f16": lambda: cpu_has_f16()}  # late-bound: tests patch them
+def _is_native(precision: str) -> bool:
+    """False for a low precision this CPU does not compute natively (f32 is always native)."""
+    if precision == "bf16":
+        return cpu_has_bf16()
+    if precision == "f16":
+        return cpu_has_f16()
+    return True
 
 
 def _precision_setting(precision: str | None) -> str:
@@ -386,16 +393,14 @@ def requested_precision() -> str:
     lacks the low precision natively. No warning (``make_encoder_backend`` gives it). Part of every
     embedding key (``Predictor.encoder_precision``)."""
     precision = _precision_setting(None)
-    native = _NATIVE.get(precision)
-    return precision if native is None or native() else "f32"
+    return precision if _is_native(precision) else "f32"
 
 
 def _native_or_f32(precision: str) -> str:
     """``precision``, or "f32" with a warning where the CPU lacks it natively: OpenVINO then
     computes in float32 anyway (measured for bf16 on an AVX2-only EPYC: the same numbers and time
     as f32), and a second export under the low precision's name would only cost disk and a build."""
-    native = _NATIVE.get(precision)
-    if native is None or native():
+    if _is_native(precision):
         return precision
     warnings.warn(f"encoder precision {precision!r} was asked for (MEDSAM_ENCODER_PRECISION or precision=), "
                   f"but this CPU does not compute {precision} natively: using f32", RuntimeWarning, stacklevel=3)

@@ -18,6 +18,7 @@ calls run inline, for scripts and tests without a Qt event loop.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -27,11 +28,11 @@ from medsam_core.errors import CancelledError
 
 _CANCELLED = object()  # returned by a cancelled job in place of its result (never an exception)
 
-# Every running worker, whatever became of its Runner or widget: a worker whose Python object is
-# collected while its thread runs (the viewer closed, the script ended) has its signals deleted
-# under it, and its last emit aborts the interpreter (exit 134). At exit, ``_stop_all`` cancels
-# them and waits for their threads.
-_LIVE: dict[int, tuple] = {}  # id(worker) -> (worker, task)
+# Every running task, whatever became of its Runner or widget (``task.worker`` keeps the worker
+# alive): a worker whose Python object is collected while its thread runs (the viewer closed, the
+# script ended) has its signals deleted under it, and its last emit aborts the interpreter (exit
+# 134). At exit, ``_stop_all`` cancels them and waits for their threads.
+_LIVE: dict[int, Task] = {}  # id(task) -> task
 _EXIT_WAIT_MS = 30_000
 
 
@@ -39,11 +40,10 @@ def _stop_all() -> None:
     """atexit: cancel every running task and wait (bounded) for the worker threads to end."""
     if not _LIVE:
         return
-    for _worker, task in list(_LIVE.values()):
-        task.cancel_event.set()  # checked by the jobs; a generator also stops between yields
+    for task in list(_LIVE.values()):
         try:
-            _worker.quit()
-        except (AttributeError, RuntimeError):
+            task.cancel()
+        except RuntimeError:  # its Qt object is already gone
             pass
     try:
         from qtpy.QtCore import QThreadPool
@@ -53,12 +53,7 @@ def _stop_all() -> None:
         pass
 
 
-def _register_exit_hook() -> None:
-    import atexit
-
-    if not getattr(_register_exit_hook, "done", False):
-        atexit.register(_stop_all)
-        _register_exit_hook.done = True
+atexit.register(_stop_all)
 
 
 class Task:
@@ -190,14 +185,13 @@ class Runner:
         task.worker = worker
         self._running.add(worker)
         self.tasks.append(task)
-        _LIVE[id(worker)] = (worker, task)
-        _register_exit_hook()
+        _LIVE[id(task)] = task
 
         def returned(result):
             self._call(lambda r: self._finish(task, r, on_done, on_error, on_cancel), result, on_error)
 
         def finished():
-            _LIVE.pop(id(worker), None)
+            _LIVE.pop(id(task), None)
             self._running.discard(worker)
             if task in self.tasks:
                 self.tasks.remove(task)
