@@ -23,6 +23,12 @@ from medsam_core.errors import ImageError, PromptError
 MAX_PLANE_PIXELS = 16384 * 16384
 
 
+def raw_layer(layer):
+    """The layer itself: napari hands plugins a viewer whose layers come wrapped in a new proxy at
+    each access (``PublicOnlyProxy``), so two handles on one layer are ``==`` but not ``is``."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 @dataclass(frozen=True)
 class Plane:
     """One 2D slice of an image layer: rows/cols axes and the positions of the other axes."""

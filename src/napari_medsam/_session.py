@@ -34,12 +34,6 @@ LABELS = "MedSAM labels"
 __all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
 
 
-def _raw(layer):
-    """The layer itself: napari hands plugins a viewer whose layers come wrapped in a new proxy at
-    each access (``PublicOnlyProxy``), so two handles on one layer are ``==`` but not ``is``."""
-    return getattr(layer, "__wrapped__", layer)
-
-
 class Session(SettingsActions, PromptActions, History):
     """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``).
 
@@ -168,7 +162,7 @@ class Session(SettingsActions, PromptActions, History):
         self.imports.reset()
         self.labels_layer = labels_layer or kept or self.imports.imported_layer() or self._new_labels()
         self._labels_by_image = {k: v for k, v in self._labels_by_image.items() if v[0] in self.viewer.layers}
-        self._labels_by_image[id(_raw(layer))] = (_raw(layer), self.labels_layer)
+        self._labels_by_image[id(L.raw_layer(layer))] = (L.raw_layer(layer), self.labels_layer)
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
             self.viewer.layers.remove(polygons)
@@ -186,7 +180,7 @@ class Session(SettingsActions, PromptActions, History):
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
-        self._labels_by_image[id(_raw(self.image_layer))] = (_raw(self.image_layer), labels_layer)
+        self._labels_by_image[id(L.raw_layer(self.image_layer))] = (L.raw_layer(self.image_layer), labels_layer)
         self.imports.reset()
         with self.quiet():
             for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
@@ -210,10 +204,10 @@ class Session(SettingsActions, PromptActions, History):
         the current image, e.g. chosen again or its channel axis changed), if still open and still
         fitting. A different image never gets another image's labels: its masks would mix with
         theirs in one layer, under the new image where nobody sees them."""
-        lab = self.labels_layer if _raw(layer) is _raw(self.image_layer) else None
+        lab = self.labels_layer if L.raw_layer(layer) is L.raw_layer(self.image_layer) else None
         if lab is None:
-            known = self._labels_by_image.get(id(_raw(layer)))
-            lab = known[1] if known is not None and known[0] is _raw(layer) else None
+            known = self._labels_by_image.get(id(L.raw_layer(layer)))
+            lab = known[1] if known is not None and known[0] is L.raw_layer(layer) else None
         if lab is not None and lab in self.viewer.layers:
             try:
                 L.check_labels_fit(lab, layer, self.settings.channel_axis)

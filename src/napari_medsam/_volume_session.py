@@ -63,6 +63,11 @@ class VolumeJob:
     added: bool = False  # the rectangle was added by a script: removed again on cancel/error
     start: tuple[int, np.ndarray] | None = None  # (slice, box) the walk starts from, if not the rectangle's
     previous: WalkResult | None = None  # the object's last walk: a key box re-walks only its side
+    # what the run was started on (set by segment_3d); the result is written only where they still are
+    image: object = None
+    labels: object = None
+    shapes: object = None
+    vertices: np.ndarray | None = None  # the rectangle's vertices: finds it again if boxes before it went
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,8 @@ class VolumeActions(RecistLines):
         volume = np.ascontiguousarray(np.transpose(np.asarray(img), job.perm))
         spacing = tuple(float(s.image_layer.scale[a]) for a in job.perm)
         z, box = job.start if job.start is not None else (job.plane.index[0][1], job.box)
+        job.image, job.labels, job.shapes = (L.raw_layer(x) for x in (s.image_layer, s.labels_layer, s.shapes_layer))
+        job.vertices = np.array(s.shapes_layer.data[job.shape], copy=True)
         self._job, self.cancel_event = job, threading.Event()
         self.seconds_left = self.walk_step = None
         s.on_status(f"MedSAM: segmenting object {job.owner} in 3D from slice {z}...")
@@ -306,8 +313,9 @@ class VolumeActions(RecistLines):
 
     def _on_error(self, exc: Exception) -> None:
         job, self._job, self.cancel_event = self._job, None, None
-        if job is not None and job.added:
-            self._remove_shape(job.shape)
+        if job is not None and job.added and job.vertices is not None \
+                and (k := self._find_rectangle(job)) is not None:
+            self._remove_shape(k)
         if isinstance(exc, CancelledError):
             what = "3D run" if job is not None else "precompute"  # precompute runs without a job
             self.s.on_status(f"MedSAM: {what} cancelled; nothing was changed")
@@ -326,9 +334,50 @@ class VolumeActions(RecistLines):
             shapes.selected_data = {i}
             shapes.remove_selected()
 
+    def _find_rectangle(self, job: VolumeJob) -> int | None:
+        """Where the run's rectangle is now in the prompt layer (boxes before it may have been
+        deleted during the run), or None if it is gone or was moved."""
+        shapes = self.s.shapes_layer
+        if shapes is None or L.raw_layer(shapes) is not job.shapes:
+            return None
+        order = [job.shape] + [k for k in range(shapes.nshapes) if k != job.shape]
+        for k in order:
+            if k < shapes.nshapes and shapes.shape_type[k] == "rectangle" \
+                    and np.shape(shapes.data[k]) == job.vertices.shape and np.allclose(shapes.data[k], job.vertices):
+                return k
+        return None
+
+    def _changed_since_start(self, job: VolumeJob) -> str | None:
+        """Why the finished walk of ``job`` can no longer be written (None: it can). The walk took
+        seconds to minutes; the user may have switched images, removed the labels layer or moved
+        or deleted the box meanwhile, and the labels, objects and undo history it would be
+        written against are then another's."""
+        s = self.s
+        image = getattr(job.image, "name", "?")
+        if L.raw_layer(s.image_layer) is not job.image or job.image not in s.viewer.layers:
+            return (f"the image changed during the run (it was {image!r}); pick {image!r} again and rerun "
+                    "Segment in 3D (its slices stay encoded, so it is quicker)")
+        labels = getattr(job.labels, "name", "?")
+        if L.raw_layer(s.labels_layer) is not job.labels or job.labels not in s.viewer.layers:
+            return (f"the labels layer {labels!r} was removed or replaced during the run; rerun Segment in 3D "
+                    "to write the object into the current labels layer")
+        where = self._find_rectangle(job)
+        if where is None:
+            return "its box was moved or deleted during the run; select the box and rerun Segment in 3D"
+        job.shape = where
+        return None
+
     def _on_3d_done(self, result: WalkResult) -> None:
         job, self._job, self.cancel_event = self._job, None, None
         s = self.s
+        why = self._changed_since_start(job)
+        if why is not None:
+            if job.added and (k := self._find_rectangle(job)) is not None:
+                self._remove_shape(k)
+            self.on_finished("error")
+            s.on_status(f"MedSAM: 3D object {job.owner} was not written: nothing was changed")
+            s.on_error(MedSAMError(f"3D object {job.owner} was not written: {why}"))
+            return
         out = result.volume()
         mask = np.transpose(out, np.argsort(job.perm))
         before = np.asarray(s.labels_layer.data)

@@ -147,6 +147,58 @@ def test_synthetic_ball_stops_shown_with_go_to_buttons(open_widget):
         assert viewer.dims.current_step[0] == stops[d].slice
 
 
+@pytest.mark.parametrize("edit", ["delete an earlier box", "remove the labels layer", "pick another image"])
+def test_edits_during_a_walk_never_write_it_against_other_boxes_or_layers(open_widget, edit):
+    """A walk takes seconds to minutes; meanwhile a person may delete another box, remove the labels
+    layer or pick another image. The finished walk lands on its own box (the other objects keep
+    their ids), or is not written at all, with a message saying why and what to do."""
+    zz, yy, xx = np.ogrid[:9, :64, :128]
+    a = ((zz - 4) / 3.5) ** 2 + ((yy - 32) / 12) ** 2 + ((xx - 32) / 12) ** 2 <= 1
+    b = ((zz - 4) / 3.5) ** 2 + ((yy - 32) / 12) ** 2 + ((xx - 96) / 12) ** 2 <= 1
+    vol = np.where(a | b, 1800, 300).astype(np.uint16)
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    image = viewer.add_image(vol, name="balls")
+    other = viewer.add_image(vol[:, :, ::-1].copy(), name="other")
+    widget.set_image_layer(image)
+    labels = widget.labels_layer
+    widget.shapes_layer.add([rect(ref_box(a[4], True), (4,)), rect(ref_box(b[4], True), (4,))],
+                            shape_type="rectangle")  # two 2D objects on slice 4: ids 1 (a) and 2 (b)
+    assert widget.shapes_layer.features["label_id"].tolist() == [1, 2]
+    progress = widget.volume.on_progress
+
+    def interfere(done, total):  # the person acts while the walk runs (after its first slice)
+        progress(done, total)
+        if done == 1:
+            if edit == "delete an earlier box":
+                widget.shapes_layer.selected_data = {0}
+                widget.shapes_layer.remove_selected()  # object 1 goes; the walked box moves to index 0
+            elif edit == "remove the labels layer":
+                viewer.layers.remove(labels)
+            else:
+                widget.set_image_layer(other)
+
+    widget.volume.on_progress = interfere
+    widget.shapes_layer.selected_data = {1}
+    widget.segment_3d()  # object 2 (ball b) through the stack
+    if edit == "delete an earlier box":
+        assert widget.shapes_layer.features["label_id"].tolist() == [2]
+        assert set(np.unique(labels.data)) == {0, 2}  # object 1 went with its box; b is now 3D
+        assert dice(labels.data == 2, b) >= 0.8
+        assert (labels.data == 2).any(axis=(1, 2)).sum() >= 5
+        assert widget.last_error is None
+        return
+    assert "was not written" in widget.last_error
+    if edit == "remove the labels layer":
+        assert "labels layer 'MedSAM labels' was removed" in widget.last_error
+        assert labels not in viewer.layers and (labels.data == 2).any(axis=(1, 2)).sum() == 1  # not written
+    else:
+        assert "pick 'balls' again" in widget.last_error
+        assert (labels.data == 2).any(axis=(1, 2)).sum() == 1  # the first image's labels: only the 2D box
+        assert not widget.labels_layer.data.any() and widget.session.history == []
+    assert not widget.volume.running and widget.volume_panel.segment_btn.isEnabled()
+
+
 def test_2d_box_on_a_slice_takes_the_volume_window_and_the_walks_embedding(open_widget, stack):
     """A box drawn on one slice of a 3D image is normalised with the volume's window, as the 3D walk
     and "Precompute all slices" are (MedSAM's rule for 3D data): after a walk, a 2D box on a walked
