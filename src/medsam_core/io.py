@@ -234,6 +234,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise ImageError(f"{path} is not a NIfTI-1/2 image")
     data = np.asanyarray(img.dataobj)
     zooms = [float(z) for z in img.header.get_zooms()]
+    while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1): one time point, as converters write it
+        data = data[..., 0]
     if data.ndim == 3 and data.shape[2] == 1:  # a 2D image stored as (x, y, 1)
         data = data[..., 0]
     n_spatial = min(data.ndim, 3)
@@ -389,7 +391,8 @@ def _write_nifti(tmp: str, arr: np.ndarray, spacing: tuple[float, ...], meta: Im
     if meta is not None and meta.affine is not None:
         affine = np.asarray(meta.affine, float)
     else:  # no orientation known: axis-aligned voxels of the given spacing
-        affine = np.diag([*reversed(tuple(spacing) + (1.0,) * (3 - len(spacing))), 1.0])
+        zyx = (1.0,) * (3 - len(spacing)) + tuple(spacing)  # a 2D (y, x) spacing is one slice of 1
+        affine = np.diag([*reversed(zyx), 1.0])
     data = arr.T if arr.ndim == 3 else arr.T[..., None]  # (z, y, x) -> (x, y, z)
     image_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = image_cls(np.asarray(data), affine, header=header)

@@ -128,6 +128,25 @@ def test_nifti_labels_via_meta_dict_and_without_meta(tmp_path):
     np.testing.assert_allclose(np.diag(nib.load(plain).affine), [0.25, 0.5, 2.0, 1.0])
 
 
+def test_2d_nifti_labels_keep_their_spacing_on_the_right_axes(tmp_path):
+    """2D (Y, X) labels with spacing (0.5, 0.25) are x = 0.25, y = 0.5 in the file, and read back so."""
+    lab = labels_like((12, 10))
+    out = write_labels(tmp_path / "l2.nii.gz", lab, ImageMeta(spacing=(0.5, 0.25), axes="YX"))
+    img = nib.load(out)
+    assert img.shape == (10, 12, 1) and img.header.get_zooms()[:2] == (0.25, 0.5)
+    data, meta = read_image(out)
+    np.testing.assert_array_equal(data, lab)
+    assert meta.spacing == (0.5, 0.25)
+
+
+def test_nifti_with_one_time_point_reads_as_a_volume(tmp_path):
+    vol = volume((8, 6, 4))
+    nib.save(nib.Nifti1Image(vol[..., None], oblique_affine()), tmp_path / "t1.nii.gz")  # (x, y, z, 1)
+    data, meta = read_image(tmp_path / "t1.nii.gz")
+    np.testing.assert_array_equal(data, vol.T)
+    assert meta.axes == "ZYX" and len(meta.spacing) == 3
+
+
 def test_labels_must_match_image_shape(tmp_path):
     meta = ImageMeta(spacing=(1.0, 1.0), axes="YX", shape=(10, 10))
     with pytest.raises(ImageError, match="do not match"):
