@@ -181,9 +181,10 @@ def intensity_to_255(image: np.ndarray, intensity: Intensity | None = None) -> n
 
 
 def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side = target, rounded half up (as LiteMedSAM does)."""
+    """(new_h, new_w) with the longest side = target, rounded half up (as LiteMedSAM does); a side
+    never shrinks below one pixel (an image over 512 times longer than wide, e.g. a kymograph)."""
     scale = target / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
 
 
 def area_weights(old: int, new: int, shrink: bool | None = None) -> np.ndarray:

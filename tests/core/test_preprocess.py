@@ -44,6 +44,16 @@ def test_longest_side_rounds_half_up():
     assert longest_side_size(512, 512, 256) == (256, 256)
     assert longest_side_size(300, 451, 256) == (170, 256)  # 300 * 256 / 451 = 170.29
     assert longest_side_size(3, 1000, 256) == (1, 256)
+    assert longest_side_size(3, 2000, 256) == (1, 256)  # 0.38 rounds to 0: still one row
+
+
+def test_an_image_over_512_times_longer_than_wide_is_prepared():
+    for shape in ((5, 3000), (3000, 3)):
+        img = np.zeros(shape, np.uint8)
+        img[1000:1600] = 200
+        img[:, 1000:1600] = 200
+        prep = prepare_image(img, LITE)
+        assert tuple(prep.resized_size) == longest_side_size(*shape, 256) and np.isfinite(prep.tensor).all()
 
 
 def test_prepare_image_pads_bottom_right_and_normalises():
