@@ -27,6 +27,7 @@ the threshold comes from benchmarks/bench_roi.py (see docs/benchmarks.md, "Batch
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -233,9 +234,16 @@ def _decode_on(predictor, image, window, boxes: np.ndarray, intensity: Intensity
                roi: bool, chunk: int = DECODE_CHUNK) -> list[BoxMask]:
     """Encode ``image[window]`` (through the predictor's cache) and decode image-pixel ``boxes`` on it."""
     y0, y1, x0, x1 = window
-    predictor.set_image(read_crop(image, window), intensity=intensity, channel=channel)
+    crop = read_crop(image, window)
     margin = box_margin(predictor.spec.preprocessing, (y1 - y0, x1 - x0))
     local = boxes - np.array([x0, y0, x0, y0], np.float64)
+    if np.size(crop) and np.min(crop) == np.max(crop):  # e.g. zero padding, an empty slice of a stack
+        warnings.warn(f"{len(boxes)} box(es) lie on a blank area (every pixel = {np.min(crop):g} in the "
+                      f"{'crop around them' if roi else 'image or slice'}): nothing to segment there, their "
+                      "masks are empty", stacklevel=3)
+        empty = np.zeros((y1 - y0, x1 - x0), bool)
+        return [_box_mask(empty, 0.0, b, (y0, x0), margin, clip, roi) for b in local]
+    predictor.set_image(crop, intensity=intensity, channel=channel)
     out = []
     for s in range(0, len(local), chunk):  # bounded memory: each mask is image-sized until sliced
         masks, scores = predictor.predict(boxes=local[s : s + chunk])

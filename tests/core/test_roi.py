@@ -373,6 +373,25 @@ def test_segment_boxes_routes_through_predict_boxes_with_roi_option():
     assert (whole == 1).sum() == 80 * 80  # the raw (bled) mask, kept on request
 
 
+def test_a_box_on_blank_padding_or_an_empty_slice_gets_an_empty_mask_and_a_note():
+    """Zero padding around a real image, or an empty slice of a stack, is not "a constant image": the
+    boxes there get empty masks and a warning; every other box is segmented as before."""
+    from medsam_core.segment import segment_boxes
+
+    image = np.zeros((1024, 1024), np.uint16)
+    image[:512, :512] = ramp((512, 512))
+    boxes = np.array([[100, 100, 119, 119], [300, 300, 330, 330], [800, 800, 830, 830]], float)
+    pred = BoxFillPredictor()
+    with pytest.warns(UserWarning, match=r"1 box\(es\) lie on a blank area \(every pixel = 0"):
+        labels = segment_boxes(pred, image, boxes)
+    assert [int((labels == k).sum()) for k in (1, 2, 3)] == [20 * 20, 31 * 31, 0]
+    assert len(pred.shapes) == 2  # the blank crop was never encoded
+    stack = np.stack([np.zeros((64, 64), np.uint16), ramp((64, 64))])
+    with pytest.warns(UserWarning, match="blank area"):
+        labels = segment_boxes(BoxFillPredictor(), stack, np.array([[10, 10, 40, 40]] * 2, float), z=[0, 1])
+    assert not labels[0].any() and (labels[1] == 2).sum() == 31 * 31
+
+
 @pytest.mark.slow
 def test_predict_boxes_real_model_caches_whole_image_and_crops(lite_model, dsb2018):
     from medsam_core import Predictor, predict_boxes
