@@ -96,7 +96,8 @@ class BatchReport:
 class BoxSource:
     """Boxes per image from ``boxes`` (CSV file or folder of CSVs) or ``labels`` (folder of label images)."""
 
-    def __init__(self, images: list[Path], boxes=None, labels=None, margin: float = 0.0):
+    def __init__(self, images: list[Path], boxes=None, labels=None, margin: float = 0.0,
+                 skipped: list[str] | tuple[str, ...] = ()):
         if (boxes is None) == (labels is None):
             raise PromptError("give boxes (a CSV file or a folder of CSVs) or boxes_from_labels (a folder), not both")
         self.margin = float(margin)
@@ -116,7 +117,7 @@ class BoxSource:
         if path.is_dir():
             self.folder = path
         elif path.is_file():
-            self.table = read_table(path, [p.name for p in images])
+            self.table = read_table(path, [p.name for p in images], skipped)
         else:
             raise PromptError(f"boxes {path} is neither a CSV file nor a folder of CSVs (check the path)")
 
@@ -310,7 +311,10 @@ def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: floa
     _refuse_shared_stems(files)
     outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
     _check_outputs_are_not_inputs(outputs)
-    source = boxes if getattr(boxes, "automatic", False) else BoxSource(files, boxes, boxes_from_labels, margin)
+    # files --pattern left out: a boxes CSV for the whole folder may name them (rows ignored)
+    skipped = [p.name for p in Path(images).expanduser().iterdir() if p not in set(files)] if patterns else ()
+    source = boxes if getattr(boxes, "automatic", False) else BoxSource(files, boxes, boxes_from_labels, margin,
+                                                                          skipped)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out)  # temp files of a run killed earlier (ours only, old)
     return files, out, outputs, source

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError, PromptError
-from .segment import BOX_COLUMNS, read_boxes_csv
+from .segment import BOX_COLUMNS, read_boxes_csv, slice_index
 from .series import split_name
 
 SHAPES_COLUMNS = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
@@ -88,10 +88,12 @@ def read_any_boxes(path: str | os.PathLike) -> Boxes:
     return read_shapes_csv(path) if is_shapes_csv(header) else read_boxes_csv(path)
 
 
-def read_table(path: str | os.PathLike, image_names: list[str]) -> dict[str, Boxes]:
+def read_table(path: str | os.PathLike, image_names: list[str], skipped: list[str] | tuple[str, ...] = ()
+               ) -> dict[str, Boxes]:
     """One CSV with an ``image`` column -> {image file name: (boxes, z)}; names may be stems.
 
-    Raises PromptError when a row names an image that is not in ``image_names``.
+    skipped: files of the folder left out of this run (``--pattern``): their rows are ignored.
+    Raises PromptError when a row names an image that is in neither list.
     """
     path = Path(path).expanduser()
     header, rows = _read_rows(path)
@@ -104,9 +106,12 @@ def read_table(path: str | os.PathLike, image_names: list[str]) -> dict[str, Box
     if missing:
         raise PromptError(f"{path} is missing the columns {', '.join(missing)}")
     by_name = {n: n for n in image_names} | {split_name(n)[0]: n for n in image_names}
+    left_out = set(skipped) | {split_name(n)[0] for n in skipped}
     grouped: dict[str, list[dict[str, str]]] = {}
     for line, row in enumerate(rows, start=2):
         name = by_name.get(row["image"])
+        if name is None and row["image"] in left_out:
+            continue
         if name is None:
             raise PromptError(f"{path}, line {line}: image {row['image']!r} is not in the image folder")
         grouped.setdefault(name, []).append(row)
@@ -115,9 +120,9 @@ def read_table(path: str | os.PathLike, image_names: list[str]) -> dict[str, Box
     for name, group in grouped.items():
         try:
             boxes = np.array([[float(r[c]) for c in BOX_COLUMNS] for r in group], np.float64)
-            z = np.array([int(float(r["z"])) for r in group], np.int64) if has_z else None
+            z = np.array([slice_index(r["z"]) for r in group], np.int64) if has_z else None
         except (ValueError, OverflowError) as exc:
-            raise PromptError(f"{path}: a box of {name} is not four numbers ({exc})") from exc
+            raise PromptError(f"{path}: a box of {name} is not four numbers and a slice ({exc})") from exc
         if not np.isfinite(boxes).all():
             raise PromptError(f"{path}: boxes of {name} contain NaN or inf")
         out[name] = (boxes, z)

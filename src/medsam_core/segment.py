@@ -20,6 +20,14 @@ from .errors import ImageError, PromptError
 from .preprocess import Intensity, check_boxes
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+
+
+def slice_index(text: str) -> int:
+    """A CSV's z value -> slice index; "8.0" is slice 8, "8.7" is refused (ValueError), never rounded."""
+    zf = float(text)
+    if zf != int(zf):
+        raise ValueError(f"z={text} is not a whole slice index")
+    return int(zf)
 Progress = Callable[[int, int], None] | None
 
 
@@ -57,10 +65,7 @@ def read_boxes_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
         try:
             boxes[i] = [float(row[c]) for c in BOX_COLUMNS]
             if has_z:
-                zf = float(row["z"])
-                if zf != int(zf):
-                    raise ValueError(f"z={row['z']} is not a whole slice index")
-                z[i] = int(zf)
+                z[i] = slice_index(row["z"])
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise PromptError(f"boxes file {path}, line {line}: {exc}; every box needs four numbers") from exc
     if not np.isfinite(boxes).all():

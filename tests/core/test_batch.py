@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,31 @@ def test_read_table_accepts_stems(tmp_path):
     p.write_text("x_min,y_min,x_max,y_max\n1,2,3,4\n")
     with pytest.raises(PromptError, match="image"):
         read_table(p, ["a.tif"])
+
+
+def test_read_table_refuses_a_fractional_slice_as_segment_does(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("image,x_min,y_min,x_max,y_max,z\na,1,2,3,4,8.0\n")
+    np.testing.assert_array_equal(read_table(p, ["a.tif"])["a.tif"][1], [8])
+    for z in ("8.7", "-0.5"):  # never truncated to a slice the user did not name
+        p.write_text(f"image,x_min,y_min,x_max,y_max,z\na,1,2,3,4,{z}\n")
+        with pytest.raises(PromptError, match=f"z={z} is not a whole slice index"):
+            read_table(p, ["a.tif"])
+
+
+def test_pattern_with_one_boxes_csv_for_the_whole_folder(tmp_path):
+    """--pattern picks a subset; the folder's boxes CSV still names the others: their rows are skipped,
+    a row naming a file the folder does not have is still refused."""
+    images, _ = make_folder(tmp_path, names=("a.tif", "b.tif"))
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image,x_min,y_min,x_max,y_max\na.tif,10,10,30,40\nb.tif,5,5,20,20\n")
+    report = segment_folder(images, tmp_path / "out", boxes=csv, patterns=["a*"], predictor=BoxFillPredictor())
+    assert [(Path(r.image).name, r.status) for r in report.results] == [("a.tif", "done")]
+    assert tifffile.imread(tmp_path / "out" / "a.tif").sum() == 21 * 31
+    assert not (tmp_path / "out" / "b.tif").exists()
+    csv.write_text("image,x_min,y_min,x_max,y_max\na.tif,10,10,30,40\nzz.tif,5,5,20,20\n")
+    with pytest.raises(PromptError, match="'zz.tif' is not in the image folder"):
+        segment_folder(images, tmp_path / "o2", boxes=csv, patterns=["a*"], predictor=BoxFillPredictor())
 
 
 def test_boxes_from_labels_2d_3d_and_margin():
