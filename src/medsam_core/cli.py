@@ -243,9 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a cluster's wall-time limit, ``docker stop``) while a command
+    runs: raised where the process is, so it stops as on Ctrl-C (a batch writes its report, temp
+    files go) instead of dying with nothing said."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``medsam`` command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the ``medsam`` command; returns the exit code (0 ok, 2 bad input, 130 interrupted,
+    143 terminated)."""
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _run(args)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from .runtime import tune_malloc
 
     tune_malloc()  # the application opts in; see runtime.py
@@ -258,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedSAMError as exc:
         print(f"medsam: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("medsam: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("medsam: terminated" if isinstance(exc, Terminated) else "medsam: interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except OSError as exc:
         print(f"medsam: error: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -274,3 +275,50 @@ def test_boxes_as_a_dict_from_a_script(tmp_path):
     assert tifffile.imread(tmp_path / "out" / "a.tif").sum() == 21 * 31
     with pytest.raises(PromptError, match="not in the image folder"):
         segment_folder(images, tmp_path / "o2", boxes={"zz": [[1, 1, 4, 4]]}, predictor=BoxFillPredictor())
+
+
+def test_sigterm_stops_a_batch_like_ctrl_c_and_the_report_says_so(tmp_path, monkeypatch, capsys):
+    """kill / timeout / a cluster's wall-time limit sends SIGTERM: the command stops at once, writes a
+    report that says it was cancelled and which images were not processed, and exits 143; a report
+    of an earlier complete run is not left saying "ok"."""
+    import os
+    import signal
+    import types
+
+    images, csv = make_folder(tmp_path)
+    out = tmp_path / "out"
+    segment_folder(images, out, boxes=csv, predictor=BoxFillPredictor())
+    assert json.loads((out / REPORT_NAME).read_text())["ok"]
+    fake = types.ModuleType("medsam_fake_batch")
+
+    def register(sub):
+        def run(args):
+            def kill_after_first(done, total, name):
+                if done == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            segment_folder(images, out, boxes=csv, predictor=BoxFillPredictor(), overwrite=True,
+                           on_progress=kill_after_first)
+            return 0
+
+        sub.add_parser("fakebatch").set_defaults(func=run)
+
+    fake.register = register
+    monkeypatch.setitem(sys.modules, "medsam_fake_batch", fake)
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["medsam_fake_batch"])
+
+    class NotHandled(Exception):
+        pass
+
+    def ours(signum, frame):  # were the command not to handle SIGTERM, this fails the test (not pytest)
+        raise NotHandled()
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        assert cli.main(["fakebatch"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is ours  # a script calling cli.main keeps its own handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "medsam: terminated" in capsys.readouterr().err
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["cancelled"] and not report["ok"] and report["not_processed"] == ["b.tif", "c.tif"]
