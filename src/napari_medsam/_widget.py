@@ -179,6 +179,7 @@ class MedSAMWidget(WorkflowMethods, QWidget):
             sc.activated.connect(lambda m=method: self.try_action(getattr(self, m)))
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.events.renamed.connect(lambda _: self._refresh_layer_choices())
         self.viewer.dims.events.current_step.connect(self._on_step)
 
     def try_action(self, func, *args):
@@ -232,13 +233,19 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         if s.labels_layer is not None:
             self.labels_combo.setCurrentText(s.labels_layer.name)
 
+    def _layer_named(self, name: str):
+        if name not in self.viewer.layers:  # renamed or removed since the list was filled
+            self._refresh_layer_choices()
+            raise MedSAMError(f"there is no layer {name!r} any more (renamed or closed): pick it again from the list")
+        return self.viewer.layers[name]
+
     def _on_image_chosen(self) -> None:
-        self.set_image_layer(self.viewer.layers[self.image_combo.currentText()])
+        self.set_image_layer(self._layer_named(self.image_combo.currentText()))
 
     def _on_labels_chosen(self) -> None:
         name = self.labels_combo.currentText()
         if name != NEW_LABELS:
-            self.set_labels_layer(self.viewer.layers[name])
+            self.set_labels_layer(self._layer_named(name))
 
     def _on_channel_changed(self) -> None:
         axis = self.channel_axis_combo.currentText()

@@ -296,3 +296,32 @@ def test_another_image_gets_its_own_labels_and_going_back_finds_the_first(open_w
     drag_box(viewer, qtbot, ref_box(ref, b))
     widget.wait(WAIT)
     assert set(np.unique(first_labels.data)) == {0, 1, 2} and np.array_equal(second_labels.data == 1, second_labels.data > 0)
+
+
+def test_renamed_layers_are_renamed_in_the_drop_downs(open_widget):
+    """A person renames layers in napari's layer list: MedSAM's Image and Labels lists follow, and a
+    name that went away between filling the list and picking it gets a message, not a KeyError."""
+    rng = np.random.default_rng(0)
+    viewer, widget = open_widget()
+    viewer.add_image(rng.integers(0, 255, (64, 64)).astype(np.uint8), name="A")
+    viewer.add_image(rng.integers(0, 255, (48, 48)).astype(np.uint8), name="B")
+    widget.wait(WAIT)
+    viewer.layers["A"].name = "nuclei"
+    widget.labels_layer.name = "my nuclei labels"
+    combo = widget.image_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["nuclei", "B"]
+    assert combo.currentText() == "nuclei" and widget.labels_combo.currentText() == "my nuclei labels"
+
+    def choose(name):
+        combo.setCurrentIndex(combo.findText(name))
+        combo.activated.emit(combo.currentIndex())
+        widget.wait(WAIT)
+
+    choose("B")
+    choose("nuclei")
+    assert widget.last_error is None and widget.session.image_layer.name == "nuclei"
+    assert widget.labels_layer.name == "my nuclei labels"  # its own labels, found again
+    combo.addItem("gone")
+    choose("gone")
+    assert "no layer 'gone' any more" in widget.last_error and widget.session.image_layer.name == "nuclei"
+    assert combo.findText("gone") == -1  # the list was filled again
