@@ -339,6 +339,9 @@ class Session(SettingsActions, PromptActions, History):
 
     def _on_encode_done(self, _from_cache) -> None:
         self._encoding = None
+        if self.image_layer is None or self.image_layer not in self.viewer.layers:  # closed while encoding
+            self.on_status("MedSAM: the image was closed while it was encoded; nothing to segment")
+            return
         self.on_status("MedSAM: embedding ready")
         self.safe(self.sync_shapes)
         self.safe(kinds()["polygon"].sync, self)

@@ -325,3 +325,16 @@ def test_renamed_layers_are_renamed_in_the_drop_downs(open_widget):
     choose("gone")
     assert "no layer 'gone' any more" in widget.last_error and widget.session.image_layer.name == "nuclei"
     assert combo.findText("gone") == -1  # the list was filled again
+
+
+def test_closing_the_image_while_it_is_encoded_is_not_an_error(open_widget):
+    """The image is closed while its embedding is computed in the background: when the encode ends
+    the person is told so, not shown "no image layer chosen" for something they did not do."""
+    rng = np.random.default_rng(1)
+    viewer, widget = open_widget()
+    image = viewer.add_image(rng.integers(0, 255, (96, 96)).astype(np.uint8), name="A")
+    assert widget.session._encoding is not None  # the encode runs in a worker
+    viewer.layers.remove(image)
+    widget.wait(WAIT)
+    assert widget.last_error is None, widget.last_error
+    assert "closed while it was encoded" in widget.status_label.text()
