@@ -353,7 +353,7 @@ class Predictor:
         n = None
         boxes_m = None
         if boxes is not None:
-            arr = np.asarray(boxes, dtype=np.float64)
+            arr = np.asarray(boxes, dtype=object)
             if arr.size == 0:
                 n = 0
             else:
@@ -362,7 +362,10 @@ class Predictor:
                 n = len(arr)
         pts_m = labels = None
         if points is not None:
-            pts = np.asarray(points, dtype=np.float64)
+            try:
+                pts = np.asarray(points, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise PromptError(f"points must be numbers (x, y in pixels): {exc}") from exc
             if pts.ndim == 2 and pts.shape[-1] == 2:
                 pts = pts[None]
             if point_labels is None:

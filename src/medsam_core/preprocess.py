@@ -103,6 +103,8 @@ def check_image(image) -> np.ndarray:
         )
     if min(arr.shape[:2]) < 2:
         raise ImageError(f"image of shape {arr.shape} is too small to segment")
+    if arr.size == 0:
+        raise ImageError(f"image of shape {arr.shape} has no channels")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -310,7 +312,10 @@ def check_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     Raises PromptError for wrong shapes, non-finite values, reversed or empty boxes, and boxes
     entirely outside the image.
     """
-    arr = np.asarray(boxes, dtype=np.float64)
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"boxes must be numbers (x_min, y_min, x_max, y_max in pixels): {exc}") from exc
     if arr.ndim == 1 and arr.size == 4:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4:
@@ -336,7 +341,8 @@ def check_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     if small.any():
         i = int(np.flatnonzero(small)[0])
         raise PromptError(
-            f"box {i} {tuple(np.round(arr[i], 2))} is empty or thinner than one pixel inside the image; "
+            f"box {i} ({', '.join(f'{v:g}' for v in np.round(arr[i], 2))}) is empty or thinner than one pixel "
+            "inside the image; "
             "draw a box around the whole object"
         )
     return clipped

@@ -173,3 +173,14 @@ def test_windowed_logit_upsampling_equals_full_interpolation():
                             align_corners=False)[0, 0].numpy() > 0
         np.testing.assert_array_equal(logits_to_mask(logits, out), ref)
     assert not logits_to_mask(np.full((64, 64), -1, np.float32), (100, 100)).any()
+
+
+def test_odd_prompts_and_images_get_our_errors_in_plain_numbers():
+    with pytest.raises(PromptError, match="boxes must be numbers"):
+        check_boxes([["a", "b", "c", "d"]], (100, 100))
+    with pytest.raises(PromptError, match="boxes must be numbers"):
+        check_boxes([[1, 2, 3, 4], [1, 2]], (100, 100))
+    with pytest.raises(PromptError, match=r"box 0 \(30, 30, 30, 60\) is empty"):  # not np.float64(30.0)
+        check_boxes(np.array([[30, 30, 30, 60]], np.float64), (100, 100))
+    with pytest.raises(ImageError, match="has no channels"):
+        check_image(np.zeros((10, 10, 0)))
