@@ -6,7 +6,7 @@ on any MedSAMError the layers stay as they were.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class SyncPlan:
     removed: list[int]
     errors: list[tuple[int, int, MedSAMError]]
     ids: np.ndarray  # label_id per shape after de-duplication
+    ignored: dict[str, int] = field(default_factory=dict)  # shapes that are no prompt: type -> count
 
 
 
@@ -40,9 +41,10 @@ def plan_sync(s) -> SyncPlan:
     """Compare the prompt rectangles with the session's objects."""
     shapes, ca = s.shapes_layer, s.settings.channel_axis
     ids = shape_ids(shapes)
-    jobs, errors, seen = [], [], set()
+    jobs, errors, seen, ignored = [], [], set(), {}
     for i in range(shapes.nshapes):
         if shapes.shape_type[i] != "rectangle":
+            ignored[shapes.shape_type[i]] = ignored.get(shapes.shape_type[i], 0) + 1
             continue
         lid = int(ids[i])
         if lid < 0:  # a key box of 3D object -lid (_volume_session): not a 2D object
@@ -62,7 +64,7 @@ def plan_sync(s) -> SyncPlan:
         jobs.append(Job(i, lid, plane, box))
     # objects of kinds without a rectangle here (polygons) are not this layer's to remove
     removed = [lid for lid, rec in s.objects.items() if lid not in seen and kind_of(rec).in_boxes_layer]
-    return SyncPlan(jobs, removed, errors, ids)
+    return SyncPlan(jobs, removed, errors, ids, ignored)
 
 
 def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
@@ -102,6 +104,10 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
         _take_back(s, plan.errors)
     if written:
         s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))})")
+    elif plan.ignored and not plan.removed:
+        kinds_drawn = ", ".join(f"{n} {kind}" for kind, n in plan.ignored.items())
+        s.on_status(f"MedSAM: only rectangles on '{s.shapes_layer.name}' are prompts ({kinds_drawn} left as they "
+                    "are): draw a rectangle, or outline an object with 'Polygon / lasso prompt'")
     return written
 
 

@@ -338,3 +338,13 @@ def test_closing_the_image_while_it_is_encoded_is_not_an_error(open_widget):
     widget.wait(WAIT)
     assert widget.last_error is None, widget.last_error
     assert "closed while it was encoded" in widget.status_label.text()
+
+
+def test_an_ellipse_on_the_boxes_layer_is_no_prompt_and_the_status_says_so(open_widget):
+    rng = np.random.default_rng(2)
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(rng.integers(0, 255, (64, 64)).astype(np.uint8), name="A")
+    widget.shapes_layer.add([rect([10, 10, 30, 30])], shape_type="ellipse")
+    assert not np.asarray(widget.labels_layer.data).any() and widget.last_error is None
+    assert "only rectangles on 'MedSAM boxes' are prompts (1 ellipse left as they are)" in widget.status_label.text()
