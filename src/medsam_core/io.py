@@ -259,7 +259,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, ImageMeta]:
     axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim)
     if axes is None:
         raise ImageError(f"{path}: 'image' has shape {data.shape}; expected 2D (Y, X) or 3D (Z, Y, X)")
-    n_spatial = min(data.ndim, 3)
+    if data.ndim == 3 and data.shape[2] in (3, 4) and min(data.shape[:2]) >= 16 and (spacing is None or len(spacing) == 2):
+        axes = "YXC"  # (H, W, 3|4): a colour picture, not a stack three pixels wide
+    n_spatial = 2 if axes == "YXC" else min(data.ndim, 3)
     if spacing is None or len(spacing) != n_spatial:
         spacing = (1.0,) * n_spatial
     return data, ImageMeta(spacing=spacing, axes=axes)

@@ -168,6 +168,15 @@ def test_npz_and_png(tmp_path):
     assert meta.axes == "YX"
 
 
+def test_npz_colour_picture_is_not_a_three_slice_stack(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 30, 3)).astype(np.uint8)
+    np.savez(tmp_path / "rgb.npz", image=rgb)
+    data, meta = read_image(tmp_path / "rgb.npz")
+    assert data.shape == (40, 30, 3) and meta.axes == "YXC" and meta.spacing == (1.0, 1.0)
+    np.savez(tmp_path / "vol.npz", image=rgb, spacing=np.array([2.0, 0.5, 0.5]))  # said to be a volume
+    assert read_image(tmp_path / "vol.npz")[1].axes == "ZYX"
+
+
 @pytest.mark.parametrize("name", ["bad.tif", "bad.nii.gz", "bad.png", "bad.npz"])
 def test_corrupt_file_raises_image_error(tmp_path, name):
     p = tmp_path / name
