@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import PromptError
 from .preprocess import Intensity, check_boxes
-from .volume import Cancel, as_slices, check_cancel, volume_intensity
+from .volume import Cancel, as_slices, check_cancel, is_blank, volume_intensity
 from .walk import BoxWalk, Propagator, SliceResult, StopRules, WalkResult
 
 __all__ = ["SliceResult", "WalkResult", "propagate", "segment_volume", "walk_volume"]
@@ -183,6 +183,9 @@ def propagate(predictor, volume, box, z: int, axis: int = 0, *,
         raise PromptError(f"z must be a slice index (int), got {z!r}")
     keys = _check_keys(box, z, key_boxes, n, slices.shape[1:])
     z = int(z)
+    if is_blank(slices[z]):
+        raise PromptError(f"slice {z} is blank (every pixel = {np.min(slices[z]):g}): there is nothing to start "
+                          "from; draw the box on a slice that shows the object")
     result, sides = _seed(previous, slices.shape, axis % 3, z, keys)
     if method is None:
         rules = StopRules(min_iou, iou_drop, min_area_ratio, min_contrast, max_shift, max_growth, min_agree,

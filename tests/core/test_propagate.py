@@ -567,3 +567,10 @@ def test_a_tight_start_box_is_widened_for_the_walk_and_the_users_box_is_kept():
     np.testing.assert_allclose(res.boxes[21], tight)
     with pytest.raises(PromptError, match="min_slack"):
         walk_volume(FakePredictor(), render(tube), tight, 20, min_slack=-1)
+
+
+def test_a_walk_from_a_blank_slice_is_refused_with_what_to_do():
+    vol = np.zeros((5, 32, 32), np.uint16)
+    vol[2:, 8:24, 8:24] = 1000
+    with pytest.raises(PromptError, match="slice 0 is blank .*draw the box on a slice that shows the object"):
+        propagate(None, vol, np.array([8.0, 8.0, 23.0, 23.0]), 0)
