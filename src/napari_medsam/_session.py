@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +33,17 @@ from ._slide_plane import ONLY_BOXES, SlidePlane, check_slide_labels, new_slide_
 
 LABELS = "MedSAM labels"
 __all__ = ["BOXES", "LABELS", "POINTS", "Session", "Settings"]
+
+
+@dataclass
+class _ImageWork:
+    """Where the work on one image stood when another image was chosen."""
+
+    image: object  # the image layer (unwrapped)
+    labels: object  # its labels layer
+    objects: dict
+    history: list
+    channel_axis: int | None
 
 
 class Session(SettingsActions, PromptActions, History):
@@ -67,9 +79,11 @@ class Session(SettingsActions, PromptActions, History):
         self.on_undo: Callable | None = None
         self.new_kind, self.new_source = "box", None  # what the next new box-layer objects come from
         self.imports = ImportActions(self)  # objects of the labels layer no prompt made: adopted when prompted
-        # Each image's own labels layer: id(image layer) -> (image layer, labels layer). Going back to
-        # an image writes into its labels again; another image never writes into them.
-        self._labels_by_image: dict[int, tuple] = {}
+        # Each image's own labels layer and where its work stood: id(image layer) -> _ImageWork. Going
+        # back to an image writes into its labels again, with its boxes and undo history as they were
+        # left; another image never writes into them.
+        self._labels_by_image: dict[int, _ImageWork] = {}
+        self._work_axis = None  # the channel axis the current objects' planes were made under
 
     @contextmanager
     def making(self, kind: str, source=None):
@@ -158,11 +172,18 @@ class Session(SettingsActions, PromptActions, History):
             check_slide_labels(labels_layer, layer, self.settings.channel_axis)
         self._disconnect()
         kept = self._fitting_labels(layer)  # before image_layer changes: the same image keeps its labels
+        self._remember_work()
+        work = self._labels_by_image.get(id(L.raw_layer(layer)))
+        resume = (work is not None and work.image is L.raw_layer(layer) and kept is not None and kept is work.labels
+                  and labels_layer in (None, kept) and work.channel_axis == self.settings.channel_axis)
         self.image_layer, self.objects, self.history = layer, {}, []
+        if resume:  # back to an image: its objects (their boxes) and its undo steps, as they were left
+            self.objects, self.history = dict(work.objects), list(work.history)
         self.imports.reset()
         self.labels_layer = labels_layer or kept or self.imports.imported_layer() or self._new_labels()
-        self._labels_by_image = {k: v for k, v in self._labels_by_image.items() if v[0] in self.viewer.layers}
-        self._labels_by_image[id(L.raw_layer(layer))] = (L.raw_layer(layer), self.labels_layer)
+        self._labels_by_image = {k: v for k, v in self._labels_by_image.items() if v.image in self.viewer.layers}
+        self._work_axis = self.settings.channel_axis
+        self._remember_work()
         polygons = kinds()["polygon"].find_layer(self)
         if polygons is not None:  # the old image's polygons: drawn again on demand (polygon_layer)
             self.viewer.layers.remove(polygons)
@@ -170,8 +191,17 @@ class Session(SettingsActions, PromptActions, History):
         self.points_layer = self._prompt_layer(POINTS, PointKind.make_layer)
         self.shapes_layer.events.data.connect(self._on_shapes_data)
         self.points_layer.events.data.connect(self.points_added)
+        if self.objects:
+            self.rebuild_shapes()
         self.viewer.layers.selection.active = self.shapes_layer
         self.shapes_layer.mode = "add_rectangle"
+
+    def _remember_work(self) -> None:
+        """Keep the current image's labels layer, objects and undo history for when it is chosen again."""
+        if self.image_layer is not None and self.labels_layer is not None:
+            image = L.raw_layer(self.image_layer)
+            self._labels_by_image[id(image)] = _ImageWork(image, self.labels_layer, dict(self.objects),
+                                                          list(self.history), self._work_axis)
 
     def set_labels_layer(self, labels_layer) -> None:
         """Write into ``labels_layer`` from now on. The boxes and points drawn so far belong to the
@@ -180,7 +210,7 @@ class Session(SettingsActions, PromptActions, History):
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
-        self._labels_by_image[id(L.raw_layer(self.image_layer))] = (L.raw_layer(self.image_layer), labels_layer)
+        self._remember_work()
         self.imports.reset()
         with self.quiet():
             for layer in (self.shapes_layer, self.points_layer, kinds()["polygon"].find_layer(self)):
@@ -207,7 +237,7 @@ class Session(SettingsActions, PromptActions, History):
         lab = self.labels_layer if L.raw_layer(layer) is L.raw_layer(self.image_layer) else None
         if lab is None:
             known = self._labels_by_image.get(id(L.raw_layer(layer)))
-            lab = known[1] if known is not None and known[0] is L.raw_layer(layer) else None
+            lab = known.labels if known is not None and known.image is L.raw_layer(layer) else None
         if lab is not None and lab in self.viewer.layers:
             try:
                 L.check_labels_fit(lab, layer, self.settings.channel_axis)

@@ -132,10 +132,22 @@ class VolumeActions(RecistLines):
         self.on_result: Callable[[int], None] = lambda owner: None  # after a 3D object's walk is committed
         self.seconds_left: float | None = None  # the running walk's time estimate, read by on_progress
         self.walk_step: WalkProgress | None = None  # the running walk's last step (None for an encode)
-        self.results: dict[int, tuple[WalkResult, int]] = {}  # label id -> (last walk, image slicing axis)
+        # per image: id(image layer) -> (image layer, {label id -> (last walk, image slicing axis)})
+        self._results: dict[int, tuple[object, dict[int, tuple[WalkResult, int]]]] = {}
         self.cancel_event: threading.Event | None = None
         self._job: VolumeJob | None = None
         self._last_line: tuple | None = None  # (plane, long axis (2, 2) XY, shape index of its box)
+
+    @property
+    def results(self) -> dict[int, tuple[WalkResult, int]]:
+        """The current image's 3D objects' last walks: label id -> (WalkResult, image slicing axis).
+        Each image has its own (label ids repeat across images)."""
+        image = L.raw_layer(self.s.image_layer)
+        self._results = {k: v for k, v in self._results.items() if v[0] is image or v[0] in self.s.viewer.layers}
+        entry = self._results.get(id(image))
+        if entry is None or entry[0] is not image:
+            entry = self._results[id(image)] = (image, {})
+        return entry[1]
 
     @property
     def running(self) -> bool:

@@ -280,6 +280,7 @@ class MedSAMWidget(WorkflowMethods, QWidget):
     def _image_set(self) -> None:
         self._bind_layer_keys()
         self._refresh_layer_choices()
+        self.volume_panel.stops.refresh()  # this image's 3D objects' stops
         self.try_action(self.session.prefetch)
 
     def set_labels_layer(self, labels_layer) -> None:

@@ -289,13 +289,20 @@ def test_another_image_gets_its_own_labels_and_going_back_finds_the_first(open_w
 
     choose("first")
     assert s.labels_layer is first_labels and widget.labels_combo.currentText() == "MedSAM labels"
+    # its work as it was left: the box of object 1 (to move or delete) and its undo step
+    assert s.shapes_layer.features["label_id"].tolist() == [1] and len(s.history) == 1
+    np.testing.assert_allclose(s.shapes_layer.data[0], s.objects[1].vertices)
     choose("first")  # chosen again: still its labels
-    assert s.labels_layer is first_labels
+    assert s.labels_layer is first_labels and s.shapes_layer.nshapes == 1
     viewer.layers.selection.active = s.shapes_layer
     s.shapes_layer.mode = "add_rectangle"
     drag_box(viewer, qtbot, ref_box(ref, b))
     widget.wait(WAIT)
     assert set(np.unique(first_labels.data)) == {0, 1, 2} and np.array_equal(second_labels.data == 1, second_labels.data > 0)
+    widget.undo()
+    widget.undo()  # both of the first image's steps, across the visit to the second image
+    assert not np.asarray(first_labels.data).any() and s.shapes_layer.nshapes == 0
+    assert set(np.unique(second_labels.data)) == {0, 1}
 
 
 def test_renamed_layers_are_renamed_in_the_drop_downs(open_widget):

@@ -199,6 +199,33 @@ def test_edits_during_a_walk_never_write_it_against_other_boxes_or_layers(open_w
     assert not widget.volume.running and widget.volume_panel.segment_btn.isEnabled()
 
 
+def test_each_image_keeps_its_3d_objects_stops_and_undo_steps(open_widget):
+    """Two stacks, one 3D object each (both label 1, in their own labels layers): going back to the
+    first finds its box, its walk's stop reasons (not the other image's) and its undo step."""
+    zz, yy, xx = np.ogrid[:9, :64, :64]
+    ball = ((zz - 4) / 3.5) ** 2 + ((yy - 32) / 14) ** 2 + ((xx - 32) / 14) ** 2 <= 1
+    small = ((zz - 4) / 2.0) ** 2 + ((yy - 32) / 10) ** 2 + ((xx - 32) / 10) ** 2 <= 1
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    first = viewer.add_image(np.where(ball, 1800, 300).astype(np.uint16), name="first")
+    second = viewer.add_image(np.where(small, 1800, 300).astype(np.uint16), name="second")
+    widget.set_image_layer(first)
+    widget.segment_3d(ref_box(ball[4], True), z=4)
+    first_labels, first_stops = widget.labels_layer, widget.volume.stops(1)
+    widget.set_image_layer(second)
+    assert widget.volume.stops(1) == {} and widget.shapes_layer.nshapes == 0
+    widget.segment_3d(ref_box(small[4], True), z=4)
+    second_stops = widget.volume.stops(1)
+    assert second_stops != first_stops  # a shorter object: other stops
+    widget.set_image_layer(first)
+    assert widget.labels_layer is first_labels and widget.volume.stops(1) == first_stops
+    assert widget.shapes_layer.features["label_id"].tolist() == [1]
+    assert [label.text() for label, _ in widget.volume_panel.stops.rows] == [
+        f"object 1 {d}: {first_stops[d]}" for d in ("up", "down")]
+    widget.undo()
+    assert not np.asarray(first_labels.data).any() and widget.shapes_layer.nshapes == 0
+
+
 def test_2d_box_on_a_slice_takes_the_volume_window_and_the_walks_embedding(open_widget, stack):
     """A box drawn on one slice of a 3D image is normalised with the volume's window, as the 3D walk
     and "Precompute all slices" are (MedSAM's rule for 3D data): after a walk, a 2D box on a walked
