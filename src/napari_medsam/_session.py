@@ -27,6 +27,7 @@ from ._import_session import ImportActions
 from ._objects import Commit, ObjectRecord
 from ._prompt_actions import PromptActions
 from ._prompt_kinds import BOXES, POINTS, BoxKind, PointKind, kinds
+from ._reader import META_KEY
 from ._runtime_guard import avoid_triton_clash
 from ._settings import Settings, SettingsActions, intensity_of
 from ._slide_plane import ONLY_BOXES, SlidePlane, check_slide_labels, new_slide_labels, slide_labels_of
@@ -265,8 +266,10 @@ class Session(SettingsActions, PromptActions, History):
         shape, scale, translate = L.labels_geometry(self.image_layer, self.settings.channel_axis)
         if self._is_slide():  # labels on disk, chunk by chunk
             return new_slide_labels(self.viewer, self._labels_name(), shape, scale, translate, self.on_status)
+        # the file the image came from (NIfTI affine and header, TIFF unit): saved labels overlay it
+        meta = (getattr(self.image_layer, "metadata", None) or {}).get(META_KEY)
         return self.viewer.add_labels(np.zeros(shape, np.int32), name=self._labels_name(), scale=scale,
-                                      translate=translate)
+                                      translate=translate, metadata={META_KEY: meta} if meta else {})
 
     def _labels_name(self) -> str:
         """"MedSAM labels"; when that name is taken (another image's labels), "MedSAM labels (<image>)"."""

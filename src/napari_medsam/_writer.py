@@ -12,6 +12,7 @@ atomically; a provenance failure warns and leaves the labels file written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import replace
@@ -27,6 +28,28 @@ from ._reader import EVENTS_KEY, META_KEY, PROV_KEY
 from ._slide_plane import SLIDE_KEY, mark_saved
 
 log = logging.getLogger(__name__)
+
+
+class SaveRefused(MedSAMError):
+    """Why the labels were not saved (nothing written). Deliberately not a ValueError: napari takes
+    a writer's ValueError for "this plugin cannot write that" and tells the user only that the
+    plugin "is not a valid writer", dropping the reason (a wrong suffix, 4D labels, the output
+    being the image itself)."""
+
+
+def _shown(writer):
+    """Re-raise the writer's refusals (ImageError, PromptError: ValueErrors) as SaveRefused."""
+
+    @functools.wraps(writer)
+    def wrapped(path: str, data, meta: dict) -> list[str]:
+        try:
+            return writer(path, data, meta)
+        except (MedSAMError, ValueError) as exc:
+            if isinstance(exc, SaveRefused):
+                raise
+            raise SaveRefused(f"{Path(path).name} was not saved: {exc}") from exc
+
+    return wrapped
 
 
 def labels_meta(data, meta: dict | None) -> ImageMeta:
@@ -98,6 +121,7 @@ def _warn(msg: str) -> None:
     warnings.warn(f"napari-medsam: {msg}", stacklevel=3)
 
 
+@_shown
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer to an ImageJ TIFF (zlib, spacing kept). Returns the paths written."""
     return _write(path, data, meta, (".tif", ".tiff"))
@@ -119,6 +143,7 @@ def _layer_name(meta: dict | None) -> str:
     return name
 
 
+@_shown
 def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer as an NGFF image-label: into ``path/labels/<layer name>`` when
     ``path`` is an OME-Zarr image (the slide the labels were drawn on), else as a new store at
@@ -151,6 +176,7 @@ def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
     return [str(out), *side]
 
 
+@_shown
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer as a GeoJSON FeatureCollection of polygons (QuPath), class names from
     the layer's provenance when it has one. Returns the paths written."""
@@ -172,6 +198,7 @@ def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     return [str(out)]
 
 
+@_shown
 def write_labels_nifti(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer to NIfTI (affine/header of the source image if known). Returns the paths."""
     return _write(path, data, meta, (".nii", ".nii.gz"))

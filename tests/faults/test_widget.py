@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from medsam_core.errors import ImageError, MedSAMError
+from medsam_core.errors import MedSAMError
 
 from .conftest import digest, tiny_image
 
@@ -34,7 +34,7 @@ def _opened_image(tmp_path, name="cells.tif"):
                                                  ("new_file", False)])
 def test_labels_writer_never_overwrites_the_image(target, was_bug, tmp_path):
     """Bug: File > Save Layer of the labels onto the image they were drawn on replaced the image."""
-    from napari_medsam._writer import write_labels_tiff
+    from napari_medsam._writer import SaveRefused, write_labels_tiff
 
     src, data, attrs = _opened_image(tmp_path)
     before = digest(src)
@@ -47,7 +47,7 @@ def test_labels_writer_never_overwrites_the_image(target, was_bug, tmp_path):
     if not was_bug:
         assert write_labels_tiff(str(path), labels, meta)[0] == str(path)
     else:
-        with pytest.raises(ImageError):
+        with pytest.raises(SaveRefused):  # the refusal (an ImageError) as napari shows it, not swallows it
             write_labels_tiff(str(path), labels, meta)
     assert digest(src) == before
 

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from medsam_core.errors import ImageError
 from napari_medsam._reader import META_KEY, napari_get_reader
 from napari_medsam._sample_data import nuclei_sample, nuclei_sample_with_reference
-from napari_medsam._writer import write_labels_nifti, write_labels_tiff
+from napari_medsam._writer import SaveRefused, write_labels_nifti, write_labels_tiff
 
 
 def oblique_affine():
@@ -107,12 +106,22 @@ def test_writer_without_matching_image_meta_falls_back_to_scale(tmp_path, nifti_
 
 
 def test_writers_refuse_bad_input_and_write_nothing(tmp_path):
-    with pytest.raises(ImageError, match=".tif"):
+    with pytest.raises(SaveRefused, match=".tif"):
         write_labels_tiff(str(tmp_path / "l.png"), np.zeros((4, 4), np.uint8), {})
-    with pytest.raises(ImageError, match="2D"):
+    with pytest.raises(SaveRefused, match="2D"):
         write_labels_nifti(str(tmp_path / "l.nii"), np.zeros((2, 2, 4, 4), np.uint8), {})
-    with pytest.raises(ImageError, match=">= 0"):
+    with pytest.raises(SaveRefused, match=">= 0"):
         write_labels_tiff(str(tmp_path / "l.tif"), -np.ones((4, 4), np.int32), {})
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_layer_shows_why_the_labels_were_not_saved(tmp_path, make_napari_viewer):
+    """Through napari's own save path (File > Save Layer): the reason reaches the user. A ValueError
+    from a writer is read by napari as "not a valid writer" and the reason is lost."""
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((2, 3, 8, 8), np.uint8), name="t_z_labels")
+    with pytest.raises(SaveRefused, match=r"l.nii.gz was not saved: only 2D \(Y, X\) or 3D \(Z, Y, X\) labels"):
+        viewer.layers.save(str(tmp_path / "l.nii.gz"), plugin="napari-medsam")
     assert not list(tmp_path.iterdir())
 
 

@@ -22,7 +22,7 @@ STRUCTURE = "Amygdala_L"
 
 def colin27_nifti(tmp_path, structure: str):
     """colin27 cut to ``structure``'s slices +-4 (fewer encodes), written as a NIfTI (x, y, z) file
-    with 1 mm voxels, and the reference mask in the reader's (z, y, x) order."""
+    with 1 mm voxels and an oblique affine, and the reference mask in the reader's (z, y, x) order."""
     import nibabel as nib
 
     from tests.conftest import SHARED_DATA
@@ -38,7 +38,11 @@ def colin27_nifti(tmp_path, structure: str):
     cut = slice(max(0, zs[0] - 4), zs[-1] + 5)
     image, ref = np.ascontiguousarray(image[cut]), ref[cut]
     out = tmp_path / "colin27_t1.nii.gz"
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(image.transpose(2, 1, 0)), np.eye(4)), str(out))
+    # a scanner's affine: axes flipped (LPS), rotated 12 degrees in-plane, origin off the corner; the
+    # identity would equal the writer's fallback and let labels saved without the image's affine pass
+    c, s = np.cos(np.radians(12)), np.sin(np.radians(12))
+    affine = np.array([[-c, s, 0, 90], [-s, -c, 0, 126], [0, 0, 1, -72], [0, 0, 0, 1]], float)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(image.transpose(2, 1, 0)), affine), str(out))
     return out, image, ref
 
 
