@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 
 import torch
@@ -12,7 +13,16 @@ from .tiny_vit import TinyViT
 __all__ = ["SamModel", "TinyViT", "build_model"]
 
 
+_SAM_LOADING = threading.Lock()  # the private package is half-built while it loads: one loader at a time
+
+
 def sam_modeling():
+    """segment-anything's ``modeling`` subpackage (``_sam_modeling``), loaded once, thread-safely."""
+    with _SAM_LOADING:  # a second thread (a model loaded in a worker while the GUI loads one) waits
+        return _sam_modeling()
+
+
+def _sam_modeling():
     """segment-anything's ``modeling`` subpackage, without running ``segment_anything/__init__``.
 
     That ``__init__`` imports the package's own predictor and, through it, torchvision, whose
