@@ -17,7 +17,7 @@ import numpy as np
 from medsam_core import MedSAMError, Predictor
 from medsam_core.errors import ImageError
 
-from ._reader import read_provenance
+from ._reader import layer_data, read_provenance
 from ._writer import write_provenance
 
 IMAGE = "MedSAM series"
@@ -32,6 +32,7 @@ class SeriesActions:
         self.series = None
         self._prefetcher: Predictor | None = None
         self.image_layer = None
+        self._meta = None  # the shown image's ImageMeta (spacing, NIfTI affine, unit)
 
     def open(self, folder, out_dir, resume: bool = True) -> int:
         """Open ``folder`` with labels going to ``out_dir`` (never ``folder``); show the first
@@ -60,7 +61,7 @@ class SeriesActions:
         lab = self.s.labels_layer
         if lab is None or lab not in self.s.viewer.layers or not np.asarray(lab.data).any():
             return None
-        path = series.save(np.asarray(lab.data))
+        path = series.save(np.asarray(lab.data), self._meta)  # the image's spacing, affine and unit
         write_provenance(path, np.asarray(lab.data), lab.metadata)  # the sidecar beside them, if recorded
         self.s.on_status(f"MedSAM: saved {path.name}")
         return path
@@ -80,7 +81,7 @@ class SeriesActions:
         series = self._require()
         if not 0 <= i < len(series):
             raise MedSAMError(f"image {i} is outside the series (0..{len(series) - 1})")
-        image, _ = series.load(i)  # read first: a bad file changes nothing
+        image, meta = series.load(i)  # read first: a bad file changes nothing
         labels, prov = None, {}
         if series.is_done(i):
             labels, _ = read_image(series.output_path(i))
@@ -89,23 +90,36 @@ class SeriesActions:
         if save and self.image_layer is not None:
             self.save()
         series.go(i)
-        self._show(image, labels, series.current.name)
+        self._show(image, labels, series.current.name, meta)
         if prov and self.s.labels_layer is not None:
             self.s.labels_layer.metadata.update(prov)
         self.prefetch()
         return i
 
-    def _show(self, image, labels, name: str) -> None:
+    def _show(self, image, labels, name: str, meta) -> None:
+        """Show ``image`` as the plugin's reader would (its spacing as the scale, colour as RGB, other
+        channels on a channel axis in front) with a labels layer of its spatial shape."""
         viewer = self.s.viewer
         from napari.layers import Labels
 
         old = [ly for ly in viewer.layers if ly is self.image_layer or ly is self.s.labels_layer]
         present = {id(ly) for ly in viewer.layers}
-        layer = viewer.add_image(np.asarray(image), name=IMAGE)
-        layer.metadata["medsam_series_file"] = name
-        lab = viewer.add_labels(labels if labels is not None and labels.shape == layer.data.shape[:labels.ndim]
-                                else np.zeros(layer.data.shape[:2] if layer.rgb else layer.data.shape, np.int32),
-                                name="MedSAM labels")
+        data, kwargs, _ = layer_data(np.asarray(image), meta, IMAGE)
+        scale, rgb, channel_axis = kwargs["scale"], bool(kwargs.get("rgb")), None
+        if "channel_axis" in kwargs:  # (Y, X, C) channels, not colour: (C, Y, X) with the C slider
+            data, channel_axis, scale = np.moveaxis(data, -1, 0), 0, [1.0, *scale]
+        spatial = data.shape[1:] if channel_axis is not None else data.shape[:-1] if rgb else data.shape
+        self._meta = meta
+        self.s.switching = True  # the new layers move the dims: nothing is encoded for the old image
+        try:
+            layer = viewer.add_image(data, name=IMAGE, rgb=rgb, scale=scale, metadata=dict(kwargs["metadata"]))
+            layer.metadata["medsam_series_file"] = name
+            lab = viewer.add_labels(labels if labels is not None and labels.shape == spatial
+                                    else np.zeros(spatial, np.int32), name="MedSAM labels",
+                                    scale=kwargs["scale"], metadata=dict(kwargs["metadata"]))
+        finally:
+            self.s.switching = False
+        self.s._apply(self.s._candidate(channel_axis=channel_axis))
         self.set_image_layer(layer, lab)
         # the widget may pick the new image up on insertion and give it a fresh labels layer: drop that
         old += [ly for ly in viewer.layers if isinstance(ly, Labels) and id(ly) not in present and ly is not lab]

@@ -85,6 +85,9 @@ class Session(SettingsActions, PromptActions, History):
         # left; another image never writes into them.
         self._labels_by_image: dict[int, _ImageWork] = {}
         self._work_axis = None  # the channel axis the current objects' planes were made under
+        # True while a caller puts the next image's layers in before choosing it (the image series):
+        # the dims move under the old image then, and nothing may be encoded or synced for it
+        self.switching = False
 
     @contextmanager
     def making(self, kind: str, source=None):
@@ -382,7 +385,7 @@ class Session(SettingsActions, PromptActions, History):
 
     def prefetch(self) -> None:
         """Start encoding the slice on screen in the background, if it is not cached yet."""
-        if not self.settings.prefetch or self.image_layer is None or self._encoding is not None:
+        if not self.settings.prefetch or self.image_layer is None or self._encoding is not None or self.switching:
             return
         if self.image_layer not in self.viewer.layers or self.viewer.dims.ndisplay != 2:
             return

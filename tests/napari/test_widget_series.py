@@ -68,3 +68,42 @@ def test_series_autosave_resume_and_prefetch(open_widget, folder, tmp_path):
     assert widget2.previous_image() == 0  # done images open with their saved labels
     np.testing.assert_array_equal(widget2.labels_layer.data, drawn)
     assert sorted(widget2.labels_layer.metadata[PROV_KEY].records) == [lid]  # provenance read back too
+
+
+def test_series_shows_and_saves_volumes_and_channels_as_the_reader_does(open_widget, tmp_path):
+    """A scan with 3 mm slices and an oblique affine is shown at its spacing and its labels are saved
+    with its affine; a 2-channel TIFF is one 2D image with a channel slider, not a stack of 160 x 2
+    planes."""
+    import nibabel as nib
+
+    sample = nuclei()
+    src = tmp_path / "images"
+    src.mkdir()
+    vol = np.stack([sample.image[k * 8:k * 8 + 96, :96] for k in range(4)])  # (z, y, x)
+    c, s = np.cos(np.radians(12)), np.sin(np.radians(12))
+    affine = np.array([[-c * 0.9, s * 0.9, 0, 90], [-s * 0.9, -c * 0.9, 0, 126], [0, 0, 3, -72], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), affine), src / "a_scan.nii.gz")
+    two = np.stack([sample.image[:96, :112], sample.image[:96, :112][:, ::-1]])  # (C, Y, X)
+    tifffile.imwrite(src / "b_two_channels.tif", two, imagej=True, metadata={"axes": "CYX"})
+    out = tmp_path / "labels"
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    widget.open_series(src, out)
+    layer = widget.session.image_layer
+    assert layer.data.shape == (4, 96, 96)
+    np.testing.assert_allclose(layer.scale, [3.0, 0.9, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(widget.labels_layer.scale, [3.0, 0.9, 0.9], rtol=1e-6)
+    viewer.dims.set_current_step(0, 1)
+    obj = big_objects(sample.labels[8:104, :96], 1, min_area=60)[0]
+    widget.segment_boxes([ref_box(sample.labels[8:104, :96], obj)], z=1)
+    drawn = np.asarray(widget.labels_layer.data).copy()
+    widget.next_image()
+    saved = nib.load(out / "a_scan.nii.gz")
+    np.testing.assert_allclose(saved.affine, affine, atol=1e-5)  # overlays the scan in any viewer
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), drawn)
+    layer = widget.session.image_layer
+    assert layer.data.shape == (2, 96, 112) and widget.labels_layer.data.shape == (96, 112)
+    obj = big_objects(sample.labels[:96, :112], 1, min_area=60)[0]
+    (lid,) = widget.segment_boxes([ref_box(sample.labels[:96, :112], obj)])
+    assert widget.last_error is None
+    assert dice(np.asarray(widget.labels_layer.data) == lid, sample.labels[:96, :112] == obj) >= 0.7
