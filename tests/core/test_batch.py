@@ -277,48 +277,50 @@ def test_boxes_as_a_dict_from_a_script(tmp_path):
         segment_folder(images, tmp_path / "o2", boxes={"zz": [[1, 1, 4, 4]]}, predictor=BoxFillPredictor())
 
 
-def test_sigterm_stops_a_batch_like_ctrl_c_and_the_report_says_so(tmp_path, monkeypatch, capsys):
+def test_sigterm_stops_a_batch_like_ctrl_c_and_the_report_says_so(tmp_path):
     """kill / timeout / a cluster's wall-time limit sends SIGTERM: the command stops at once, writes a
     report that says it was cancelled and which images were not processed, and exits 143; a report
-    of an earlier complete run is not left saying "ok"."""
-    import os
-    import signal
-    import types
+    of an earlier complete run is not left saying "ok". In a fresh interpreter (a signal to the
+    test process itself would meet whatever earlier tests left running there)."""
+    import subprocess
+    import textwrap
 
     images, csv = make_folder(tmp_path)
     out = tmp_path / "out"
     segment_folder(images, out, boxes=csv, predictor=BoxFillPredictor())
     assert json.loads((out / REPORT_NAME).read_text())["ok"]
-    fake = types.ModuleType("medsam_fake_batch")
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys, types
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from roi_fakes import BoxFillPredictor
+        from medsam_core import cli
+        from medsam_core.batch import segment_folder
 
-    def register(sub):
-        def run(args):
-            def kill_after_first(done, total, name):
-                if done == 1:
-                    os.kill(os.getpid(), signal.SIGTERM)
+        def register(sub):
+            def run(args):
+                def kill_after_first(done, total, name):
+                    if done == 1:
+                        os.kill(os.getpid(), signal.SIGTERM)
 
-            segment_folder(images, out, boxes=csv, predictor=BoxFillPredictor(), overwrite=True,
-                           on_progress=kill_after_first)
-            return 0
+                segment_folder({str(images)!r}, {str(out)!r}, boxes={str(csv)!r}, predictor=BoxFillPredictor(),
+                               overwrite=True, on_progress=kill_after_first)
+                return 0
 
-        sub.add_parser("fakebatch").set_defaults(func=run)
+            sub.add_parser("fakebatch").set_defaults(func=run)
 
-    fake.register = register
-    monkeypatch.setitem(sys.modules, "medsam_fake_batch", fake)
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["medsam_fake_batch"])
-
-    class NotHandled(Exception):
-        pass
-
-    def ours(signum, frame):  # were the command not to handle SIGTERM, this fails the test (not pytest)
-        raise NotHandled()
-
-    before = signal.signal(signal.SIGTERM, ours)
-    try:
-        assert cli.main(["fakebatch"]) == 143
-        assert signal.getsignal(signal.SIGTERM) is ours  # a script calling cli.main keeps its own handler
-    finally:
-        signal.signal(signal.SIGTERM, before)
-    assert "medsam: terminated" in capsys.readouterr().err
+        fake = types.ModuleType("medsam_fake_batch")
+        fake.register = register
+        sys.modules["medsam_fake_batch"] = fake
+        cli.SUBCOMMAND_MODULES = ["medsam_fake_batch"]
+        before = signal.getsignal(signal.SIGTERM)
+        code = cli.main(["fakebatch"])
+        assert signal.getsignal(signal.SIGTERM) is before  # a script calling cli.main keeps its handler
+        sys.exit(code)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    assert "medsam: terminated" in proc.stderr
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["cancelled"] and not report["ok"] and report["not_processed"] == ["b.tif", "c.tif"]
