@@ -311,8 +311,9 @@ class ActiveActions(ProvenanceActions):
         predictor = self.predictor()
         self.running = "proposing"
         s.on_status(f"MedSAM: fitting the automatic model on {len(images)} labelled image(s)...")
+        image = s.image_layer  # the proposals belong to this image, whatever is chosen when they are ready
         self.task = s.runner.run(_fit_and_propose, predictor, images, labels, target,
-                                 on_done=lambda out: self._on_proposed(out, s.image_layer, plane),
+                                 on_done=lambda out: self._on_proposed(out, image, plane),
                                  on_error=self._on_error, on_cancel=self._on_cancel, desc="MedSAM: proposing objects")
 
     def _on_proposed(self, out, image_layer, plane) -> None:
@@ -323,6 +324,11 @@ class ActiveActions(ProvenanceActions):
         self.running = None
         auto, props = out
         s = self.s
+        if L.raw_layer(s.image_layer) is not L.raw_layer(image_layer):
+            self.on_finished("error")
+            s.on_error(MedSAMError(f"the proposals for {image_layer.name!r} were not shown: another image was "
+                                   f"picked while they were computed; pick {image_layer.name!r} and Propose again"))
+            return
         shape, scale, translate = L.labels_geometry(image_layer, s.settings.channel_axis)
         old = [ly for ly in s.viewer.layers if ly.name == PROPOSALS]
         layer = old[0] if old and isinstance(old[0], Labels) and old[0].data.shape == shape else None

@@ -58,6 +58,7 @@ class AutoActions:
         self.status = "no automatic head yet: label some objects (5 or more), then Train"
         self.proposals: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer id -> (model mask, box)
         self.plane = None
+        self.image = None  # the image layer the automatic objects were made on
         self._seen_model = None
         self.on_progress: Callable = lambda done, total: None
         self.on_finished: Callable = lambda what: None
@@ -145,7 +146,7 @@ class AutoActions:
         s.on_status("MedSAM: segmenting everything...")
         self.task = s.runner.run_steps(
             segment_steps, predictor, head, image, on_step=lambda v: self.on_progress(*v),
-            on_done=lambda props: self._on_segmented(props, s.image_layer, plane), on_error=self._on_error,
+            on_done=lambda props, image=s.image_layer: self._on_segmented(props, image, plane), on_error=self._on_error,
             on_cancel=self._on_cancel, desc="MedSAM: segmenting everything", total=1)
 
     def layer(self):
@@ -159,6 +160,11 @@ class AutoActions:
 
         self.running, self.task = None, None
         s = self.s
+        if L.raw_layer(s.image_layer) is not L.raw_layer(image_layer):
+            self.on_finished("error")
+            s.on_error(MedSAMError(f"the automatic objects of {image_layer.name!r} were not shown: another image "
+                                   f"was picked meanwhile; pick {image_layer.name!r} and Segment everything again"))
+            return
         shape, scale, translate = L.labels_geometry(image_layer, s.settings.channel_axis)
         layer = self.layer()
         if layer is None or not isinstance(layer, Labels) or layer.data.shape != shape:
@@ -169,7 +175,7 @@ class AutoActions:
         editor.plane(plane)[...] = props.to_labels()
         for edit in editor.edits():
             L.apply_edit(layer, edit)
-        self.plane = plane
+        self.plane, self.image = plane, L.raw_layer(image_layer)
         self.proposals = {k + 1: (props.masks[k], props.boxes[k]) for k in range(len(props.masks))}
         self.status = (f"{len(self.proposals)} objects on {plane.describe()} in {AUTO_LAYER!r}: edit them there, "
                        "then Accept selected / Accept all")
@@ -214,6 +220,10 @@ class AutoActions:
 
         s, layer = self.s, self._auto_layer()
         s.require_layers()
+        if L.raw_layer(s.image_layer) is not self.image:
+            name = getattr(self.image, "name", "?")
+            raise MedSAMError(f"the automatic objects were made on {name!r}, not on {s.image_layer.name!r}: pick "
+                              f"{name!r} to accept them (or Segment everything on this image)")
         ch = s.settings.channel_axis
         auto = L.read_labels_plane(layer, self.plane, ch)
         ids = [int(k) for k in ids if int(k) > 0 and (auto == int(k)).any()]

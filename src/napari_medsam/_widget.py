@@ -195,7 +195,10 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.show_status(f"MedSAM: {exc}")
 
     def show_status(self, text: str) -> None:
-        self.status_label.setText(text)
+        try:
+            self.status_label.setText(text)
+        except RuntimeError:  # the dock was closed while a worker finished: there is nobody to tell
+            return
         self.viewer.status = text
         if self.session.predictor is not None:
             self.device_label.setText(self._model_line())

@@ -275,6 +275,20 @@ def test_cancel_propose_changes_nothing(open_widget, qtbot):
     assert panel.propose_btn.isEnabled() and not panel.cancel_btn.isEnabled()
 
 
+def test_proposals_stay_with_the_image_they_were_made_for(open_widget, qtbot):
+    """Another image picked while the proposals are computed: they are not laid over it (a message
+    says what to do), and no proposals layer of the wrong geometry is left behind."""
+    viewer, widget, ref = _nuclei_with_ten_labelled(open_widget)
+    other = viewer.add_image(np.asarray(viewer.layers["nuclei"].data)[::-1].copy(), name="other")
+    qtbot.mouseClick(widget.active_panel.propose_btn, LEFT)
+    assert widget.active.running == "proposing"
+    widget.set_image_layer(other)
+    qtbot.waitUntil(lambda: widget.active.running is None and not widget.runner.busy, timeout=600_000)
+    assert "the proposals for 'nuclei' were not shown" in widget.last_error
+    assert "MedSAM proposals" not in [ly.name for ly in viewer.layers]
+    assert not np.asarray(widget.labels_layer.data).any()
+
+
 def _auto_done(widget, qtbot) -> None:
     qtbot.waitUntil(lambda: widget.active.auto.running is None and not widget.runner.busy, timeout=600_000)
     assert widget.last_error is None
@@ -338,6 +352,14 @@ def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget
     _auto_done(widget, qtbot)
     assert "cancelled" in widget.status_label.text() and [ly.name for ly in viewer.layers] == names
     assert np.array_equal(layer.data, layer_before) and tab.segment_btn.isEnabled()
+
+    # the automatic objects belong to "nuclei": another image's labels never get them
+    other = viewer.add_image(sample.image[::-1].copy(), name="other")
+    widget.set_image_layer(other)
+    other_labels = widget.labels_layer
+    qtbot.mouseClick(tab.accept_all_btn, LEFT)
+    assert "were made on 'nuclei', not on 'other'" in widget.last_error
+    assert not np.asarray(other_labels.data).any() and other_labels is not mine
 
 
 def test_automatic_tab_fits_a_1280_window(make_napari_viewer, qtbot, lite_model, tmp_path):
