@@ -48,6 +48,15 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return p.with_name(split_suffix(p)[0] + ".provenance.json")
 
 
+def _labels_file_of(sidecar: Path) -> str | None:
+    """The labels file name a sidecar says it belongs to (None: older sidecars, or unreadable)."""
+    try:
+        d = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return d.get("labels_file") if isinstance(d, dict) and isinstance(d.get("labels_file"), str) else None
+
+
 # -- masks inside their bounding box, run-length encoded ------------------------------------------
 def encode_mask(mask: np.ndarray) -> dict | None:
     """(H, W) or (Z, H, W) bool -> {"shape", "bbox" [start..., stop...], "runs"}; None if empty.
@@ -281,7 +290,13 @@ class Provenance:
         path = sidecar_path(labels_path)
         if not path.parent.is_dir():
             raise ProvenanceError(f"folder {path.parent} does not exist; create it first")
-        text = json.dumps(self.to_dict(), indent=1)
+        name = Path(labels_path).name
+        other = _labels_file_of(path)
+        if other is not None and other != name and (path.parent / other).exists():
+            raise ProvenanceError(
+                f"{path.name} holds the provenance of {other}, which shares this name; it was kept and the "
+                f"provenance of {name} was not written: save these labels under another name to keep both")
+        text = json.dumps({**self.to_dict(), "labels_file": name}, indent=1)
         return write_text_atomic(path, text)
 
     @classmethod
@@ -296,6 +311,11 @@ class Provenance:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProvenanceError(f"cannot read {path}: {exc}; delete it or restore a backup") from None
         out = cls.from_dict(d, str(path))
+        owner = d.get("labels_file") if isinstance(d, dict) else None
+        if owner is not None and owner != Path(labels_path).name:  # e.g. case.nii.gz's beside case.tif
+            warnings.warn(f"{path.name} is the provenance of {owner}, not of {Path(labels_path).name}: not used",
+                          stacklevel=2)
+            return cls()
         if labels is not None:
             present = set(np.unique(np.asarray(labels)).tolist()) - {0}
             gone = sorted(set(out.records) - present)

@@ -75,6 +75,26 @@ def test_round_trip_beside_labels(tmp_path):
     assert Provenance.from_dict(d).events == []
 
 
+def test_two_labels_files_with_one_name_never_take_each_others_provenance(tmp_path):
+    """case.tif and case.nii.gz share the sidecar name case.provenance.json: the second save must not
+    replace the first one's records, and a file never loads another file's records."""
+    lab = _labels()
+    tif = write_labels(tmp_path / "case.tif", lab)
+    first = _prov(lab)
+    first.save(tif)
+    other = Provenance(ClassTable({1: "object"}))
+    other.record_model_mask(1, lab == 2, [Prompt("box", [30, 20, 44, 29])], MODEL, round=1)
+    nii = write_labels(tmp_path / "case.nii.gz", (lab == 2).astype(np.uint8))
+    with pytest.raises(ProvenanceError, match="holds the provenance of case.tif.*save these labels under another name"):
+        other.save(nii)
+    assert Provenance.load(tif, lab).to_dict() == first.to_dict()  # kept
+    with pytest.warns(UserWarning, match="is the provenance of case.tif, not of case.nii.gz: not used"):
+        assert Provenance.load(nii).records == {}
+    tif.unlink()  # the first file is gone: its name is free again
+    other.save(nii)
+    assert Provenance.load(nii).to_dict() == other.to_dict()
+
+
 def test_edit_detection_paint_and_delete():
     lab = _labels()
     p = _prov(lab)
