@@ -74,6 +74,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
         raise CheckpointError(f"checkpoint file not found: {path}. Check the path, or use the bundled model.")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): copy or download it again")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch saves a zip (PK) or, before 1.6, a pickle (protocol 2+: 0x80): anything else is no checkpoint
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}, not a zip or a "
+                              "pickle): choose the .pt/.pth file of the model, or copy it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -49,6 +49,10 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupted"):
         medsam_core.load_model("lite_medsam", checkpoint=bad)
+    text = tmp_path / "notes.pt"  # a file that only has the name of one (was: "holds Python objects ...")
+    text.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"is not a PyTorch checkpoint \(it starts with b'not '"):
+        medsam_core.load_model("lite_medsam", checkpoint=text)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(bundled_weights_path(get_spec("lite_medsam")).read_bytes()[:1_000_000])
     with pytest.raises(CheckpointError, match="corrupted|truncated"):
