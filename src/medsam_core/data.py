@@ -21,6 +21,7 @@ Boxes are XYXY in pixels, inclusive indices (x_min, y_min, x_max, y_max), as the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -155,12 +156,14 @@ def make_training_data(
         raise TrainingError("no (image, labels) pairs given: pick at least one image with a labels layer")
     if boxes is not None and len(boxes) != len(pairs):
         raise TrainingError(f"{len(boxes)} box mappings for {len(pairs)} image/labels pairs: give one per pair")
-    images, label_images, objects = [], [], []
+    images, label_images, objects, binary = [], [], [], []
     for k, (image, labels) in enumerate(pairs):
         img = _check_image(image, k)
         lab = _check_labels(labels, img.shape[:2], k)
         drawn = dict((boxes[k] or {}) if boxes is not None else {})
         ids = [int(i) for i in np.unique(lab) if i != 0]
+        if len(ids) == 1 and not drawn and _pieces(lab == ids[0]) >= 3:
+            binary.append(k)
         missing = sorted(set(int(i) for i in drawn) - set(ids))
         if missing:
             raise TrainingError(
@@ -178,14 +181,26 @@ def make_training_data(
                 objects.append(ObjectSample(k, label, bounding_box(lab == label), False))
         images.append(img)
         label_images.append(lab)
+    hint = ""
+    if binary:  # a 0/255 mask of many nuclei is one "object" the size of the image
+        hint = (f"; the labels of image(s) {binary[:10]} look like a binary mask (one id, many separate pieces): "
+                "give each object its own id (e.g. skimage.measure.label(mask))")
+        warnings.warn(hint[2:], stacklevel=2)
     if not objects:
         raise TrainingError("the labels hold no objects (all zero): label some objects first")
     if len(objects) < min_objects:
         raise TrainingError(
             f"only {len(objects)} labelled object(s): fine-tuning needs at least {min_objects} "
-            "(some to train on, at least one held out to check the result); label more objects"
+            "(some to train on, at least one held out to check the result); label more objects" + hint
         )
     return TrainingData(images, label_images, objects)
+
+
+def _pieces(mask: np.ndarray) -> int:
+    """Connected pieces of a 2D mask (8-connected)."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3), int))[1])
 
 
 def split_holdout(data: TrainingData, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:

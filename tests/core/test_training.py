@@ -328,3 +328,17 @@ def test_guard_bad_input_writes_nothing_and_keeps_the_model(tiny_model, tmp_path
         session.run_round(make_training_data([disks()]), start="elsewhere")
     assert session.active_model is tiny_model and not session.rounds
     assert not (tmp_path / "rounds").exists()
+
+
+def test_a_binary_mask_of_many_objects_gets_a_hint():
+    """A 0/255 mask of five nuclei is one "object" to the trainer: the refusal says how to fix it."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    for cx in (8, 20, 32, 44, 56):
+        mask[28:36, cx - 3:cx + 3] = 255
+    with pytest.warns(UserWarning, match="look like a binary mask"), \
+            pytest.raises(TrainingError, match=r"only 1 labelled object.*skimage.measure.label"):
+        make_training_data([(image, mask)])
+    from skimage.measure import label
+
+    assert len(make_training_data([(image, label(mask > 0))])) == 5  # with ids: five objects, no warning
