@@ -96,6 +96,8 @@ def _check_labels(labels, image_shape: tuple[int, int], k: int) -> np.ndarray:
             raise TrainingError(f"labels {k} are fractional: give an integer label image (0 = background)")
     elif lab.dtype.kind not in "biu":
         raise TrainingError(f"labels {k} have dtype {lab.dtype}: give an integer label image")
+    if lab.ndim == 3 and lab.shape[:2] == image_shape and lab.shape[1:] != image_shape:
+        lab = np.moveaxis(lab, -1, 0)  # a stack of 2-4 masks that a TIFF reader took for colour channels
     if lab.ndim == 3 and lab.shape[1:] == image_shape:  # a stack of binary masks, one per object
         _refuse_label_volume(lab, image_shape, k)
         stack = lab != 0

@@ -342,3 +342,13 @@ def test_a_binary_mask_of_many_objects_gets_a_hint():
     from skimage.measure import label
 
     assert len(make_training_data([(image, label(mask > 0))])) == 5  # with ids: five objects, no warning
+
+
+def test_a_stack_of_three_masks_read_as_channels_is_still_three_objects():
+    image = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)
+    stack = np.zeros((3, 64, 64), np.uint8)
+    for k, cx in enumerate((12, 32, 52)):
+        stack[k, 28:36, cx - 3:cx + 3] = 1
+    for labels in (stack, np.moveaxis(stack, 0, -1)):  # (K, H, W), and (H, W, K) as a TIFF reader gives it
+        data = make_training_data([(image, labels)])
+        assert len(data) == 3 and sorted(np.unique(data.labels[0]).tolist()) == [0, 1, 2, 3]
