@@ -84,7 +84,9 @@ def register_slide(sub) -> None:
     p.add_argument("--name", default="medsam", help="label image name inside labels/ (default medsam)")
     p.add_argument("--geojson", default=None, help="also write the objects as GeoJSON polygons (QuPath)")
     p.add_argument("--roi", choices=("auto", "whole", "roi"), default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing label image of that name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing label image of that name (kept until the new one is finished) and "
+                        "an existing --geojson file")
     add_dask_options(p)  # units = groups of ROI crops owning disjoint label chunks (distributed_slide.py)
     add_model_options(p)
     p.add_argument("--intensity", default="auto", help="auto, as_is, percentile, minmax or ct:<window>")
@@ -96,14 +98,14 @@ def run_slide(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .predictor import Predictor
-    from .segment import parse_channel, parse_intensity, read_boxes_csv
+    from .segment import parse_channel, parse_intensity
     from .slide import boxes_from_geojson, segment_slide
 
     classes: dict[int, str] = {}
     if args.boxes.lower().endswith((".geojson", ".json")):
         boxes, classes = boxes_from_geojson(args.boxes)
     else:
-        boxes, _ = read_boxes_csv(args.boxes)
+        boxes = _slide_rows(args.boxes, args.image)
     bar = tqdm(total=None, desc="crops", unit="crop", disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -117,12 +119,36 @@ def run_slide(args: argparse.Namespace) -> int:
         result = segment_slide(Predictor(load_from_args(args)), args.image, boxes, out=args.out, name=args.name,
                                roi_mode=args.roi, intensity=parse_intensity(args.intensity),
                                channel=parse_channel(args.channel), geojson=args.geojson, classes=classes,
-                               overwrite=args.overwrite, progress=progress)
+                               overwrite=args.overwrite, progress=progress, boxes_source=args.boxes)
     finally:
         bar.close()
     print(f"medsam slide: {len(result.objects)} objects from {result.encodes} crop(s) in {result.seconds:.1f} s; "
           f"labels in {result.labels}" + (f"; GeoJSON {result.geojson}" if result.geojson else ""))
     return 0
+
+
+def _slide_rows(path: str, image: str):
+    """Boxes of a CSV for one slide: all its rows, or, where it has an ``image`` column (a batch's
+    boxes file), the rows that name this slide (by file name or stem)."""
+    import csv
+
+    from .boxsources import read_table
+    from .errors import PromptError
+    from .segment import read_boxes_csv
+    from .series import split_name
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [(h or "").strip().lower() for h in reader.fieldnames or []]
+        if "image" not in header:
+            return read_boxes_csv(path)[0]
+        column = reader.fieldnames[header.index("image")]
+        named = {(row.get(column) or "").strip() for row in reader}
+    me = Path(image).name
+    if not named & {me, split_name(Path(image))[0]}:
+        raise PromptError(f"no row of {Path(path).name} names this slide ({me}); its image column names "
+                          f"{', '.join(sorted(named)[:5])}")
+    return read_table(path, [me], skipped=sorted(named - {me, split_name(Path(image))[0]}))[me][0]
 
 
 def run_batch(args: argparse.Namespace) -> int:

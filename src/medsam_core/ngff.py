@@ -247,8 +247,9 @@ def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spa
         spacing, unit, version = tuple(image.spacing[a] for a in yx), image.units[yx[1]], image.version
         parent, final, source = dest / "labels", dest / "labels" / name, "../../"
     else:
-        if dest.exists() and not (overwrite and dest.is_dir()):
-            raise ImageError(f"{dest} exists and is not an OME-Zarr image; give a new path or overwrite=True")
+        if dest.exists() and not (overwrite and image is not None and image.is_label):
+            raise ImageError(f"{dest} exists and is not an OME-Zarr image or label image: give a new path "
+                             "(overwrite replaces label images only, never other folders or files)")
         if not dest.parent.is_dir():
             raise ImageError(f"folder {dest.parent} does not exist; create it first")
         parent, final, source = dest.parent, dest, None

@@ -14,9 +14,12 @@ come from a GeoJSON file too (each feature's bounding box; its class name is kep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,17 +88,50 @@ def labels_destination(image, out, kind: str) -> Path:
     return dest
 
 
+def _is_label_image(path: Path) -> bool:
+    from . import ngff
+
+    try:
+        return ngff.is_ngff(path) and ngff.open_ngff(path).is_label
+    except Exception:  # unreadable: not one of ours to replace
+        return False
+
+
+def _set_aside(final: Path) -> Path:
+    """Move an existing label image out of the way (restored if the new run does not finish)."""
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(final, old)
+    return old
+
+
+def _check_geojson_out(geojson, overwrite: bool, inputs) -> None:
+    """The GeoJSON output, checked before any work: its suffix, its folder, never an input (the
+    boxes' own GeoJSON, the slide), an existing file only with ``overwrite``."""
+    from ._paths import check_output
+
+    path = Path(geojson).expanduser()
+    if path.suffix.lower() not in (".geojson", ".json"):
+        raise ImageError(f"GeoJSON output {path.name} must end in .geojson")
+    check_output(path, inputs=tuple(i for i in inputs if isinstance(i, str | os.PathLike)), what="GeoJSON output")
+    if path.exists() and not overwrite:
+        raise ImageError(f"{path} exists: pass --overwrite (overwrite=True) to replace it")
+
+
 def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.PathLike | None = None,
                   name: str = "medsam", roi_mode: str = "auto", intensity=None, channel=None,
                   geojson: str | os.PathLike | None = None, classes: dict[int, str] | None = None,
-                  overwrite: bool = False, progress=None, cancel=None, ids=None) -> SlideResult:
+                  overwrite: bool = False, progress=None, cancel=None, ids=None,
+                  boxes_source: str | os.PathLike | None = None) -> SlideResult:
     """Segment (N, 4) XYXY level-0 ``boxes`` on the slide ``image`` -> SlideResult; box i gets id i+1.
 
     out: a new ``.zarr`` path for the labels, or None to write into the OME-Zarr slide's
     ``labels/<name>``. geojson: also write the objects there (class names from ``classes``).
     progress(done, total) after each crop; cancel: callable or Event, checked before each crop
     (the label image then holds the crops done so far). ids: (N,) label id per box instead of i+1
-    (e.g. the ids of the label image the boxes came from). Bad arguments raise before anything is written.
+    (e.g. the ids of the label image the boxes came from). boxes_source: the file the boxes were read
+    from (never overwritten by ``geojson``). Bad arguments raise before anything is written. With
+    ``overwrite``, the earlier label image is kept aside until the new one is finished, and put back
+    if the run fails or is interrupted.
     """
     from . import roi, wsi
     from .labelstore import LabelStore
@@ -113,21 +149,38 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
         if len(ids) != len(boxes) or (ids <= 0).any() or ids.max() > np.iinfo(np.uint32).max:
             raise PromptError(f"{len(ids)} ids for {len(boxes)} boxes: give one id > 0 (uint32) per box")
         dest = labels_destination(image, out, pyr.kind)
-        if geojson is not None and Path(geojson).suffix.lower() not in (".geojson", ".json"):
-            raise ImageError(f"GeoJSON output {Path(geojson).name} must end in .geojson")
+        if geojson is not None:
+            _check_geojson_out(geojson, overwrite, inputs=(image, boxes_source))
         window = wsi.intensity_window(pyr, intensity, channel)
-        store = LabelStore.create(dest, shape, name=name, spacing=pyr.spacing,
-                                  unit={"um": "micrometer"}.get(pyr.unit, pyr.unit), overwrite=overwrite)
-        total = roi.count_encodes(boxes, shape, roi_mode, predictor.spec.preprocessing.input_size)
-        done, windows = 0, []
-        for idx, results in roi.iter_box_masks(predictor, pyr, boxes, roi_mode, window, channel, cancel=cancel):
-            for i, r in zip(idx, results, strict=True):
-                store.paste(r.window, r.mask[None], np.array([ids[i]], np.uint32))
-                windows.append(r.window)
-            done += 1
-            if progress:
-                progress(done, total)
-        store.update_levels()
+        final = dest / "labels" / name if dest.resolve() == Path(image).expanduser().resolve() else dest
+        if overwrite and final.exists() and not _is_label_image(final):
+            raise ImageError(f"{final} exists and is not a label image: give a new path (--overwrite replaces "
+                             "label images only, never other folders)")
+        old = _set_aside(final) if overwrite and final.exists() else None
+        store = None
+        try:
+            store = LabelStore.create(dest, shape, name=name, spacing=pyr.spacing,
+                                      unit={"um": "micrometer"}.get(pyr.unit, pyr.unit), overwrite=overwrite)
+            total = roi.count_encodes(boxes, shape, roi_mode, predictor.spec.preprocessing.input_size)
+            done, windows = 0, []
+            for idx, results in roi.iter_box_masks(predictor, pyr, boxes, roi_mode, window, channel, cancel=cancel):
+                for i, r in zip(idx, results, strict=True):
+                    store.paste(r.window, r.mask[None], np.array([ids[i]], np.uint32))
+                    windows.append(r.window)
+                done += 1
+                if progress:
+                    progress(done, total)
+            store.update_levels()
+        except BaseException:
+            if old is not None:  # an interrupted --overwrite: the earlier, complete labels come back
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(old, final)
+            elif store is not None:  # a first run stopped: the crops done so far, at every level
+                with contextlib.suppress(Exception):
+                    store.update_levels()
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         pyr.close()
     gj = None

@@ -114,3 +114,66 @@ def test_batch_folder_with_a_slide_writes_ome_zarr_and_resumes(slide, tmp_path):
     assert tifffile.imread(tmp_path / "out" / "plain.tif").max() == 1
     again = segment_folder(folder, tmp_path / "out", boxes=boxes, roi="roi", predictor=pred)
     assert sorted(r.status for r in again.results) == ["skipped", "skipped"]
+
+
+def test_an_interrupted_overwrite_keeps_the_earlier_labels(slide, tmp_path):
+    """--overwrite stopped half way (Ctrl-C, a crash, cancel): the earlier, complete labels are still
+    there, at every level; a finished overwrite replaces them."""
+    from medsam_core.errors import CancelledError
+
+    path, _ = slide
+    out = tmp_path / "labels.zarr"
+    boxes = np.array([[100, 100, 130, 140], [1000, 700, 1040, 730], [1500, 1000, 1535, 1023]], float)
+    segment_slide(BoxFillPredictor(), path, boxes, out=out, roi_mode="roi")
+    before = np.asarray(ngff.open_ngff(out).levels[0][:])
+    steps = []
+
+    def cancel():
+        return len(steps) >= 1  # after the first crop
+
+    with pytest.raises(CancelledError):
+        segment_slide(BoxFillPredictor(), path, boxes[::-1], out=out, roi_mode="roi", overwrite=True, cancel=cancel,
+                      progress=lambda done, total: steps.append(done))
+    np.testing.assert_array_equal(np.asarray(ngff.open_ngff(out).levels[0][:]), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "slide.ome.zarr"]  # nothing set aside
+    segment_slide(BoxFillPredictor(), path, boxes[:1], out=out, roi_mode="roi", overwrite=True)
+    assert set(np.unique(np.asarray(ngff.open_ngff(out).levels[0][:]))) == {0, 1}
+
+
+def test_geojson_and_overwrite_never_destroy_what_is_not_ours(slide, tmp_path):
+    path, _ = slide
+    boxes_file = tmp_path / "cells.geojson"
+    labels = np.zeros((1024, 1536), np.uint16)
+    labels[100:140, 100:130] = 1
+    write_geojson(boxes_file, labels, {1: "Tumor"})
+    kept = boxes_file.read_bytes()
+    boxes, _ = boxes_from_geojson(boxes_file)
+    with pytest.raises(ImageError, match="input"):  # the annotations the boxes came from
+        segment_slide(BoxFillPredictor(), path, boxes, out=tmp_path / "a.zarr", geojson=boxes_file,
+                      boxes_source=boxes_file, overwrite=True)
+    assert boxes_file.read_bytes() == kept and not (tmp_path / "a.zarr").exists()
+    other = tmp_path / "other.geojson"
+    other.write_text("{}")
+    with pytest.raises(ImageError, match="exists: pass --overwrite"):  # before any crop is segmented
+        segment_slide(BoxFillPredictor(), path, boxes, out=tmp_path / "a.zarr", geojson=other)
+    with pytest.raises(ImageError, match="does not exist"):
+        segment_slide(BoxFillPredictor(), path, boxes, out=tmp_path / "a.zarr", geojson=tmp_path / "no" / "x.geojson")
+    assert not (tmp_path / "a.zarr").exists()
+    plain = tmp_path / "notes.zarr"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("mine")
+    with pytest.raises(ImageError, match="not a label image"):
+        segment_slide(BoxFillPredictor(), path, boxes, out=plain, overwrite=True)
+    assert (plain / "notes.txt").read_text() == "mine"
+
+
+def test_slide_takes_its_own_rows_of_a_batch_boxes_csv(slide, tmp_path):
+    from medsam_core.cli_batch import _slide_rows
+
+    path, _ = slide
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image,x_min,y_min,x_max,y_max\nslide.ome.zarr,10,10,40,40\nother.tif,5,5,9,9\n"
+                   "slide,50,50,80,90\n")
+    np.testing.assert_array_equal(_slide_rows(str(csv), str(path)), [[10, 10, 40, 40], [50, 50, 80, 90]])
+    with pytest.raises(PromptError, match="no row of boxes.csv names this slide"):
+        _slide_rows(str(csv), str(tmp_path / "third.ome.zarr"))
