@@ -326,7 +326,8 @@ def _run_one(get_predictor, path: Path, out_path: Path, source: BoxSource, roi: 
     if (out_path.is_file() or out_path.name.endswith(".zarr") and out_path.is_dir()) and not overwrite:
         problem = existing_output_problem(out_path, path)
         if problem is None:
-            return ImageResult(path.name, "skipped", str(out_path), message="output exists (use overwrite)")
+            return ImageResult(path.name, "skipped", str(out_path),
+                               message="output exists (--overwrite, overwrite=True, segments it again)")
         redo = f"the existing output was not usable ({problem}) and was made again"
     t0 = time.perf_counter()
     try:

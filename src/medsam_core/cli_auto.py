@@ -38,6 +38,8 @@ def register(sub) -> None:
                        help="masks from the decoder (boxes of the head's instances)")
     masks.add_argument("--head-masks", dest="refine", action="store_const", const="head",
                        help="the head's own instance masks (no decoder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="segment images whose labels exist already (e.g. with a retrained head); default: skip them")
     p.set_defaults(func=run_auto, refine=None)
 
     t = sub.add_parser("auto-train", help="train the automatic head on labelled images; write a checkpoint with it")
@@ -75,7 +77,7 @@ def run_auto(args: argparse.Namespace) -> int:
     update, close = tqdm_progress("images")
     try:
         report = segment_folder(images, args.out, predictor=Predictor(model), auto=True, auto_masks=args.refine,
-                                on_progress=lambda done, total, _name: update(done, total))
+                                overwrite=args.overwrite, on_progress=lambda done, total, _name: update(done, total))
     finally:
         close()
     for r in report.results:

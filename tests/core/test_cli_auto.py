@@ -68,3 +68,12 @@ def test_auto_train_then_auto_on_the_other_half(tmp_path, monkeypatch, lite_mode
     ids = [k for k in np.unique(got) if k]
     r = match(np.stack([got == k for k in ids]), lab[:, 128:])
     assert r.f1 > 0.5, r
+    # a rerun skips the image (resume); --overwrite segments it again (e.g. with a retrained head)
+    older = np.ones(got.shape, np.uint8)  # stand-in for the labels of an older head
+    tifffile.imwrite(out / "right.tif", older)
+    capsys.readouterr()
+    assert cli.main(["auto", "--images", str(new), "--out", str(out), "--head-masks"]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    np.testing.assert_array_equal(tifffile.imread(out / "right.tif"), older)
+    assert cli.main(["auto", "--images", str(new), "--out", str(out), "--head-masks", "--overwrite"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "right.tif"), got)
