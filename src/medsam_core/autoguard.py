@@ -62,10 +62,13 @@ def save_with_model(path: str | os.PathLike, model, head: AutoHead | None, meta:
 
 def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0) -> list[np.ndarray]:
     """Per image, the label ids held out (about ``holdout`` of all objects, at least 1)."""
+    from .data import binary_mask_hint
+
     ids = [(i, int(k)) for i, lab in enumerate(labels) for k in np.unique(lab) if k != 0]
+    hint = binary_mask_hint(labels)
     if len(ids) < MIN_OBJECTS:
         raise TrainingError(f"label at least {MIN_OBJECTS} objects to train the automatic head "
-                            f"(the guard keeps some of them to check the result); got {len(ids)}")
+                            f"(the guard keeps some of them to check the result); got {len(ids)}{hint}")
     rng = np.random.default_rng(seed)
     n = max(1, int(round(holdout * len(ids))))
     chosen = [ids[j] for j in rng.choice(len(ids), n, replace=False)]

@@ -158,14 +158,12 @@ def make_training_data(
         raise TrainingError("no (image, labels) pairs given: pick at least one image with a labels layer")
     if boxes is not None and len(boxes) != len(pairs):
         raise TrainingError(f"{len(boxes)} box mappings for {len(pairs)} image/labels pairs: give one per pair")
-    images, label_images, objects, binary = [], [], [], []
+    images, label_images, objects = [], [], []
     for k, (image, labels) in enumerate(pairs):
         img = _check_image(image, k)
         lab = _check_labels(labels, img.shape[:2], k)
         drawn = dict((boxes[k] or {}) if boxes is not None else {})
         ids = [int(i) for i in np.unique(lab) if i != 0]
-        if len(ids) == 1 and not drawn and _pieces(lab == ids[0]) >= 3:
-            binary.append(k)
         missing = sorted(set(int(i) for i in drawn) - set(ids))
         if missing:
             raise TrainingError(
@@ -183,11 +181,8 @@ def make_training_data(
                 objects.append(ObjectSample(k, label, bounding_box(lab == label), False))
         images.append(img)
         label_images.append(lab)
-    hint = ""
-    if binary:  # a 0/255 mask of many nuclei is one "object" the size of the image
-        hint = (f"; the labels of image(s) {binary[:10]} look like a binary mask (one id, many separate pieces): "
-                "give each object its own id (e.g. skimage.measure.label(mask))")
-        warnings.warn(hint[2:], stacklevel=2)
+    drawn_any = boxes is not None and any(boxes)
+    hint = "" if drawn_any else binary_mask_hint(label_images)
     if not objects:
         raise TrainingError("the labels hold no objects (all zero): label some objects first")
     if len(objects) < min_objects:
@@ -198,11 +193,26 @@ def make_training_data(
     return TrainingData(images, label_images, objects)
 
 
-def _pieces(mask: np.ndarray) -> int:
-    """Connected pieces of a 2D mask (8-connected)."""
+def binary_mask_hint(label_images) -> str:
+    """"; the labels of image(s) [..] look like a binary mask ...": label images with one id in many
+    separate pieces (a 0/255 mask of many nuclei, one "object" the size of the image), warned about
+    here and appended to a refusal; "" when there is none."""
     from scipy import ndimage
 
-    return int(ndimage.label(mask, structure=np.ones((3, 3), int))[1])
+    binary = []
+    for k, lab in enumerate(label_images):
+        lab = np.asarray(lab)
+        ids = np.unique(lab)
+        ids = ids[ids != 0]
+        if lab.ndim == 2 and len(ids) == 1:
+            if ndimage.label(lab == ids[0], structure=np.ones((3, 3), int))[1] >= 3:
+                binary.append(k)
+    if not binary:
+        return ""
+    hint = (f"; the labels of image(s) {binary[:10]} look like a binary mask (one id, many separate pieces): "
+            "give each object its own id (e.g. skimage.measure.label(mask))")
+    warnings.warn(hint[2:], stacklevel=3)
+    return hint
 
 
 def split_holdout(data: TrainingData, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medsam_core.auto import Proposals, label_boxes
 from medsam_core.autoguard import heldout_score, split_part
@@ -62,3 +63,18 @@ def test_the_guard_refuses_only_a_model_worse_beyond_the_noise():
     assert p_worse(nothing, perfect) == 1.0 and p_worse(perfect, nothing) == 0.0
     assert p_worse(perfect, perfect) == 0.0  # a tie goes to the new model
     assert 0.0 < p_worse(one_missed, perfect) < 0.9  # one object in ten: within the noise
+
+
+def test_binary_masks_get_a_hint_when_there_are_too_few_objects():
+    from medsam_core.autoguard import split_objects
+    from medsam_core.errors import TrainingError
+
+    masks = []
+    for _ in range(3):  # three 0/255 masks of four nuclei each: three "objects"
+        m = np.zeros((40, 40), np.uint8)
+        for c in (5, 15, 25, 35):
+            m[18:22, c - 2:c + 2] = 255
+        masks.append(m)
+    with pytest.warns(UserWarning, match="look like a binary mask"), \
+            pytest.raises(TrainingError, match=r"got 3; the labels of image\(s\) \[0, 1, 2\] look like a binary mask"):
+        split_objects(masks, 0.2)
