@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import roi
+from .errors import PromptError
 from .preprocess import check_boxes
 
 #: A unit holds about this many boxes (whole components only: a component is never split).
@@ -107,14 +108,18 @@ def segment_slide_distributed(client, image: str | os.PathLike, boxes, out: str 
     t0 = time.perf_counter()
     image = str(Path(image).expanduser().absolute())
     with open_pyramid(image) as pyr:
-        shape, spacing = pyr.shape[:2], pyr.spacing
+        shape, spacing, unit = pyr.shape[:2], pyr.spacing, {"um": "micrometer"}.get(pyr.unit, pyr.unit)
         from .slide import labels_destination
+
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            raise PromptError("no boxes given: nothing to segment")
 
         out = labels_destination(image, None if Path(out).expanduser().absolute() == Path(image) else out, pyr.kind)
         boxes = check_boxes(boxes, shape)
         window = intensity_window(pyr, intensity, channel)
     units = plan_units(boxes, shape, chunk, boxes_per_unit)
-    store = LabelStore.create(out, shape, name=name, spacing=spacing, chunk=chunk, overwrite=overwrite)
+    store = LabelStore.create(out, shape, name=name, spacing=spacing, unit=unit, chunk=chunk, overwrite=overwrite)
     plugin = model_plugin(model, checkpoint, device, encoder_backend)
     if not all(client.run(lambda dask_worker, n=plugin.name: n in dask_worker.plugins).values()):
         client.register_plugin(plugin)

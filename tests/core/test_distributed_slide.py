@@ -82,6 +82,26 @@ def test_medsam_slide_on_one_local_worker(tmp_path, monkeypatch, capsys):
     assert set(np.unique(b)) == {0, 1, 2} and (b == 1)[100:160, 200:280].mean() > 0.5
     np.testing.assert_array_equal(a, b)
     assert (tmp_path / "o.geojson").is_file()
+    unit = ngff.open_ngff(tmp_path / "inproc.zarr").units
+    assert ngff.open_ngff(tmp_path / "dask.zarr").units == unit  # the slide's unit, as in-process
+
+
+def test_distributed_slide_refuses_no_boxes_and_an_existing_geojson_before_any_work(tmp_path, capsys):
+    from medsam_core import PromptError
+    from medsam_core.cli import main
+    from medsam_core.distributed_slide import segment_slide_distributed
+
+    data = np.zeros((300, 300), np.uint8)
+    slide = ngff.write_ngff_image(tmp_path / "s.ome.zarr", [data, data[::2, ::2]], axes="yx", chunk=128)
+    with pytest.raises(PromptError, match="no boxes given"):  # an empty FeatureCollection: nothing written
+        segment_slide_distributed(object(), slide, np.zeros((0, 4)), tmp_path / "l.zarr")
+    assert not (tmp_path / "l.zarr").exists()
+    (tmp_path / "b.csv").write_text("x_min,y_min,x_max,y_max\n10,10,40,40\n")
+    (tmp_path / "o.geojson").write_text("{}")
+    rc = main(["slide", "--image", str(slide), "--boxes", str(tmp_path / "b.csv"), "--out", str(tmp_path / "l.zarr"),
+               "--workers", "1", "--geojson", str(tmp_path / "o.geojson")])
+    assert rc == 2 and "exists: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "o.geojson").read_text() == "{}" and not (tmp_path / "l.zarr").exists()
 
 
 def test_distributed_slide_refuses_a_bad_destination_before_any_work(tmp_path):
