@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,13 +52,16 @@ def boxes_from_geojson(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, s
         doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PromptError(f"cannot read boxes from {path}: {exc}") from None
-    boxes, classes = [], {}
+    boxes, classes, skipped = [], {}, {}
     for feat in _features(doc):
         geom = feat.get("geometry") or {}
-        if geom.get("type") not in ("Polygon", "MultiPolygon"):
+        kind = str(geom.get("type"))
+        if kind not in ("Polygon", "MultiPolygon"):
+            skipped[kind] = skipped.get(kind, 0) + 1
             continue
         pts = np.asarray([p[:2] for ring in _rings(geom) for p in ring], np.float64)
         if len(pts) < 3:
+            skipped[kind] = skipped.get(kind, 0) + 1
             continue
         x0, y0 = np.floor(pts.min(axis=0))
         x1, y1 = np.ceil(pts.max(axis=0)) - 1
@@ -65,6 +69,9 @@ def boxes_from_geojson(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, s
         name = _class_name(feat.get("properties") or {})
         if name:
             classes[len(boxes)] = str(name)
+    if skipped:  # points (cell centroids), lines, empty polygons: no box to draw around
+        warnings.warn(f"{Path(path).name}: {', '.join(f'{n} {k}' for k, n in skipped.items())} feature(s) skipped: "
+                      "only Polygon and MultiPolygon features give boxes", stacklevel=2)
     return np.array(boxes, np.float64).reshape(-1, 4), classes
 
 

@@ -61,6 +61,11 @@ def test_boxes_from_qupath_geojson_keep_classes(tmp_path):
     boxes, classes = boxes_from_geojson(tmp_path / "a.geojson")
     assert boxes.tolist() == [[5, 10, 24, 19], [40, 30, 69, 54]]
     assert classes == {1: "Tumor", 2: "Immune cells"}
+    doc = json.loads((tmp_path / "a.geojson").read_text())
+    doc["features"].append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}, "properties": {}})
+    (tmp_path / "b.geojson").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="1 Point feature\\(s\\) skipped: only Polygon and MultiPolygon"):
+        assert len(boxes_from_geojson(tmp_path / "b.geojson")[0]) == 2  # cell centroids give no box: said so
 
 
 def test_label_store_pastes_regions_and_keeps_the_smaller_id(tmp_path):
