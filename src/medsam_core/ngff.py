@@ -190,7 +190,7 @@ def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
     old = None
     if final.exists():
         if not overwrite:
-            raise ImageError(f"{final} exists; pass overwrite=True to replace it")
+            raise ImageError(f"{final} exists; pass --overwrite (overwrite=True) to replace it")
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
     try:
@@ -238,7 +238,7 @@ def write_ngff_labels(dest: str | os.PathLike, labels, name: str = "medsam", spa
     version = "0.4"
     image = open_ngff(dest) if is_ngff(dest) else None
     if image is not None and image.is_label and not overwrite:
-        raise ImageError(f"{dest} is a label image already; pass overwrite=True to replace it")
+        raise ImageError(f"{dest} is a label image already; pass --overwrite (overwrite=True) to replace it")
     if image is not None and not image.is_label:
         yx = (image.axes.index("y"), image.axes.index("x"))
         want = tuple(int(image.levels[0].shape[a]) for a in yx)
