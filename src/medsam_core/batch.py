@@ -312,7 +312,8 @@ def prepare_folder(images, out, boxes=None, boxes_from_labels=None, margin: floa
     outputs = check_outputs(files, out, protected=(boxes_from_labels,) if boxes_from_labels else ())
     _check_outputs_are_not_inputs(outputs)
     # files --pattern left out: a boxes CSV for the whole folder may name them (rows ignored)
-    skipped = [p.name for p in Path(images).expanduser().iterdir() if p not in set(files)] if patterns else ()
+    chosen = set(files)
+    skipped = [p.name for p in Path(images).expanduser().iterdir() if p not in chosen] if patterns else ()
     source = boxes if getattr(boxes, "automatic", False) else BoxSource(files, boxes, boxes_from_labels, margin,
                                                                           skipped)
     out.mkdir(parents=True, exist_ok=True)

@@ -212,13 +212,13 @@ def _run_slide_distributed(args: argparse.Namespace, boxes, classes: dict) -> in
     from .geojson import write_geojson
     from .ngff import open_ngff
     from .segment import parse_channel, parse_intensity
-    from .slide import _check_geojson_out
+    from .slide import check_geojson_out
     from .wsi import is_pyramid_path
 
     if not is_pyramid_path(args.image):
         raise ImageError(f"{args.image} is not a whole slide (pyramidal TIFF/SVS/NDPI or OME-Zarr)")
     if args.geojson:  # as in-process: never the boxes' own file, an existing one only with --overwrite
-        _check_geojson_out(args.geojson, args.overwrite, inputs=(args.image, args.boxes))
+        check_geojson_out(args.geojson, args.overwrite, inputs=(args.image, args.boxes))
     out = args.image if args.out is None else args.out  # checked before any work (slide.labels_destination)
     from tqdm.auto import tqdm
 

@@ -111,7 +111,7 @@ def _set_aside(final: Path) -> Path:
     return old
 
 
-def _check_geojson_out(geojson, overwrite: bool, inputs) -> None:
+def check_geojson_out(geojson, overwrite: bool, inputs) -> None:
     """The GeoJSON output, checked before any work: its suffix, its folder, never an input (the
     boxes' own GeoJSON, the slide), an existing file only with ``overwrite``."""
     from ._paths import check_output
@@ -157,7 +157,7 @@ def segment_slide(predictor, image: str | os.PathLike, boxes, out: str | os.Path
             raise PromptError(f"{len(ids)} ids for {len(boxes)} boxes: give one id > 0 (uint32) per box")
         dest = labels_destination(image, out, pyr.kind)
         if geojson is not None:
-            _check_geojson_out(geojson, overwrite, inputs=(image, boxes_source))
+            check_geojson_out(geojson, overwrite, inputs=(image, boxes_source))
         window = wsi.intensity_window(pyr, intensity, channel)
         final = dest / "labels" / name if dest.resolve() == Path(image).expanduser().resolve() else dest
         if overwrite and final.exists() and not _is_label_image(final):

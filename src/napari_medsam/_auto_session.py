@@ -142,11 +142,12 @@ class AutoActions:
                               "that has one)")
         plane = s.current_plane()
         image = s.plane_image(plane)
+        layer = s.image_layer  # the objects belong to this image layer, whatever is chosen when they are ready
         self._start("segmenting everything")
         s.on_status("MedSAM: segmenting everything...")
         self.task = s.runner.run_steps(
             segment_steps, predictor, head, image, on_step=lambda v: self.on_progress(*v),
-            on_done=lambda props, image=s.image_layer: self._on_segmented(props, image, plane), on_error=self._on_error,
+            on_done=lambda props: self._on_segmented(props, layer, plane), on_error=self._on_error,
             on_cancel=self._on_cancel, desc="MedSAM: segmenting everything", total=1)
 
     def layer(self):
