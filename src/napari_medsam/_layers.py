@@ -173,6 +173,22 @@ def current_plane(image_layer, dims, channel_axis: int | None) -> Plane:
     return plane_of(image_layer, to_image_data(image_layer, dims.point), rows, cols, channel_axis)
 
 
+def is_click_box(shapes_layer) -> bool:
+    """True while napari finishes a rectangle the mouse made without a drag (or a drag of a few screen pixels).
+
+    napari's rectangle tool adds a square half a vertex radius wide on press and resizes it while the
+    mouse moves; a click alone leaves that square. Only a shape being drawn with the mouse counts
+    (``_is_creating``), so a script's small boxes stay boxes at any zoom.
+    """
+    shapes_layer = raw_layer(shapes_layer)
+    if not getattr(shapes_layer, "_is_creating", False) or not shapes_layer.nshapes:
+        return False
+    if shapes_layer.shape_type[-1] != "rectangle":
+        return False
+    extent = np.ptp(np.asarray(shapes_layer.data[-1], float), axis=0).max()
+    return bool(extent <= float(getattr(shapes_layer, "_normalized_vertex_radius", 0.0)))
+
+
 def shape_to_box(shapes_layer, i: int, image_layer, dims, channel_axis: int | None) -> tuple[Plane, np.ndarray]:
     """Shape ``i`` of ``shapes_layer`` -> (its Plane, (4,) XYXY box in that plane's pixels).
 

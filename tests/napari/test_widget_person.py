@@ -143,3 +143,36 @@ def test_file_save_picks_the_medsam_writer_and_adds_tif(make_napari_viewer, qtbo
     reopened = viewer.layers[-1]
     assert type(reopened).__name__ == "Labels"
     np.testing.assert_array_equal(reopened.data, labels.data)
+
+
+def test_a_click_without_a_drag_makes_no_box_and_no_object(make_napari_viewer, qtbot, lite_model, crop):
+    """A click in rectangle mode (and a jitter of a screen pixel) used to leave napari's 2.5-px
+    starter square, segmented as a junk object or left pending for 'G'. It is taken back with a
+    hint; a real drag and a script's small box at a far zoom-out still segment."""
+    from .person import drag
+
+    image, ref = crop
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="nuclei")
+    widget = _add_plugin(viewer, lite_model)
+    widget.wait(WAIT)
+    qtbot.waitUntil(lambda: same(viewer.layers.selection.active, widget.shapes_layer), timeout=2000)
+    a, b = big_objects(ref, 2)
+    x0, y0, x1, y1 = ref_box(ref, a, 3)
+    for auto in (True, False):
+        widget.auto_check.setChecked(auto)
+        drag(viewer, qtbot, (y0 + 4, x0 + 4), (y0 + 4, x0 + 4), steps=1)  # a click
+        widget.wait(WAIT)
+        assert widget.shapes_layer.nshapes == 0 and _ids(widget.labels_layer) == set()
+        assert "a click draws no box" in widget.status_label.text()
+    widget.segment_all()  # 'G': nothing pending
+    assert _ids(widget.labels_layer) == set() and len(widget.session.history) == 0
+    widget.auto_check.setChecked(True)
+    drag_box(viewer, qtbot, (x0, y0, x1, y1))
+    widget.wait(WAIT)
+    assert widget.shapes_layer.nshapes == 1 and _ids(widget.labels_layer) == {1}
+    viewer.scene.camera.zoom = 0.02  # a script's 6-px box at a zoom where it is under a screen pixel
+    bx0, by0, _, _ = ref_box(ref, b, 0)
+    widget.shapes_layer.add_rectangles([[by0, bx0], [by0 + 6, bx0 + 6]])
+    widget.wait(WAIT)
+    assert widget.shapes_layer.nshapes == 2 and _ids(widget.labels_layer) == {1, 2}
