@@ -60,18 +60,27 @@ def save_with_model(path: str | os.PathLike, model, head: AutoHead | None, meta:
                            extras=extras)
 
 
-def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0) -> list[np.ndarray]:
-    """Per image, the label ids held out (about ``holdout`` of all objects, at least 1)."""
-    from .data import binary_mask_hint
+def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0, images: Sequence | None = None,
+                  sides: dict[bytes, bool] | None = None) -> list[np.ndarray]:
+    """Per image, the label ids held out (about ``holdout`` of all objects, at least 1).
+
+    sides (with images): the split of earlier rounds, kept (``data.draw_held``): an object held
+    out before is held out again and a training object stays in training.
+    """
+    from .data import binary_mask_hint, draw_held, image_digest, object_key
 
     ids = [(i, int(k)) for i, lab in enumerate(labels) for k in np.unique(lab) if k != 0]
     hint = binary_mask_hint(labels)
     if len(ids) < MIN_OBJECTS:
         raise TrainingError(f"label at least {MIN_OBJECTS} objects to train the automatic head "
                             f"(the guard keeps some of them to check the result); got {len(ids)}{hint}")
-    rng = np.random.default_rng(seed)
     n = max(1, int(round(holdout * len(ids))))
-    chosen = [ids[j] for j in rng.choice(len(ids), n, replace=False)]
+    keys = None
+    if sides is not None:
+        digests = [image_digest(img) for img in images]
+        keys = [object_key(digests[i], np.asarray(labels[i]) == k) for i, k in ids]
+    picked = draw_held(len(ids), n, seed, keys, sides, draw=lambda rng, m, k: rng.choice(m, k, replace=False))
+    chosen = [ids[j] for j in picked]
     return [np.asarray(sorted(k for i, k in chosen if i == im), np.int64) for im in range(len(labels))]
 
 
@@ -86,8 +95,9 @@ class Part:
     held_known: list
 
 
-def split_part(images, labels, known, holdout: float, seed: int, context: float, min_context: int) -> Part:
-    held = split_objects(labels, holdout, seed)
+def split_part(images, labels, known, holdout: float, seed: int, context: float, min_context: int,
+               sides: dict[bytes, bool] | None = None) -> Part:
+    held = split_objects(labels, holdout, seed, images, sides)
     part = Part([], [], [], [], [])
     for img, lab, kn, ids in zip(images, labels, known, held, strict=True):
         lab = np.asarray(lab)
@@ -167,6 +177,7 @@ class HeadSession:
         self.active: AutoHead | None = head
         self.rounds: list[HeadRound] = []
         self._previous: list[AutoHead | None] = []
+        self.sides: dict[bytes, bool] = {}  # object key -> held out, kept across rounds (split_objects)
 
     def active_proposer(self, predictor):
         if self.active is not None:
@@ -184,7 +195,8 @@ class HeadSession:
         if known is None:
             known = [known_region(lab, config.context, config.min_context) for lab in labels]
         known = [np.asarray(k, bool) for k in known]
-        part = split_part(list(images), labels, known, config.holdout, config.seed, config.context, config.min_context)
+        part = split_part(list(images), labels, known, config.holdout, config.seed, config.context, config.min_context,
+                          self.sides)
         fit = yield from train_head(predictor, part.images, part.train_labels, part.train_known, config, cancel)
         post, _ = fit_post(predictor, fit.head, part.images, part.train_labels, part.train_known)
         fit.head.post = post

@@ -215,16 +215,76 @@ def binary_mask_hint(label_images) -> str:
     return hint
 
 
-def split_holdout(data: TrainingData, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:
-    """Random split into (train, held out); at least one object on each side."""
+def image_digest(image) -> bytes:
+    """A digest of an array's shape, dtype and pixels."""
+    import hashlib
+
+    img = np.ascontiguousarray(image)
+    h = hashlib.blake2b(repr((img.shape, img.dtype.str)).encode(), digest_size=16)
+    h.update(img.data.cast("B") if img.size else b"")
+    return h.digest()
+
+
+def object_key(image_key: bytes, mask: np.ndarray) -> bytes:
+    """One object's identity across rounds: its image's digest and its own pixel positions. The
+    same object later (more labels, relabelled ids, images in another order) has the same key; an
+    edited mask or image is a new object."""
+    import hashlib
+
+    return hashlib.blake2b(image_key + np.flatnonzero(mask).astype(np.int64).tobytes(), digest_size=16).digest()
+
+
+def object_keys(data: TrainingData) -> list[bytes]:
+    """``object_key`` of every object of ``data``."""
+    digests: dict[int, bytes] = {}
+    for o in data.objects:
+        if o.image_index not in digests:
+            digests[o.image_index] = image_digest(data.images[o.image_index])
+    return [object_key(digests[o.image_index], data.mask(i)) for i, o in enumerate(data.objects)]
+
+
+def _permutation_draw(rng, m: int, k: int):
+    return rng.permutation(m)[:k]
+
+
+def draw_held(n: int, n_held: int, seed: int, keys: Sequence[bytes] | None = None,
+              sides: dict[bytes, bool] | None = None, draw=_permutation_draw) -> list[int]:
+    """Indices of the ``n_held`` of ``n`` objects to hold out, at least one on each side when n >= 2.
+
+    sides (with keys): the split of earlier rounds (key -> held out), updated in place. Objects seen
+    before stay on their side, so a later round never measures the active model on objects it was
+    trained on; only new objects are drawn, as many as keep the held-out count at ``n_held``.
+    Without it (or on its first use) the draw is the plain random one: ``draw(rng, m, k)`` picks k of
+    m indices.
+    """
+    known = {i: sides[k] for i, k in enumerate(keys) if k in sides} if sides is not None else {}
+    new = [i for i in range(n) if i not in known]
+    need = min(len(new), max(0, n_held - sum(known.values())))
+    picked = draw(np.random.default_rng(seed), len(new), need) if need else []
+    held = sorted([i for i, h in known.items() if h] + [new[j] for j in picked])
+    if not held or len(held) == n:  # earlier sides cannot give both parts (objects removed): draw afresh
+        held = sorted(int(j) for j in draw(np.random.default_rng(seed), n, n_held))
+    if sides is not None:
+        held_set = set(held)
+        sides.update({k: i in held_set for i, k in enumerate(keys)})
+    return held
+
+
+def split_holdout(data: TrainingData, fraction: float, seed: int = 0,
+                  sides: dict[bytes, bool] | None = None) -> tuple[TrainingData, TrainingData]:
+    """Random split into (train, held out); at least one object on each side.
+
+    sides: the split of earlier rounds, kept across rounds (``draw_held``; ``guard.FineTuneSession``
+    passes its own).
+    """
     n = len(data)
     if not 0 < fraction < 1:
         raise TrainingError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction}")
     if n < 2:
         raise TrainingError(f"{n} object(s) cannot be split into training and held-out sets: label more")
     n_held = min(n - 1, max(1, int(round(fraction * n))))
-    order = np.random.default_rng(seed).permutation(n)
-    return data.subset(sorted(order[n_held:].tolist())), data.subset(sorted(order[:n_held].tolist()))
+    held = set(draw_held(n, n_held, seed, object_keys(data) if sides is not None else None, sides))
+    return data.subset([i for i in range(n) if i not in held]), data.subset(sorted(held))
 
 
 def flip_image_and_boxes(image: np.ndarray, labels: np.ndarray, boxes: np.ndarray,

@@ -57,6 +57,7 @@ class FineTuneSession:
         self.cache = cache
         self.rounds: list[Round] = []
         self._previous: list[Any] = []  # stack of models that were active before
+        self.sides: dict[bytes, bool] = {}  # object key -> held out, kept across rounds (data.split_holdout)
 
     def run_round(self, data: TrainingData, config: TrainConfig | None = None, heldout: TrainingData | None = None,
                   start: str = "base", force: bool = False, on_step: StepCallback | None = None, cancel=None,
@@ -71,7 +72,7 @@ class FineTuneSession:
             raise TrainingError(f"start must be 'base' or 'active', got {start!r}")
         config = (config or TrainConfig()).validate()
         if heldout is None:
-            data, heldout = split_holdout(data, config.holdout, config.seed)
+            data, heldout = split_holdout(data, config.holdout, config.seed, self.sides)
         origin = self.base_model if start == "base" else self.active_model
         result = fit(origin, data, config, on_step=on_step, cancel=cancel, cache=self.cache, heldout=heldout,
                      intensity=intensity, channel=channel)

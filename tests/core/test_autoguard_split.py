@@ -78,3 +78,26 @@ def test_binary_masks_get_a_hint_when_there_are_too_few_objects():
     with pytest.warns(UserWarning, match="look like a binary mask"), \
             pytest.raises(TrainingError, match=r"got 3; the labels of image\(s\) \[0, 1, 2\] look like a binary mask"):
         split_objects(masks, 0.2)
+
+
+def test_a_later_round_of_the_automatic_head_keeps_each_object_on_its_side():
+    """Round 2 labels ten more objects of the same image (ids renumbered): the round-1 held-out
+    objects are held out again and no round-1 training object is (the active head would be
+    measured on objects it learned); the first use is the plain draw."""
+    from medsam_core.autoguard import HeadSession, split_objects
+
+    full = _touching_grid(rows=6, cols=5)  # 30 objects
+    image = full.astype(np.float32)
+    first = np.where(full <= 20, full, 0)
+    sides = HeadSession().sides
+    held1 = split_objects([first], 0.2, 0, [image], sides)[0]
+    np.testing.assert_array_equal(held1, split_objects([first], 0.2, 0)[0])
+    train1 = set(range(1, 21)) - set(held1.tolist())
+    renumber = np.concatenate([[0], np.random.default_rng(3).permutation(30) + 1])
+    second = renumber[full]
+    for seed in range(4):
+        held2 = split_objects([second], 0.2, seed, [image], dict(sides))[0]
+        back = {int(np.flatnonzero(renumber == k)[0]) for k in held2}  # round-1 ids of the held-out ones
+        assert set(held1.tolist()) <= back and not (back & train1) and len(held2) == 6
+    plain = [{int(np.flatnonzero(renumber == k)[0]) for k in split_objects([second], 0.2, s)[0]} for s in range(8)]
+    assert any(b & train1 for b in plain)  # what a fresh draw did

@@ -105,6 +105,46 @@ def test_holdout_split_keeps_one_object_on_each_side():
         split_holdout(data, 1.0)
 
 
+def _grid_disks(n, seed, shape=(128, 160)):
+    """(image, labels) with n disks on a grid, ids shuffled."""
+    centers = [(16 + 32 * (k // 5), 16 + 32 * (k % 5)) for k in range(n)]
+    image, labels = disks(shape, centers, radius=8)
+    perm = np.concatenate([[0], np.random.default_rng(seed).permutation(n) + 1])
+    return image, perm[labels].astype(np.int32)
+
+
+def test_a_later_round_keeps_each_object_on_its_side_of_the_split():
+    """Round 2 adds a second image and relabels the first: objects held out in round 1 stay held
+    out, round-1 training objects stay in training (the active model is never measured on objects
+    it learned), only new objects are drawn, and the held-out share stays at the fraction. The
+    first use gives exactly the plain random split."""
+    first = _grid_disks(10, 0)
+    data1 = make_training_data([first])
+    sides = {}
+    train1, held1 = split_holdout(data1, 0.3, seed=0, sides=sides)
+    plain_train, plain_held = split_holdout(data1, 0.3, seed=0)
+    assert [o.label for o in held1.objects] == [o.label for o in plain_held.objects]
+    assert len(held1) == 3 and len(sides) == 10
+    pixels = {o.label: tuple(np.flatnonzero(data1.mask(i))[:3]) for i, o in enumerate(data1.objects)}
+    held_px = {pixels[o.label] for o in held1.objects}
+    relabel = np.concatenate([[0], np.arange(10)[::-1] + 1])  # the same objects under new ids
+    data2 = make_training_data([_grid_disks(10, 5, shape=(128, 192)), (first[0], relabel[first[1]].astype(np.int32))])
+    for seed in (0, 1, 2):  # whatever the draw among the new objects
+        s2 = dict(sides)
+        train2, held2 = split_holdout(data2, 0.3, seed=seed, sides=s2)
+        assert len(held2) == 6 and len(train2) == 14
+        old_img = data2.images[1]
+        held_old = {tuple(np.flatnonzero(held2.labels[1] == o.label)[:3])
+                    for o in held2.objects if held2.images[o.image_index] is old_img}
+        assert held_old == held_px  # the same three objects, found by their pixels
+        assert len(s2) == 20
+    # without the earlier sides the round-2 split mixes round-1 training objects into held-out
+    mixed = [len({tuple(np.flatnonzero(h.labels[1] == o.label)[:3]) for o in h.objects
+                  if h.images[o.image_index] is data2.images[1]} - held_px)
+             for _, h in (split_holdout(data2, 0.3, seed=k) for k in range(5))]
+    assert max(mixed) > 0
+
+
 @pytest.mark.parametrize("shape", [(96, 128), (128, 64), (300, 200)])
 def test_lowres_targets_map_back_onto_the_object(shape):
     # The target on the 256 grid, read back like a perfect prediction, must be the object.
@@ -310,6 +350,7 @@ def test_guard_accepts_better_refuses_worse_and_rolls_back(tiny_model, tmp_path,
     _, meta = read_state_dict(tmp_path / "round_002.pt")
     assert meta["round"] == 2 and meta["accepted"] is False and meta["start"] == "base"
     assert meta["base_sha256"] == tiny_model.weights_sha256
+    assert len(session.sides) == len(data)  # the split the rounds keep (data.split_holdout)
     # The user insists on the refused round 2: it becomes active, its file says so, rollback undoes it.
     session.accept(r2)
     assert session.active_model is r2.model and r2.forced
