@@ -17,6 +17,7 @@ import numpy as np
 from medsam_core import MedSAMError, Predictor
 from medsam_core.errors import ImageError
 
+from ._layers import raw_layer
 from ._reader import layer_data, read_provenance
 from ._writer import write_provenance
 
@@ -102,8 +103,10 @@ class SeriesActions:
         viewer = self.s.viewer
         from napari.layers import Labels
 
-        old = [ly for ly in viewer.layers if ly is self.image_layer or ly is self.s.labels_layer]
-        present = {id(ly) for ly in viewer.layers}
+        # compare the layers themselves: the plugin's viewer wraps each layer in a new proxy per access
+        mine = {id(raw_layer(ly)) for ly in (self.image_layer, self.s.labels_layer) if ly is not None}
+        old = [ly for ly in viewer.layers if id(raw_layer(ly)) in mine]
+        present = {id(raw_layer(ly)) for ly in viewer.layers}
         data, kwargs, _ = layer_data(np.asarray(image), meta, IMAGE)
         scale, rgb, channel_axis = kwargs["scale"], bool(kwargs.get("rgb")), None
         if "channel_axis" in kwargs:  # (Y, X, C) channels, not colour: (C, Y, X) with the C slider
@@ -122,10 +125,14 @@ class SeriesActions:
         self.s._apply(self.s._candidate(channel_axis=channel_axis))
         self.set_image_layer(layer, lab)
         # the widget may pick the new image up on insertion and give it a fresh labels layer: drop that
-        old += [ly for ly in viewer.layers if isinstance(ly, Labels) and id(ly) not in present and ly is not lab]
+        old += [ly for ly in viewer.layers if isinstance(ly, Labels) and id(raw_layer(ly)) not in present
+                and raw_layer(ly) is not raw_layer(lab)]
         for ly in old:
             if ly in viewer.layers:
                 viewer.layers.remove(ly)
+        for ly, wanted in ((layer, IMAGE), (lab, "MedSAM labels")):  # "[1]" was only for the old layers' time
+            if ly.name != wanted and wanted not in viewer.layers:
+                ly.name = wanted
         self.image_layer = layer
 
     def prefetch(self) -> None:

@@ -56,6 +56,10 @@ def test_series_autosave_resume_and_prefetch(open_widget, folder, tmp_path):
     assert widget.session.image_layer.data.shape == (128, 128)
     assert not widget.labels_layer.data.any()  # image 1 starts empty
     assert len([ly for ly in viewer.layers if ly.name.startswith("MedSAM labels")]) == 1
+    # image 0's layers gone, image 1's shown: the labels drawn into are the viewer's
+    assert [ly.name for ly in viewer.layers if type(ly).__name__ in ("Image", "Labels")] == \
+        ["MedSAM series", "MedSAM labels"], [ly.name for ly in viewer.layers]
+    assert widget.session.labels_layer in viewer.layers and widget.session.image_layer in viewer.layers
     widget.segment_boxes([[30, 30, 60, 60]])  # decoding on image 1: a cache hit thanks to the prefetch
     assert widget.session.encoder_calls == calls
     assert widget.series_panel.image_combo.itemText(0).startswith("\u2713")
