@@ -120,7 +120,13 @@ def read_table(path: str | os.PathLike, image_names: list[str], skipped: list[st
     for name, group in grouped.items():
         try:
             boxes = np.array([[float(r[c]) for c in BOX_COLUMNS] for r in group], np.float64)
-            z = np.array([slice_index(r["z"]) for r in group], np.int64) if has_z else None
+            z = None
+            zs = [(r.get("z") or "").strip() for r in group] if has_z else []
+            if any(zs):  # an empty z on a 2D image's rows: a folder may mix images and volumes
+                if not all(zs):
+                    raise PromptError(f"{path}: some boxes of {name} have a z and some do not: give every box "
+                                      "of a volume its slice, and leave z empty only for 2D images")
+                z = np.array([slice_index(v) for v in zs], np.int64)
         except (ValueError, OverflowError) as exc:
             raise PromptError(f"{path}: a box of {name} is not four numbers and a slice ({exc})") from exc
         if not np.isfinite(boxes).all():

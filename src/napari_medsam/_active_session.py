@@ -238,7 +238,7 @@ class ActiveActions(ProvenanceActions):
         view = self.views.get(sug.image_id)
         if view is None or view.layer not in s.viewer.layers:
             raise MedSAMError(f"image layer {sug.image_id!r} is no longer open: rank again")
-        if s.image_layer is not view.layer:
+        if L.raw_layer(s.image_layer) is not L.raw_layer(view.layer):
             keep = view.labels if view.labels is not None and view.labels in s.viewer.layers else None
             self.set_image_layer(view.layer, keep)
         dims = s.viewer.dims

@@ -157,6 +157,28 @@ def test_read_table_refuses_a_fractional_slice_as_segment_does(tmp_path):
             read_table(p, ["a.tif"])
 
 
+def test_one_boxes_csv_for_a_folder_of_images_and_volumes(tmp_path):
+    """An empty z marks a 2D image's rows: one CSV serves a folder that mixes images and volumes.
+    Before, the empty z refused the whole run; a z of 0 on the 2D rows failed both images."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(images / "flat.tif", rng.integers(0, 900, (48, 64)).astype(np.uint16))
+    tifffile.imwrite(images / "stack.tif", rng.integers(0, 900, (5, 48, 64)).astype(np.uint16))
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image,x_min,y_min,x_max,y_max,z\nflat.tif,10,10,30,40,\nstack.tif,5,5,20,20,3\n")
+    table = read_table(csv, ["flat.tif", "stack.tif"])
+    assert table["flat.tif"][1] is None and table["stack.tif"][1].tolist() == [3]
+    report = segment_folder(images, tmp_path / "out", boxes=csv, predictor=BoxFillPredictor())
+    assert [(Path(r.image).name, r.status) for r in report.results] == [("flat.tif", "done"), ("stack.tif", "done")]
+    assert tifffile.imread(tmp_path / "out" / "flat.tif").sum() == 21 * 31
+    stack = tifffile.imread(tmp_path / "out" / "stack.tif")
+    assert stack[3].sum() == 16 * 16 and stack.sum() == stack[3].sum()
+    csv.write_text("image,x_min,y_min,x_max,y_max,z\nstack.tif,10,10,30,40,\nstack.tif,5,5,20,20,3\n")
+    with pytest.raises(PromptError, match="some boxes of stack.tif have a z and some do not"):
+        read_table(csv, ["flat.tif", "stack.tif"])
+
+
 def test_pattern_with_one_boxes_csv_for_the_whole_folder(tmp_path):
     """--pattern picks a subset; the folder's boxes CSV still names the others: their rows are skipped,
     a row naming a file the folder does not have is still refused."""
