@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsam_core import EmbeddingCache, Intensity, MedSAMError, Predictor, PromptError
+from medsam_core.errors import ImageError
 
 from . import _layers as L
 from . import _zoom as Z
@@ -290,6 +291,13 @@ class Session(SettingsActions, PromptActions, History):
             raise MedSAMError("no image layer chosen: pick the image to segment in the MedSAM widget")
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
             self.labels_layer = self._new_labels()
+        shape = L.labels_geometry(self.image_layer, self.settings.channel_axis)[0]
+        if tuple(self.labels_layer.data.shape) != shape:  # the image's data was replaced by another shape
+            raise ImageError(
+                f"image {self.image_layer.name!r} is now {shape} but its labels {self.labels_layer.name!r} are "
+                f"{tuple(self.labels_layer.data.shape)}: its data changed shape. Pick the image again in the "
+                "MedSAM widget (the old labels stay as they are; a labels layer of the new shape is made), "
+                "or choose a labels layer of the new shape")
 
     # -- settings -------------------------------------------------------------------------------
     def intensity(self) -> Intensity:

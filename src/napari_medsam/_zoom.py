@@ -62,28 +62,65 @@ class WindowMemo:
         import hashlib
 
         if volume is not None:
+            # hashing a whole volume at every box costs more than the window: the array itself (not a
+            # reused id of a freed one) and a sample of its pixels say whether it is still the same
             key = ("volume", id(volume), volume.shape, volume.dtype.str, repr(intensity))
-            if key not in self._memo:
+            check = _identity(volume), _sample_digest(volume)
+            hit = self._memo.get(key)
+            if hit is None or not _same(hit[0], check):
                 from medsam_core.volume import volume_intensity
 
-                self._memo[key] = volume_intensity(volume, intensity)
-            return self._memo[key]
+                hit = (check, volume_intensity(volume, intensity))
+                self._put(key, hit)
+            return hit[1]
 
         if isinstance(image2d, SlidePlane):  # from the coarsest level only; keyed by the level-0 array
             key = ("slide", id(image2d.levels[0]), image2d.shape, repr(intensity), repr(channel))
-            if key not in self._memo:
-                self._memo[key] = roi.global_intensity(image2d.levels, intensity, channel)
-            return self._memo[key]
+            check = _identity(image2d.levels[0]), None
+            hit = self._memo.get(key)
+            if hit is None or not _same(hit[0], check):
+                hit = (check, roi.global_intensity(image2d.levels, intensity, channel))
+                self._put(key, hit)
+            return hit[1]
         arr = np.ascontiguousarray(image2d)
         key = (hashlib.blake2b(arr.data, digest_size=16).hexdigest(), arr.shape, arr.dtype.str,
                repr(intensity), repr(channel))
         win = self._memo.get(key)
         if win is None:
             win = roi.global_intensity(arr, intensity, channel)
-            if len(self._memo) >= self.size:
-                self._memo.pop(next(iter(self._memo)))
-            self._memo[key] = win
+            self._put(key, win)
         return win
+
+    def _put(self, key, value) -> None:
+        self._memo.pop(key, None)
+        while len(self._memo) >= self.size:
+            self._memo.pop(next(iter(self._memo)))
+        self._memo[key] = value
+
+
+def _identity(array):
+    """A weak reference to ``array`` (None where the type takes none)."""
+    import weakref
+
+    try:
+        return weakref.ref(array)
+    except TypeError:
+        return None
+
+
+def _sample_digest(volume: np.ndarray, n: int = 65536) -> str:
+    """A digest of ``n`` evenly spaced voxels: an in-place rescale or a replaced volume changes it."""
+    import hashlib
+
+    step = max(1, volume.size // n)
+    return hashlib.blake2b(np.ascontiguousarray(volume.flat[::step]).data, digest_size=16).hexdigest()
+
+
+def _same(seen, now) -> bool:
+    """Whether a memo entry made for ``seen`` (weak reference, digest) still holds for ``now``."""
+    (ref_seen, digest_seen), (ref_now, digest_now) = seen, now
+    alive = ref_seen is None or (ref_seen() is not None and ref_now is not None and ref_seen() is ref_now())
+    return alive and digest_seen == digest_now
 
 
 def missing(predictor, image2d, boxes: np.ndarray, mode: str, window: Intensity, channel) -> Needs:

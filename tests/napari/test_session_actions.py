@@ -182,3 +182,52 @@ def test_the_documented_session_flow(lite_model):
     with pytest.raises(MedSAMError, match="0 <= low < high <= 100"):
         s.set_intensity("percentile", low=99, high=5)
     assert asdict(s.settings) == before
+
+
+def test_a_volume_rescaled_in_place_gets_its_new_window(lite_model):
+    """The volume's intensity window was memoised by the array's id: after ``layer.data *= 0.1`` (or a
+    new array that reused a freed one's id) boxes were encoded under the old window (Dice 0.97 -> 0.52
+    on a cells3d nucleus). Now the window follows the pixels, as a fresh session's does."""
+    from napari.components import ViewerModel
+
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(3000, 300, (6, 64, 64)).astype(np.float32)
+    vol[:, 20:40, 24:44] += 20000  # a bright block on every slice
+    viewer = ViewerModel()
+    s = Session(viewer, Runner(synchronous=True))
+    s.set_model(lite_model)
+    layer = viewer.add_image(vol.copy(), name="stack")
+    s.set_image_layer(layer)
+    plane = s.plane_at(3)
+    before = s.model_intensity(s.plane_image(plane)).value_range
+    layer.data *= 0.1
+    layer.refresh()
+    after = s.model_intensity(s.plane_image(plane)).value_range
+    np.testing.assert_allclose(after, np.asarray(before) * 0.1, rtol=1e-3)
+    layer.data = vol * 2  # a replacement of the same shape
+    np.testing.assert_allclose(s.model_intensity(s.plane_image(plane)).value_range, np.asarray(before) * 2, rtol=1e-3)
+    (lid,) = s.segment_boxes([[20, 16, 47, 43]], z=3)
+    assert dice(s.labels_layer.data[3] == lid, vol[3] > 10000) > 0.8
+
+
+def test_an_image_whose_data_changed_shape_is_refused_with_what_to_do(session):
+    """Replacing a 2D layer's data by a larger image gave numpy's "operands could not be broadcast"."""
+    from medsam_core.errors import ImageError
+
+    s, ref = session
+    (lid,) = s.segment_boxes([ref_box(ref, big_objects(ref, 1)[0], 3)])
+    old_labels = s.labels_layer
+    kept = np.array(old_labels.data)
+    image = s.image_layer
+    image.data = np.pad(np.asarray(image.data), ((0, 44), (0, 4)), mode="reflect")
+    with pytest.raises(ImageError, match=r"is now \(300, 260\) but its labels .* Pick the image again"):
+        s.segment_boxes([[10, 10, 40, 40]])
+    np.testing.assert_array_equal(old_labels.data, kept)
+    s.set_image_layer(image)  # what the message says
+    assert s.labels_layer is not old_labels and s.labels_layer.data.shape == (300, 260)
+    (new,) = s.segment_boxes([ref_box(ref, big_objects(ref, 1)[0], 3)])
+    assert new == 1 and (s.labels_layer.data == 1).sum() > 50
+    np.testing.assert_array_equal(old_labels.data, kept)
