@@ -117,7 +117,10 @@ class Predictor:
         intensity = intensity or self.intensity
         channel = self.channel if channel is None else channel
         settings = f"{self.spec.preprocessing!r}|{intensity!r}|channel={channel!r}"
-        return EmbeddingKey(content_hash(np.asarray(image)), self.model.encoder_id, settings,
+        image = np.asarray(image)
+        if image.dtype == bool:  # keyed as check_image hands it to the encoder (uint8 0/1), so a bool
+            image = image.view(np.uint8)  # image's key is the one its embedding is stored under
+        return EmbeddingKey(content_hash(image), self.model.encoder_id, settings,
                             self.encoder_precision)
 
     @property

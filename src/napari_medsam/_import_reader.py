@@ -58,7 +58,7 @@ def imported_metadata(labels, source: str, classes: dict[int, str] | None = None
 def label_file_layer(path: str, data, kwargs: dict) -> tuple | None:
     """(data, kwargs, "labels") for a label image file (name and dtype), else None. ``kwargs``: the
     image layer's keyword arguments (name, scale, metadata) from ``_reader.layer_data``."""
-    if not is_label_name(path) or data.dtype.kind not in "iu" or data.ndim not in (2, 3):
+    if not is_label_name(path) or data.dtype.kind not in "iub" or data.ndim not in (2, 3):
         return None
     if "channel_axis" in kwargs or kwargs.get("rgb"):
         return None

@@ -77,6 +77,19 @@ def test_encoder_runs_once_per_image(lite_model, dsb2018):
 
 
 @pytest.mark.slow
+def test_a_bool_image_is_found_under_the_key_it_was_stored_with(lite_model):
+    """A bool image was keyed as bool but stored as the uint8 the encoder got: the widget never saw
+    its embedding as ready and encoded it again and again (4000 times, then a RecursionError)."""
+    mask = np.zeros((64, 80), bool)
+    mask[20:40, 30:60] = True
+    pred = Predictor(lite_model)
+    pred.set_image(mask)
+    assert pred.key_for(mask) in pred.cache
+    assert pred.key_for(mask) == pred.key_for(mask.astype(np.uint8))
+    pred.set_image(mask)
+    assert pred.encoder_calls == 1
+
+
 def test_points_and_mask_input_change_the_mask(lite_model):
     """LiteMedSAM was distilled with box prompts only, so points are weak cues (measured and
     documented in docs/models.md); what must hold: a negative point inside the object shrinks the

@@ -65,6 +65,9 @@ def test_reader_opens_a_cellpose_mask_as_imported_labels_and_an_image_as_image(t
     ((data, kwargs, kind),) = napari_get_reader(str(tmp_path / "thresholded_mask.tif"))(None)
     assert kind == "labels" and sorted(np.unique(data).tolist()) == [0, 1, 2]  # one label per object
     assert np.array_equal(data > 0, lab > 0) and len(kwargs["metadata"][PROV_KEY]) == 2
+    tifffile.imwrite(tmp_path / "bool_mask.tif", lab > 0)  # numpy's own 0/1 mask: was opened as an image
+    ((data, kwargs, kind),) = napari_get_reader(str(tmp_path / "bool_mask.tif"))(None)
+    assert kind == "labels" and sorted(np.unique(data).tolist()) == [0, 1, 2]
 
 
 def test_geojson_reader_without_a_viewer_uses_the_polygons_extent(tmp_path):
