@@ -90,10 +90,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """
     path = Path(path).expanduser()
     suffix = _suffix(path)
+    if path.is_dir():  # before the suffix: a folder named "data" is a folder, not an unknown file type
+        raise ImageError(f"{path} is a directory, not an image file: give a file inside it")
     if suffix not in READ_SUFFIXES:
         raise ImageError(f"cannot read {path.name}: unsupported file type; use one of {', '.join(READ_SUFFIXES)}")
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image file: give a file inside it")
     if not path.is_file():
         raise ImageError(f"image file {path} does not exist (check the path)")
     readers = {".npz": _read_npz, ".nii": _read_nifti, ".nii.gz": _read_nifti}
@@ -135,6 +135,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_imagej_planes(tif, series, path)
         data = series.asarray()
         axes = series.axes.upper()
         spacing, unit = _tiff_spacing(tif)
@@ -143,6 +144,26 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     # spacing is read as (z, y, x); keep the trailing values for the spatial axes present.
     spacing = tuple(spacing[3 - n_spatial:])
     return data, ImageMeta(spacing=spacing, axes=axes, unit=unit)
+
+
+def _check_imagej_planes(tif, series, path: Path) -> None:
+    """A stack cut short (an interrupted copy) read without an error: an ImageJ stack as its first
+    plane alone, with only a log line from tifffile (compare the planes found with the count its
+    metadata states); contiguous data as zeros where the file ends."""
+    meta = tif.imagej_metadata if tif.is_imagej else None
+    try:
+        stated = int((meta or {}).get("images", 1))
+    except (TypeError, ValueError):
+        return
+    found = int(np.prod([n for a, n in zip(series.axes.upper(), series.shape, strict=True) if a not in "YXS"]))
+    if stated > 1 and found < stated:
+        raise ImageError(f"{path.name} is an ImageJ stack of {stated} images, but only {found} could be read: the "
+                         "file is truncated or damaged; copy it again from its source")
+    size = path.stat().st_size
+    offset = getattr(series, "dataoffset", None)  # contiguous data (tifffile's and ImageJ's stacks)
+    if offset is not None and not getattr(series, "is_multifile", False) and offset + series.nbytes > size:
+        raise ImageError(f"{path.name} ends {offset + series.nbytes - size} bytes before its image data does: "
+                         "the file is truncated; copy it again from its source")
 
 
 def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:

@@ -193,6 +193,23 @@ def test_truncated_tiff_raises_image_error(tmp_path):
         read_image(p)
 
 
+def test_a_truncated_imagej_stack_is_refused_not_read_as_one_slice(tmp_path):
+    """Fiji writes a stack's page directories at the end: cut short, tifffile read plane 0 alone
+    (a 2D image, with only a log line), and `segment` then asked for 2D boxes."""
+    p = tmp_path / "stack.tif"
+    tifffile.imwrite(p, volume((16, 64, 64)), imagej=True, metadata={"axes": "ZYX"})
+    assert read_image(p)[0].shape == (16, 64, 64)
+    whole = p.read_bytes()
+    for keep in (0.5, 0.9):  # (at 99 % only ImageJ's trailing metadata is cut: the planes are all there)
+        p.write_bytes(whole[: int(len(whole) * keep)])
+        with pytest.raises(ImageError, match="ImageJ stack of 16 images, but only 1 could be read|truncated"):
+            read_image(p)
+    folder = tmp_path / "data"  # a folder without a suffix: said "unsupported file type"
+    folder.mkdir()
+    with pytest.raises(ImageError, match="is a directory"):
+        read_image(folder)
+
+
 def test_missing_and_unsupported(tmp_path):
     with pytest.raises(ImageError, match="does not exist"):
         read_image(tmp_path / "nope.tif")
