@@ -173,6 +173,22 @@ def current_plane(image_layer, dims, channel_axis: int | None) -> Plane:
     return plane_of(image_layer, to_image_data(image_layer, dims.point), rows, cols, channel_axis)
 
 
+def remove_shapes(shapes_layer, indices) -> None:
+    """Remove the shapes at ``indices`` (keeping the others' selection), also from inside napari's
+    "added" event of a shape being drawn: ``Shapes.remove`` ends by finishing a drawing, and a lasso
+    or path still marked as being drawn then fails on its reset index (and every later lasso with it)."""
+    indices = sorted(set(int(i) for i in indices))
+    if not indices:
+        return
+    raw = raw_layer(shapes_layer)
+    if getattr(raw, "_is_creating", False):
+        raw._is_creating = False  # napari clears it right after its "added" event anyway
+    keep = set(shapes_layer.selected_data) - set(indices)
+    shapes_layer.selected_data = set(indices)
+    shapes_layer.remove_selected()
+    shapes_layer.selected_data = {k - sum(n < k for n in indices) for k in keep}
+
+
 def is_click_box(shapes_layer) -> bool:
     """True while napari finishes a rectangle the mouse made without a drag (or a drag of a few screen pixels).
 

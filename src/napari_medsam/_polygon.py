@@ -42,6 +42,9 @@ class PolygonKind(PromptKind):
                            **session.layer_geometry())
             session.viewer.add_layer(layer)
             layer.events.data.connect(lambda event, s=session: self._on_data(s, event))
+            # the image's polygon objects (picked again, or the layer was deleted): drawn again, or
+            # the next sync would take them for deleted polygons and erase their pixels
+            self.rebuild(session)
         if activate:
             session.viewer.layers.selection.active = layer
             layer.mode = self.draw_mode
@@ -173,9 +176,7 @@ class PolygonKind(PromptKind):
                 for i, rec in moved:
                     data[i] = rec.vertices
                 layer.data = data
-            if new:
-                layer.selected_data = set(new)
-                layer.remove_selected()
+            L.remove_shapes(layer, new)
 
     def rebuild(self, session) -> None:
         layer = self.find_layer(session)

@@ -423,8 +423,7 @@ class Session(SettingsActions, PromptActions, History):
             return
         if str(event.action) == "added" and L.is_click_box(self.shapes_layer):
             with self.quiet():  # a click is no box: no junk object, nothing pending for 'G'
-                self.shapes_layer.selected_data = {self.shapes_layer.nshapes - 1}
-                self.shapes_layer.remove_selected()
+                L.remove_shapes(self.shapes_layer, [self.shapes_layer.nshapes - 1])
             self.on_status("MedSAM: a click draws no box: press, drag around the object and release")
             return
         if self.settings.auto_segment or str(event.action) == "removed":

@@ -131,12 +131,7 @@ def _take_back(s, errors) -> None:
         for i, lid in moved:
             data[i] = s.objects[lid].vertices
         shapes.data = data
-    new = sorted((i for i, lid, _ in errors if not lid), reverse=True)
-    if new:
-        keep = set(shapes.selected_data) - set(new)
-        shapes.selected_data = set(new)
-        shapes.remove_selected()
-        shapes.selected_data = {k - sum(n < k for n in new) for k in keep}
+    L.remove_shapes(shapes, [i for i, lid, _ in errors if not lid])
 
 
 def add_boxes(s, boxes, z=None) -> list[int]:

@@ -269,8 +269,10 @@ class MedSAMWidget(WorkflowMethods, QWidget):
     def _on_step(self, event=None) -> None:
         self.try_action(self.session.prefetch)
 
-    def _bind_layer_keys(self) -> None:
-        for layer in (self.session.shapes_layer, self.session.points_layer):
+    def _bind_layer_keys(self, *layers) -> None:
+        """The shortcuts on the boxes and points layers, or on ``layers`` (polygons, RECIST lines: made
+        on demand), so Ctrl+Z and the others work whichever MedSAM layer is active."""
+        for layer in layers or (self.session.shapes_layer, self.session.points_layer):
             for napari_key, _, _, method in SHORTCUTS + VOLUME_SHORTCUTS + SERIES_SHORTCUTS:
                 layer.bind_key(napari_key, lambda _layer, m=method: self.try_action(getattr(self, m)), overwrite=True)
 
@@ -364,7 +366,9 @@ class MedSAMWidget(WorkflowMethods, QWidget):
 
     def polygon_layer(self):
         """Activate "MedSAM polygons" in lasso mode: each polygon drawn becomes an object."""
-        return self.session.polygon_layer()
+        layer = self.session.polygon_layer()
+        self._bind_layer_keys(layer)
+        return layer
 
     def segment_polygon(self, xy, z=None) -> int:
         """Segment the (V, 2) XY pixel polygon ``xy`` (current slice or slice ``z``); returns its label id."""

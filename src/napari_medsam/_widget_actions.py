@@ -39,7 +39,9 @@ class WorkflowMethods:
 
     def recist_lines_layer(self):
         """The "MedSAM lines" Shapes layer, active in line mode: each line drawn is a RECIST prompt."""
-        return self.volume.lines_layer()
+        layer = self.volume.lines_layer()
+        self._bind_layer_keys(layer)
+        return layer
 
     def segment_recist(self, long_axis, short_axis=None, z: int | None = None) -> int:
         """RECIST ((2, 2) XY pixel line(s)) -> box -> 2D object on slice ``z``; returns its label id."""
