@@ -73,8 +73,7 @@ class History:
         if not self.history:
             raise MedSAMError("nothing to undo: no MedSAM change has been made yet")
         commit = self.history.pop()
-        for edit in reversed(commit.edits):
-            L.apply_edit(self.labels_layer, edit.inverse())
+        kept = sum(L.undo_edit(self.labels_layer, edit) for edit in reversed(commit.edits))
         self.objects = commit.objects_before
         self._provenance_hook(self.on_undo, commit)
         rebuild_layers(self)  # every prompt kind's layer shows the objects' prompts again
@@ -82,7 +81,8 @@ class History:
             from ._sync import restore_points
 
             restore_points(self, commit.points_before)
-        self.on_status(f"MedSAM: undid {commit.description}")
+        since = f"; {kept} pixel(s) painted or erased by hand since were kept" if kept else ""
+        self.on_status(f"MedSAM: undid {commit.description}{since}")
         return commit.description
 
     def rebuild_shapes(self) -> None:

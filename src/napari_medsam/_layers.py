@@ -330,6 +330,22 @@ def make_edit(plane: Plane, before: np.ndarray, after: np.ndarray, channel_axis:
     return Edit(tuple(idx), before[rr, cc].copy(), after[rr, cc].copy())
 
 
+def undo_edit(labels_layer, edit: Edit) -> int:
+    """Revert ``edit`` where the pixels still hold what it wrote; pixels the person painted or erased
+    since are theirs and stay. Returns how many were left so."""
+    if hasattr(edit, "apply") or not edit.size:  # a slide's window on disk: reverted as a whole
+        apply_edit(labels_layer, edit.inverse())
+        return 0
+    now = np.asarray(labels_layer.data[edit.indices])
+    ours = now == edit.new
+    if ours.all():
+        apply_edit(labels_layer, edit.inverse())
+        return 0
+    if ours.any():
+        apply_edit(labels_layer, Edit(tuple(i[ours] for i in edit.indices), edit.new[ours], edit.old[ours]))
+    return int((~ours).sum())
+
+
 def apply_edit(labels_layer, edit: Edit) -> None:
     """Write an Edit into the Labels layer, refreshing only the changed region."""
     if hasattr(edit, "apply"):  # _slide_plane.WindowEdit: a window of labels on disk

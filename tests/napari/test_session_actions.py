@@ -231,3 +231,26 @@ def test_an_image_whose_data_changed_shape_is_refused_with_what_to_do(session):
     (new,) = s.segment_boxes([ref_box(ref, big_objects(ref, 1)[0], 3)])
     assert new == 1 and (s.labels_layer.data == 1).sum() > 50
     np.testing.assert_array_equal(old_labels.data, kept)
+
+
+def test_undo_keeps_what_the_person_painted_since(session):
+    """Undo wrote back every pixel a commit had changed, so a brush stroke made after it over the
+    object was wiped (46 of 171 painted pixels became 0). Now only pixels still holding what MedSAM
+    wrote are reverted, and the status says how many were kept."""
+    s, ref = session
+    a, b = big_objects(ref, 2)
+    (la,) = s.segment_boxes([ref_box(ref, a, 3)])
+    (lb,) = s.segment_boxes([ref_box(ref, b, 3)])
+    obj = s.labels_layer.data == la
+    ys, xs = np.nonzero(obj)
+    y0 = (ys.min() + ys.max()) // 2
+    band = np.zeros(obj.shape, bool)
+    band[y0:y0 + 4, max(xs.min() - 6, 0):xs.max() + 7] = True  # a stroke across object 1
+    s.labels_layer.data_setitem(np.nonzero(band), 7)  # napari's brush writes the same way
+    said = []
+    s.on_status = said.append
+    assert s.undo() and s.undo()
+    data = np.asarray(s.labels_layer.data)
+    assert (data[band] == 7).all()  # the stroke, also where it covered object 1
+    assert not np.isin(data, [la, lb]).any()  # MedSAM's objects are gone
+    assert f"{int((band & obj).sum())} pixel(s) painted or erased by hand since were kept" in said[-1], said
