@@ -192,9 +192,11 @@ class ImportActions:
         pts = s.points_layer
         if not self._usable() or pts is None or not len(pts.data):
             return None
-        if any(int(shape_ids(s.shapes_layer)[i]) in s.objects for i in s.shapes_layer.selected_data):
-            return None  # a selected box names the object the point refines
         plane, xy = L.point_to_xy(pts, len(pts.data) - 1, s.image_layer, s.viewer.dims, s.settings.channel_axis)
+        from ._sync import selected_box_holding
+
+        if selected_box_holding(s, plane, xy) is not None:
+            return None  # a selected box holding the point names the object it refines
         arr = L.read_labels_plane(s.labels_layer, plane, s.settings.channel_axis)
         x, y = int(round(xy[0])), int(round(xy[1]))
         if not (0 <= y < arr.shape[0] and 0 <= x < arr.shape[1]):

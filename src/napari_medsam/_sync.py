@@ -248,13 +248,14 @@ def set_point_features(s, feats) -> None:
 
 
 def target_of_point(s, plane: L.Plane, xy, id_under=None, adopt=None) -> int:
-    """The object a clicked point at XY ``xy`` refines: a selected box's object, else the object under the
-    point (``id_under(x, y)`` -> label id; default: the labels plane in memory; an id the session did not
-    make is taken only when ``adopt(id)`` returns it), else the last box on ``plane`` holding the point."""
-    for i in s.shapes_layer.selected_data:
-        lid = int(shape_ids(s.shapes_layer)[i])
-        if lid in s.objects:
-            return lid
+    """The object a clicked point at XY ``xy`` refines: the object of a selected box holding the point,
+    else the object under the point (``id_under(x, y)`` -> label id; default: the labels plane in memory;
+    an id the session did not make is taken only when ``adopt(id)`` returns it), else the last box on
+    ``plane`` holding the point. A selected box elsewhere does not count: napari leaves the last drawn
+    rectangle selected, unseen from the points layer, and every point went to that object."""
+    lid = selected_box_holding(s, plane, xy)
+    if lid is not None:
+        return lid
     x, y = int(round(xy[0])), int(round(xy[1]))
     if id_under is None:
         lid = int(L.read_labels_plane(s.labels_layer, plane, s.settings.channel_axis)[y, x])
@@ -263,10 +264,24 @@ def target_of_point(s, plane: L.Plane, xy, id_under=None, adopt=None) -> int:
     if lid in s.objects or (lid and adopt is not None and adopt(lid) == lid):
         return lid
     for lid, rec in reversed(s.objects.items()):
-        x0, y0, x1, y1 = rec.box
-        if rec.plane == plane and x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
+        if rec.plane == plane and _holds(rec.box, xy):
             return lid
-    raise PromptError("this point belongs to no MedSAM object: click inside an object (or select its box) first")
+    raise PromptError("this point belongs to no MedSAM object: click inside an object or its box")
+
+
+def selected_box_holding(s, plane: L.Plane, xy) -> int | None:
+    """The object of a selected box on ``plane`` that holds XY ``xy``, if any."""
+    ids = shape_ids(s.shapes_layer)
+    for i in s.shapes_layer.selected_data:
+        rec = s.objects.get(int(ids[i]))
+        if rec is not None and rec.plane == plane and _holds(rec.box, xy):
+            return rec.label_id
+    return None
+
+
+def _holds(box, xy) -> bool:
+    x0, y0, x1, y1 = box
+    return x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1
 
 
 def refine_from_new_point(s) -> None:

@@ -139,6 +139,30 @@ def test_refine_with_points_and_undo(open_widget, qtbot, dsb2018):
     assert len(widget.session.history) == 2
 
 
+def test_a_point_refines_the_object_it_is_on_not_the_last_drawn_box(open_widget, dsb2018):
+    """napari leaves the last drawn rectangle selected; every point then refined that object, wherever
+    it was clicked (a point on object 1 changed object 2; a click on background "refined label 2")."""
+    from scipy import ndimage
+
+    image, ref = dsb2018
+    viewer, widget = open_widget()
+    widget.runner.synchronous = True
+    viewer.add_image(image)
+    a, b = nuclei(ref, 2)
+    la, lb = widget.segment_boxes([ref_box(ref, a, pad=8), ref_box(ref, b, pad=8)])
+    widget.shapes_layer.selected_data = {1}  # as after drawing box b with the mouse
+    before_b = widget.labels_layer.data == lb
+    yy, xx = np.nonzero(ref == a)
+    widget.points_layer.add(np.array([[yy.mean(), xx.mean()]]))  # a click on object a
+    assert int(widget.points_layer.features["label_id"][0]) == la
+    np.testing.assert_array_equal(widget.labels_layer.data == lb, before_b)
+    far = np.argwhere(ndimage.binary_erosion(ref == 0, iterations=30))[0]  # background, far from every box
+    widget.points_layer.add(far[None].astype(float))
+    assert len(widget.points_layer.data) == 1  # the background click was taken back, with the reason
+    assert "belongs to no MedSAM object" in widget.status_label.text(), widget.status_label.text()
+    np.testing.assert_array_equal(widget.labels_layer.data == lb, before_b)
+
+
 def test_stack_box_segments_only_its_slice(open_widget, qtbot, cells3d):
     image, ref, spacing = cells3d
     viewer, widget = open_widget()
