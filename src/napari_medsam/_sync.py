@@ -72,6 +72,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
     editor, objects = s.editor(), dict(s.objects)
     next_id = s.next_id()
     written = []
+    redone = set()  # existing objects decoded again from their box alone
     for plane in dict.fromkeys(j.plane for j in plan.jobs):
         jobs = [j for j in plan.jobs if j.plane == plane]
         image2d = s.plane_image(plane)
@@ -82,6 +83,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
             lid = job.label_id
             if lid:
                 editor.clear(objects[lid].plane, lid)
+                redone.add(lid)
                 old = objects[lid]  # a moved box keeps its kind; a RECIST short axis brings both lines
                 kind = old.kind
                 source = s.new_source if s.new_kind == kind and s.new_source is not None else old.source
@@ -98,7 +100,10 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
             editor.clear(objects[lid].plane, lid)
         del objects[lid]
     what = describe_boxes(len(written), len(plan.removed))
-    s.commit(editor, objects, what)
+    # a moved box is decoded alone and a deleted box's object is gone: their points go with them (undo
+    # brings them back), or they would prompt whichever object gets the id next and stay in its provenance
+    points_before = drop_points(s, redone | set(plan.removed))
+    s.commit(editor, objects, what, points_before=points_before)
     with s.quiet():
         s.set_shape_ids(plan.ids)
         _take_back(s, plan.errors)
@@ -302,6 +307,23 @@ def refine_from_new_point(s) -> None:
         restore_points(s, before)
         raise
     s.on_status(f"MedSAM: {'positive' if positive else 'negative'} point refined label {lid}")
+
+
+def drop_points(s, label_ids) -> tuple | None:
+    """Remove the points attached to ``label_ids``; returns the layer's state before (for the commit's
+    undo), or None when there were none."""
+    pts = s.points_layer
+    if not label_ids or pts is None or not len(pts.data):
+        return None
+    feats = pts.features
+    gone = np.isin(feats["label_id"].to_numpy(), list(label_ids))
+    if not gone.any():
+        return None
+    before = (np.array(pts.data, copy=True), feats.copy())
+    with s.quiet():
+        pts.data = np.asarray(pts.data)[~gone]
+        set_point_features(s, feats[~gone].reset_index(drop=True))
+    return before
 
 
 def restore_points(s, before) -> None:

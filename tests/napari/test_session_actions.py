@@ -254,3 +254,33 @@ def test_undo_keeps_what_the_person_painted_since(session):
     assert (data[band] == 7).all()  # the stroke, also where it covered object 1
     assert not np.isin(data, [la, lb]).any()  # MedSAM's objects are gone
     assert f"{int((band & obj).sum())} pixel(s) painted or erased by hand since were kept" in said[-1], said
+
+
+def test_a_deleted_or_moved_box_takes_its_points_with_it(session):
+    """A deleted box's points stayed with its id: the next object given that id was prompted with
+    them and listed them in its provenance; a moved box (decoded from the box alone) kept them too."""
+    from napari_medsam._sync import object_points
+
+    s, ref = session
+    a, b, c = big_objects(ref, 3)
+    (la,) = s.segment_boxes([ref_box(ref, a, 3)])
+    yy, xx = np.nonzero(ref == a)
+    s.refine(la, [[xx.mean(), yy.mean()]], [0])
+    assert len(s.points_layer.data) == 1
+    s.shapes_layer.selected_data = {0}
+    s.shapes_layer.remove_selected()  # the person deletes box a: its object and its point go
+    assert la not in s.objects and len(s.points_layer.data) == 0
+    (lc,) = s.segment_boxes([ref_box(ref, c, 3)])
+    assert lc == la  # the id comes round again ...
+    assert len(object_points(s, lc, s.objects[lc].plane)[0]) == 0  # ... without a's point
+    s.undo()
+    s.undo()  # the deletion undone: box, object and point are back
+    assert la in s.objects and len(s.points_layer.data) == 1
+    assert int(s.points_layer.features["label_id"][0]) == la
+    (lb,) = s.segment_boxes([ref_box(ref, b, 3)])
+    s.refine(lb, [[float(np.nonzero(ref == b)[1].mean()), float(np.nonzero(ref == b)[0].mean())]], [1])
+    data = list(s.shapes_layer.data)
+    i = list(s.shapes_layer.features["label_id"]).index(lb)
+    data[i] = data[i] + np.array([0.0, 3.0])  # the person nudges box b
+    s.shapes_layer.data = data
+    assert lb in s.objects and set(s.points_layer.features["label_id"]) == {la}
