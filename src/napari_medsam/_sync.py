@@ -73,6 +73,7 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
     next_id = s.next_id()
     written = []
     redone = set()  # existing objects decoded again from their box alone
+    empty = []  # (label id, the model found something): objects that got no pixel
     for plane in dict.fromkeys(j.plane for j in plan.jobs):
         jobs = [j for j in plan.jobs if j.plane == plane]
         image2d = s.plane_image(plane)
@@ -91,7 +92,9 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
                 lid = max([next_id, *(k + 1 for k in objects)])
                 plan.ids[job.index] = lid
                 kind, source = s.new_kind, s.new_source
-            editor.write(plane, mask, lid)
+            if not editor.write(plane, mask, lid):
+                found = bool(np.asarray(getattr(mask, "mask", mask)).any())
+                empty.append((lid, found))
             verts = np.array(s.shapes_layer.data[job.index], copy=True)
             objects[lid] = ObjectRecord(lid, plane, tuple(map(float, job.box)), verts, kind=kind, source=source)
             written.append(lid)
@@ -108,12 +111,26 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
         s.set_shape_ids(plan.ids)
         _take_back(s, plan.errors)
     if written:
-        s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))})")
+        s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))}){_no_pixels(empty)}")
     elif plan.ignored and not plan.removed:
         kinds_drawn = ", ".join(f"{n} {kind}" for kind, n in plan.ignored.items())
         s.on_status(f"MedSAM: only rectangles on '{s.shapes_layer.name}' are prompts ({kinds_drawn} left as they "
                     "are): draw a rectangle, or outline an object with 'Polygon / lasso prompt'")
     return written
+
+
+def _no_pixels(empty) -> str:
+    """The status line's note on objects that got no pixel (a box on other objects with Overwrite
+    off, e.g. a pasted copy of a box; or nothing found in the box)."""
+    covered = [str(lid) for lid, found in empty if found]
+    nothing = [str(lid) for lid, found in empty if not found]
+    parts = []
+    if covered:
+        parts.append(f"label {', '.join(covered)} got no pixels: its mask lies on other objects (turn on "
+                     "Overwrite to take them, or move the box)")
+    if nothing:
+        parts.append(f"label {', '.join(nothing)} is empty: the model found no object in its box")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _boxes(n: int) -> str:

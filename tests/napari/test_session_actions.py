@@ -284,3 +284,17 @@ def test_a_deleted_or_moved_box_takes_its_points_with_it(session):
     data[i] = data[i] + np.array([0.0, 3.0])  # the person nudges box b
     s.shapes_layer.data = data
     assert lb in s.objects and set(s.points_layer.features["label_id"]) == {la}
+
+
+def test_a_box_that_gets_no_pixels_is_reported(session):
+    """A copy of a box over its object (napari's Ctrl+V) with Overwrite off made a 0-pixel object
+    reported as "segmented 1 box"; the status now says why it is empty and what to do."""
+    s, ref = session
+    (a,) = big_objects(ref, 1)
+    box = ref_box(ref, a, 3)
+    s.segment_boxes([box])
+    said = []
+    s.on_status = said.append
+    (lid,) = s.segment_boxes([box])  # the same box again: its mask lies on object 1
+    assert not (s.labels_layer.data == lid).any()
+    assert f"label {lid} got no pixels: its mask lies on other objects (turn on Overwrite" in said[-1], said
