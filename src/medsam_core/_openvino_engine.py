@@ -5,7 +5,8 @@ encoder gets its own engine. Cache layout::
 
     <cache_root>/engines/<encoder_id[:32]>/openvino-<version>-<precision>-<S>x<S>-v<FORMAT>/
         encoder.xml, encoder.bin   (weights kept float32: compress_to_fp16=False)
-        meta.json                  (encoder_id, versions, verification report, accepted)
+        meta.json                  (encoder_id, versions, verification report, accepted, the IR
+                                    files' sizes and sha256: a damaged export is made again)
         blob/                      (OpenVINO's compiled-model cache: faster second compile;
                                     blob-<precision>/ when compiled at another precision)
 
@@ -240,11 +241,47 @@ def _read_meta(folder: Path) -> dict | None:
         return None
 
 
+IR_FILES = ("encoder.xml", "encoder.bin")
+
+
+def _file_records(folder: Path) -> dict:
+    """{name: {"size", "sha256"}} of the exported IR files, stored in meta.json."""
+    out = {}
+    for name in IR_FILES:
+        h = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[name] = {"size": (folder / name).stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def intact(folder: Path, meta: dict, full: bool = True) -> bool:
+    """Whether the IR files are those the export verified: sizes (cheap) and, with ``full``, their
+    sha256. An engine cut short or damaged after the export (a partial copy of the cache, a disk
+    error) failed to compile at every start, or compiled and gave wrong embeddings (0.63 off).
+    Exports written before the files were recorded are taken as they are."""
+    files = meta.get("files")
+    if not files:
+        return True
+    try:
+        if any((folder / n).stat().st_size != rec["size"] for n, rec in files.items()):
+            return False
+        return not full or _file_records(folder) == files
+    except OSError:
+        return False
+
+
+def _usable(meta: dict | None, model, folder: Path, full: bool) -> bool:
+    return bool(meta and meta.get("encoder_id") == model.encoder_id and intact(folder, meta, full))
+
+
 def has_export(model, cache_root: Path, precision: str = "f32") -> bool:
-    """True when an accepted export of this exact encoder is in the cache (cheap: reads meta.json)."""
+    """True when an accepted export of this exact encoder is in the cache (cheap: reads meta.json
+    and the files' sizes)."""
     folder = engine_dir(cache_root, model.encoder_id, int(model.input_size), precision)
     meta = _read_meta(folder)
-    return bool(meta and meta.get("encoder_id") == model.encoder_id and meta.get("accepted"))
+    return _usable(meta, model, folder, full=False) and bool(meta.get("accepted"))
 
 
 def ensure_export(model, cache_root: Path, num_threads: int | None, precision: str = "f32"):
@@ -256,10 +293,14 @@ def ensure_export(model, cache_root: Path, num_threads: int | None, precision: s
     folder = engine_dir(cache_root, model.encoder_id, size, precision)
     meta = _read_meta(folder)
     exported = False
-    if meta is None or meta.get("encoder_id") != model.encoder_id:
+    if not _usable(meta, model, folder, full=True):
         with _export_lock(folder.parent):  # several processes starting at once export once
             meta = _read_meta(folder)
-            if meta is None or meta.get("encoder_id") != model.encoder_id:
+            if not _usable(meta, model, folder, full=True):
+                if meta is not None and meta.get("encoder_id") == model.encoder_id:
+                    warnings.warn(f"the cached OpenVINO encoder in {folder} is damaged (its files changed "
+                                  "since it was verified): exporting it again", stacklevel=2)
+                    shutil.rmtree(folder, ignore_errors=True)
                 meta = _export(model, folder, size, precision, num_threads)
                 exported = True
     if not meta.get("accepted"):
@@ -308,12 +349,12 @@ def _export(model, folder: Path, size: int, precision: str, num_threads: int | N
             "format": ENGINE_FORMAT, "engine": "openvino", "engine_version": ov.get_version(),
             "encoder_id": model.encoder_id, "input_shape": [1, 3, size, size], "precision": precision,
             "export_s": export_s, "route": route, "verification": report, "accepted": report["accepted"],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _file_records(tmp),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():  # a stale or concurrent export: replace only if it is not usable
             old = _read_meta(folder)
-            if old is not None and old.get("encoder_id") == model.encoder_id:
+            if _usable(old, model, folder, full=True):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return old
             shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,7 @@ re-export after the weights change, and every fallback to eager (missing, failin
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import warnings
 
@@ -289,6 +290,36 @@ def test_weights_changed_after_export_switch_to_eager(ov_backend, lite_model, ov
         out = backend.encode(x)
     assert backend.name == "torch"
     np.testing.assert_allclose(out, TorchEncoder(model).encode(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_engine_is_exported_again(ov_backend, lite_model, ov_cache, monkeypatch, tmp_path):
+    """64 KiB zeroed inside encoder.bin (same size) compiled and gave embeddings 0.63 off PyTorch; a
+    cut file failed at every start and `medsam export` could not repair it. The IR files' sizes and
+    sha256 are in meta.json: a damaged export is made again, with a warning."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(ov_cache, cache)
+    (meta_path,) = [p for p in cache.rglob("meta.json")
+                    if json.loads(p.read_text())["encoder_id"] == lite_model.encoder_id
+                    and json.loads(p.read_text())["precision"] == "f32"]
+    folder = meta_path.parent
+    assert set(json.loads(meta_path.read_text())["files"]) == {"encoder.xml", "encoder.bin"}
+    binary = folder / "encoder.bin"
+    whole = binary.read_bytes()
+    binary.write_bytes(whole[: len(whole) // 2])  # cut short: seen from the sizes alone, no export run
+    assert not ove.has_export(lite_model, cache)
+    damaged = bytearray(whole)
+    damaged[len(whole) // 2: len(whole) // 2 + 65536] = bytes(65536)
+    binary.write_bytes(bytes(damaged))
+    exports = _CountExports(monkeypatch)
+    with pytest.warns(UserWarning, match="is damaged"):
+        backend = make_encoder_backend(lite_model, "openvino", cache_dir=cache)
+    assert backend.name == "openvino" and exports.calls == 1
+    x = ove.probe_input()[0]
+    np.testing.assert_allclose(backend.encode(x), ov_backend.encode(x), atol=1e-5)
+    assert ove.has_export(lite_model, cache) and binary.read_bytes() != bytes(damaged)
 
 
 def _has_cuda() -> bool:
