@@ -48,6 +48,25 @@ class _ImageWork:
     channel_axis: int | None
 
 
+def weights_note(model) -> str:
+    """" (ft_decoder.pt)" for a checkpoint file, " (fine-tuned here, round 2)" for a model trained in
+    this session, "" for the bundled weights: the model line says which weights serve."""
+    from pathlib import Path
+
+    from medsam_core.registry import bundled_weights_path
+
+    path = getattr(model, "weights_path", None)
+    if path is None:
+        rnd = (getattr(model, "meta", None) or {}).get("round")
+        return f" (fine-tuned here, round {rnd})" if rnd else " (weights in memory)"
+    try:
+        if Path(path).resolve() == bundled_weights_path(model.spec).resolve():
+            return ""
+    except Exception:  # noqa: BLE001 - a model without bundled weights
+        pass
+    return f" ({Path(path).name})"
+
+
 class Session(SettingsActions, PromptActions, History):
     """State and actions of one MedSAM widget on one napari viewer (model: ``napari.Viewer``).
 
@@ -73,6 +92,8 @@ class Session(SettingsActions, PromptActions, History):
         self.windows = Z.WindowMemo()  # the fixed intensity window per plane image
         self._encoding = None  # the _zoom.Needs being encoded in a worker
         self._loading = False
+        self._load_request = 0  # counts model requests: only the last one's load is used
+        self._pending_load = None  # (name, checkpoint, device) of the load running in a worker
         self.quiet_depth = 0  # > 0 while the session edits its own prompt layers
         self._syncing = self._resync = False
         # Bookkeeping after each commit / undo (provenance, effort: _provenance_hook.ProvenanceActions);
@@ -106,7 +127,9 @@ class Session(SettingsActions, PromptActions, History):
         self.predictor = Predictor(model, cache=self.cache)
         self._encoder = Predictor(model, cache=self.cache)
         self._loading = False
-        self.on_status(f"MedSAM: {model.spec.name} on {self.device}")
+        self._load_request += 1  # a load still running was asked for before this: its model is not used
+        self._pending_load = None
+        self.on_status(f"MedSAM: {model.spec.name}{weights_note(model)} on {self.device}")
 
     def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None):
         """Load a registered model (bundled weights, or ``checkpoint``) now, on this thread; returns it."""
@@ -138,19 +161,31 @@ class Session(SettingsActions, PromptActions, History):
         return (self.predictor.encoder_calls + self._encoder.encoder_calls) if self.predictor else 0
 
     def load_model_async(self, name="lite_medsam", checkpoint=None, device=None) -> None:
+        """Load in a worker; the model asked for last is the one used, whichever load ends first."""
         from medsam_core import load_model
 
         self._loading = True
+        self._load_request += 1
+        request = self._load_request
+        self._pending_load = (name, checkpoint, device)
         self.on_status(f"MedSAM: loading {name}...")
-        self.runner.run(load_model, name, checkpoint, device, on_done=self._on_load_done,
-                        on_error=self._on_task_error, desc=f"MedSAM: loading {name}")
+        self.runner.run(load_model, name, checkpoint, device,
+                        on_done=lambda model: self._on_load_done(model, request),
+                        on_error=lambda exc: self._on_load_error(exc, request), desc=f"MedSAM: loading {name}")
 
-    def _on_load_done(self, model) -> None:
-        if not self._loading:  # a model was set while this one loaded: the user's choice wins
-            return
+    def _on_load_done(self, model, request: int | None = None) -> None:
+        if not self._loading or (request is not None and request != self._load_request):
+            return  # a model was set or asked for after this one: the user's last choice wins
         self.set_model(model)
         self.safe(self.sync_shapes)
         self.safe(self.prefetch)  # the image on screen is encoded right away, before the first box
+
+    def _on_load_error(self, exc: Exception, request: int) -> None:
+        if request != self._load_request:  # an earlier request failed; the later one is still loading
+            self.on_status(f"MedSAM: an earlier model load failed ({exc}); the model asked for last is loading")
+            return
+        self._pending_load = None
+        self._on_task_error(exc)
 
     def _on_task_error(self, exc: Exception) -> None:
         self._loading = False
@@ -348,7 +383,9 @@ class Session(SettingsActions, PromptActions, History):
         if blocking:
             from medsam_core import load_model
 
-            self.set_model(load_model("lite_medsam"))
+            # the model the user asked for (still loading in a worker), else the bundled one
+            name, checkpoint, device = self._pending_load or ("lite_medsam", None, None)
+            self.set_model(load_model(name, checkpoint=checkpoint, device=device))
             return True
         if not self._loading:
             self.load_model_async()

@@ -298,8 +298,12 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.device_label.setText(self._model_line())
 
     def _model_line(self) -> str:
-        """"lite_medsam on cpu", and once an image was encoded, which encoder ran it."""
-        line, encoder = f"{self.session.model.spec.name} on {self.session.device}", self.session.encoder_text
+        """"lite_medsam (ft.pt) on cpu" (which weights: _session.weights_note), and once an image was
+        encoded, which encoder ran it."""
+        from ._session import weights_note
+
+        model = self.session.model
+        line, encoder = f"{model.spec.name}{weights_note(model)} on {self.session.device}", self.session.encoder_text
         return f"{line}; {encoder}" if encoder else line
 
     def load_model(self, name: str = "lite_medsam", checkpoint=None, device=None) -> None:

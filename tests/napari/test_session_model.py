@@ -75,3 +75,49 @@ def test_a_cancelled_job_ends_in_on_cancel_not_on_error():
     seen.clear()
     runner.run(lambda: "ok", on_done=seen.append, on_error=seen.append)
     assert seen == ["ok"]
+
+
+class _HeldRunner:
+    """A runner whose jobs end when the test says, in the order it says (two loads racing)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, func, *args, on_done, on_error, desc="", on_cancel=None):
+        self.jobs.append((args, on_done, on_error))
+
+
+def test_the_model_asked_for_last_is_the_one_served(lite_model, monkeypatch):
+    """Load a checkpoint, then (before it finished) the bundled weights: whichever load ended first,
+    the first request won or was dropped by chance; a blocking action during a load loaded the
+    bundled model and threw the requested checkpoint away. The line names the weights that serve."""
+    import copy
+
+    from napari.components import ViewerModel
+
+    import medsam_core
+    from napari_medsam._session import Session
+
+    tuned = copy.copy(lite_model)
+    tuned.weights_path = "/data/rounds/ft_decoder.pt"
+    statuses = []
+    for order in ((0, 1), (1, 0)):
+        runner = _HeldRunner()
+        s = Session(ViewerModel(), runner, on_status=statuses.append)
+        s.load_model_async("lite_medsam", "/data/rounds/ft_decoder.pt")
+        s.load_model_async("lite_medsam", None)  # the person changes their mind
+        results = (tuned, lite_model)
+        for k in order:
+            runner.jobs[k][1](results[k])
+        assert s.model is lite_model, order
+    assert "lite_medsam on cpu" in statuses[-1]
+    runner = _HeldRunner()
+    s = Session(ViewerModel(), runner, on_status=statuses.append)
+    s.load_model_async("lite_medsam", "/data/rounds/ft_decoder.pt")
+    asked = []
+    monkeypatch.setattr(medsam_core, "load_model", lambda name, checkpoint=None, device=None:
+                        asked.append(checkpoint) or tuned)
+    assert s.model_ready(blocking=True)  # e.g. "Segment in 3D" pressed while the checkpoint loads
+    assert asked == ["/data/rounds/ft_decoder.pt"] and s.model is tuned
+    runner.jobs[0][1](lite_model)  # the worker's copy arrives late: not swapped in
+    assert s.model is tuned and "lite_medsam (ft_decoder.pt) on cpu" in statuses[-1]
