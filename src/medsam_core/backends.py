@@ -46,6 +46,11 @@ class EngineError(MedSAMError):
     """An inference engine could not be exported, compiled, verified or run."""
 
 
+class BackendChoiceError(EngineError, ValueError):
+    """An encoder backend name that is not one (the argument or $MEDSAM_ENCODER_BACKEND): the CLI
+    prints it as any other MedSAM error, exit 2, instead of a traceback after the model loaded."""
+
+
 def default_cache_dir() -> Path:
     """``$MEDSAM_CACHE_DIR``, else the platform's user cache dir for napari-medsam."""
     env = os.environ.get("MEDSAM_CACHE_DIR")
@@ -298,7 +303,9 @@ def make_encoder_backend(model, backend: str | EncoderBackend | None = "auto", *
         return backend
     choice = (backend or os.environ.get("MEDSAM_ENCODER_BACKEND") or "auto").lower()
     if choice not in BACKENDS:
-        raise ValueError(f"unknown encoder backend {choice!r}: use one of {', '.join(BACKENDS)}")
+        where = f"MEDSAM_ENCODER_BACKEND={choice!r}: " if not backend else ""
+        raise BackendChoiceError(f"{where}unknown encoder backend {choice!r}: use one of {', '.join(BACKENDS)}"
+                                 + (", or unset it" if where else ""))
     eager = TorchEncoder(model, num_threads=num_threads)
     if choice == "torch":
         return eager

@@ -90,6 +90,9 @@ def test_choice_torch_instance_and_unknown(lite_model, monkeypatch):
     assert make_encoder_backend(lite_model, custom) is custom
     with pytest.raises(ValueError, match="unknown encoder backend"):
         make_encoder_backend(lite_model, "tensorrt")
+    monkeypatch.setenv("MEDSAM_ENCODER_BACKEND", "openvno")  # a typo: a MedSAMError naming the variable
+    with pytest.raises(backends.BackendChoiceError, match="MEDSAM_ENCODER_BACKEND='openvno': unknown"):
+        make_encoder_backend(lite_model, None)
     monkeypatch.setenv("MEDSAM_ENCODER_BACKEND", "torch")
     assert make_encoder_backend(lite_model, None).name == "torch"
     assert Predictor(lite_model).encoder_backend.name == "torch"
