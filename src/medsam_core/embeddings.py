@@ -37,6 +37,13 @@ def content_hash(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _without_window_values(preprocessing: str) -> str:
+    """``...value_range=(2703.0, 42678.0)...`` -> ``...value_range=<per image>...``."""
+    import re
+
+    return re.sub(r"value_range=\([^)]*\)", "value_range=<per image>", preprocessing)
+
+
 @dataclass(frozen=True)
 class EmbeddingKey:
     """What an embedding depends on. ``signature`` is the model-side part shared by a store."""
@@ -55,6 +62,15 @@ class EmbeddingKey:
         }
         if self.precision != "f32":  # float32 keys and stores stay as they were before the field
             sig["precision"] = self.precision
+        return sig
+
+    @property
+    def store_signature(self) -> dict:
+        """What one disk store's embeddings share: the signature without the intensity window's
+        numbers, which are each image's (or volume's) own percentiles. One store then serves a folder
+        of images or volumes; each entry still carries its full key, checked on every read."""
+        sig = dict(self.signature)
+        sig["preprocessing"] = _without_window_values(sig["preprocessing"])
         return sig
 
     @property
@@ -169,7 +185,7 @@ class EmbeddingCache:
     def _check_store_signature(self, key: EmbeddingKey) -> None:
         """The store folder records the model signature it was made with; refuse another."""
         sig_file = self.disk_dir / "signature.json"
-        want = key.signature
+        want = key.store_signature
         if sig_file.exists():
             try:
                 have = json.loads(sig_file.read_text())
@@ -178,6 +194,8 @@ class EmbeddingCache:
                     f"embedding store {self.disk_dir} has an unreadable signature.json ({exc}); "
                     "delete the folder or choose another one"
                 ) from None
+            if isinstance(have, dict) and isinstance(have.get("preprocessing"), str):
+                have = {**have, "preprocessing": _without_window_values(have["preprocessing"])}  # older stores
             if have != want:
                 diff = [k for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
                 raise CacheMismatchError(

@@ -108,9 +108,39 @@ def test_store_of_another_model_or_preprocessing_is_refused(volume, tmp_path):
         segment_volume(other, vol, bbox(truth[8], 3), 8)
     same_model = Predictor(fake_model("model-a"), cache=EmbeddingCache(disk_dir=store))
     with pytest.raises(CacheMismatchError, match="preprocessing"):
-        list(embed_volume(same_model, vol, intensity=Intensity(mode="range", value_range=(0.0, 500.0))))
+        list(embed_volume(same_model, vol, intensity=Intensity.ct("bone")))  # another normalisation
     assert other.encoder_calls == 0 and same_model.encoder_calls == 0
     assert sorted(p.name for p in store.iterdir()) == files  # the store was not touched
+
+
+def test_one_store_serves_images_and_volumes_with_their_own_windows(volume, tmp_path):
+    """The store's signature held each image's intensity window: a folder batch with a disk-backed
+    predictor failed every image after the first ("a different preprocessing"), and each volume
+    needed its own folder. The window's numbers stay in every entry's key, not in the store's."""
+    from medsam_core.batch import segment_folder
+
+    vol, truth = volume
+    store = tmp_path / "store"
+    list(embed_volume(Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store)), vol))
+    brighter = (vol.astype(np.float64) * 3 + 40).astype(vol.dtype)  # another volume: another window
+    again = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store))
+    list(embed_volume(again, brighter))
+    n = sum(1 for z in vol if z.min() != z.max())  # the slices that are not blank
+    assert again.encoder_calls == n  # its own embeddings, none served from the first volume's
+    reopened = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store))
+    list(embed_volume(reopened, vol))
+    list(embed_volume(reopened, brighter))
+    assert reopened.encoder_calls == 0  # a new process: both volumes come from the one store
+    import tifffile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "a.tif", vol[8])
+    tifffile.imwrite(images / "b.tif", brighter[8][::-1])
+    pred = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=tmp_path / "store2d"))
+    box = {"a.tif": [bbox(truth[8], 3)], "b.tif": [bbox(truth[8][::-1], 3)]}
+    report = segment_folder(images, tmp_path / "out", boxes=box, predictor=pred)
+    assert [r.status for r in report.results] == ["done", "done"], [r.message for r in report.results]
 
 
 def test_a_store_is_not_shared_between_float32_and_an_opted_in_low_precision(volume, tmp_path, monkeypatch):
