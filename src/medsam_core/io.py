@@ -103,6 +103,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     except ImageError:
         raise
     except Exception as exc:  # the libraries raise many types for corrupt files
+        if "imagecodecs" in str(exc):  # a complete file in a compression this install cannot decode
+            raise ImageError(f"cannot read {path}: {exc}. The file is fine; install the codecs with "
+                             "`pip install imagecodecs` (a dependency of napari-medsam: reinstall it)") from None
         raise ImageError(
             f"cannot read {path}: {type(exc).__name__}: {exc}. Is the file complete and really a {suffix} file?"
         ) from exc

@@ -151,6 +151,10 @@ def _slide_labels(path: Path, label: str | None, name: str) -> tuple:
     return (pyr.levels, kwargs, "labels")
 
 
+class ReadRefused(MedSAMError):
+    """Why a file the plugin claimed could not be opened (truncated, damaged, a missing codec)."""
+
+
 def _make_reader(paths: list[str]):
     def reader(_path=None):
         layers = []
@@ -159,7 +163,9 @@ def _make_reader(paths: list[str]):
                 data, meta = read_image(p)
             except MedSAMError as exc:  # e.g. corrupt pixel data behind a valid header
                 log.warning("napari-medsam could not read %s: %s", p, exc)
-                return None
+                # raised, not None: napari then shows the reason, where None only said the plugin
+                # "returned no data" (the reason went to the terminal's log)
+                raise ReadRefused(str(exc)) from None
             layers.append(_labels_with_provenance(p, data, meta) or _imported_labels(p, data, meta)
                           or layer_data(data, meta, _stem(p)))
         return layers

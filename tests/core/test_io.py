@@ -210,6 +210,32 @@ def test_a_truncated_imagej_stack_is_refused_not_read_as_one_slice(tmp_path):
         read_image(folder)
 
 
+@pytest.mark.parametrize("compression", ["lzw", "jpeg"])
+def test_lzw_and_jpeg_tiffs_open(tmp_path, compression):
+    """LZW (Fiji, instruments) and JPEG (slides) TIFFs need imagecodecs, which was no dependency:
+    none opened, and the refusal asked whether the file was complete."""
+    image = (np.arange(64 * 80) % 251).astype(np.uint8).reshape(64, 80)
+    p = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(p, image, compression=compression)
+    data, _ = read_image(p)
+    if compression == "lzw":
+        np.testing.assert_array_equal(data, image)  # lossless
+    else:
+        assert data.shape == image.shape and np.abs(data.astype(int) - image).mean() < 8
+
+
+def test_a_missing_codec_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
+    import medsam_core.io as mio
+
+    def no_codec(path):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(mio, "_read_tiff", no_codec)
+    (tmp_path / "x.tif").write_bytes(b"II*\x00")
+    with pytest.raises(ImageError, match="The file is fine; install the codecs with `pip install imagecodecs`"):
+        read_image(tmp_path / "x.tif")
+
+
 def test_missing_and_unsupported(tmp_path):
     with pytest.raises(ImageError, match="does not exist"):
         read_image(tmp_path / "nope.tif")

@@ -125,6 +125,21 @@ def test_save_layer_shows_why_the_labels_were_not_saved(tmp_path, make_napari_vi
     assert not list(tmp_path.iterdir())
 
 
+def test_opening_a_damaged_file_shows_why(tmp_path, make_napari_viewer):
+    """The reader claimed the file (its header is fine), then returned None on a read error: napari
+    said only that the plugin "returned no data"; the reason went to the terminal's log."""
+    from napari_medsam._reader import ReadRefused
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.arange(16 * 32 * 32, dtype=np.uint16).reshape(16, 32, 32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    path.write_bytes(path.read_bytes()[: 20_000])  # an interrupted copy
+    viewer = make_napari_viewer()
+    with pytest.raises(ReadRefused, match="ImageJ stack of 16 images, but only 1 could be read"):
+        viewer.open(str(path), plugin="napari-medsam")
+    assert len(viewer.layers) == 0
+
+
 def test_sample_data_layers():
     [(image, kwargs, kind)] = nuclei_sample()
     assert kind == "image" and image.shape == (256, 256) and kwargs["name"] == "nuclei (DSB2018)"
