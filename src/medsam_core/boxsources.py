@@ -150,6 +150,26 @@ def find_paired(folder: Path, image: Path, suffixes: tuple[str, ...], _index: di
     return hits[0] if hits else None
 
 
+def _split_binary(planes: list[np.ndarray]) -> list[np.ndarray]:
+    """A binary mask (one foreground value: 0/1, 0/255 from a threshold) holds many objects under one
+    id: one box around all of them segmented them as one object. Each connected object (8-connected,
+    per plane) gets its own id, with a warning, as the napari reader and ``train`` treat such masks."""
+    import warnings
+
+    from scipy import ndimage
+
+    values = np.unique(np.concatenate([np.unique(p) for p in planes]))
+    if len(values[values != 0]) != 1:
+        return planes
+    split = [ndimage.label(p != 0, structure=np.ones((3, 3), bool))[0] for p in planes]
+    if max(int(p.max()) for p in split) <= 1:
+        return planes
+    warnings.warn("the labels look like a binary mask (one value for every object): each connected object "
+                  "gets its own box; give each object its own id (e.g. skimage.measure.label) to choose",
+                  UserWarning, stacklevel=3)
+    return split
+
+
 def boxes_from_labels(labels, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(Y, X) or (Z, Y, X) label image -> (boxes (N, 4) XYXY, z (N,) or None, ids (N,)).
 
@@ -164,6 +184,7 @@ def boxes_from_labels(labels, margin: float = 0.0) -> tuple[np.ndarray, np.ndarr
     if margin < 0:
         raise PromptError(f"margin {margin} must be >= 0 pixels")
     planes = [labels] if labels.ndim == 2 else list(labels)
+    planes = _split_binary(planes)
     boxes, zs, ids = [], [], []
     h, w = labels.shape[-2:]
     for zi, plane in enumerate(planes):

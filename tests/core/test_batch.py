@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,22 @@ def test_boxes_from_labels_2d_3d_and_margin():
     boxes, z, ids = boxes_from_labels(vol)
     np.testing.assert_array_equal(z, [0, 0, 2, 2])
     np.testing.assert_array_equal(ids, [4, 9, 4, 9])
+
+
+def test_boxes_from_a_binary_mask_are_one_per_object():
+    """A thresholded 0/255 mask of 31 nuclei gave one box around all of them: one object of 33,235 px,
+    "1 done", no warning. Each connected object now gets its box (and a hint to give ids)."""
+    lab = np.zeros((40, 60), np.uint8)
+    lab[2:6, 3:9] = lab[10:19, 20:29] = lab[30:35, 40:58] = 255
+    with pytest.warns(UserWarning, match="look like a binary mask"):
+        boxes, z, ids = boxes_from_labels(lab)
+    np.testing.assert_array_equal(ids, [1, 2, 3])
+    np.testing.assert_array_equal(boxes, [[3, 2, 8, 5], [20, 10, 28, 18], [40, 30, 57, 34]])
+    one = np.zeros_like(lab)
+    one[5:9, 5:9] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one object with one id: nothing to say
+        assert boxes_from_labels(one)[0].shape == (1, 4)
 
 
 def test_segment_folder_from_labels_keeps_ids(tmp_path):
