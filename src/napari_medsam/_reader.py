@@ -151,6 +151,9 @@ def _slide_labels(path: Path, label: str | None, name: str) -> tuple:
     return (pyr.levels, kwargs, "labels")
 
 
+LABELS_FILE_KEY = "medsam_labels_file"  # metadata of a Labels layer read from a labels file: that file
+
+
 class ReadRefused(MedSAMError):
     """Why a file the plugin claimed could not be opened (truncated, damaged, a missing codec)."""
 
@@ -166,8 +169,10 @@ def _make_reader(paths: list[str]):
                 # raised, not None: napari then shows the reason, where None only said the plugin
                 # "returned no data" (the reason went to the terminal's log)
                 raise ReadRefused(str(exc)) from None
-            layers.append(_labels_with_provenance(p, data, meta) or _imported_labels(p, data, meta)
-                          or layer_data(data, meta, _stem(p)))
+            labels = _labels_with_provenance(p, data, meta) or _imported_labels(p, data, meta)
+            if labels is not None:  # a labels file: saving corrections back over it is a plain save
+                labels[1]["metadata"][LABELS_FILE_KEY] = str(Path(p).resolve())
+            layers.append(labels or layer_data(data, meta, _stem(p)))
         return layers
 
     return reader

@@ -24,7 +24,7 @@ from medsam_core import check_output
 from medsam_core.errors import ImageError, MedSAMError
 from medsam_core.io import ImageMeta, write_labels
 
-from ._reader import EVENTS_KEY, META_KEY, PROV_KEY
+from ._reader import EVENTS_KEY, LABELS_FILE_KEY, META_KEY, PROV_KEY
 from ._slide_plane import SLIDE_KEY, mark_saved
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,21 @@ def _write(path: str, data, meta: dict | None, suffixes: tuple[str, ...]) -> lis
     arr = np.asarray(data)
     if arr.ndim not in (2, 3):
         raise ImageError(f"only 2D (Y, X) or 3D (Z, Y, X) labels can be saved, got shape {arr.shape}")
-    source = ((meta or {}).get("metadata") or {}).get(META_KEY) or {}
+    layer_meta = (meta or {}).get("metadata") or {}
+    source = layer_meta.get(META_KEY) or {}
     source = source.get("source") if isinstance(source, dict) else getattr(source, "source", None)
+    if source and layer_meta.get(LABELS_FILE_KEY) and _same_file(source, layer_meta[LABELS_FILE_KEY]):
+        source = None  # these labels were read from that file: saving them back over it is a plain save
     check_output(path, inputs=(source,), what="labels file")  # never the image the labels were drawn on
     out = write_labels(path, arr, labels_meta(arr, meta))
     return [str(out), *write_provenance(out, arr, (meta or {}).get("metadata"))]
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def write_provenance(labels_path, arr: np.ndarray, layer_metadata: dict | None) -> list[str]:

@@ -125,6 +125,33 @@ def test_save_layer_shows_why_the_labels_were_not_saved(tmp_path, make_napari_vi
     assert not list(tmp_path.iterdir())
 
 
+def test_labels_opened_from_a_file_save_back_over_it(tmp_path, make_napari_viewer):
+    """Corrections to labels reopened from their file (a MedSAM save with its sidecar, or Cellpose's
+    masks) could not be saved over that file: "writing it would destroy the input". Labels drawn on
+    an image still never replace the image."""
+    from medsam_core.errors import OutputError
+
+    lab = np.zeros((40, 50), np.uint16)
+    lab[5:15, 5:20], lab[25:35, 30:45] = 1, 2
+    masks = tmp_path / "cells_cp_masks.tif"
+    tifffile.imwrite(masks, lab)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(masks), plugin="napari-medsam")
+    assert type(layer).__name__ == "Labels"
+    layer.data[layer.data == 2] = 0  # the person erases a wrong object
+    viewer.layers.selection = {layer}
+    viewer.layers.save(str(masks), selected=True, plugin="napari-medsam")
+    np.testing.assert_array_equal(tifffile.imread(masks), np.where(lab == 2, 0, lab))
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.arange(40 * 50, dtype=np.uint16).reshape(40, 50))
+    (img_layer,) = viewer.open(str(image), plugin="napari-medsam")
+    drawn = viewer.add_labels(lab.astype(np.int32), metadata=dict(img_layer.metadata))  # as the widget makes it
+    with pytest.raises((SaveRefused, OutputError), match="input"):
+        viewer.layers.selection = {drawn}
+        viewer.layers.save(str(image), selected=True, plugin="napari-medsam")
+    assert tifffile.imread(image).max() == 40 * 50 - 1
+
+
 def test_opening_a_damaged_file_shows_why(tmp_path, make_napari_viewer):
     """The reader claimed the file (its header is fine), then returned None on a read error: napari
     said only that the plugin "returned no data"; the reason went to the terminal's log."""
