@@ -66,8 +66,8 @@ def _check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupted or truncated ({exc}). "
-                              "Copy or download it again, or choose another file.") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupted, truncated or not a PyTorch "
+                              f"checkpoint ({exc}). Copy or download it again, or choose another file.") from None
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} is corrupted: its part {bad!r} fails its checksum (a damaged "
                               "copy or disk). Copy or download it again, or choose another file.")

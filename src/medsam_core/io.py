@@ -23,7 +23,7 @@ import numpy as np
 
 from ._atomic import mkstemp_readable
 from ._paths import split_suffix
-from .errors import ImageError
+from .errors import ImageError, OutputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -160,13 +160,13 @@ def _check_imagej_planes(tif, series, path: Path) -> None:
         return
     found = int(np.prod([n for a, n in zip(series.axes.upper(), series.shape, strict=True) if a not in "YXS"]))
     if stated > 1 and found < stated:
-        raise ImageError(f"{path.name} is an ImageJ stack of {stated} images, but only {found} could be read: the "
-                         "file is truncated or damaged; copy it again from its source")
+        raise ImageError(f"cannot read {path.name}: an ImageJ stack of {stated} images, but only {found} could be "
+                         "read: the file is truncated or damaged; copy it again from its source")
     size = path.stat().st_size
     offset = getattr(series, "dataoffset", None)  # contiguous data (tifffile's and ImageJ's stacks)
     if offset is not None and not getattr(series, "is_multifile", False) and offset + series.nbytes > size:
-        raise ImageError(f"{path.name} ends {offset + series.nbytes - size} bytes before its image data does: "
-                         "the file is truncated; copy it again from its source")
+        raise ImageError(f"cannot read {path.name}: the file ends {offset + series.nbytes - size} bytes before its "
+                         "image data does (truncated); copy it again from its source")
 
 
 def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
@@ -351,7 +351,10 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
         raise ImageError(f"cannot write labels to {path}: it is a folder; give a file name")
     if not path.parent.is_dir():
         raise ImageError(f"folder {path.parent} does not exist; create it first")
-    fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = mkstemp_readable(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write labels to {path}: {exc.strerror or exc}; nothing was written") from None
     os.close(fd)
     try:
         if suffix in TIFF_SUFFIXES:
@@ -359,6 +362,11 @@ def write_labels(path: str | os.PathLike, labels, meta: ImageMeta | dict | None 
         else:
             _write_nifti(tmp, arr, spacing, meta)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile
+        Path(tmp).unlink(missing_ok=True)
+        kept = " (the existing file is unchanged)" if path.exists() else ""
+        raise OutputError(f"cannot write labels to {path}: {exc.strerror or exc}{kept}; free some space or "
+                          "choose another folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -426,5 +434,7 @@ def _write_nifti(tmp: str, arr: np.ndarray, spacing: tuple[float, ...], meta: Im
     img.header.set_slope_inter(1.0, 0.0)
     img.header.set_intent("label")
     if header is None:
-        img.header.set_xyzt_units("mm" if (meta and meta.unit == "mm") else "unknown")
+        # NIfTI's units: mm, micron, meter; a TIFF's um spacing otherwise read back unit-less (as mm elsewhere)
+        unit = {"mm": "mm", "um": "micron", "m": "meter"}.get(meta.unit if meta else "", "unknown")
+        img.header.set_xyzt_units(unit)
     nib.save(img, tmp)

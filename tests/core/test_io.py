@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from medsam_core.errors import ImageError
+from medsam_core.errors import ImageError, OutputError
 from medsam_core.io import ImageMeta, check_labels, label_dtype, read_image, write_labels
 
 
@@ -73,6 +73,18 @@ def test_uint32_labels_keep_spacing(tmp_path):
     back, bmeta = read_image(out)
     assert back.dtype == np.uint32 and back[0, 1, 1] == 70_000
     assert bmeta.spacing == pytest.approx((3.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("unit", ["um", "mm", ""])
+def test_nifti_labels_keep_the_unit(tmp_path, unit):
+    """Labels of a micrometre TIFF saved as NIfTI got the unit "unknown": 0.26 um read back as 0.26
+    with no unit (other viewers take mm)."""
+    lab = np.zeros((2, 6, 7), np.uint8)
+    lab[0, 1, 1] = 3
+    out = write_labels(tmp_path / "lab.nii.gz", lab, ImageMeta(spacing=(0.29, 0.26, 0.26), axes="ZYX", unit=unit))
+    back, meta = read_image(out)
+    assert meta.unit == unit and meta.spacing == pytest.approx((0.29, 0.26, 0.26))
+    np.testing.assert_array_equal(back, lab)
 
 
 def test_label_dtype_is_smallest_unsigned():
@@ -202,7 +214,7 @@ def test_a_truncated_imagej_stack_is_refused_not_read_as_one_slice(tmp_path):
     whole = p.read_bytes()
     for keep in (0.5, 0.9):  # (at 99 % only ImageJ's trailing metadata is cut: the planes are all there)
         p.write_bytes(whole[: int(len(whole) * keep)])
-        with pytest.raises(ImageError, match="ImageJ stack of 16 images, but only 1 could be read|truncated"):
+        with pytest.raises(ImageError, match="an ImageJ stack of 16 images, but only 1 could be read|truncated"):
             read_image(p)
     folder = tmp_path / "data"  # a folder without a suffix: said "unsupported file type"
     folder.mkdir()
@@ -256,7 +268,8 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(tifffile, "imwrite", broken)
-    with pytest.raises(OSError, match="disk full"):
+    # a MedSAM error (the CLI: exit 2 and one line), not a raw OSError ("[Errno 28]", exit 1)
+    with pytest.raises(OutputError, match="disk full .the existing file is unchanged.; free some space"):
         write_labels(target, np.ones((4, 4), np.uint8))
     assert target.read_bytes() == b"previous content"
     assert sorted(os.listdir(tmp_path)) == ["lab.tif"]  # no temp file left behind

@@ -162,7 +162,7 @@ def test_opening_a_damaged_file_shows_why(tmp_path, make_napari_viewer):
                      metadata={"axes": "ZYX"})
     path.write_bytes(path.read_bytes()[: 20_000])  # an interrupted copy
     viewer = make_napari_viewer()
-    with pytest.raises(ReadRefused, match="ImageJ stack of 16 images, but only 1 could be read"):
+    with pytest.raises(ReadRefused, match="an ImageJ stack of 16 images, but only 1 could be read"):
         viewer.open(str(path), plugin="napari-medsam")
     assert len(viewer.layers) == 0
 
