@@ -239,9 +239,11 @@ def select_device(device: str | None = None):
         except RuntimeError as exc:
             raise CheckpointError(f"unknown device {choice!r}: use cpu, cuda, cuda:N or mps") from exc
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(f"device {choice!r} asked for, but no CUDA GPU is available; use device='cpu'")
+            raise CheckpointError(f"device {choice!r} asked for, but no CUDA GPU is available; use the CPU "
+                                  "(--device cpu, device='cpu', or leave the device unset)")
         if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise CheckpointError(f"device {choice!r} asked for, but Apple MPS is not available; use device='cpu'")
+            raise CheckpointError(f"device {choice!r} asked for, but Apple MPS is not available; use the CPU "
+                                  "(--device cpu, device='cpu', or leave the device unset)")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -290,8 +292,8 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
                 "napari-medsam or choose another file") from None
     if base and get_spec(base).name != spec.name:
         raise CheckpointError(
-            f"checkpoint {path} was fine-tuned from {base!r}, not {spec.name!r}: load it with "
-            f"load_model({base!r}, checkpoint=...)"
+            f"checkpoint {path} was fine-tuned from {base!r}, not {spec.name!r}: load it as {base!r} "
+            f"(--model {base}, the widget's Model list, or load_model({base!r}, checkpoint=...))"
         )
     model = build_model(spec.arch)
     check_finite(state, str(path), model.state_dict())

@@ -171,6 +171,7 @@ def run_info(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     lines = [
         ("model", f"{model.spec.name}: {model.spec.description}"),
+        *_checkpoint_lines(model, getattr(args, "checkpoint", None)),
         ("weights", str(model.weights_path)),
         ("sha256", str(model.weights_sha256)),
         ("device", str(device)),
@@ -182,6 +183,21 @@ def run_info(args: argparse.Namespace) -> int:
     for key, value in lines:
         print(f"{key + ':':15s}{value}")
     return 0
+
+
+def _checkpoint_lines(model, checkpoint) -> list[tuple[str, str]]:
+    """What a checkpoint file says about itself, so `info` does not present a fine-tune as the
+    bundled weights only (the model line is the architecture's description)."""
+    if not checkpoint:
+        return []
+    meta = getattr(model, "meta", None) or {}
+    said = [f"{k} {meta[k]}" for k in ("mode", "round", "epochs") if meta.get(k) is not None]
+    for key, label in (("dice_after", "held-out Dice"), ("date", "written")):
+        if meta.get(key) is not None:
+            value = meta[key]
+            said.append(f"{label} {value:.3f}" if isinstance(value, float) else f"{label} {value}")
+    what = "fine-tuned: " + ", ".join(said) if said else "a checkpoint file without napari-medsam metadata"
+    return [("checkpoint", what)]
 
 
 # -- demo ---------------------------------------------------------------------------------------

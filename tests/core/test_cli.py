@@ -107,6 +107,23 @@ def test_info_prints_model_hash_device_versions(real_model, capsys):
     assert LITE_MEDSAM_SHA256 in text
     assert "lite_medsam" in text and "device:" in text and "cpu" in text
     assert "torch:" in text and "numpy:" in text and "napari-medsam:" in text
+    assert "checkpoint:" not in text
+
+
+def test_info_on_a_fine_tuned_checkpoint_says_what_it_is(tmp_path, lite_model, capsys):
+    """`info --checkpoint` showed only "lite_medsam: ... bundled trained weights" for a fine-tune."""
+    import torch
+
+    from medsam_core.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "round_002.pt", lite_model,
+                           {"base_model": "lite_medsam", "mode": "decoder", "round": 2, "dice_after": 0.8612})
+    assert cli.main(["info", "--checkpoint", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint:    fine-tuned: mode decoder, round 2, held-out Dice 0.861" in text, text
+    if not torch.cuda.is_available():  # the refusal names the command's option, not the API's argument
+        assert cli.main(["info", "--device", "cuda"]) == 2
+        assert "--device cpu" in capsys.readouterr().err
 
 
 def bad_csvs():
