@@ -28,8 +28,15 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli import add_model_options, load_from_args
+from . import cli as _cli
+from .cli import add_model_options
 from .errors import ImageError
+
+
+def load_from_args(args):
+    """``cli.load_from_args``, looked up when called (not bound at import), so one patch of it reaches
+    every command, whichever module was imported first."""
+    return _cli.load_from_args(args)
 
 
 def register(sub) -> None:

@@ -41,7 +41,8 @@ def _without_window_values(preprocessing: str) -> str:
     """``...value_range=(2703.0, 42678.0)...`` -> ``...value_range=<per image>...``."""
     import re
 
-    return re.sub(r"value_range=\([^)]*\)", "value_range=<per image>", preprocessing)
+    # the numbers may be numpy scalars: "(np.float64(0.0), np.float64(500.0))", one level of nesting
+    return re.sub(r"value_range=\((?:[^()]|\([^()]*\))*\)", "value_range=<per image>", preprocessing)
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,14 @@ def read_boxes_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         try:
             boxes[i] = [float(row[c]) for c in BOX_COLUMNS]
-            if has_z:
-                z[i] = slice_index(row["z"])
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise PromptError(f"boxes file {path}, line {line}: {exc}; every box needs four numbers") from exc
+        if has_z:
+            try:
+                z[i] = slice_index(row["z"])
+            except (ValueError, KeyError, TypeError, OverflowError) as exc:
+                raise PromptError(f"boxes file {path}, line {line}: {exc}; z is the slice index, a whole "
+                                  "number from 0") from exc
     if not np.isfinite(boxes).all():
         raise PromptError(f"boxes file {path} contains NaN or inf coordinates")
     return boxes, z

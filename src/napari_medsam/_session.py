@@ -181,8 +181,11 @@ class Session(SettingsActions, PromptActions, History):
         self.safe(self.prefetch)  # the image on screen is encoded right away, before the first box
 
     def _on_load_error(self, exc: Exception, request: int) -> None:
-        if request != self._load_request:  # an earlier request failed; the later one is still loading
-            self.on_status(f"MedSAM: an earlier model load failed ({exc}); the model asked for last is loading")
+        if request != self._load_request:  # superseded: a later load runs, or a model was set meanwhile
+            now = ("the model asked for last is loading" if self._loading else
+                   f"{self.model.spec.name}{weights_note(self.model)} serves" if self.model is not None else
+                   "no model is loaded")
+            self.on_status(f"MedSAM: an earlier model load failed ({exc}); {now}")
             return
         self._pending_load = None
         self._on_task_error(exc)

@@ -71,6 +71,32 @@ def test_a_checkpoint_damaged_in_the_middle_is_refused(tmp_path):
         medsam_core.load_model("lite_medsam", checkpoint=bad)
 
 
+def test_a_checkpoint_saved_without_checksums_loads(tmp_path, lite_model):
+    """torch can save without CRCs (compute_crc32=False: every CRC field 0): nothing to check, not damage."""
+    import zipfile
+
+    path = tmp_path / "nocrc.pt"
+    torch.save(lite_model.state_dict(), path)
+    blank = tmp_path / "blank.pt"  # the same members with CRC fields of 0, as torch writes them then
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(blank, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    raw = bytearray(blank.read_bytes())
+    with zipfile.ZipFile(blank) as zf:
+        infos = zf.infolist()
+    for info in infos:  # zero the CRC in each local header (offset 14) and central entry
+        raw[info.header_offset + 14: info.header_offset + 18] = bytes(4)
+    central = raw.find(b"PK\x01\x02")
+    while central != -1:
+        raw[central + 16: central + 20] = bytes(4)
+        central = raw.find(b"PK\x01\x02", central + 4)
+    blank.write_bytes(bytes(raw))
+    assert all(i.CRC == 0 for i in zipfile.ZipFile(blank).infolist())
+    model = medsam_core.load_model("lite_medsam", checkpoint=blank)
+    assert model.weights_sha256 != lite_model.weights_sha256  # another file, the same weights:
+    assert model.encoder_id == lite_model.encoder_id
+
+
 def test_a_half_precision_checkpoint_loads(tmp_path, lite_model):
     """{k: v.half()} also halves BatchNorm's num_batches_tracked counter (4.4 million: inf in float16);
     the file was refused as "diverged or damaged". Counters are not weights: the file loads."""

@@ -141,6 +141,9 @@ def test_one_store_serves_images_and_volumes_with_their_own_windows(volume, tmp_
     box = {"a.tif": [bbox(truth[8], 3)], "b.tif": [bbox(truth[8][::-1], 3)]}
     report = segment_folder(images, tmp_path / "out", boxes=box, predictor=pred)
     assert [r.status for r in report.results] == ["done", "done"], [r.message for r in report.results]
+    numpy_window = Predictor(fake_model(), cache=EmbeddingCache(disk_dir=store))  # a script's np.percentile
+    lo, hi = np.percentile(brighter, [1, 99])
+    list(embed_volume(numpy_window, brighter, intensity=Intensity(mode="range", value_range=(lo, hi))))
 
 
 def test_a_store_is_not_shared_between_float32_and_an_opted_in_low_precision(volume, tmp_path, monkeypatch):

@@ -121,3 +121,9 @@ def test_the_model_asked_for_last_is_the_one_served(lite_model, monkeypatch):
     assert asked == ["/data/rounds/ft_decoder.pt"] and s.model is tuned
     runner.jobs[0][1](lite_model)  # the worker's copy arrives late: not swapped in
     assert s.model is tuned and "lite_medsam (ft_decoder.pt) on cpu" in statuses[-1]
+    runner = _HeldRunner()  # a load that fails after a model was set meanwhile (e.g. a fine-tune round)
+    s = Session(ViewerModel(), runner, on_status=statuses.append)
+    s.load_model_async("lite_medsam", "/data/missing.pt")
+    s.set_model(tuned)
+    runner.jobs[0][2](FileNotFoundError("checkpoint file not found"))
+    assert statuses[-1].endswith("lite_medsam (ft_decoder.pt) serves"), statuses[-1]
