@@ -139,6 +139,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         _check_imagej_planes(tif, series, path)
+        _warn_other_series(tif, path)
         data = series.asarray()
         axes = series.axes.upper()
         spacing, unit = _tiff_spacing(tif)
@@ -147,6 +148,24 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     # spacing is read as (z, y, x); keep the trailing values for the spatial axes present.
     spacing = tuple(spacing[3 - n_spatial:])
     return data, ImageMeta(spacing=spacing, axes=axes, unit=unit)
+
+
+def _warn_other_series(tif, path: Path) -> None:
+    """Several image series of one size (stage positions, a plate's wells) in one file: only the
+    first is read. Said, not silent (a later box on another position was refused as "outside")."""
+    import warnings
+
+    series = tif.series
+    if len(series) < 2:
+        return
+    first = series[0]
+    yx = {a: n for a, n in zip(first.axes.upper(), first.shape, strict=True) if a in "YX"}
+    alike = [s for s in series[1:] if {a: n for a, n in zip(s.axes.upper(), s.shape, strict=True) if a in "YX"}
+             and all(dict(zip(s.axes.upper(), s.shape, strict=True)).get(a, 0) >= n for a, n in yx.items())]
+    if alike:  # (thumbnails, labels and macro images of a slide are smaller: not counted)
+        warnings.warn(f"{path.name} holds {len(alike) + 1} image series; only the first is read "
+                      f"({'x'.join(map(str, first.shape))}). Save each series as its own file to segment it",
+                      UserWarning, stacklevel=4)
 
 
 def _check_imagej_planes(tif, series, path: Path) -> None:

@@ -178,6 +178,10 @@ def intensity_to_255(image: np.ndarray, intensity: Intensity | None = None) -> n
         raise ImageError(
             f"intensity window [{lo}, {hi}] is empty for this image; choose another window or preset"
         )
+    with np.errstate(over="ignore"):
+        in_float32 = np.isfinite([np.float32(lo), np.float32(hi), np.float32(255.0 / (hi - lo))]).all()
+    if not in_float32 or np.float32(hi) <= np.float32(lo):  # float64 data beyond float32 (1e300, 1e-300):
+        return ((np.clip(img, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)  # scaled first (was NaN)
     out = (np.clip(img.astype(np.float32), lo, hi) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     return out
 

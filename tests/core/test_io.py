@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -85,6 +86,22 @@ def test_nifti_labels_keep_the_unit(tmp_path, unit):
     back, meta = read_image(out)
     assert meta.unit == unit and meta.spacing == pytest.approx((0.29, 0.26, 0.26))
     np.testing.assert_array_equal(back, lab)
+
+
+def test_a_file_of_several_image_series_says_only_the_first_is_read(tmp_path):
+    p = tmp_path / "positions.tif"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(np.full((48, 48), 3, np.uint8))
+        tw.write(np.full((64, 64), 5, np.uint8))  # a second position
+    with pytest.warns(UserWarning, match="holds 2 image series; only the first is read"):
+        data, _ = read_image(p)
+    assert data.shape == (48, 48)
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tw:  # a smaller second series: a thumbnail
+        tw.write(np.full((64, 64), 3, np.uint8))
+        tw.write(np.full((16, 16), 5, np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "thumb.tif")[0].shape == (64, 64)
 
 
 def test_label_dtype_is_smallest_unsigned():

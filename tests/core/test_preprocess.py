@@ -116,6 +116,17 @@ def test_range_and_minmax_modes():
         Intensity.ct("kidney-ish")
 
 
+@pytest.mark.parametrize("factor", [1e300, 1e-300, 1.0])
+def test_float64_images_beyond_float32_are_scaled_not_nan(factor):
+    """A float64 image of values beyond float32 (x 1e300, or x 1e-300) gave NaN (a NaN score and an
+    empty mask, with only RuntimeWarnings): it was cast to float32 before scaling."""
+    base = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    with np.errstate(all="raise"):
+        out = intensity_to_255(base * factor, Intensity(mode="minmax"))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(out, intensity_to_255(base, Intensity(mode="minmax")), atol=1e-3)
+
+
 def test_channels():
     rgb = np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     assert to_grey_or_rgb(rgb).shape == (8, 8, 3)
