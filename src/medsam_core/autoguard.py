@@ -144,6 +144,17 @@ def heldout_score(propose, part: Part) -> tuple[float, float, float]:
     return f1 + dice / 100, f1, dice
 
 
+def guard_passes(worse: float, f1: float, f1_active: float) -> tuple[bool, bool]:
+    """(the new head may become active, it finds none of the held-out objects the active model finds).
+
+    A head that finds none is worse whatever the bootstrap says: with few held-out units most
+    resamples are 0-vs-0 ties, which count as "not worse", and an F1-0 head passed at P(worse) 0.66
+    (it then matched 0 of 29 test nuclei, against the threshold detector's 17).
+    """
+    finds_none = f1 == 0.0 and f1_active > 0.0
+    return worse < REFUSE_AT and not finds_none, finds_none
+
+
 def p_worse(new: np.ndarray, active: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> float:
     """Share of paired bootstrap resamples of the held-out units in which ``new`` has the lower F1
     (``heldout_counts`` of both on the same units; no units: 0)."""
@@ -205,11 +216,12 @@ class HeadSession:
         f1, f1_a = float(_f1(new)), float(_f1(active))
         dice, dice_a = (float(np.mean(d)) if d else 0.0 for d in (dices, dices_a))
         worse = p_worse(new, active, seed=config.seed)
-        passes = worse < REFUSE_AT
+        passes, finds_none = guard_passes(worse, f1, f1_a)
         accepted = passes or force
         number = len(self.rounds) + 1
         meta = {"round": number, "heldout_f1": f1, "heldout_dice": dice, "active_f1": f1_a, "active_dice": dice_a,
                 "heldout_objects": int(new[:, 2].sum()), "heldout_units": len(new), "p_worse": worse,
+                "finds_none": bool(finds_none),
                 "accepted": bool(accepted), "forced": bool(force and not passes),
                 "active_was": "head" if self.active is not None else "threshold detector"}
         fit.head.meta.update(meta)

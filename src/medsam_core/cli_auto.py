@@ -128,7 +128,8 @@ def run_auto_train(args: argparse.Namespace) -> int:
           f"{rnd.meta['p_worse']:.0%} of resamples; {rnd.fit.epochs_run} epochs, {rnd.fit.seconds:.0f} s; "
           f"masks: {rnd.head.post.refine}")
     if not rnd.accepted:
-        print(f"guard: refused, no checkpoint written (use --force to write {out} anyway)", file=sys.stderr)
+        why = " (the head finds none of the held-out objects)" if rnd.meta.get("finds_none") else ""
+        print(f"guard: refused{why}, no checkpoint written (use --force to write {out} anyway)", file=sys.stderr)
         return EXIT_REFUSED
     save_with_model(out, model, rnd.head)
     print(f"guard: {'forced' if rnd.forced else 'accepted'}; wrote {out} (medsam auto --checkpoint {out} ...)")

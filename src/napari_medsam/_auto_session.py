@@ -104,7 +104,9 @@ class AutoActions:
 
     def _on_trained(self, rnd) -> None:
         self.running, self.task = None, None
-        verdict = "forced" if rnd.forced else "accepted" if rnd.accepted else "refused (the active one stays)"
+        verdict = ("forced" if rnd.forced else "accepted" if rnd.accepted else
+                   "refused: it finds none of the held-out objects (the active one stays)"
+                   if rnd.meta.get("finds_none") else "refused (the active one stays)")
         before = "threshold detector" if rnd.meta.get("active_was") != "head" else "previous head"
         self.status = (f"round {rnd.number}: held-out F1 {rnd.f1:.2f} (Dice {rnd.dice:.2f}) vs {before} "
                        f"{rnd.f1_active:.2f}; {verdict}; {rnd.fit.seconds:.0f} s")

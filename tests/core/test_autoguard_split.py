@@ -101,3 +101,16 @@ def test_a_later_round_of_the_automatic_head_keeps_each_object_on_its_side():
         assert set(held1.tolist()) <= back and not (back & train1) and len(held2) == 6
     plain = [{int(np.flatnonzero(renumber == k)[0]) for k in split_objects([second], 0.2, s)[0]} for s in range(8)]
     assert any(b & train1 for b in plain)  # what a fresh draw did
+
+
+def test_a_head_that_finds_none_of_the_held_out_objects_is_refused():
+    """Five held-out units, the active model matches in one: most resamples are 0-vs-0 ties, so an
+    F1-0 head was "worse" in only ~66 % of them and passed (REFUSE_AT 0.9)."""
+    from medsam_core.autoguard import _f1, guard_passes, p_worse
+
+    active = np.array([[1, 1, 2], [0, 3, 2], [0, 2, 3], [0, 1, 2], [0, 2, 2]])  # matched, proposed, reference
+    none = np.array([[0, 0, 2], [0, 1, 2], [0, 0, 3], [0, 1, 2], [0, 0, 2]])
+    worse = p_worse(none, active)
+    assert 0.5 < worse < 0.9  # what let it through
+    assert guard_passes(worse, float(_f1(none)), float(_f1(active))) == (False, True)
+    assert guard_passes(0.5, 0.3, 0.4) == (True, False)  # within the noise: still the new head's
