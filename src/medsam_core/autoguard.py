@@ -247,6 +247,12 @@ class HeadSession:
     def can_rollback(self) -> bool:
         return bool(self._previous)
 
+    def adopt(self, head: AutoHead) -> None:
+        """Make ``head`` (e.g. the one inside a checkpoint loaded later) active; ``rollback`` returns
+        to the one it replaces."""
+        self._previous.append(self.active)
+        self.active = head
+
     def rollback(self) -> AutoHead | None:
         if not self._previous:
             raise TrainingError("nothing to roll back: no automatic round was made active")

@@ -57,7 +57,8 @@ class AutoActions:
         self.task = None
         self.status = "no automatic head yet: label some objects (5 or more), then Train"
         self.proposals: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer id -> (model mask, box)
-        self.plane = None
+        self.plane = None  # the plane segmented last
+        self.by_plane: dict = {}  # plane -> proposals: every slice segmented on this image can be accepted
         self.image = None  # the image layer the automatic objects were made on
         self._seen_model = None
         self.on_progress: Callable = lambda done, total: None
@@ -77,6 +78,10 @@ class AutoActions:
             if head is not None and self.heads.active is None:
                 self.heads = HeadSession(head)
                 self.status = f"automatic head loaded with the model (round {self.round})"
+            elif head is not None and head is not self.heads.active:  # another checkpoint's head: its own
+                self.heads.adopt(head)  # (it was dropped silently, and Save wrote the new model with the old head)
+                self.status = (f"automatic head of the model just loaded (round {self.round}) replaces the "
+                               "previous one (Roll back returns to it)")
         return self.heads.active
 
     @property
@@ -178,8 +183,11 @@ class AutoActions:
         editor.plane(plane)[...] = props.to_labels()
         for edit in editor.edits():
             L.apply_edit(layer, edit)
+        if self.image is not L.raw_layer(image_layer):
+            self.by_plane = {}
         self.plane, self.image = plane, L.raw_layer(image_layer)
         self.proposals = {k + 1: (props.masks[k], props.boxes[k]) for k in range(len(props.masks))}
+        self.by_plane[plane] = self.proposals
         self.status = (f"{len(self.proposals)} objects on {plane.describe()} in {AUTO_LAYER!r}: edit them there, "
                        "then Accept selected / Accept all")
         if s.shapes_layer is not None and s.shapes_layer in s.viewer.layers:
@@ -204,8 +212,17 @@ class AutoActions:
     # -- accept ----------------------------------------------------------------------------------
     def accept_all(self) -> list[int]:
         layer = self._auto_layer()
-        plane = L.read_labels_plane(layer, self.plane, self.s.settings.channel_axis)
+        plane = L.read_labels_plane(layer, self._accept_plane(), self.s.settings.channel_axis)
         return self.accept([int(k) for k in np.unique(plane) if k])
+
+    def _accept_plane(self):
+        """The slice on screen if it was segmented (a 3D stack: any slice segmented, not only the last),
+        else the one segmented last."""
+        try:
+            here = self.s.current_plane()
+        except Exception:  # noqa: BLE001 - no image: the last plane (accept refuses with the reason)
+            return self.plane
+        return here if here in self.by_plane else self.plane
 
     def accept_selected(self) -> list[int]:
         return self.accept([int(self._auto_layer().selected_label)])
@@ -228,32 +245,42 @@ class AutoActions:
             raise MedSAMError(f"the automatic objects were made on {name!r}, not on {s.image_layer.name!r}: pick "
                               f"{name!r} to accept them (or Segment everything on this image)")
         ch = s.settings.channel_axis
-        auto = L.read_labels_plane(layer, self.plane, ch)
+        plane = self._accept_plane()
+        auto = L.read_labels_plane(layer, plane, ch)
         ids = [int(k) for k in ids if int(k) > 0 and (auto == int(k)).any()]
         if not ids:
             raise MedSAMError(f"no such object in {AUTO_LAYER!r}: pick one with the label picker (or Accept all)")
         editor, new, dup = s.editor(), [], []
         lid = s.next_id()
         for k in ids:
-            if editor.write(self.plane, auto == k, lid):
+            if editor.write(plane, auto == k, lid):
                 new.append((k, lid))
                 lid += 1
             else:
                 dup.append(k)  # only on pixels the person labelled already
-        if new:
-            self._record(s.commit(editor, dict(s.objects), f"accept {len(new)} automatic object(s)"), new)
+        commit = s.commit(editor, dict(s.objects), f"accept {len(new)} automatic object(s)") if new else None
+        if commit is not None:
+            self._record(commit, new, plane)
         cleared = PlaneEditor(layer, ch, overwrite=True)
-        arr = cleared.plane(self.plane)
+        arr = cleared.plane(plane)
         arr[np.isin(arr, [k for k, _ in new] + dup)] = 0
-        for edit in cleared.edits():
+        edits = cleared.edits()
+        for edit in edits:
             L.apply_edit(layer, edit)
+        if commit is not None:  # undo puts the objects (as the person edited them) back in the automatic layer
+            commit.extra.setdefault("undo_also", []).append(lambda: self._put_back(layer, edits))
         self.status = (f"accepted {len(new)} automatic object(s)"
                        + (f" as label(s) {', '.join(str(n) for _, n in new)}" if new else "")
                        + (f"; {len(dup)} lay on labelled pixels only (removed from {AUTO_LAYER!r})" if dup else ""))
         s.on_status(f"MedSAM: {self.status}")
         return [n for _, n in new]
 
-    def _record(self, commit, new) -> None:
+    def _put_back(self, layer, edits) -> None:
+        if layer in self.s.viewer.layers:
+            for edit in reversed(edits):
+                L.apply_edit(layer, edit.inverse())
+
+    def _record(self, commit, new, plane) -> None:
         """Provenance "automatic, round N" for the accepted objects; undo removes it again."""
         lab = self.s.labels_layer
         if commit is None or lab.ndim not in (2, 3):
@@ -266,9 +293,10 @@ class AutoActions:
         before = commit.extra.setdefault("provenance_before", {})
         kinds_before = commit.extra.setdefault("kinds_before", {})
         name = f"automatic:{getattr(self.s.model.spec, 'name', 'model')}"
-        z = plane_z(self.plane)
+        z = plane_z(plane)
+        proposals = self.by_plane.get(plane, self.proposals)
         for k, lid in new:
-            model_mask, box = self.proposals.get(k, (None, None))
+            model_mask, box = proposals.get(k, (None, None))
             mask = data == lid
             if lab.ndim == 2 and model_mask is not None and model_mask.shape == mask.shape:
                 mask = model_mask  # the head's proposal: edits before accepting count as edits

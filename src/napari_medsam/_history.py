@@ -74,6 +74,8 @@ class History:
             raise MedSAMError("nothing to undo: no MedSAM change has been made yet")
         commit = self.history.pop()
         kept = sum(L.undo_edit(self.labels_layer, edit) for edit in reversed(commit.edits))
+        for put_back in reversed(commit.extra.get("undo_also", [])):  # e.g. accepted automatic objects
+            put_back()
         self.objects = commit.objects_before
         self._provenance_hook(self.on_undo, commit)
         rebuild_layers(self)  # every prompt kind's layer shows the objects' prompts again

@@ -202,6 +202,11 @@ class MedSAMWidget(WorkflowMethods, QWidget):
         self.viewer.status = text
         if self.session.predictor is not None:
             self.device_label.setText(self._model_line())
+            auto_tab = getattr(getattr(self, "active_panel", None), "auto_tab", None)
+            if auto_tab is not None:  # a checkpoint's automatic head, said as soon as the model is loaded
+                auto = self.active.auto
+                auto.head  # noqa: B018 - adopts the new model's head and updates the status
+                auto_tab.status_label.setText(auto.status)
 
     def _on_layers_changed(self, event=None) -> None:
         opened = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None

@@ -294,7 +294,7 @@ def _auto_done(widget, qtbot) -> None:
     assert widget.last_error is None
 
 
-def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget, qtbot):
+def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget, qtbot, tmp_path_factory):
     """Issue 19: Train the automatic head on 12 labelled nuclei, Segment everything into its own layer,
     accept one object (provenance "automatic, round 1") and all; Cancel is a status line, no error."""
     from dataclasses import replace
@@ -339,10 +339,14 @@ def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget
     assert ((mine.data == lid) == (picked & (before == 0))).all()
     rec = mine.metadata[PROV_KEY].records[lid]
     assert rec.model == "automatic:lite_medsam" and rec.round == 1 and rec.prompts[0].kind == "box"
+    in_layer = layer.data.copy()
     qtbot.mouseClick(tab.accept_all_btn, LEFT)
     assert not layer.data.any() and len(np.unique(mine.data)) > len(np.unique(before)) + 1
     widget.undo()  # one commit per accept: the last one goes back
     assert lid in np.unique(mine.data)
+    np.testing.assert_array_equal(layer.data, in_layer)  # ... into the automatic layer (was: lost from both)
+    qtbot.mouseClick(tab.accept_all_btn, LEFT)  # and can be accepted again
+    assert not layer.data.any()
 
     names = [ly.name for ly in viewer.layers]
     layer_before = layer.data.copy()
@@ -352,6 +356,17 @@ def test_segment_everything_train_accept_object_by_object_and_cancel(open_widget
     _auto_done(widget, qtbot)
     assert "cancelled" in widget.status_label.text() and [ly.name for ly in viewer.layers] == names
     assert np.array_equal(layer.data, layer_before) and tab.segment_btn.isEnabled()
+
+    # a checkpoint with another head, loaded later: its head serves (was: the first head stayed, unseen)
+    from medsam_core import load_model
+    from medsam_core.autoguard import save_with_model
+
+    other_head = with_post(auto.heads.active, refine="head")
+    other_head.meta = {**other_head.meta, "round": 7}
+    path = save_with_model(tmp_path_factory.mktemp("ck") / "other.pt", widget.session.model, other_head)
+    widget.set_model(load_model("lite_medsam", checkpoint=path))
+    assert auto.heads.active is not None and auto.round == 7 and auto.heads.can_rollback
+    assert "replaces the previous one" in tab.status_label.text(), tab.status_label.text()
 
     # the automatic objects belong to "nuclei": another image's labels never get them
     other = viewer.add_image(sample.image[::-1].copy(), name="other")
@@ -383,3 +398,32 @@ def test_automatic_tab_fits_a_1280_window(make_napari_viewer, qtbot, lite_model,
             clipped.append(c.text() if hasattr(c, "text") else type(c).__name__)
     win.grab().save(str(tmp_path / "automatic_1280.png"))
     assert not clipped, clipped
+
+
+def test_automatic_objects_of_every_segmented_slice_can_be_accepted(open_widget):
+    """A 3D stack segmented on z=1, then z=3: z=1's objects stayed visible but "no such object" was
+    all Accept said there (only the last slice counted)."""
+    from medsam_core.auto import Proposals
+
+    viewer, widget = open_widget()
+    vol = np.random.default_rng(0).integers(0, 50, (5, 40, 40)).astype(np.uint16)
+    image = viewer.add_image(vol, name="stack")
+    auto = widget.active.auto
+    for z, (y, x) in ((1, (5, 5)), (3, (20, 22))):
+        viewer.dims.set_current_step(0, z)
+        m = np.zeros((1, 40, 40), bool)
+        m[0, y:y + 8, x:x + 9] = True
+        auto._on_segmented(Proposals(m, np.array([[x, y, x + 8, y + 7]], float), np.ones(1)), image,
+                           widget.session.current_plane())
+    viewer.dims.set_current_step(0, 1)  # back to the first slice segmented
+    (lid,) = auto.accept_all()
+    assert np.flatnonzero((widget.labels_layer.data == lid).any(axis=(1, 2))).tolist() == [1]
+    rec = provenance_of_layer(widget.labels_layer).records[lid]
+    assert rec.prompts[0].z == 1 and list(rec.prompts[0].data[:2]) == [5.0, 5.0]
+    viewer.dims.set_current_step(0, 3)
+    assert len(auto.accept_all()) == 1
+    assert not auto.layer().data.any()
+
+
+def provenance_of_layer(layer):
+    return layer.metadata[PROV_KEY]
