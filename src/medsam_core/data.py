@@ -462,7 +462,13 @@ def read_folder_pairs(images_dir, labels_dir) -> list[tuple[np.ndarray, np.ndarr
             raise TrainingError(f"cannot read the pair {p.name} / {labels[stem].name}: {exc}") from None
         if image.ndim == 3 and lab.ndim == 3 and image.shape == lab.shape and image.shape[-1] > 4:
             pairs.extend((image[z], lab[z]) for z in range(len(lab)) if lab[z].any())
+        elif image.ndim == 3 and lab.ndim == 3 and image.shape == lab.shape:
+            # a stack of 2-4 slices reads as (Y, X, C) colour; labels are never colour: it is (Y, X, Z)
+            pairs.extend((image[..., z], lab[..., z]) for z in range(lab.shape[-1]) if lab[..., z].any())
         else:
+            if lab.ndim != 2 or tuple(image.shape[:2]) != tuple(lab.shape):
+                raise TrainingError(f"the labels {labels[stem].name} {tuple(lab.shape)} do not fit the image {p.name} "
+                                    f"{tuple(image.shape)}: they must have the image's height and width")
             pairs.append((image, lab))
     if unpaired:
         raise TrainingError(

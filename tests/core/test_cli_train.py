@@ -61,3 +61,31 @@ def test_real_training_run_writes_a_checkpoint_load_model_serves(tmp_path, capsy
     assert model.meta["forced"] == ("guard: refused" in text)
     assert model.encoder_id == base.encoder_id
     assert state_dict_sha256(model.state_dict()) != state_dict_sha256(base.state_dict())
+
+
+def test_folder_pairs_name_a_misfit_and_read_short_stacks_as_slices(tmp_path):
+    """A 128x128 image with 100x100 labels was reported as "labels 1 must be ..." (an index, after
+    volumes were split); a 3-slice stack and its labels were read as RGB and refused."""
+    import numpy as np
+    import tifffile
+
+    from medsam_core.data import read_folder_pairs
+    from medsam_core.errors import TrainingError
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 900, (3, 64, 80)).astype(np.uint16)
+    lab = np.zeros((3, 64, 80), np.uint16)
+    lab[0, 5:15, 5:20] = 1
+    lab[2, 30:40, 40:60] = 2
+    tifffile.imwrite(images / "vol.tif", stack)
+    tifffile.imwrite(labels / "vol.tif", lab)
+    pairs = read_folder_pairs(images, labels)
+    assert [(im.shape, int(la.max())) for im, la in pairs] == [((64, 80), 1), ((64, 80), 2)]
+    np.testing.assert_array_equal(pairs[1][0], stack[2])
+    tifffile.imwrite(images / "b.tif", rng.integers(0, 900, (128, 128)).astype(np.uint16))
+    tifffile.imwrite(labels / "b.tif", np.ones((100, 100), np.uint16))
+    with pytest.raises(TrainingError, match=r"the labels b.tif \(100, 100\) do not fit the image b.tif \(128, 128\)"):
+        read_folder_pairs(images, labels)
