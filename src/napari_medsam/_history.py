@@ -43,6 +43,7 @@ class History:
         current = dict(self.objects)
         before = current if imports is None else imports.objects_before(current, objects)
         commit = Commit(edits, before, description, points_before)
+        L.widen_for(self.labels_layer, edits)
         for edit in edits:
             L.apply_edit(self.labels_layer, edit)
         self.objects = objects

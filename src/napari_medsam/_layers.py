@@ -330,6 +330,17 @@ def make_edit(plane: Plane, before: np.ndarray, after: np.ndarray, channel_axis:
     return Edit(tuple(idx), before[rr, cc].copy(), after[rr, cc].copy())
 
 
+def widen_for(labels_layer, edits) -> None:
+    """Give an in-memory Labels layer an integer type that holds every id ``edits`` write (int32 at
+    least): labels reopened from a uint8 file of 255 objects could not take object 256."""
+    data = labels_layer.data
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biu":
+        return
+    top = max((int(e.new.max()) for e in edits if not hasattr(e, "apply") and e.size), default=0)
+    if data.dtype == bool or top > np.iinfo(data.dtype).max:
+        labels_layer.data = data.astype(np.promote_types(data.dtype, np.int32))
+
+
 def undo_edit(labels_layer, edit: Edit) -> int:
     """Revert ``edit`` where the pixels still hold what it wrote; pixels the person painted or erased
     since are theirs and stay. Returns how many were left so."""

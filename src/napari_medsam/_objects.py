@@ -53,7 +53,10 @@ class PlaneEditor:
     def plane(self, plane: L.Plane) -> np.ndarray:
         if plane not in self._planes:
             before = L.read_labels_plane(self.labels_layer, plane, self.channel_axis)
-            self._planes[plane] = (before, before.copy())
+            # edited at least as int32: a uint8 layer (labels reopened from a file of <= 255 objects)
+            # takes id 256 once the commit widens it (History.commit); was numpy's OverflowError
+            work = before.astype(np.promote_types(before.dtype, np.int32))
+            self._planes[plane] = (before, work)
         return self._planes[plane][1]
 
     def clear(self, plane: L.Plane, label_id: int) -> None:

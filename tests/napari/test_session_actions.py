@@ -298,3 +298,19 @@ def test_a_box_that_gets_no_pixels_is_reported(session):
     (lid,) = s.segment_boxes([box])  # the same box again: its mask lies on object 1
     assert not (s.labels_layer.data == lid).any()
     assert f"label {lid} got no pixels: its mask lies on other objects (turn on Overwrite" in said[-1], said
+
+
+def test_labels_reopened_as_uint8_take_object_256(session):
+    """A labels file of 255 objects is written (and reopened) as uint8: the next box raised numpy's
+    "Python integer 256 out of bounds for uint8" and no object was written, ever again."""
+    s, ref = session
+    full = np.zeros(s.labels_layer.data.shape, np.uint8)
+    full[:3, :85] = np.arange(1, 256, dtype=np.uint8).reshape(3, 85)  # 255 one-pixel objects along the top
+    mine = s.viewer.add_labels(full, name="day1")
+    s.set_labels_layer(mine)
+    (a,) = big_objects(ref, 1)
+    (lid,) = s.segment_boxes([ref_box(ref, a, 3)])
+    assert lid == 256 and (np.asarray(mine.data) == 256).sum() > 50
+    np.testing.assert_array_equal(np.asarray(mine.data)[:3, :85], full[:3, :85])  # the 255 kept
+    s.undo()
+    assert not (np.asarray(mine.data) == 256).any() and int(np.asarray(mine.data).max()) == 255

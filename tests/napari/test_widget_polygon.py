@@ -13,17 +13,22 @@ from .test_session_actions import _contour
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
-def test_lasso_drawn_with_the_mouse_becomes_a_label(open_widget, qtbot, dsb2018):
-    from napari_medsam._provenance_hook import kinds_of, provenance_of
-
+def _lasso_ready(open_widget, qtbot, dsb2018):
+    """A shown viewer with a 256-px nuclei crop, the widget's polygon button pressed: (viewer, widget, ref)."""
     image, labels = dsb2018
-    ref = labels[:256, :256]
     viewer, widget = open_widget(show=True)
     widget.runner.synchronous = True
     viewer.add_image(np.ascontiguousarray(image[:256, :256]), name="nuclei")
     widget.wait(300_000)
     qtbot.wait(100)  # a person clicks later than the widget's focus hand-back to the boxes layer
     widget.polygon_btn.click()
+    return viewer, widget, labels[:256, :256]
+
+
+def test_lasso_drawn_with_the_mouse_becomes_a_label(open_widget, qtbot, dsb2018):
+    from napari_medsam._provenance_hook import kinds_of, provenance_of
+
+    viewer, widget, ref = _lasso_ready(open_widget, qtbot, dsb2018)
     poly = viewer.layers["MedSAM polygons"]
     assert viewer.layers.selection.active is poly and poly.mode == "add_polygon_lasso"
     (b,) = big_objects(ref, 1)
@@ -47,14 +52,7 @@ def test_a_refused_lasso_then_a_deleted_layer_keep_the_polygons_working(open_wid
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
 
-    image, labels = dsb2018
-    ref = labels[:256, :256]
-    viewer, widget = open_widget(show=True)
-    widget.runner.synchronous = True
-    viewer.add_image(np.ascontiguousarray(image[:256, :256]), name="nuclei")
-    widget.wait(300_000)
-    qtbot.wait(100)
-    widget.polygon_btn.click()
+    viewer, widget, ref = _lasso_ready(open_widget, qtbot, dsb2018)
     poly = viewer.layers["MedSAM polygons"]
     viewer.scene.camera.zoom *= 0.3  # room on the canvas beside the image
     qtbot.wait(50)
