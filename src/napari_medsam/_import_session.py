@@ -122,12 +122,34 @@ class ImportActions:
         """A layer was just opened: when it holds imported labels that fit the image and nothing was drawn
         yet, make it the target (a person opens a Cellpose mask to correct it). True when it switched."""
         s = self.s
+        if self._take_reopened(layer):
+            return True
         if s.image_layer is None or s.objects or not layer.metadata.get(IMPORT_KEY) or layer is s.labels_layer:
             return False
         if self.imported_layer() is None or layer.name != self.imported_layer().name:
             return False
         s.set_labels_layer(layer)
         s.on_status(f"MedSAM: correcting {layer.name!r}: draw a box on an object to redo it, or click a point in it")
+        return True
+
+    def _take_reopened(self, layer) -> bool:
+        """Labels saved by MedSAM (a provenance sidecar) opened while the image's own labels layer is still
+        empty and nothing was drawn: continue in them (day 2), rather than restart ids at 1 in an empty layer."""
+        from ._reader import LABELS_FILE_KEY, PROV_KEY
+
+        s = self.s
+        if (s.image_layer is None or s.objects or layer is s.labels_layer or not layer.metadata.get(LABELS_FILE_KEY)
+                or layer.metadata.get(PROV_KEY) is None or s.labels_layer is None
+                or np.asarray(s.labels_layer.data).any()):
+            return False
+        try:
+            L.check_labels_fit(layer, s.image_layer, s.settings.channel_axis)
+        except MedSAMError:
+            return False
+        s.set_labels_layer(layer)
+        n = len(np.unique(np.asarray(layer.data))) - 1
+        s.on_status(f"MedSAM: continuing in {layer.name!r} ({n} objects kept); new objects get ids from "
+                    f"{s.next_id()}; pick another layer in Labels to start afresh")
         return True
 
     def _usable(self) -> bool:

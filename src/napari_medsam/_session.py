@@ -252,6 +252,7 @@ class Session(SettingsActions, PromptActions, History):
         the only thing written into the new layer."""
         L.check_labels_fit(labels_layer, self.image_layer, self.settings.channel_axis)
         check_slide_labels(labels_layer, self.image_layer, self.settings.channel_axis)
+        self._raise_above_image(labels_layer)
         self.labels_layer, self.objects, self.history = labels_layer, {}, []
         self._remember_work()
         self.imports.reset()
@@ -261,6 +262,17 @@ class Session(SettingsActions, PromptActions, History):
                     layer.selected_data = set(range(len(layer.data)))
                     layer.remove_selected()  # unlike data = [], this also drops the features rows
         self.on_status(f"MedSAM: labels now go to {labels_layer.name!r}; the old boxes were cleared")
+
+    def _raise_above_image(self, labels_layer) -> None:
+        """A labels layer chosen as the target goes just above the image: opened before the image, it
+        stayed under it, and nothing drawn into it was seen."""
+        layers = self.viewer.layers
+        try:
+            i, k = layers.index(labels_layer), layers.index(self.image_layer)
+        except ValueError:
+            return
+        if i < k:
+            layers.move(i, k + 1)  # inserted before k + 1: just above the image
 
     def _prompt_layer(self, name, make):
         for layer in list(self.viewer.layers):

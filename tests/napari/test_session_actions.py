@@ -314,3 +314,46 @@ def test_labels_reopened_as_uint8_take_object_256(session):
     np.testing.assert_array_equal(np.asarray(mine.data)[:3, :85], full[:3, :85])  # the 255 kept
     s.undo()
     assert not (np.asarray(mine.data) == 256).any() and int(np.asarray(mine.data).max()) == 255
+
+
+def test_day_two_saved_labels_are_continued_and_shown_above_the_image(lite_model, dsb2018, tmp_path):
+    """Reopened MedSAM labels (with their sidecar) were not taken: new boxes went into a new empty layer
+    from id 1; opened before the image, a chosen labels layer stayed hidden under it."""
+    from napari.components import ViewerModel
+
+    from napari_medsam._provenance_hook import ProvenanceActions
+    from napari_medsam._reader import napari_get_reader
+    from napari_medsam._session import Session
+    from napari_medsam._workers import Runner
+    from napari_medsam._writer import write_labels_tiff
+
+    image, ref = dsb2018
+    image, ref = image[:256, :256], ref[:256, :256]
+    a, b = big_objects(ref, 2)
+    viewer = ViewerModel()
+    s = Session(viewer, Runner(synchronous=True))
+    s.set_model(lite_model)
+    s.set_image_layer(viewer.add_image(image, name="nuclei"))
+    ProvenanceActions(s)
+    (la,) = s.segment_boxes([ref_box(ref, a, 3)])
+    saved = tmp_path / "nuclei_labels.tif"
+    write_labels_tiff(str(saved), np.asarray(s.labels_layer.data),
+                      {"metadata": dict(s.labels_layer.metadata), "scale": (1, 1)})
+    day2 = ViewerModel()  # a new session: the image first, then the saved labels
+    s2 = Session(day2, Runner(synchronous=True))
+    s2.set_model(lite_model)
+    s2.set_image_layer(day2.add_image(image, name="nuclei"))
+    ProvenanceActions(s2)
+    ((data, kwargs, _),) = napari_get_reader(str(saved))(None)
+    opened = day2.add_labels(data, **kwargs)
+    assert s2.imports.take_opened(opened)  # what the widget does when a layer is opened
+    assert s2.labels_layer is opened
+    (lb,) = s2.segment_boxes([ref_box(ref, b, 3)])
+    assert lb == la + 1 and (np.asarray(opened.data) == la).sum() > 50
+    day3 = ViewerModel()  # labels opened before the image: chosen, they go above it
+    s3 = Session(day3, Runner(synchronous=True))
+    s3.set_model(lite_model)
+    early = day3.add_labels(np.asarray(data), name="early")
+    s3.set_image_layer(day3.add_image(image, name="nuclei"))
+    s3.set_labels_layer(early)
+    assert day3.layers.index(early) == day3.layers.index(s3.image_layer) + 1
