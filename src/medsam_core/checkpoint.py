@@ -308,7 +308,9 @@ def load_model(name: str = "lite_medsam", checkpoint: str | os.PathLike | None =
     model = build_model(spec.arch)
     check_finite(state, str(path), model.state_dict())
     load_state_strict(model, state, str(path))
-    return finish_model(model, spec, path=path, sha256=digest, meta=meta, device=device, extras=extras)
+    own = meta.get("state_sha256") if checkpoint is not None else None
+    identity = own if isinstance(own, str) and len(own) == 64 else digest  # our checkpoints: the weights' hash
+    return finish_model(model, spec, path=path, sha256=identity, meta=meta, device=device, extras=extras)
 
 
 def finish_model(module, spec: ModelSpec, path=None, sha256=None, meta=None, device=None,
@@ -352,12 +354,15 @@ def save_checkpoint(path: str | os.PathLike, model, meta: Mapping[str, Any], opt
         extras = getattr(model, "extras", None) or {}
     extras = _checked_extras(extras, f"checkpoint {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": 1,
         "base_model": model.spec.name,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": dict(meta),
+        "model": state,
+        # the weights' own hash, which the model had in memory: provenance records made before the save
+        # and after a reload name the same model (the file's hash differs from it)
+        "meta": {**dict(meta), "state_sha256": state_dict_sha256(state)},
     }
     if extras:
         payload["extras"] = _to_cpu(extras)

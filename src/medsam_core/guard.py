@@ -42,6 +42,16 @@ class Round:
         return self.result.model
 
 
+def _sides_from_meta(split) -> dict[bytes, bool]:
+    """A checkpoint's stored split ({hex key: held out}) -> ``sides``; {} for none or a malformed one."""
+    if not isinstance(split, dict):
+        return {}
+    try:
+        return {bytes.fromhex(k): bool(v) for k, v in split.items()}
+    except (TypeError, ValueError):
+        return {}
+
+
 class FineTuneSession:
     """Base model + active model + history of rounds, with accept/refuse and rollback.
 
@@ -57,7 +67,11 @@ class FineTuneSession:
         self.cache = cache
         self.rounds: list[Round] = []
         self._previous: list[Any] = []  # stack of models that were active before
-        self.sides: dict[bytes, bool] = {}  # object key -> held out, kept across rounds (data.split_holdout)
+        # object key -> held out, kept across rounds (data.split_holdout) and sessions: a round's checkpoint
+        # stores it ("split"), so day 2 starting from that checkpoint holds out the same objects
+        meta = getattr(base_model, "meta", None) or {}
+        self.sides: dict[bytes, bool] = _sides_from_meta(meta.get("split"))
+        self.first_round = int(meta.get("round") or 0) + 1  # numbering goes on from the loaded round
 
     def run_round(self, data: TrainingData, config: TrainConfig | None = None, heldout: TrainingData | None = None,
                   start: str = "base", force: bool = False, on_step: StepCallback | None = None, cancel=None,
@@ -81,7 +95,7 @@ class FineTuneSession:
         else:
             dice_active = evaluate(self.active_model, heldout, self.cache, intensity, channel).mean
         accepted = result.dice_after > dice_active or force
-        number = len(self.rounds) + 1
+        number = self.first_round + len(self.rounds)
         meta = {
             **result.meta,
             "round": number,
@@ -91,6 +105,7 @@ class FineTuneSession:
             "dice_active_before": dice_active,
             "accepted": bool(accepted),
             "forced": bool(force and result.dice_after <= dice_active),
+            "split": {k.hex(): bool(v) for k, v in self.sides.items()},
         }
         result.model.meta = dict(meta)
         path = None

@@ -27,7 +27,9 @@ class LoadedModel:
     """A model ready to serve: ``module`` (eval mode, on its device) and what it is.
 
     spec: the registry ``ModelSpec`` (name, architecture, preprocessing).
-    weights_sha256: sha256 of the weights file (or of the state dict for in-memory weights).
+    weights_sha256: sha256 of the weights file; of the state dict for in-memory weights and for
+        checkpoints written by ``save_checkpoint`` (stored in their meta as ``state_sha256``), so a
+        fine-tuned model keeps one identity in provenance before and after it is saved and reloaded.
     encoder_id: sha256 of the image-encoder tensors; the embedding cache keys on it, so a
     decoder-only fine-tune keeps it and reuses every cached embedding.
     weights_path: the file read, or None (bundled weights give their path; trained in memory: None).

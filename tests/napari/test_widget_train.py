@@ -72,6 +72,7 @@ def test_finetune_guard_use_anyway_rollback_save_load(trained_viewer, qtbot, tmp
         assert widget.last_error is None
     new = widget.session.model
     assert new is rnd.model and new.weights_sha256 != base_sha and new.encoder_id == base.encoder_id
+    widget_sides = dict(widget.train.guard.sides)  # the split this round used
     assert widget.session.predictor.model is new  # the next boxes use it ...
     image, labels = _few_objects()
     obj = big_objects(labels, 1, min_area=60)[0]
@@ -91,6 +92,10 @@ def test_finetune_guard_use_anyway_rollback_save_load(trained_viewer, qtbot, tmp
     widget.load_model("lite_medsam", path)  # what "Load model..." does with the chosen file
     loaded = widget.session.model
     assert _same_weights(loaded, new) and loaded.meta["round"] == 1 and "dice_after" in loaded.meta
+    assert loaded.weights_sha256 == new.weights_sha256  # one identity in provenance, saved or not
+    # day 2 continues from the loaded round: its number goes on, and it holds out the same objects
+    guard = widget.train._guard()
+    assert guard.first_round == 2 and guard.sides and guard.sides == widget_sides
 
 
 def test_cancel_after_first_step_and_bad_input(trained_viewer, qtbot):
