@@ -78,7 +78,8 @@ class AutoActions:
             if head is not None and self.heads.active is None:
                 self.heads = HeadSession(head)
                 self.status = f"automatic head loaded with the model (round {self.round})"
-            elif head is not None and head is not self.heads.active:  # another checkpoint's head: its own
+            elif head is not None and getattr(model, "weights_path", None):  # a checkpoint file loaded later: its head
+                # (a model fine-tuned here carries its base's head along: the head trained here stays)
                 self.heads.adopt(head)  # (it was dropped silently, and Save wrote the new model with the old head)
                 self.status = (f"automatic head of the model just loaded (round {self.round}) replaces the "
                                "previous one (Roll back returns to it)")
