@@ -466,7 +466,7 @@ def read_folder_pairs(images_dir, labels_dir) -> list[tuple[np.ndarray, np.ndarr
             # a stack of 2-4 slices reads as (Y, X, C) colour; labels are never colour: it is (Y, X, Z)
             pairs.extend((image[..., z], lab[..., z]) for z in range(lab.shape[-1]) if lab[..., z].any())
         else:
-            if lab.ndim != 2 or tuple(image.shape[:2]) != tuple(lab.shape):
+            if lab.ndim == 2 and tuple(image.shape[:2]) != tuple(lab.shape):  # (3D labels: refused later)
                 raise TrainingError(f"the labels {labels[stem].name} {tuple(lab.shape)} do not fit the image {p.name} "
                                     f"{tuple(image.shape)}: they must have the image's height and width")
             pairs.append((image, lab))
