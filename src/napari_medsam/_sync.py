@@ -112,7 +112,10 @@ def run_sync(s, plan: SyncPlan, blocking: bool) -> list[int]:
         _take_back(s, plan.errors)
     if written:
         s.on_status(f"MedSAM: segmented {what} (labels {', '.join(map(str, written))}){_no_pixels(empty)}")
-    elif plan.ignored and not plan.removed:
+    elif plan.removed:  # the status kept the previous action's line
+        kept = "" if s.settings.delete_removes else " (their pixels stay: 'Deleting a box removes its object' is off)"
+        s.on_status(f"MedSAM: box(es) deleted: label(s) {', '.join(map(str, plan.removed))} removed{kept}")
+    elif plan.ignored:
         kinds_drawn = ", ".join(f"{n} {kind}" for kind, n in plan.ignored.items())
         s.on_status(f"MedSAM: only rectangles on '{s.shapes_layer.name}' are prompts ({kinds_drawn} left as they "
                     "are): draw a rectangle, or outline an object with 'Polygon / lasso prompt'")

@@ -267,9 +267,12 @@ def test_a_deleted_or_moved_box_takes_its_points_with_it(session):
     yy, xx = np.nonzero(ref == a)
     s.refine(la, [[xx.mean(), yy.mean()]], [0])
     assert len(s.points_layer.data) == 1
+    said = []
+    s.on_status = said.append
     s.shapes_layer.selected_data = {0}
     s.shapes_layer.remove_selected()  # the person deletes box a: its object and its point go
     assert la not in s.objects and len(s.points_layer.data) == 0
+    assert said[-1] == f"MedSAM: box(es) deleted: label(s) {la} removed"  # (the line said the last action before)
     (lc,) = s.segment_boxes([ref_box(ref, c, 3)])
     assert lc == la  # the id comes round again ...
     assert len(object_points(s, lc, s.objects[lc].plane)[0]) == 0  # ... without a's point
