@@ -67,7 +67,7 @@ def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0, i
     sides (with images): the split of earlier rounds, kept (``data.draw_held``): an object held
     out before is held out again and a training object stays in training.
     """
-    from .data import binary_mask_hint, draw_held, image_digest, object_key
+    from .data import binary_mask_hint, draw_held, image_key, object_key
 
     ids = [(i, int(k)) for i, lab in enumerate(labels) for k in np.unique(lab) if k != 0]
     hint = binary_mask_hint(labels)
@@ -77,7 +77,7 @@ def split_objects(labels: Sequence[np.ndarray], holdout: float, seed: int = 0, i
     n = max(1, int(round(holdout * len(ids))))
     keys = None
     if sides is not None:
-        digests = [image_digest(img) for img in images]
+        digests = [image_key(img) for img in images]
         keys = [object_key(digests[i], np.asarray(labels[i]) == k) for i, k in ids]
     picked = draw_held(len(ids), n, seed, keys, sides, draw=lambda rng, m, k: rng.choice(m, k, replace=False))
     chosen = [ids[j] for j in picked]

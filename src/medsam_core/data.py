@@ -215,23 +215,20 @@ def binary_mask_hint(label_images) -> str:
     return hint
 
 
-def image_digest(image) -> bytes:
-    """A digest of an array's shape, dtype and pixels."""
-    import hashlib
+def image_key(image) -> bytes:
+    """The image's content hash (``embeddings.content_hash``, as embedding keys use), as bytes."""
+    from .embeddings import content_hash
 
-    img = np.ascontiguousarray(image)
-    h = hashlib.blake2b(repr((img.shape, img.dtype.str)).encode(), digest_size=16)
-    h.update(img.data.cast("B") if img.size else b"")
-    return h.digest()
+    return bytes.fromhex(content_hash(image))
 
 
-def object_key(image_key: bytes, mask: np.ndarray) -> bytes:
+def object_key(image_hash: bytes, mask: np.ndarray) -> bytes:
     """One object's identity across rounds: its image's digest and its own pixel positions. The
     same object later (more labels, relabelled ids, images in another order) has the same key; an
     edited mask or image is a new object."""
     import hashlib
 
-    return hashlib.blake2b(image_key + np.flatnonzero(mask).astype(np.int64).tobytes(), digest_size=16).digest()
+    return hashlib.blake2b(image_hash + np.flatnonzero(mask).astype(np.int64).tobytes(), digest_size=16).digest()
 
 
 def object_keys(data: TrainingData) -> list[bytes]:
@@ -239,7 +236,7 @@ def object_keys(data: TrainingData) -> list[bytes]:
     digests: dict[int, bytes] = {}
     for o in data.objects:
         if o.image_index not in digests:
-            digests[o.image_index] = image_digest(data.images[o.image_index])
+            digests[o.image_index] = image_key(data.images[o.image_index])
     return [object_key(digests[o.image_index], data.mask(i)) for i, o in enumerate(data.objects)]
 
 
